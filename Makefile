@@ -1,0 +1,46 @@
+# The front door. `make test` and `make run` do all set-up on a fresh Debian 12 machine.
+PRESET ?= debug
+CMAKE_FLAGS ?=
+
+.PHONY: all bootstrap build test run bench asan-test tsan-test format clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+build: bootstrap
+	cmake --preset $(PRESET) $(CMAKE_FLAGS)
+	cmake --build --preset $(PRESET)
+
+# Builds everything and runs every test (unit, compile-fail, packaging).
+test: build
+	ctest --preset $(PRESET)
+
+# Builds and runs the main job.
+run: bootstrap
+	cmake --preset release $(CMAKE_FLAGS)
+	cmake --build --preset release --target cleave_quickstart
+	./build/release/examples/quickstart/cleave_quickstart
+
+# Builds and runs the benchmarks (Google Benchmark; pass BENCH_ARGS=--benchmark_format=json).
+bench: bootstrap
+	cmake --preset release $(CMAKE_FLAGS)
+	cmake --build --preset release --target cleave_bench_dispatch
+	./build/release/src/core/cleave_bench_dispatch $(BENCH_ARGS)
+
+asan-test: bootstrap
+	cmake --preset asan $(CMAKE_FLAGS)
+	cmake --build --preset asan
+	ctest --preset asan
+
+tsan-test: bootstrap
+	cmake --preset tsan $(CMAKE_FLAGS)
+	cmake --build --preset tsan
+	ctest --preset tsan
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+
+clean:
+	rm -rf build

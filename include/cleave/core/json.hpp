@@ -1,0 +1,272 @@
+#pragma once
+// JSON for declared messages and records (nlohmann-json).
+//
+// Commands and queries decode strictly: an unknown member, a missing required member, a fraction
+// or a string where an integer belongs, an out-of-range number or an unknown enum name is a
+// validation error naming the member's JSON path; nothing is converted silently. Stored events
+// decode tolerantly: missing members keep their defaults and unknown members are ignored.
+
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cleave/core/error.hpp>
+#include <cleave/core/message.hpp>
+
+namespace cleave {
+
+using json = nlohmann::json;
+
+enum class decode_mode { strict, tolerant };
+
+namespace detail {
+
+template <class T>
+struct is_vector : std::false_type {};
+template <class T>
+struct is_vector<std::vector<T>> : std::true_type {};
+template <class T>
+struct is_string_map : std::false_type {};
+template <class T>
+struct is_string_map<std::map<std::string, T>> : std::true_type {};
+
+std::string_view json_type_name(const json& j) noexcept;
+
+class json_decoder;
+
+// How one declared member is read and written; a table of these per record type keeps the
+// per-type code small (the walking itself is shared, in json.cpp).
+struct field_codec {
+  std::string_view name;
+  bool required;
+  void (*read)(json_decoder& decoder, const json& value, void* owner);
+  void (*write)(json& out, const void* owner);  // adds the member to `out` (skips empty optionals)
+};
+
+template <class T>
+std::span<const field_codec> codecs_of();
+
+// out[name] = value, out of line: it is the bulk of every record's encoder.
+void put_member(json& out, std::string_view name, json&& value);
+
+// Collects field problems while walking a JSON value; the path is built as it descends.
+class json_decoder {
+ public:
+  explicit json_decoder(decode_mode mode) : mode_(mode) {}
+
+  template <class T>
+  void read(const json& j, T& out);
+  void read_record(const json& j, void* out, std::span<const field_codec> fields);
+
+  bool ok() const { return errors_.empty(); }
+  std::vector<field_error> take_errors() { return std::move(errors_); }
+  // The problems found, as one validation error.
+  error take_error();
+
+ private:
+  void fail(std::string message) { errors_.push_back({path_, std::move(message)}); }
+  void expected(std::string_view what, const json& j) {
+    fail(fmt::format("expected {}, got {}", what, json_type_name(j)));
+  }
+  template <class T>
+  void read_integer(const json& j, T& out);
+
+  std::string path_;
+  std::vector<field_error> errors_;
+  decode_mode mode_;
+};
+
+template <class T>
+void json_decoder::read_integer(const json& j, T& out) {
+  using limits = std::numeric_limits<T>;
+  auto out_of_range = [&] {
+    fail(fmt::format("out of range ({}..{})", +limits::min(), +limits::max()));
+  };
+  if (j.is_number_unsigned()) {
+    auto v = j.get<std::uint64_t>();
+    if (v > static_cast<std::uint64_t>(limits::max())) return out_of_range();
+    out = static_cast<T>(v);
+  } else if (j.is_number_integer()) {
+    auto v = j.get<std::int64_t>();
+    if constexpr (std::is_unsigned_v<T>) {
+      if (v < 0) return out_of_range();
+      if (static_cast<std::uint64_t>(v) > static_cast<std::uint64_t>(limits::max()))
+        return out_of_range();
+    } else {
+      if (v < static_cast<std::int64_t>(limits::min()) ||
+          v > static_cast<std::int64_t>(limits::max()))
+        return out_of_range();
+    }
+    out = static_cast<T>(v);
+  } else if (j.is_number_float()) {
+    fail("expected an integer, got a fraction");
+  } else {
+    expected("an integer", j);
+  }
+}
+
+template <class T>
+void json_decoder::read(const json& j, T& out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!j.is_boolean()) return expected("a boolean", j);
+    out = j.get<bool>();
+  } else if constexpr (std::is_integral_v<T>) {
+    read_integer(j, out);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!j.is_number()) return expected("a number", j);
+    auto v = j.get<double>();
+    if constexpr (sizeof(T) < sizeof(double)) {
+      if (v > static_cast<double>(std::numeric_limits<T>::max()) ||
+          v < static_cast<double>(std::numeric_limits<T>::lowest()))
+        return fail("out of range");
+    }
+    out = static_cast<T>(v);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!j.is_string()) return expected("a string", j);
+    out = j.get_ref<const std::string&>();
+  } else if constexpr (std::is_same_v<T, json>) {
+    out = j;
+  } else if constexpr (described_enum<T>) {
+    if (!j.is_string()) return expected("a string", j);
+    const auto& s = j.get_ref<const std::string&>();
+    for (const auto& [value, name] : enum_values<T>()) {
+      if (name == s) {
+        out = value;
+        return;
+      }
+    }
+    std::string names;
+    for (const auto& [value, name] : enum_values<T>())
+      names += fmt::format("{}'{}'", names.empty() ? "" : ", ", name);
+    fail(fmt::format("unknown value '{}'; expected one of {}", s, names));
+  } else if constexpr (is_optional<T>::value) {
+    if (j.is_null()) {
+      out.reset();
+      return;
+    }
+    read(j, out.emplace());
+  } else if constexpr (is_vector<T>::value) {
+    if (!j.is_array()) return expected("an array", j);
+    out.clear();
+    out.resize(j.size());
+    const auto base = path_.size();
+    for (std::size_t i = 0; i < j.size(); ++i) {
+      path_ += fmt::format("[{}]", i);
+      read(j[i], out[i]);
+      path_.resize(base);
+    }
+  } else if constexpr (is_string_map<T>::value) {
+    if (!j.is_object()) return expected("an object", j);
+    out.clear();
+    const auto base = path_.size();
+    for (const auto& [key, value] : j.items()) {
+      path_ += base == 0 ? key : "." + key;
+      read(value, out[key]);
+      path_.resize(base);
+    }
+  } else if constexpr (described<T>) {
+    read_record(j, &out, codecs_of<T>());
+  } else {
+    static_assert(detail::always_false<T>,
+                  "cleave cannot decode this member type from JSON: use bool, integers, floating "
+                  "point, std::string, std::optional, std::vector, std::map<std::string, T>, "
+                  "cleave::json, a CLEAVE_ENUM enum or a CLEAVE_RECORD struct");
+  }
+}
+
+}  // namespace detail
+
+// Decodes a declared message or record from a JSON value. Every problem found is reported, as a
+// validation error whose fields name each member's path.
+template <described T>
+result<T> from_json(const json& j, decode_mode mode = decode_mode::strict) {
+  T out{};
+  detail::json_decoder decoder(mode);
+  decoder.read(j, out);
+  if (!decoder.ok()) return std::unexpected(decoder.take_error());
+  return out;
+}
+
+// Parses text as JSON; malformed text is a validation error that says where it broke.
+result<json> parse_json(std::string_view text);
+
+// Parses and decodes in one step.
+template <described T>
+result<T> from_json_text(std::string_view text, decode_mode mode = decode_mode::strict) {
+  auto j = parse_json(text);
+  if (!j) return std::unexpected(std::move(j.error()));
+  return from_json<T>(*j, mode);
+}
+
+// Encodes a value of any type from_json accepts; an empty optional member is left out.
+template <class T>
+json to_json(const T& value) {
+  if constexpr (described_enum<T>) {
+    return json(enum_name(value));
+  } else if constexpr (is_optional<T>::value) {
+    return value ? to_json(*value) : json(nullptr);
+  } else if constexpr (detail::is_vector<T>::value) {
+    json out = json::array();
+    for (const auto& v : value) out.push_back(to_json(v));
+    return out;
+  } else if constexpr (detail::is_string_map<T>::value) {
+    json out = json::object();
+    for (const auto& [k, v] : value) out[k] = to_json(v);
+    return out;
+  } else if constexpr (described<T>) {
+    json out = json::object();
+    for (const auto& f : detail::codecs_of<T>()) f.write(out, &value);
+    return out;
+  } else {
+    return json(value);
+  }
+}
+
+namespace detail {
+
+template <class T, std::size_t I>
+constexpr const auto& field_at() {
+  return std::get<I>(describe_static<T>.fields);
+}
+
+template <class T, std::size_t I>
+void read_field(json_decoder& decoder, const json& value, void* owner) {
+  decoder.read(value, static_cast<T*>(owner)->*(field_at<T, I>().member));
+}
+
+template <class T, std::size_t I>
+void write_field(json& out, const void* owner) {
+  const auto& f = field_at<T, I>();
+  const auto& member = static_cast<const T*>(owner)->*(f.member);
+  if constexpr (is_optional<std::decay_t<decltype(member)>>::value) {
+    if (!member) return;
+  }
+  put_member(out, f.name, to_json(member));
+}
+
+template <class T, std::size_t... I>
+constexpr std::array<field_codec, sizeof...(I)> make_codecs(std::index_sequence<I...>) {
+  return {field_codec{field_at<T, I>().name,
+                      is_required_v<typename std::decay_t<decltype(field_at<T, I>())>::value_type>,
+                      &read_field<T, I>, &write_field<T, I>}...};
+}
+
+template <class T>
+std::span<const field_codec> codecs_of() {
+  static constexpr auto table = make_codecs<T>(
+      std::make_index_sequence<std::tuple_size_v<decltype(describe_static<T>.fields)>>{});
+  return table;
+}
+
+}  // namespace detail
+
+}  // namespace cleave

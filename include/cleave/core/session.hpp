@@ -1,0 +1,106 @@
+#pragma once
+// The abstract storage session under the handler contexts. `core` only declares it; the `store`
+// module and the backends implement it.
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <cleave/core/function_ref.hpp>
+#include <cleave/core/json.hpp>
+#include <cleave/core/position.hpp>
+
+namespace cleave {
+
+// Who is asking: the authenticated subject and its roles. Empty for an anonymous caller.
+struct principal {
+  std::string subject;
+  std::vector<std::string> roles;
+
+  bool has_role(std::string_view role) const {
+    for (const auto& r : roles)
+      if (r == role) return true;
+    return false;
+  }
+};
+
+using clock = std::chrono::steady_clock;
+
+// What travels with every command and query besides the message itself.
+struct request_meta {
+  std::string correlation_id;  // ties together logs, events and outcomes of one request
+  std::string command_id;      // a command's idempotency key; empty when the caller gave none
+  cleave::principal principal;
+  clock::time_point deadline = clock::time_point::max();
+};
+
+// A value bound to a `$n` placeholder or read from a column: null, integer, real or text.
+using sql_value = std::variant<std::monostate, std::int64_t, double, std::string_view>;
+
+// One row handed to a row callback; the views it returns stay valid until the callback returns.
+class row_view {
+ public:
+  virtual std::size_t size() const = 0;
+  virtual sql_value get(std::size_t column) const = 0;
+  virtual std::string_view column_name(std::size_t column) const = 0;
+
+ protected:
+  ~row_view() = default;
+};
+
+using row_callback = function_ref<void(const row_view&)>;
+
+// An event on its way into the log, already encoded.
+struct pending_event {
+  std::string_view type;    // the event's wire name
+  std::string_view stream;  // the stream it belongs to; empty for none
+  json payload;
+};
+
+// Read access to a store. Implementations throw cleave::error_exception on failure.
+class read_session {
+ public:
+  virtual ~read_session() = default;
+  // Runs one statement with `$1, $2, …` bound to params, calling on_row for each result row.
+  virtual void query(std::string_view sql, std::span<const sql_value> params,
+                     row_callback on_row) = 0;
+};
+
+// One write transaction. Implementations throw cleave::error_exception on failure.
+class write_session : public read_session {
+ public:
+  // Runs one statement; returns the number of rows it changed.
+  virtual std::int64_t exec(std::string_view sql, std::span<const sql_value> params) = 0;
+  // Appends an event to the log inside this transaction.
+  virtual void append(const pending_event& event) = 0;
+};
+
+// A write transaction as the command bus drives it. The source lends it out; exactly one of
+// commit() or rollback() ends it and gives it back, after which the caller must not touch it.
+class write_transaction : public write_session {
+ public:
+  // Commits; returns the position of what this transaction appended (or the log's position).
+  virtual position_token commit() = 0;
+  virtual void rollback() noexcept = 0;
+};
+
+// A read-only transaction as the query bus drives it; finish() ends it and gives it back.
+class read_transaction : public read_session {
+ public:
+  virtual void finish() noexcept = 0;
+};
+
+// Where the buses get their transactions. Lending does not allocate in a pooled implementation.
+// Thread-safe.
+class session_source {
+ public:
+  virtual ~session_source() = default;
+  virtual write_transaction& begin_write(const request_meta& meta) = 0;
+  virtual read_transaction& begin_read(const request_meta& meta) = 0;
+};
+
+}  // namespace cleave

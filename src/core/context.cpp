@@ -1,0 +1,18 @@
+#include <cleave/core/context.hpp>
+
+#include <fmt/format.h>
+
+namespace cleave::detail {
+
+void throw_no_store() {
+  throw error_exception(error{errc::unavailable,
+                              "no store is configured: give the bus a session source (for example "
+                              "a SQLite or PostgreSQL store) before running SQL or emitting events",
+                              {}});
+}
+
+void throw_row_mismatch(std::string_view column, std::string_view why) {
+  throw error_exception(error{errc::internal, fmt::format("column '{}' {}", column, why), {}});
+}
+
+}  // namespace cleave::detail

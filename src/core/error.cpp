@@ -1,0 +1,45 @@
+#include <cleave/core/error.hpp>
+
+namespace cleave {
+
+std::string_view to_string(errc category) noexcept {
+  switch (category) {
+    case errc::validation:
+      return "validation";
+    case errc::not_found:
+      return "not_found";
+    case errc::conflict:
+      return "conflict";
+    case errc::rejected:
+      return "rejected";
+    case errc::unavailable:
+      return "unavailable";
+    case errc::unauthorized:
+      return "unauthorized";
+    case errc::forbidden:
+      return "forbidden";
+    case errc::internal:
+      return "internal";
+  }
+  return "internal";
+}
+
+std::string error::describe() const {
+  std::string out{to_string(category)};
+  out += ": ";
+  out += message;
+  for (const auto& f : fields) {
+    // The message of a single-field error already names it (see invalid()).
+    if (fields.size() == 1 && message == f.path + ": " + f.message) break;
+    out += "; ";
+    out += f.path.empty() ? std::string("(message)") : f.path;
+    out += ": ";
+    out += f.message;
+  }
+  return out;
+}
+
+error_exception::error_exception(cleave::error e)
+    : std::runtime_error(e.describe()), error_(std::move(e)) {}
+
+}  // namespace cleave
