@@ -79,8 +79,9 @@ class recording_source final : public cleave::session_source {
       owner->log.push_back("exec " + std::string(sql) + " with " + std::to_string(params.size()));
       return 1;
     }
-    void append(const cleave::pending_event& e) override {
+    std::uint64_t append(const cleave::pending_event& e) override {
       owner->log.push_back("append " + std::string(e.type) + " " + e.payload.dump());
+      return 1;
     }
     cleave::position_token commit() override {
       owner->log.push_back("commit");

@@ -181,20 +181,33 @@ class write_context : public read_context {
   }
 
   // Appends an event to the log in the command's transaction: it commits or rolls back with the
-  // state change. `stream` names the aggregate or entity the event belongs to.
+  // state change. `stream` names the aggregate or entity the event belongs to. Returns the
+  // stream's version after the append.
   template <class E>
-  void emit(std::string_view stream, const E& e) {
-    static_assert(event<E>,
-                  "emit() takes an event: declare it with CLEAVE_EVENT(type, \"name\", fields...)");
-    if (!write_) detail::throw_no_store();
-    write_->append(pending_event{info_of<E>().wire_name, stream, to_json(e)});
+  std::uint64_t emit(std::string_view stream, const E& e) {
+    return append(stream, e, std::nullopt);
   }
+  // As emit(stream, e), but a conflict (errc::conflict, thrown and turned into the command's
+  // error) unless the stream's version is `expected_version` before the append.
+  template <class E>
+  std::uint64_t emit(std::string_view stream, const E& e, std::uint64_t expected_version) {
+    return append(stream, e, expected_version);
+  }
+  // Appends an event that belongs to no stream.
   template <class E>
   void emit(const E& e) {
-    emit(std::string_view{}, e);
+    append(std::string_view{}, e, std::nullopt);
   }
 
  private:
+  template <class E>
+  std::uint64_t append(std::string_view stream, const E& e, std::optional<std::uint64_t> expected) {
+    static_assert(event<E>,
+                  "emit() takes an event: declare it with CLEAVE_EVENT(type, \"name\", fields...)");
+    if (!write_) detail::throw_no_store();
+    return write_->append(pending_event{info_of<E>().wire_name, stream, to_json(e), expected});
+  }
+
   write_session* write_;
 };
 

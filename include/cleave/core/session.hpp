@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -59,6 +60,9 @@ struct pending_event {
   std::string_view type;    // the event's wire name
   std::string_view stream;  // the stream it belongs to; empty for none
   json payload;
+  // When set, the append is a conflict unless the stream's current version (its number of
+  // events, 0 for a new stream) equals this.
+  std::optional<std::uint64_t> expected_version;
 };
 
 // Read access to a store. Implementations throw cleave::error_exception on failure.
@@ -75,8 +79,10 @@ class write_session : public read_session {
  public:
   // Runs one statement; returns the number of rows it changed.
   virtual std::int64_t exec(std::string_view sql, std::span<const sql_value> params) = 0;
-  // Appends an event to the log inside this transaction.
-  virtual void append(const pending_event& event) = 0;
+  // Appends an event to the log inside this transaction; returns the stream's version after it
+  // (0 for an event without a stream). Throws an error_exception with errc::conflict when the
+  // expected version does not match.
+  virtual std::uint64_t append(const pending_event& event) = 0;
 };
 
 // A write transaction as the command bus drives it. The source lends it out; exactly one of

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <cleave/core/behavior.hpp>
+#include <cleave/core/detail/string_hash.hpp>
 #include <cleave/core/error.hpp>
 #include <cleave/core/json.hpp>
 #include <cleave/core/message.hpp>
@@ -103,17 +104,10 @@ class bus_core {
   result<void> check_complete() const;
 
  private:
-  struct name_hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-      return std::hash<std::string_view>{}(s);
-    }
-  };
-
   message_kind kind_;
   std::vector<entry> entries_;
   std::vector<std::int32_t> by_type_;
-  std::unordered_map<std::string, std::size_t, name_hash, std::equal_to<>> by_name_;
+  std::unordered_map<std::string, std::size_t, string_hash, std::equal_to<>> by_name_;
   std::vector<std::shared_ptr<behavior>> behaviors_;  // owns them
   std::vector<behavior*> pipeline_;                   // the same, for the hot path
 };

@@ -1,0 +1,55 @@
+#pragma once
+// The embedded default backend: one SQLite file in WAL mode (sqlite3 C API).
+//
+//   cleave::sqlite::store db({.path = "var/shop.db"});
+//   cleave::command_bus commands{&db};
+//   cleave::query_bus queries{&db};
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include <cleave/store/store.hpp>
+
+namespace cleave::sqlite {
+
+// How hard a commit works to survive a power loss (PRAGMA synchronous). `full` (the default)
+// syncs the WAL on every commit; `normal` may lose the last commits on power loss (never on a
+// process crash) and is an order of magnitude faster.
+enum class durability { full, normal };
+
+struct options {
+  std::string path;  // a file (created when missing, with its folder), or ":memory:"
+  durability sync = durability::full;
+  // How long a write waits for another process's write transaction before giving up.
+  std::chrono::milliseconds busy_timeout{5000};
+};
+
+// A SQLite database as a cleave store. One writer at a time (SQLite's rule; a second writer,
+// also in another process, waits its turn), any number of concurrent read-only readers, each
+// with PRAGMA query_only. Applies cleave's own migrations when opened. Thread-safe.
+class store final : public cleave::store {
+ public:
+  // Opens or creates the database. Throws cleave::error_exception when it cannot.
+  explicit store(options opts);
+  ~store() override;
+  store(const store&) = delete;
+  store& operator=(const store&) = delete;
+
+  write_transaction& begin_write(const request_meta& meta) override;
+  read_transaction& begin_read(const request_meta& meta) override;
+  std::vector<stored_event> read_events(position_token after, std::size_t limit) override;
+  position_token head() override;
+  void migrate(std::string_view component, std::span<const migration> migrations) override;
+  std::vector<int> applied_migrations(std::string_view component) override;
+
+  const options& settings() const noexcept { return options_; }
+
+ private:
+  struct impl;
+  options options_;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace cleave::sqlite

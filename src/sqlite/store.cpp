@@ -1,0 +1,353 @@
+#include <cleave/sqlite/store.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "connection.hpp"
+
+namespace cleave::sqlite {
+
+namespace {
+
+using detail::connection;
+using detail::statement;
+
+constexpr migration own_migrations[] = {
+    {1, "event log",
+     "create table cleave_events("
+     "  position integer primary key autoincrement,"
+     "  stream text not null,"
+     "  stream_version integer not null,"
+     "  type text not null,"
+     "  payload text not null,"
+     "  command_id text,"
+     "  correlation_id text,"
+     "  recorded_at integer not null);"
+     "create unique index cleave_events_stream on cleave_events(stream, stream_version)"
+     "  where stream <> '';"},
+};
+
+constexpr std::string_view select_events =
+    "select position, stream, stream_version, type, payload, command_id, correlation_id, "
+    "recorded_at from cleave_events where position > $1 order by position limit $2";
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Resets a statement however the scope is left, so a throwing row callback leaves no statement
+// half-run.
+struct reset_on_exit {
+  statement& s;
+  ~reset_on_exit() { s.reset(); }
+};
+
+void run_query(connection& conn, std::string_view sql, std::span<const sql_value> params,
+               row_callback on_row) {
+  auto& s = conn.prepare(sql, params);
+  reset_on_exit guard{s};
+  while (s.step()) on_row(s);
+}
+
+std::int64_t scalar(connection& conn, std::string_view sql,
+                    std::span<const sql_value> params = {}) {
+  auto& s = conn.prepare(sql, params);
+  reset_on_exit guard{s};
+  return s.step() ? s.int_at(0) : 0;
+}
+
+}  // namespace
+
+struct store::impl {
+  // The single write transaction; the store lends it out under write_mutex.
+  struct writer final : write_transaction {
+    impl* owner = nullptr;
+    const request_meta* meta = nullptr;
+    std::int64_t last_position = 0;
+
+    void query(std::string_view sql, std::span<const sql_value> params,
+               row_callback on_row) override {
+      run_query(*owner->write_conn, sql, params, on_row);
+    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+      return owner->write_conn->exec(sql, params);
+    }
+    std::uint64_t append(const pending_event& e) override {
+      auto& conn = *owner->write_conn;
+      std::int64_t version = 0;
+      if (!e.stream.empty()) {
+        const sql_value stream[] = {e.stream};
+        const auto current = static_cast<std::uint64_t>(scalar(
+            conn, "select coalesce(max(stream_version), 0) from cleave_events where stream = $1",
+            stream));
+        if (e.expected_version && *e.expected_version != current)
+          throw error_exception({errc::conflict,
+                                 fmt::format("stream '{}' is at version {}, expected {}", e.stream,
+                                             current, *e.expected_version),
+                                 {}});
+        version = static_cast<std::int64_t>(current + 1);
+      }
+      const std::string payload = e.payload.dump();
+      const sql_value params[] = {
+          e.stream,
+          version,
+          e.type,
+          std::string_view(payload),
+          meta->command_id.empty() ? sql_value{} : sql_value{std::string_view(meta->command_id)},
+          meta->correlation_id.empty() ? sql_value{}
+                                       : sql_value{std::string_view(meta->correlation_id)},
+          now_ms()};
+      conn.exec(
+          "insert into cleave_events(stream, stream_version, type, payload, command_id, "
+          "correlation_id, recorded_at) values ($1, $2, $3, $4, $5, $6, $7)",
+          params);
+      last_position = sqlite3_last_insert_rowid(conn.handle());
+      return static_cast<std::uint64_t>(version);
+    }
+    position_token commit() override {
+      auto& conn = *owner->write_conn;
+      try {
+        if (last_position == 0)
+          last_position = scalar(conn, "select coalesce(max(position), 0) from cleave_events");
+        conn.exec("commit", {});
+      } catch (...) {
+        rollback();
+        throw;
+      }
+      const auto position = static_cast<std::uint64_t>(last_position);
+      owner->write_mutex.unlock();
+      return position_token(0, position);
+    }
+    void rollback() noexcept override {
+      try {
+        owner->write_conn->exec("rollback", {});
+      } catch (...) {
+        // A failed rollback leaves SQLite's own automatic rollback; nothing more to undo.
+      }
+      owner->write_mutex.unlock();
+    }
+  };
+
+  // A read-only transaction on a connection of its own (or on the writer's, for ":memory:").
+  struct reader final : read_transaction {
+    impl* owner = nullptr;
+    std::unique_ptr<connection> own;
+    connection* conn = nullptr;
+
+    void query(std::string_view sql, std::span<const sql_value> params,
+               row_callback on_row) override {
+      run_query(*conn, sql, params, on_row);
+    }
+    void finish() noexcept override {
+      try {
+        conn->exec("commit", {});
+      } catch (...) {
+        // A read-only transaction has nothing to lose; the connection stays usable.
+      }
+      owner->give_back(this);
+    }
+  };
+
+  explicit impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.path.empty()) {
+    if (!memory) {
+      auto folder = std::filesystem::path(o.path).parent_path();
+      if (!folder.empty()) std::filesystem::create_directories(folder);
+    }
+    write_conn = std::make_unique<connection>(
+        memory ? ":memory:" : o.path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, o.busy_timeout);
+    if (!memory) write_conn->script("pragma journal_mode = wal");
+    write_conn->script(o.sync == durability::full ? "pragma synchronous = full"
+                                                  : "pragma synchronous = normal");
+    write_conn->script("pragma foreign_keys = on");
+    write_tx.owner = this;
+  }
+
+  write_transaction& begin_write(const request_meta& meta) {
+    write_mutex.lock();
+    try {
+      write_conn->exec("begin immediate", {});
+    } catch (...) {
+      write_mutex.unlock();
+      throw;
+    }
+    write_tx.meta = &meta;
+    write_tx.last_position = 0;
+    return write_tx;
+  }
+
+  read_transaction& begin_read() {
+    reader* r = nullptr;
+    if (memory) {
+      write_mutex.lock();  // one connection: reads wait for the writer, under query_only
+      memory_reader.owner = this;
+      memory_reader.conn = write_conn.get();
+      r = &memory_reader;
+      try {
+        write_conn->script("pragma query_only = 1");
+      } catch (...) {
+        write_mutex.unlock();
+        throw;
+      }
+    } else {
+      std::lock_guard lock(readers_mutex);
+      if (free_readers.empty()) {
+        auto fresh = std::make_unique<reader>();
+        fresh->owner = this;
+        fresh->own =
+            std::make_unique<connection>(opts.path, SQLITE_OPEN_READONLY, opts.busy_timeout);
+        fresh->own->script("pragma query_only = 1");
+        fresh->conn = fresh->own.get();
+        free_readers.push_back(fresh.get());
+        readers.push_back(std::move(fresh));
+      }
+      r = free_readers.back();
+      free_readers.pop_back();
+    }
+    try {
+      r->conn->exec("begin", {});
+    } catch (...) {
+      give_back(r);
+      throw;
+    }
+    return *r;
+  }
+
+  void give_back(reader* r) noexcept {
+    if (r == &memory_reader) {
+      try {
+        write_conn->script("pragma query_only = 0");
+      } catch (...) {
+        // Unreachable in practice: the pragma cannot fail on an open connection.
+      }
+      write_mutex.unlock();
+      return;
+    }
+    std::lock_guard lock(readers_mutex);
+    free_readers.push_back(r);
+  }
+
+  // Runs `body` in a read transaction that is always finished.
+  template <class F>
+  auto read(F&& body) {
+    auto& tx = static_cast<reader&>(begin_read());
+    try {
+      auto out = body(*tx.conn);
+      tx.finish();
+      return out;
+    } catch (...) {
+      tx.finish();
+      throw;
+    }
+  }
+
+  options opts;
+  bool memory;
+  std::mutex write_mutex;
+  std::unique_ptr<connection> write_conn;
+  writer write_tx;
+  reader memory_reader;
+  std::mutex readers_mutex;
+  std::vector<std::unique_ptr<reader>> readers;
+  std::vector<reader*> free_readers;
+};
+
+store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<impl>(options_)) {
+  migrate("cleave", own_migrations);
+}
+
+store::~store() = default;
+
+write_transaction& store::begin_write(const request_meta& meta) {
+  return impl_->begin_write(meta);
+}
+
+read_transaction& store::begin_read(const request_meta&) {
+  return impl_->begin_read();
+}
+
+std::vector<stored_event> store::read_events(position_token after, std::size_t limit) {
+  return impl_->read([&](connection& conn) {
+    std::vector<stored_event> out;
+    const sql_value params[] = {static_cast<std::int64_t>(after.position()),
+                                static_cast<std::int64_t>(limit)};
+    auto& s = conn.prepare(select_events, params);
+    reset_on_exit guard{s};
+    while (s.step()) {
+      stored_event e;
+      e.position = position_token(0, static_cast<std::uint64_t>(s.int_at(0)));
+      e.stream = s.text_at(1);
+      e.stream_version = static_cast<std::uint64_t>(s.int_at(2));
+      e.type = s.text_at(3);
+      e.payload = json::parse(s.text_at(4));
+      e.command_id = s.text_at(5);
+      e.correlation_id = s.text_at(6);
+      e.recorded_at_ms = s.int_at(7);
+      out.push_back(std::move(e));
+    }
+    return out;
+  });
+}
+
+position_token store::head() {
+  return impl_->read([](connection& conn) {
+    return position_token(0, static_cast<std::uint64_t>(scalar(
+                                 conn, "select coalesce(max(position), 0) from cleave_events")));
+  });
+}
+
+void store::migrate(std::string_view component, std::span<const migration> migrations) {
+  auto& conn = *impl_->write_conn;
+  std::lock_guard lock(impl_->write_mutex);
+  conn.script(
+      "create table if not exists cleave_migrations(component text not null, version integer not "
+      "null, name text not null, applied_at integer not null, primary key(component, version))");
+  std::vector<const migration*> ordered;
+  for (const auto& m : migrations) ordered.push_back(&m);
+  std::sort(ordered.begin(), ordered.end(),
+            [](const migration* a, const migration* b) { return a->version < b->version; });
+  for (const auto* m : ordered) {
+    // One transaction per step, taken with the write lock first: a second process waits, then
+    // finds the step applied.
+    conn.exec("begin immediate", {});
+    try {
+      const sql_value key[] = {component, std::int64_t{m->version}};
+      if (scalar(conn,
+                 "select count(*) from cleave_migrations where component = $1 and version = $2",
+                 key) == 0) {
+        conn.script(m->sql);
+        const sql_value row[] = {component, std::int64_t{m->version}, m->name, now_ms()};
+        conn.exec(
+            "insert into cleave_migrations(component, version, name, applied_at) values ($1, $2, "
+            "$3, $4)",
+            row);
+      }
+      conn.exec("commit", {});
+    } catch (const error_exception& e) {
+      conn.exec("rollback", {});
+      throw error_exception({e.error().category,
+                             fmt::format("migration {} '{}' of {}: {}", m->version, m->name,
+                                         component, e.error().message),
+                             {}});
+    }
+  }
+}
+
+std::vector<int> store::applied_migrations(std::string_view component) {
+  return impl_->read([&](connection& conn) {
+    std::vector<int> out;
+    const sql_value key[] = {component};
+    run_query(conn, "select version from cleave_migrations where component = $1 order by version",
+              key, [&](const row_view& row) {
+                out.push_back(static_cast<int>(std::get<std::int64_t>(row.get(0))));
+              });
+    return out;
+  });
+}
+
+}  // namespace cleave::sqlite
