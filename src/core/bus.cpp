@@ -6,27 +6,98 @@ namespace cleave {
 
 namespace detail {
 
+namespace {
+
+// Refusals a retry would only repeat, so an idempotent command remembers them; transient
+// failures (conflict, unavailable, internal) are not remembered and a retry runs again.
+bool remembered_failure(errc category) {
+  return category == errc::rejected || category == errc::validation || category == errc::not_found;
+}
+
+// Replays an outcome recorded for the command's id.
+result<void> replay(const remembered_outcome& prior, const message_info& info,
+                    const request_meta& meta, position_token& position, const command_step& step) {
+  if (prior.command_type != info.wire_name)
+    return fail(errc::conflict, fmt::format("command id '{}' was already used for '{}'",
+                                            meta.command_id, prior.command_type));
+  position = prior.position;
+  if (prior.failure) return std::unexpected(*prior.failure);
+  return step.replay(prior.response);
+}
+
+// Looks the command id up in a transaction of its own.
+std::optional<remembered_outcome> look_up(session_source& source, const request_meta& meta) {
+  auto& tx = source.begin_write(meta);
+  std::optional<remembered_outcome> prior;
+  try {
+    prior = tx.remembered();
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.rollback();
+  return prior;
+}
+
+void remember_failure(session_source& source, const message_info& info, const request_meta& meta,
+                      const error& failure) {
+  auto& tx = source.begin_write(meta);
+  try {
+    if (!tx.remembered()) {  // a racing retry may have recorded the first outcome meanwhile
+      tx.remember({std::string(info.wire_name), failure, json(nullptr), {}});
+      tx.commit();
+      return;
+    }
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.rollback();
+}
+
+}  // namespace
+
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
-                       position_token& position, function_ref<result<void>(write_context&)> body) {
+                       position_token& position, const command_step& step) {
   if (!source) {
     try {
       write_context ctx(nullptr, meta);
-      return body(ctx);
+      return step.run(ctx);
     } catch (...) {
       return std::unexpected(error_from_current_exception(info, meta));
     }
   }
+  const bool idempotent = !meta.command_id.empty();
   write_transaction* tx = nullptr;
   try {
     tx = &source->begin_write(meta);
+    if (idempotent) {
+      if (auto prior = tx->remembered()) {
+        std::exchange(tx, nullptr)->rollback();
+        return replay(*prior, info, meta, position, step);
+      }
+    }
     write_context ctx(tx, meta);
-    auto outcome = body(ctx);
+    auto outcome = step.run(ctx);
     auto* ending = std::exchange(tx, nullptr);
     if (!outcome) {
       ending->rollback();
+      if (idempotent && remembered_failure(outcome.error().category))
+        remember_failure(*source, info, meta, outcome.error());
       return outcome;
     }
-    position = ending->commit();  // on failure the transaction is already over
+    if (idempotent)
+      ending->remember({std::string(info.wire_name), std::nullopt, step.response(), {}});
+    try {
+      position = ending->commit();  // on failure the transaction is already over
+    } catch (const error_exception& e) {
+      // Two retries raced (possible where writers run concurrently): the loser's record of the
+      // id collides, its effects are rolled back, and it returns the winner's outcome.
+      if (!idempotent || e.error().category != errc::conflict) throw;
+      auto prior = look_up(*source, meta);
+      if (!prior) throw;
+      return replay(*prior, info, meta, position, step);
+    }
     return {};
   } catch (...) {
     if (tx) tx->rollback();
@@ -68,6 +139,38 @@ result<json_outcome> command_bus::send_json(std::string_view wire_name, const js
 result<json_outcome> query_bus::ask_json(std::string_view wire_name, const json& body,
                                          const request_meta& meta) {
   return detail::dispatch_by_name(core_, this, message_kind::query, wire_name, body, meta);
+}
+
+json outcome_to_json(const remembered_outcome& outcome) {
+  if (!outcome.failure) return json{{"response", outcome.response}};
+  json fields = json::array();
+  for (const auto& f : outcome.failure->fields)
+    fields.push_back({{"path", f.path}, {"message", f.message}});
+  return json{{"error",
+               {{"category", to_string(outcome.failure->category)},
+                {"message", outcome.failure->message},
+                {"fields", std::move(fields)}}}};
+}
+
+result<remembered_outcome> outcome_from_json(const json& stored) {
+  remembered_outcome out;
+  try {
+    if (auto it = stored.find("response"); it != stored.end()) {
+      out.response = *it;
+      return out;
+    }
+    const auto& e = stored.at("error");
+    auto category = errc_from_string(e.at("category").get<std::string>());
+    if (!category) return fail(errc::internal, "a remembered outcome has an unknown category");
+    error failure{*category, e.at("message").get<std::string>(), {}};
+    for (const auto& f : e.at("fields"))
+      failure.fields.push_back(
+          {f.at("path").get<std::string>(), f.at("message").get<std::string>()});
+    out.failure = std::move(failure);
+    return out;
+  } catch (const json::exception& ex) {
+    return fail(errc::internal, fmt::format("a remembered outcome is malformed: {}", ex.what()));
+  }
 }
 
 }  // namespace cleave

@@ -88,6 +88,8 @@ class recording_source final : public cleave::session_source {
       return cleave::position_token(0, static_cast<std::uint64_t>(++owner->position));
     }
     void rollback() noexcept override { owner->log.push_back("rollback"); }
+    std::optional<cleave::remembered_outcome> remembered() override { return std::nullopt; }
+    void remember(cleave::remembered_outcome) override { owner->log.push_back("remember"); }
     void finish() noexcept override { owner->log.push_back("finish"); }
   };
 

@@ -24,6 +24,13 @@ std::string_view to_string(errc category) noexcept {
   return "internal";
 }
 
+std::optional<errc> errc_from_string(std::string_view name) noexcept {
+  for (auto c : {errc::validation, errc::not_found, errc::conflict, errc::rejected,
+                 errc::unavailable, errc::unauthorized, errc::forbidden, errc::internal})
+    if (to_string(c) == name) return c;
+  return std::nullopt;
+}
+
 std::string error::describe() const {
   std::string out{to_string(category)};
   out += ": ";

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -29,7 +30,18 @@ constexpr migration own_migrations[] = {
      "  recorded_at integer not null);"
      "create unique index cleave_events_stream on cleave_events(stream, stream_version)"
      "  where stream <> '';"},
+    {2, "command outcomes",
+     "create table cleave_commands("
+     "  command_id text primary key,"
+     "  command_type text not null,"
+     "  outcome text not null,"
+     "  position integer not null,"
+     "  recorded_at integer not null);"
+     "create index cleave_commands_age on cleave_commands(recorded_at);"},
 };
+
+// Expired outcomes are purged once every this many recorded outcomes.
+constexpr std::uint64_t purge_every = 1024;
 
 constexpr std::string_view select_events =
     "select position, stream, stream_version, type, payload, command_id, correlation_id, "
@@ -70,6 +82,7 @@ struct store::impl {
     impl* owner = nullptr;
     const request_meta* meta = nullptr;
     std::int64_t last_position = 0;
+    std::optional<remembered_outcome> outcome;  // written by commit()
 
     void query(std::string_view sql, std::span<const sql_value> params,
                row_callback on_row) override {
@@ -110,11 +123,32 @@ struct store::impl {
       last_position = sqlite3_last_insert_rowid(conn.handle());
       return static_cast<std::uint64_t>(version);
     }
+    std::optional<remembered_outcome> remembered() override {
+      const auto oldest = now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         owner->opts.outcome_retention)
+                                         .count();
+      const sql_value key[] = {std::string_view(meta->command_id), oldest};
+      auto& s = owner->write_conn->prepare(
+          "select command_type, outcome, position from cleave_commands where command_id = $1 "
+          "and recorded_at >= $2",
+          key);
+      reset_on_exit guard{s};
+      if (!s.step()) return std::nullopt;
+      auto stored = parse_json(s.text_at(1));
+      auto prior = stored ? outcome_from_json(*stored) : std::unexpected(stored.error());
+      if (!prior) throw error_exception(prior.error());
+      prior->command_type = s.text_at(0);
+      prior->position = position_token(0, static_cast<std::uint64_t>(s.int_at(2)));
+      return std::move(*prior);
+    }
+    void remember(remembered_outcome o) override { outcome = std::move(o); }
+
     position_token commit() override {
       auto& conn = *owner->write_conn;
       try {
         if (last_position == 0)
           last_position = scalar(conn, "select coalesce(max(position), 0) from cleave_events");
+        if (outcome) write_outcome(conn);
         conn.exec("commit", {});
       } catch (...) {
         rollback();
@@ -124,7 +158,28 @@ struct store::impl {
       owner->write_mutex.unlock();
       return position_token(0, position);
     }
+    void write_outcome(connection& conn) {
+      const std::string text = outcome_to_json(*outcome).dump();
+      const auto now = now_ms();
+      // `insert or replace`: an outcome that expired but was not purged yet gives way.
+      const sql_value row[] = {std::string_view(meta->command_id),
+                               std::string_view(outcome->command_type), std::string_view(text),
+                               last_position, now};
+      conn.exec(
+          "insert or replace into cleave_commands(command_id, command_type, outcome, position, "
+          "recorded_at) values ($1, $2, $3, $4, $5)",
+          row);
+      if (++owner->outcomes_recorded % purge_every == 0) {
+        const sql_value oldest[] = {now - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              owner->opts.outcome_retention)
+                                              .count()};
+        conn.exec("delete from cleave_commands where recorded_at < $1", oldest);
+      }
+      outcome.reset();
+    }
+
     void rollback() noexcept override {
+      outcome.reset();
       try {
         owner->write_conn->exec("rollback", {});
       } catch (...) {
@@ -178,6 +233,7 @@ struct store::impl {
     }
     write_tx.meta = &meta;
     write_tx.last_position = 0;
+    write_tx.outcome.reset();
     return write_tx;
   }
 
@@ -249,6 +305,7 @@ struct store::impl {
   options opts;
   bool memory;
   std::mutex write_mutex;
+  std::uint64_t outcomes_recorded = 0;  // guarded by write_mutex
   std::unique_ptr<connection> write_conn;
   writer write_tx;
   reader memory_reader;

@@ -181,7 +181,7 @@ TEST_F(sqlite_store, migrations_apply_once_in_order_and_report_failures) {
   EXPECT_EQ(db.applied_migrations("shop"), (std::vector<int>{1, 2}));
   db.migrate("shop", shop_schema);  // again: nothing to do
   EXPECT_EQ(db.applied_migrations("shop"), (std::vector<int>{1, 2}));
-  EXPECT_EQ(db.applied_migrations("cleave"), (std::vector<int>{1}));
+  EXPECT_EQ(db.applied_migrations("cleave"), (std::vector<int>{1, 2}));  // cleave's own tables
 
   constexpr cleave::migration broken[] = {{3, "typo", "create tabel nope(x)"}};
   try {

@@ -81,10 +81,18 @@ inline constexpr bool returns_response =
     std::is_convertible_v<typename sig_of<H>::return_type, result<R>> ||
     (std::is_void_v<R> && std::is_void_v<typename sig_of<H>::return_type>);
 
-// Runs a command body in a write transaction from `source` (or with no store when null):
-// commits on success, rolls back on failure or exception. Exceptions become errors.
+// The typed parts of one command's run, for run_write.
+struct command_step {
+  function_ref<result<void>(write_context&)> run;  // runs the handler, keeps its response
+  function_ref<json()> response;                   // the kept response as JSON
+  function_ref<result<void>(const json&)> replay;  // keeps a remembered response instead
+};
+
+// Runs a command in a write transaction from `source` (or with no store when null): commits on
+// success, rolls back on failure or exception; exceptions become errors. A command with an id
+// (request_meta::command_id) runs at most once: a retry gets the first outcome.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
-                       position_token& position, function_ref<result<void>(write_context&)> body);
+                       position_token& position, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
 result<void> run_read(session_source* source, const message_info& info, const request_meta& meta,
                       function_ref<result<void>(read_context&)> body);
@@ -297,8 +305,24 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
     response.set(std::move(r));
     return {};
   };
+  auto encode = [&]() -> json {
+    if constexpr (std::is_void_v<R>) {
+      return json(nullptr);
+    } else {
+      return to_json(*response.value);
+    }
+  };
+  auto replay = [&](const json& j) -> result<void> {
+    if constexpr (!std::is_void_v<R>) {
+      detail::json_decoder decoder(decode_mode::tolerant);
+      decoder.read(j, response.value.emplace());
+      if (!decoder.ok()) return std::unexpected(decoder.take_error());
+    }
+    return {};
+  };
+  const detail::command_step step{body, encode, replay};
   auto innermost = [&]() -> result<void> {
-    return detail::run_write(source_, info_of<C>(), meta, position, body);
+    return detail::run_write(source_, info_of<C>(), meta, position, step);
   };
   auto outcome =
       core_.run(message_ref(&command_message, detail::ops_of<C>(), e->slot), meta, innermost);

@@ -2,6 +2,7 @@
 // Expected outcomes as values: cleave::result<T> is std::expected<T, cleave::error>.
 
 #include <expected>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -24,6 +25,8 @@ enum class errc {
 
 // The stable lower-case name of a category ("validation", "not_found", ...).
 std::string_view to_string(errc category) noexcept;
+// The category with that name; nullopt for any other text.
+std::optional<errc> errc_from_string(std::string_view name) noexcept;
 
 // One problem with one member of a message, named by its JSON path ("lines[0].quantity").
 struct field_error {

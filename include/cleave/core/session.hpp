@@ -85,13 +85,34 @@ class write_session : public read_session {
   virtual std::uint64_t append(const pending_event& event) = 0;
 };
 
+// The first outcome of a command that carried an id, returned again to every retry.
+struct remembered_outcome {
+  std::string command_type;      // the wire name it was recorded for
+  std::optional<error> failure;  // set when the command was refused
+  json response;                 // the handler's response as JSON (null for none)
+  position_token position;
+};
+
+// Encodes an outcome as stored: {"response": …} or {"error": {"category", "message", "fields"}}.
+json outcome_to_json(const remembered_outcome& outcome);
+// Reads it back (type and position come from elsewhere); malformed input is errc::internal.
+result<remembered_outcome> outcome_from_json(const json& stored);
+
 // A write transaction as the command bus drives it. The source lends it out; exactly one of
 // commit() or rollback() ends it and gives it back, after which the caller must not touch it.
 class write_transaction : public write_session {
  public:
   // Commits; returns the position of what this transaction appended (or the log's position).
+  // When it throws, the transaction is already rolled back and given back.
   virtual position_token commit() = 0;
   virtual void rollback() noexcept = 0;
+
+  // Idempotent commands (request_meta::command_id set): the outcome already recorded for this
+  // transaction's command id and not yet expired, if any.
+  virtual std::optional<remembered_outcome> remembered() = 0;
+  // Records the outcome under this transaction's command id; it is written by commit(), with
+  // the position commit() returns, so it commits or rolls back with the command's effects.
+  virtual void remember(remembered_outcome outcome) = 0;
 };
 
 // A read-only transaction as the query bus drives it; finish() ends it and gives it back.

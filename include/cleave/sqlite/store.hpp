@@ -24,6 +24,8 @@ struct options {
   durability sync = durability::full;
   // How long a write waits for another process's write transaction before giving up.
   std::chrono::milliseconds busy_timeout{5000};
+  // How long the outcome of a command with an id is kept for its retries.
+  std::chrono::seconds outcome_retention = std::chrono::hours(24 * 7);
 };
 
 // A SQLite database as a cleave store. One writer at a time (SQLite's rule; a second writer,
