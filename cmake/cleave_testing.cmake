@@ -11,3 +11,20 @@ function(cleave_add_test name)
     set_tests_properties(${name} PROPERTIES LABELS "${arg_LABELS}")
   endif()
 endfunction()
+
+# One throwaway PostgreSQL cluster per ctest run, as a fixture (or the server CLEAVE_TEST_PG_URL
+# names). Tests that need it are added with cleave_add_pg_test and find its URL through
+# CLEAVE_TEST_PG_URL_FILE.
+set(CLEAVE_PG_DIR ${PROJECT_BINARY_DIR}/postgres)
+add_test(NAME postgres.start COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-cluster start ${CLEAVE_PG_DIR})
+add_test(NAME postgres.stop COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-cluster stop ${CLEAVE_PG_DIR})
+set_tests_properties(postgres.start PROPERTIES FIXTURES_SETUP postgres LABELS postgres)
+set_tests_properties(postgres.stop PROPERTIES FIXTURES_CLEANUP postgres LABELS postgres)
+
+function(cleave_add_pg_test name)
+  cmake_parse_arguments(arg "" "" "LABELS" ${ARGN})
+  cleave_add_test(${name} ${arg_UNPARSED_ARGUMENTS} LABELS postgres ${arg_LABELS})
+  target_link_libraries(${name} PRIVATE PostgreSQL::PostgreSQL)
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED postgres
+    ENVIRONMENT CLEAVE_TEST_PG_URL_FILE=${CLEAVE_PG_DIR}/url)
+endfunction()

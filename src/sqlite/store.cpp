@@ -27,7 +27,8 @@ constexpr migration own_migrations[] = {
      "  payload text not null,"
      "  command_id text,"
      "  correlation_id text,"
-     "  recorded_at integer not null);"
+     "  recorded_at integer not null default (cast((julianday('now') - 2440587.5) * 86400000 as "
+     "integer)));"
      "create unique index cleave_events_stream on cleave_events(stream, stream_version)"
      "  where stream <> '';"},
     {2, "command outcomes",
@@ -36,7 +37,8 @@ constexpr migration own_migrations[] = {
      "  command_type text not null,"
      "  outcome text not null,"
      "  position integer not null,"
-     "  recorded_at integer not null);"
+     "  recorded_at integer not null default (cast((julianday('now') - 2440587.5) * 86400000 as "
+     "integer)));"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
 };
 

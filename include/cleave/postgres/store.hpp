@@ -1,0 +1,51 @@
+#pragma once
+// The server backend: PostgreSQL through libpq, with prepared statements and a connection pool.
+//
+//   cleave::postgres::store db({.url = "postgresql://app@127.0.0.1/shop"});
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include <cleave/store/store.hpp>
+
+namespace cleave::postgres {
+
+struct options {
+  std::string url;            // a libpq connection string or URI
+  std::size_t pool_size = 8;  // connections shared by writes and reads
+  // How long begin_write/begin_read wait for a free connection before errc::unavailable.
+  std::chrono::milliseconds pool_timeout{5000};
+  // How long the outcome of a command with an id is kept for its retries.
+  std::chrono::seconds outcome_retention = std::chrono::hours(24 * 7);
+};
+
+// A PostgreSQL database as a cleave store. Write transactions run concurrently; the event log is
+// read gap-safely by (transaction id, position) below the oldest running transaction. Position
+// tokens carry the writer's xid8, the position and the commit LSN. Applies cleave's own
+// migrations when opened. Thread-safe.
+class store final : public cleave::store {
+ public:
+  // Connects and migrates. Throws cleave::error_exception when it cannot.
+  explicit store(options opts);
+  ~store() override;
+  store(const store&) = delete;
+  store& operator=(const store&) = delete;
+
+  write_transaction& begin_write(const request_meta& meta) override;
+  read_transaction& begin_read(const request_meta& meta) override;
+  std::vector<stored_event> read_events(position_token after, std::size_t limit) override;
+  position_token head() override;
+  void migrate(std::string_view component, std::span<const migration> migrations) override;
+  std::vector<int> applied_migrations(std::string_view component) override;
+
+  const options& settings() const noexcept { return options_; }
+
+ private:
+  struct impl;
+  options options_;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace cleave::postgres

@@ -1,0 +1,390 @@
+#include <cleave/postgres/store.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "connection.hpp"
+
+namespace cleave::postgres {
+
+namespace {
+
+using detail::connection;
+using detail::result_set;
+
+constexpr migration own_migrations[] = {
+    {1, "event log",
+     "create table cleave_events("
+     "  position bigint generated always as identity primary key,"
+     "  transaction_id xid8 not null default pg_current_xact_id(),"
+     "  stream text not null,"
+     "  stream_version bigint not null,"
+     "  type text not null,"
+     "  payload jsonb not null,"
+     "  command_id text,"
+     "  correlation_id text,"
+     "  recorded_at timestamptz not null default now());"
+     "create unique index cleave_events_stream on cleave_events(stream, stream_version)"
+     "  where stream <> '';"
+     "create index cleave_events_order on cleave_events(transaction_id, position);"},
+    {2, "command outcomes",
+     "create table cleave_commands("
+     "  command_id text primary key,"
+     "  command_type text not null,"
+     "  outcome jsonb not null,"
+     "  transaction_id xid8 not null,"
+     "  position bigint not null,"
+     "  lsn pg_lsn,"
+     "  recorded_at timestamptz not null default now());"
+     "create index cleave_commands_age on cleave_commands(recorded_at);"},
+};
+
+// Gap-safe: only transactions older than every running one, in (transaction, position) order.
+constexpr std::string_view select_events =
+    "select transaction_id::text, position, stream, stream_version, type, payload::text, "
+    "command_id, correlation_id, (extract(epoch from recorded_at) * 1000)::bigint "
+    "from cleave_events "
+    "where (transaction_id, position) > ($1::text::xid8, $2) "
+    "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+    // Qualified: the output column `transaction_id` is text, and would sort as text.
+    "order by cleave_events.transaction_id, cleave_events.position limit $3";
+
+constexpr std::uint64_t purge_every = 1024;
+
+std::uint64_t parse_u64(std::string_view text) {
+  std::uint64_t v = 0;
+  std::from_chars(text.data(), text.data() + text.size(), v);
+  return v;
+}
+
+// "16/B374D848" -> 0x16B374D848
+std::uint64_t parse_lsn(std::string_view text) {
+  const auto slash = text.find('/');
+  if (slash == std::string_view::npos) return 0;
+  std::uint64_t hi = 0, lo = 0;
+  std::from_chars(text.data(), text.data() + slash, hi, 16);
+  std::from_chars(text.data() + slash + 1, text.data() + text.size(), lo, 16);
+  return (hi << 32) | lo;
+}
+
+std::string retention_interval(std::chrono::seconds s) {
+  return fmt::format("{} seconds", s.count());
+}
+
+}  // namespace
+
+struct store::impl {
+  // One pooled connection, lent out as a write or a read-only transaction.
+  struct session final : write_transaction, read_transaction {
+    impl* owner = nullptr;
+    std::unique_ptr<connection> conn;
+    const request_meta* meta = nullptr;
+    std::uint64_t transaction_id = 0;  // set by the first append
+    std::uint64_t last_position = 0;
+    std::optional<remembered_outcome> outcome;
+
+    void query(std::string_view sql, std::span<const sql_value> params,
+               row_callback on_row) override {
+      auto rows = conn->run(sql, params);
+      for (int r = 0; r < rows.rows(); ++r) {
+        rows.at(r);
+        on_row(rows);
+      }
+    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+      return conn->run(sql, params).affected();
+    }
+
+    std::uint64_t append(const pending_event& e) override {
+      std::int64_t version = 0;
+      if (!e.stream.empty()) {
+        const sql_value stream[] = {e.stream};
+        auto r = conn->run(
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1", stream);
+        const auto current = static_cast<std::uint64_t>(r.integer(0, 0));
+        if (e.expected_version && *e.expected_version != current)
+          throw error_exception({errc::conflict,
+                                 fmt::format("stream '{}' is at version {}, expected {}", e.stream,
+                                             current, *e.expected_version),
+                                 {}});
+        version = static_cast<std::int64_t>(current + 1);
+      }
+      const std::string payload = e.payload.dump();
+      const sql_value params[] = {
+          e.stream,
+          version,
+          e.type,
+          std::string_view(payload),
+          meta->command_id.empty() ? sql_value{} : sql_value{std::string_view(meta->command_id)},
+          meta->correlation_id.empty() ? sql_value{}
+                                       : sql_value{std::string_view(meta->correlation_id)}};
+      auto r = conn->run(
+          "insert into cleave_events(stream, stream_version, type, payload, command_id, "
+          "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
+          "returning position, transaction_id::text",
+          params);
+      last_position = static_cast<std::uint64_t>(r.integer(0, 0));
+      transaction_id = parse_u64(r.text(0, 1));
+      return static_cast<std::uint64_t>(version);
+    }
+
+    std::optional<remembered_outcome> remembered() override {
+      const auto keep = retention_interval(owner->opts.outcome_retention);
+      const sql_value key[] = {std::string_view(meta->command_id), std::string_view(keep)};
+      auto r = conn->run(
+          "select command_type, outcome::text, transaction_id::text, position, lsn::text "
+          "from cleave_commands where command_id = $1 and recorded_at >= now() - $2::interval",
+          key);
+      if (r.rows() == 0) return std::nullopt;
+      auto stored = parse_json(r.text(0, 1));
+      auto prior = stored ? outcome_from_json(*stored) : std::unexpected(stored.error());
+      if (!prior) throw error_exception(prior.error());
+      prior->command_type = r.text(0, 0);
+      prior->position =
+          position_token(parse_u64(r.text(0, 2)), static_cast<std::uint64_t>(r.integer(0, 3)),
+                         r.is_null(0, 4) ? 0 : parse_lsn(r.text(0, 4)));
+      return std::move(*prior);
+    }
+    void remember(remembered_outcome o) override { outcome = std::move(o); }
+
+    void write_outcome() {
+      const std::string text = outcome_to_json(*outcome).dump();
+      const auto keep = retention_interval(owner->opts.outcome_retention);
+      const std::string xid = std::to_string(transaction_id);  // 0 when nothing was appended
+      const sql_value row[] = {std::string_view(meta->command_id),
+                               std::string_view(outcome->command_type),
+                               std::string_view(text),
+                               std::string_view(xid),
+                               static_cast<std::int64_t>(last_position),
+                               std::string_view(keep)};
+      // A live record for the id means a racing retry won: no row changes, and this transaction
+      // is a conflict. An expired one not yet purged gives way.
+      auto r = conn->run(
+          "insert into cleave_commands(command_id, command_type, outcome, transaction_id, "
+          "position) "
+          "values ($1, $2, $3::jsonb, $4::text::xid8, $5) "
+          "on conflict (command_id) do update set command_type = excluded.command_type, "
+          "  outcome = excluded.outcome, transaction_id = excluded.transaction_id, "
+          "  position = excluded.position, recorded_at = now() "
+          "where cleave_commands.recorded_at < now() - $6::interval",
+          row);
+      if (r.affected() == 0)
+        throw error_exception(
+            {errc::conflict,
+             fmt::format("command id '{}' was recorded by a concurrent retry", meta->command_id),
+             {}});
+      if (owner->outcomes_recorded.fetch_add(1) % purge_every == purge_every - 1) {
+        const sql_value older[] = {std::string_view(keep)};
+        conn->run("delete from cleave_commands where recorded_at < now() - $1::interval", older);
+      }
+    }
+
+    position_token commit() override {
+      std::uint64_t lsn = 0;
+      try {
+        if (outcome) write_outcome();
+        auto r = conn->script("commit; select pg_current_wal_lsn()::text");
+        lsn = parse_lsn(r.text(0, 0));
+      } catch (...) {
+        rollback();
+        throw;
+      }
+      const position_token token(transaction_id, last_position, lsn);
+      owner->give_back(this);
+      return token;
+    }
+    void rollback() noexcept override {
+      try {
+        conn->script("rollback");
+      } catch (...) {
+        // A broken connection is replaced when given back.
+      }
+      owner->give_back(this);
+    }
+    void finish() noexcept override { rollback(); }
+  };
+
+  explicit impl(const options& o) : opts(o) {
+    // Connect one up front, so a wrong URL fails here and not at the first command.
+    auto first = std::make_unique<session>();
+    first->owner = this;
+    first->conn = std::make_unique<connection>(opts.url);
+    free.push_back(first.get());
+    all.push_back(std::move(first));
+  }
+
+  session& acquire(const request_meta& meta, std::string_view begin) {
+    session* s = nullptr;
+    {
+      std::unique_lock lock(mutex);
+      if (free.empty() && all.size() < opts.pool_size) {
+        auto fresh = std::make_unique<session>();
+        fresh->owner = this;
+        free.push_back(fresh.get());
+        all.push_back(std::move(fresh));
+      }
+      if (!available.wait_for(lock, opts.pool_timeout, [&] { return !free.empty(); }))
+        throw error_exception({errc::unavailable,
+                               fmt::format("no PostgreSQL connection was free within {} ms",
+                                           opts.pool_timeout.count()),
+                               {}});
+      s = free.back();
+      free.pop_back();
+    }
+    try {
+      if (!s->conn || !s->conn->healthy()) s->conn = std::make_unique<connection>(opts.url);
+      s->conn->script(begin);
+    } catch (...) {
+      give_back(s);
+      throw;
+    }
+    s->meta = &meta;
+    s->transaction_id = 0;
+    s->last_position = 0;
+    s->outcome.reset();
+    return *s;
+  }
+
+  void give_back(session* s) noexcept {
+    s->outcome.reset();
+    if (s->conn && !s->conn->healthy()) s->conn.reset();
+    {
+      std::lock_guard lock(mutex);
+      free.push_back(s);
+    }
+    available.notify_one();
+  }
+
+  // Runs `body` on a connection in a read-only transaction that is always ended.
+  template <class F>
+  auto read(F&& body) {
+    static const request_meta none;
+    auto& s = acquire(none, "begin transaction isolation level read committed read only");
+    try {
+      auto out = body(*s.conn);
+      s.finish();
+      return out;
+    } catch (...) {
+      s.finish();
+      throw;
+    }
+  }
+
+  options opts;
+  std::mutex mutex;
+  std::condition_variable available;
+  std::vector<std::unique_ptr<session>> all;
+  std::vector<session*> free;
+  std::atomic<std::uint64_t> outcomes_recorded{0};
+};
+
+store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<impl>(options_)) {
+  migrate("cleave", own_migrations);
+}
+
+store::~store() = default;
+
+write_transaction& store::begin_write(const request_meta& meta) {
+  return impl_->acquire(meta, "begin");
+}
+
+read_transaction& store::begin_read(const request_meta& meta) {
+  return impl_->acquire(meta, "begin transaction read only");
+}
+
+std::vector<stored_event> store::read_events(position_token after, std::size_t limit) {
+  return impl_->read([&](connection& conn) {
+    const std::string xid = std::to_string(after.transaction());
+    const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
+                                static_cast<std::int64_t>(limit)};
+    auto r = conn.run(select_events, params);
+    std::vector<stored_event> out;
+    out.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i) {
+      stored_event e;
+      e.position =
+          position_token(parse_u64(r.text(i, 0)), static_cast<std::uint64_t>(r.integer(i, 1)));
+      e.stream = r.text(i, 2);
+      e.stream_version = static_cast<std::uint64_t>(r.integer(i, 3));
+      e.type = r.text(i, 4);
+      e.payload = json::parse(r.text(i, 5));
+      e.command_id = r.text(i, 6);
+      e.correlation_id = r.text(i, 7);
+      e.recorded_at_ms = r.integer(i, 8);
+      out.push_back(std::move(e));
+    }
+    return out;
+  });
+}
+
+position_token store::head() {
+  return impl_->read([](connection& conn) {
+    auto r = conn.run(
+        "select transaction_id::text, position from cleave_events "
+        "where transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
+    if (r.rows() == 0) return position_token{};
+    return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
+  });
+}
+
+void store::migrate(std::string_view component, std::span<const migration> migrations) {
+  static const request_meta none;
+  std::vector<const migration*> ordered;
+  for (const auto& m : migrations) ordered.push_back(&m);
+  std::sort(ordered.begin(), ordered.end(),
+            [](const migration* a, const migration* b) { return a->version < b->version; });
+  // Each step in a transaction of its own, under an advisory lock that a second process waits
+  // for; it then finds the step applied.
+  auto step = [&](const migration* m) {
+    auto& s = impl_->acquire(none, "begin");
+    try {
+      s.conn->script("select pg_advisory_xact_lock(7297306275)");
+      s.conn->script(
+          "create table if not exists cleave_migrations(component text not null, version integer "
+          "not null, name text not null, applied_at timestamptz not null default now(), "
+          "primary key(component, version))");
+      if (m) {
+        const sql_value key[] = {component, std::int64_t{m->version}};
+        auto r = s.conn->run(
+            "select count(*) from cleave_migrations where component = $1 and version = $2", key);
+        if (r.integer(0, 0) == 0) {
+          s.conn->script(m->sql);
+          const sql_value row[] = {component, std::int64_t{m->version}, m->name};
+          s.conn->run("insert into cleave_migrations(component, version, name) values ($1, $2, $3)",
+                      row);
+        }
+      }
+      s.commit();
+    } catch (const error_exception& e) {
+      s.rollback();
+      if (!m) throw;
+      throw error_exception({e.error().category,
+                             fmt::format("migration {} '{}' of {}: {}", m->version, m->name,
+                                         component, e.error().message),
+                             {}});
+    }
+  };
+  if (ordered.empty()) step(nullptr);
+  for (const auto* m : ordered) step(m);
+}
+
+std::vector<int> store::applied_migrations(std::string_view component) {
+  return impl_->read([&](connection& conn) {
+    const sql_value key[] = {component};
+    auto r = conn.run("select version from cleave_migrations where component = $1 order by version",
+                      key);
+    std::vector<int> out;
+    for (int i = 0; i < r.rows(); ++i) out.push_back(static_cast<int>(r.integer(i, 0)));
+    return out;
+  });
+}
+
+}  // namespace cleave::postgres

@@ -1,0 +1,451 @@
+#pragma once
+// What every backend must do, as typed tests. A backend's test file defines a `backend` type —
+//   std::unique_ptr<cleave::store> open(std::chrono::seconds retention = default) const;
+// each call opening another handle on the same fresh database, as another process would —
+// and instantiates:  INSTANTIATE_TYPED_TEST_SUITE_P(sqlite, store_conformance, sqlite_backend);
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cleave/cleave.hpp>
+#include <cleave/store/store.hpp>
+#include <cleave/store/upcasting.hpp>
+
+namespace conformance {
+
+struct register_customer {
+  std::string id;
+  std::string name;
+};
+CLEAVE_COMMAND(register_customer, "conformance.register_customer", id, name)
+
+struct customer_registered {
+  std::string id;
+  std::string name;
+  std::string tier = "standard";
+};
+CLEAVE_EVENT(customer_registered, "conformance.customer_registered", id, name, tier)
+
+struct customer {
+  std::string id;
+  std::string name;
+  std::optional<std::string> email;
+};
+CLEAVE_RECORD(customer, id, name, email)
+
+struct customer_by_id {
+  std::string id;
+  using response = customer;
+};
+CLEAVE_QUERY(customer_by_id, "conformance.customer_by_id", id)
+
+struct wipe_customers {
+  using response = std::int64_t;
+};
+CLEAVE_QUERY(wipe_customers, "conformance.wipe_customers")
+
+struct deposit {
+  std::string account;
+  std::int64_t amount = 0;
+  using response = std::int64_t;  // the balance after it
+};
+CLEAVE_COMMAND(deposit, "conformance.deposit", account, amount)
+
+struct withdraw {
+  std::string account;
+  std::int64_t amount = 0;
+  using response = std::int64_t;
+};
+CLEAVE_COMMAND(withdraw, "conformance.withdraw", account, amount)
+
+struct tick {
+  std::int64_t writer = 0;
+  std::int64_t seq = 0;
+};
+CLEAVE_EVENT(tick, "conformance.tick", writer, seq)
+
+inline constexpr cleave::migration schema[] = {
+    {1, "customers", "create table customers(id text primary key, name text not null)"},
+    {2, "customer email", "alter table customers add column email text"},
+    {3, "accounts", "create table accounts(id text primary key, balance bigint not null)"},
+};
+
+inline std::atomic<int> deposit_runs{0};
+inline std::atomic<bool> fail_next_deposit{false};
+
+inline cleave::result<void> register_customer_handler(const register_customer& c,
+                                                      cleave::write_context& tx) {
+  if (c.name.empty()) return cleave::rejected("name must not be empty");
+  tx.exec("insert into customers(id, name) values ($1, $2)", c.id, c.name);
+  tx.emit(c.id, customer_registered{c.id, c.name});
+  if (c.name == "boom") throw std::runtime_error("failed after writing");
+  return {};
+}
+
+inline cleave::result<customer> customer_by_id_handler(const customer_by_id& q,
+                                                       const cleave::read_context& db) {
+  return db.one<customer>("select id, name, email from customers where id = $1", q.id);
+}
+
+inline std::int64_t balance_of(cleave::write_context& tx, const std::string& account) {
+  return tx.one<std::int64_t>("select balance from accounts where id = $1", account).value_or(0);
+}
+
+inline cleave::result<std::int64_t> deposit_handler(const deposit& c, cleave::write_context& tx) {
+  ++deposit_runs;
+  if (fail_next_deposit.exchange(false)) throw std::runtime_error("the disk hiccuped");
+  tx.exec(
+      "insert into accounts(id, balance) values ($1, $2) "
+      "on conflict(id) do update set balance = accounts.balance + excluded.balance",
+      c.account, c.amount);
+  return balance_of(tx, c.account);
+}
+
+inline cleave::result<std::int64_t> withdraw_handler(const withdraw& c, cleave::write_context& tx) {
+  const auto balance = balance_of(tx, c.account);
+  if (balance < c.amount) return cleave::rejected("insufficient funds");
+  tx.exec("update accounts set balance = balance - $2 where id = $1", c.account, c.amount);
+  return balance - c.amount;
+}
+
+inline cleave::request_meta with_id(std::string id) {
+  cleave::request_meta meta;
+  meta.command_id = std::move(id);
+  return meta;
+}
+
+inline std::int64_t count_rows(cleave::store& db, std::string_view table) {
+  std::int64_t n = -1;
+  auto& tx = db.begin_read({});
+  const std::string sql = "select count(*) from " + std::string(table);
+  tx.query(sql, {}, [&](const cleave::row_view& r) { n = std::get<std::int64_t>(r.get(0)); });
+  tx.finish();
+  return n;
+}
+
+template <class Backend>
+struct store_conformance : testing::Test {
+  Backend backend;
+  std::unique_ptr<cleave::store> db = backend.open();
+  cleave::command_bus commands{db.get()};
+  cleave::query_bus queries{db.get()};
+
+  void SetUp() override {
+    db->migrate("app", schema);
+    commands.add(register_customer_handler);
+    commands.add(deposit_handler);
+    commands.add(withdraw_handler);
+    queries.add(customer_by_id_handler);
+    deposit_runs = 0;
+  }
+};
+
+TYPED_TEST_SUITE_P(store_conformance);
+
+using cleave::errc;
+using testing::HasSubstr;
+
+TYPED_TEST_P(store_conformance, a_command_commits_its_state_and_its_event_together) {
+  cleave::request_meta meta;
+  meta.correlation_id = "req-1";
+  meta.command_id = "cmd-1";
+  auto done = this->commands.send(register_customer{"c1", "Ada"}, meta);
+  ASSERT_TRUE(done) << done.error().describe();
+  auto card = this->queries.ask(customer_by_id{"c1"});
+  ASSERT_TRUE(card) << card.error().describe();
+  EXPECT_EQ(card->name, "Ada");
+  EXPECT_FALSE(card->email);
+  auto events = this->db->read_events({}, 10);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].type, "conformance.customer_registered");
+  EXPECT_EQ(events[0].stream, "c1");
+  EXPECT_EQ(events[0].stream_version, 1u);
+  EXPECT_EQ(events[0].correlation_id, "req-1");
+  EXPECT_EQ(events[0].command_id, "cmd-1");
+  EXPECT_EQ(events[0].payload["name"], "Ada");
+  EXPECT_GT(events[0].recorded_at_ms, 1'600'000'000'000);
+  EXPECT_EQ(events[0].position, done->position);
+  EXPECT_EQ(this->db->head(), done->position);
+}
+
+TYPED_TEST_P(store_conformance, a_rejected_or_failing_command_leaves_nothing_behind) {
+  auto refused = this->commands.send(register_customer{"c1", ""});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().category, errc::rejected);
+  auto failed = this->commands.send(register_customer{"c2", "boom"});
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().category, errc::internal);
+  EXPECT_EQ(count_rows(*this->db, "customers"), 0);
+  EXPECT_EQ(count_rows(*this->db, "cleave_events"), 0);
+  EXPECT_TRUE(this->db->head().empty());
+  EXPECT_TRUE(this->commands.send(register_customer{"c3", "Grace"}));  // the writer is free again
+}
+
+TYPED_TEST_P(store_conformance, a_unique_violation_is_a_conflict) {
+  ASSERT_TRUE(this->commands.send(register_customer{"c1", "Ada"}));
+  auto again = this->commands.send(register_customer{"c1", "Ada"});
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().category, errc::conflict);
+  EXPECT_EQ(count_rows(*this->db, "cleave_events"), 1);
+}
+
+TYPED_TEST_P(store_conformance, a_query_cannot_write_even_through_raw_sql) {
+  ASSERT_TRUE(this->commands.send(register_customer{"c1", "Ada"}));
+  this->queries.add(
+      [](const wipe_customers&, const cleave::read_context& ctx) -> cleave::result<std::int64_t> {
+        return static_cast<std::int64_t>(
+            ctx.many<std::string>("delete from customers returning id").size());
+      });
+  auto r = this->queries.ask(wipe_customers{});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().category, errc::forbidden);
+  EXPECT_EQ(count_rows(*this->db, "customers"), 1);
+}
+
+TYPED_TEST_P(store_conformance, placeholders_bind_by_number_in_any_order) {
+  ASSERT_TRUE(this->commands.send(register_customer{"c1", "Ada"}));
+  auto& tx = this->db->begin_read({});
+  std::string name;
+  const cleave::sql_value params[] = {std::string_view("Ada"), std::string_view("c1")};
+  tx.query("select name from customers where id = $2 and name = $1", params,
+           [&](const cleave::row_view& r) { name = std::get<std::string_view>(r.get(0)); });
+  tx.finish();
+  EXPECT_EQ(name, "Ada");
+}
+
+TYPED_TEST_P(store_conformance, expected_stream_version_guards_concurrent_changes) {
+  auto& w = this->db->begin_write({});
+  cleave::write_context ctx(&w, cleave::detail::no_meta);
+  EXPECT_EQ(ctx.emit("s1", customer_registered{"s1", "a"}, 0), 1u);
+  EXPECT_EQ(ctx.emit("s1", customer_registered{"s1", "b"}, 1), 2u);
+  EXPECT_EQ(ctx.emit("s2", customer_registered{"s2", "c"}), 1u);
+  try {
+    ctx.emit("s1", customer_registered{"s1", "late"}, 1);
+    ADD_FAILURE() << "a stale expected version was accepted";
+  } catch (const cleave::error_exception& e) {
+    EXPECT_EQ(e.error().category, errc::conflict);
+    EXPECT_THAT(e.error().message, HasSubstr("stream 's1' is at version 2, expected 1"));
+  }
+  w.commit();
+  EXPECT_EQ(count_rows(*this->db, "cleave_events"), 3);
+}
+
+TYPED_TEST_P(store_conformance, migrations_apply_once_in_order_and_report_failures) {
+  EXPECT_EQ(this->db->applied_migrations("app"), (std::vector<int>{1, 2, 3}));
+  this->db->migrate("app", schema);
+  EXPECT_EQ(this->db->applied_migrations("app"), (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(this->db->applied_migrations("cleave"), (std::vector<int>{1, 2}));
+  constexpr cleave::migration broken[] = {{4, "typo", "create tabel nope(x integer)"}};
+  try {
+    this->db->migrate("app", broken);
+    ADD_FAILURE() << "a broken migration was accepted";
+  } catch (const cleave::error_exception& e) {
+    EXPECT_THAT(e.error().message, HasSubstr("migration 4 'typo' of app"));
+  }
+  EXPECT_EQ(this->db->applied_migrations("app"), (std::vector<int>{1, 2, 3}));
+  EXPECT_TRUE(this->commands.send(register_customer{"c1", "Ada"}));
+}
+
+TYPED_TEST_P(store_conformance, two_processes_migrating_at_once_apply_each_step_once) {
+  constexpr cleave::migration steps[] = {
+      {1, "a", "create table a(x integer)"},
+      {2, "b", "create table b(x integer)"},
+      {3, "c", "insert into a values (1)"},
+  };
+  std::vector<std::thread> racers;
+  for (int i = 0; i < 4; ++i)
+    racers.emplace_back([&] { this->backend.open()->migrate("racing", steps); });
+  for (auto& t : racers) t.join();
+  EXPECT_EQ(this->db->applied_migrations("racing"), (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(count_rows(*this->db, "a"), 1);
+}
+
+TYPED_TEST_P(store_conformance, old_events_decode_with_defaults_and_upcasters) {
+  {
+    // Written long ago: a renamed type, a member since dropped, no `tier`.
+    auto& w = this->db->begin_write({});
+    const cleave::sql_value row[] = {
+        std::string_view("conformance.customer_signed_up"),
+        std::string_view(R"({"id":"c9","full_name":"Old","legacy":1})")};
+    w.exec(
+        "insert into cleave_events(stream, stream_version, type, payload) values ('c9', 1, $1, $2)",
+        row);
+    w.commit();
+  }
+  cleave::upcasters rewrites;
+  rewrites.add("conformance.customer_signed_up", "conformance.customer_registered",
+               [](cleave::json& p) {
+                 p["name"] = p["full_name"];
+                 p.erase("full_name");
+               });
+  auto events = this->db->read_events({}, 10);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_FALSE(cleave::decode_event<customer_registered>(events[0]));
+  auto e = cleave::decode_event<customer_registered>(events[0], &rewrites);
+  ASSERT_TRUE(e) << e.error().describe();
+  EXPECT_EQ(e->name, "Old");
+  EXPECT_EQ(e->tier, "standard");
+}
+
+TYPED_TEST_P(store_conformance, a_retried_success_returns_the_first_outcome_and_has_one_effect) {
+  auto first = this->commands.send(deposit{"a", 10}, with_id("d-1"));
+  auto retry = this->commands.send(deposit{"a", 10}, with_id("d-1"));
+  ASSERT_TRUE(first && retry);
+  EXPECT_EQ(first->value, 10);
+  EXPECT_EQ(retry->value, 10);
+  EXPECT_EQ(retry->position, first->position);
+  EXPECT_EQ(deposit_runs, 1);
+  EXPECT_EQ(this->commands.send(deposit{"a", 10}).value().value, 20);
+  EXPECT_EQ(this->commands.send(deposit{"a", 10}, with_id("d-2")).value().value, 30);
+}
+
+TYPED_TEST_P(store_conformance, a_retried_rejection_stays_rejected_even_when_it_would_now_succeed) {
+  auto first = this->commands.send(withdraw{"a", 5}, with_id("w-1"));
+  ASSERT_FALSE(first);
+  EXPECT_EQ(first.error().category, errc::rejected);
+  ASSERT_TRUE(this->commands.send(deposit{"a", 100}));
+  auto retry = this->commands.send(withdraw{"a", 5}, with_id("w-1"));
+  ASSERT_FALSE(retry);
+  EXPECT_EQ(retry.error().message, "insufficient funds");
+}
+
+TYPED_TEST_P(store_conformance, a_transient_failure_is_not_remembered) {
+  fail_next_deposit = true;
+  auto first = this->commands.send(deposit{"a", 7}, with_id("d-9"));
+  ASSERT_FALSE(first);
+  EXPECT_EQ(first.error().category, errc::internal);
+  auto retry = this->commands.send(deposit{"a", 7}, with_id("d-9"));
+  ASSERT_TRUE(retry) << retry.error().describe();
+  EXPECT_EQ(retry->value, 7);
+}
+
+TYPED_TEST_P(store_conformance, reusing_an_id_for_another_command_is_a_conflict) {
+  ASSERT_TRUE(this->commands.send(deposit{"a", 10}, with_id("x-1")));
+  auto other = this->commands.send(withdraw{"a", 1}, with_id("x-1"));
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().category, errc::conflict);
+  EXPECT_THAT(other.error().message, HasSubstr("already used for 'conformance.deposit'"));
+}
+
+TYPED_TEST_P(store_conformance, outcomes_expire_after_the_retention) {
+  auto forgetful_store = this->backend.open(std::chrono::seconds(0));
+  cleave::command_bus forgetful{forgetful_store.get()};
+  forgetful.add(deposit_handler);
+  ASSERT_TRUE(forgetful.send(deposit{"b", 1}, with_id("e-1")));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(forgetful.send(deposit{"b", 1}, with_id("e-1")).value().value, 2);
+  EXPECT_EQ(deposit_runs, 2);
+}
+
+TYPED_TEST_P(store_conformance, racing_retries_from_two_processes_have_exactly_one_effect) {
+  constexpr int racers = 4;
+  constexpr int rounds = 25;
+  std::vector<std::thread> threads;
+  std::vector<std::vector<std::int64_t>> seen(racers);
+  for (int r = 0; r < racers; ++r) {
+    threads.emplace_back([&, r] {
+      auto mine = this->backend.open();
+      cleave::command_bus bus{mine.get()};
+      bus.add(deposit_handler);
+      for (int i = 0; i < rounds; ++i) {
+        auto done = bus.send(deposit{"race", 1}, with_id("race-" + std::to_string(i)));
+        seen[static_cast<std::size_t>(r)].push_back(done ? done->value : -1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < rounds; ++i)
+    for (int r = 1; r < racers; ++r)
+      EXPECT_EQ(seen[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)],
+                seen[0][static_cast<std::size_t>(i)])
+          << "racer " << r << " got another outcome in round " << i;
+  EXPECT_EQ(this->commands.send(deposit{"race", 0}).value().value, rounds);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(
+    store_conformance, a_command_commits_its_state_and_its_event_together,
+    a_rejected_or_failing_command_leaves_nothing_behind, a_unique_violation_is_a_conflict,
+    a_query_cannot_write_even_through_raw_sql, placeholders_bind_by_number_in_any_order,
+    expected_stream_version_guards_concurrent_changes,
+    migrations_apply_once_in_order_and_report_failures,
+    two_processes_migrating_at_once_apply_each_step_once,
+    old_events_decode_with_defaults_and_upcasters,
+    a_retried_success_returns_the_first_outcome_and_has_one_effect,
+    a_retried_rejection_stays_rejected_even_when_it_would_now_succeed,
+    a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_a_conflict,
+    outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect);
+
+// Writers on their own store handles commit batches of ticks with random delays and about 1%
+// rollbacks while a reader follows the log; the reader must see every committed tick exactly
+// once, in increasing position order. Returns what the reader saw.
+template <class Backend>
+std::vector<cleave::stored_event> gap_stress(const Backend& backend, int writers, int per_writer) {
+  auto reader_store = backend.open();
+  std::mutex committed_mutex;
+  std::set<std::pair<std::int64_t, std::int64_t>> committed;
+  std::atomic<int> done_writers{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      auto mine = backend.open();
+      std::mt19937 rng(static_cast<unsigned>(w) * 7919u + 1u);
+      std::uniform_int_distribution<int> delay_us(0, 400), roll(0, 99), batch(1, 3);
+      for (int seq = 0; seq < per_writer; ++seq) {
+        auto& tx = mine->begin_write({});
+        cleave::write_context ctx(&tx, cleave::detail::no_meta);
+        const int n = batch(rng);
+        for (int i = 0; i < n; ++i) ctx.emit(tick{w, seq * 10 + i});
+        std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+        if (roll(rng) == 0) {
+          tx.rollback();
+          continue;
+        }
+        tx.commit();
+        std::lock_guard lock(committed_mutex);
+        for (int i = 0; i < n; ++i) committed.emplace(w, seq * 10 + i);
+      }
+      ++done_writers;
+    });
+  }
+  std::vector<cleave::stored_event> seen;
+  cleave::position_token after;
+  auto drain = [&] {
+    for (;;) {
+      auto batch = reader_store->read_events(after, 64);
+      if (batch.empty()) return;
+      for (auto& e : batch) {
+        EXPECT_LT(after, e.position)
+            << "the reader went backwards: " << after.to_string() << " then "
+            << e.position.to_string() << " in a batch of " << batch.size();
+        after = e.position;
+        seen.push_back(std::move(e));
+      }
+    }
+  };
+  while (done_writers < writers) {
+    drain();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  for (auto& t : threads) t.join();
+  drain();
+  std::set<std::pair<std::int64_t, std::int64_t>> observed;
+  for (const auto& e : seen) {
+    auto key = std::make_pair(e.payload["writer"].get<std::int64_t>(),
+                              e.payload["seq"].get<std::int64_t>());
+    EXPECT_TRUE(observed.insert(key).second) << "seen twice: " << key.first << "/" << key.second;
+  }
+  EXPECT_EQ(observed.size(), committed.size());
+  EXPECT_TRUE(observed == committed) << "the reader missed or invented events";
+  return seen;
+}
+
+}  // namespace conformance
