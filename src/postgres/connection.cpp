@@ -81,12 +81,13 @@ connection::~connection() {
 }
 
 void connection::fail(PGresult* r, std::string_view doing) {
-  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  const char* state_field = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  const std::string state = state_field ? state_field : "";  // copied: PQclear frees it
   std::string why = r ? PQresultErrorMessage(r) : PQerrorMessage(conn_);
   PQclear(r);
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
   const errc category =
-      state ? category_of(state) : (healthy() ? errc::internal : errc::unavailable);
+      !state.empty() ? category_of(state) : (healthy() ? errc::internal : errc::unavailable);
   throw error_exception({category, fmt::format("{}: {}", doing, why), {}});
 }
 

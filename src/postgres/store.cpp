@@ -85,7 +85,8 @@ struct store::impl {
   struct session final : write_transaction, read_transaction {
     impl* owner = nullptr;
     std::unique_ptr<connection> conn;
-    const request_meta* meta = nullptr;
+    // Copied from the request, which need not outlive the transaction.
+    std::string command_id, correlation_id;
     std::uint64_t transaction_id = 0;  // set by the first append
     std::uint64_t last_position = 0;
     std::optional<remembered_outcome> outcome;
@@ -122,9 +123,8 @@ struct store::impl {
           version,
           e.type,
           std::string_view(payload),
-          meta->command_id.empty() ? sql_value{} : sql_value{std::string_view(meta->command_id)},
-          meta->correlation_id.empty() ? sql_value{}
-                                       : sql_value{std::string_view(meta->correlation_id)}};
+          command_id.empty() ? sql_value{} : sql_value{std::string_view(command_id)},
+          correlation_id.empty() ? sql_value{} : sql_value{std::string_view(correlation_id)}};
       auto r = conn->run(
           "insert into cleave_events(stream, stream_version, type, payload, command_id, "
           "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
@@ -137,7 +137,7 @@ struct store::impl {
 
     std::optional<remembered_outcome> remembered() override {
       const auto keep = retention_interval(owner->opts.outcome_retention);
-      const sql_value key[] = {std::string_view(meta->command_id), std::string_view(keep)};
+      const sql_value key[] = {std::string_view(command_id), std::string_view(keep)};
       auto r = conn->run(
           "select command_type, outcome::text, transaction_id::text, position, lsn::text "
           "from cleave_commands where command_id = $1 and recorded_at >= now() - $2::interval",
@@ -158,7 +158,7 @@ struct store::impl {
       const std::string text = outcome_to_json(*outcome).dump();
       const auto keep = retention_interval(owner->opts.outcome_retention);
       const std::string xid = std::to_string(transaction_id);  // 0 when nothing was appended
-      const sql_value row[] = {std::string_view(meta->command_id),
+      const sql_value row[] = {std::string_view(command_id),
                                std::string_view(outcome->command_type),
                                std::string_view(text),
                                std::string_view(xid),
@@ -178,7 +178,7 @@ struct store::impl {
       if (r.affected() == 0)
         throw error_exception(
             {errc::conflict,
-             fmt::format("command id '{}' was recorded by a concurrent retry", meta->command_id),
+             fmt::format("command id '{}' was recorded by a concurrent retry", command_id),
              {}});
       if (owner->outcomes_recorded.fetch_add(1) % purge_every == purge_every - 1) {
         const sql_value older[] = {std::string_view(keep)};
@@ -245,7 +245,8 @@ struct store::impl {
       give_back(s);
       throw;
     }
-    s->meta = &meta;
+    s->command_id.assign(meta.command_id);
+    s->correlation_id.assign(meta.correlation_id);
     s->transaction_id = 0;
     s->last_position = 0;
     s->outcome.reset();

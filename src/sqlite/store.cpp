@@ -82,7 +82,8 @@ struct store::impl {
   // The single write transaction; the store lends it out under write_mutex.
   struct writer final : write_transaction {
     impl* owner = nullptr;
-    const request_meta* meta = nullptr;
+    // Copied from the request, which need not outlive the transaction.
+    std::string command_id, correlation_id;
     std::int64_t last_position = 0;
     std::optional<remembered_outcome> outcome;  // written by commit()
 
@@ -114,9 +115,8 @@ struct store::impl {
           version,
           e.type,
           std::string_view(payload),
-          meta->command_id.empty() ? sql_value{} : sql_value{std::string_view(meta->command_id)},
-          meta->correlation_id.empty() ? sql_value{}
-                                       : sql_value{std::string_view(meta->correlation_id)},
+          command_id.empty() ? sql_value{} : sql_value{std::string_view(command_id)},
+          correlation_id.empty() ? sql_value{} : sql_value{std::string_view(correlation_id)},
           now_ms()};
       conn.exec(
           "insert into cleave_events(stream, stream_version, type, payload, command_id, "
@@ -129,7 +129,7 @@ struct store::impl {
       const auto oldest = now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
                                          owner->opts.outcome_retention)
                                          .count();
-      const sql_value key[] = {std::string_view(meta->command_id), oldest};
+      const sql_value key[] = {std::string_view(command_id), oldest};
       auto& s = owner->write_conn->prepare(
           "select command_type, outcome, position from cleave_commands where command_id = $1 "
           "and recorded_at >= $2",
@@ -164,7 +164,7 @@ struct store::impl {
       const std::string text = outcome_to_json(*outcome).dump();
       const auto now = now_ms();
       // `insert or replace`: an outcome that expired but was not purged yet gives way.
-      const sql_value row[] = {std::string_view(meta->command_id),
+      const sql_value row[] = {std::string_view(command_id),
                                std::string_view(outcome->command_type), std::string_view(text),
                                last_position, now};
       conn.exec(
@@ -233,7 +233,8 @@ struct store::impl {
       write_mutex.unlock();
       throw;
     }
-    write_tx.meta = &meta;
+    write_tx.command_id.assign(meta.command_id);
+    write_tx.correlation_id.assign(meta.correlation_id);
     write_tx.last_position = 0;
     write_tx.outcome.reset();
     return write_tx;

@@ -122,7 +122,7 @@ class read_transaction : public read_session {
 };
 
 // Where the buses get their transactions. Lending does not allocate in a pooled implementation.
-// Thread-safe.
+// The transaction copies what it needs of `meta`, which need not outlive the call. Thread-safe.
 class session_source {
  public:
   virtual ~session_source() = default;

@@ -1,0 +1,301 @@
+// cleave_bench_write: commands/s through the command bus against the same statements issued
+// directly, in the same transaction shape and durability, in the same run. One JSON line per case
+// on stdout (DESIGN.md); progress on stderr.
+//
+// Each command inserts a state row and appends one event to its stream. The baseline issues what
+// the framework issues for it: BEGIN, the state insert, the stream-version read, the event insert
+// (returning its position), COMMIT (on PostgreSQL with the commit LSN in the same round trip).
+// Framework and baseline alternate in slices so drift on a shared machine hits both alike.
+//
+// PostgreSQL cases run when CLEAVE_BENCH_PG_URL names a server (make bench starts one).
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
+
+#include <cleave/cleave.hpp>
+#include <cleave/postgres/store.hpp>
+#include <cleave/sqlite/store.hpp>
+
+namespace bench {
+
+struct place_item {
+  std::string id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_COMMAND(place_item, "bench.place_item", id, quantity)
+
+struct item_placed {
+  std::string id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_EVENT(item_placed, "bench.item_placed", id, quantity)
+
+}  // namespace bench
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr cleave::migration schema[] = {
+    {1, "items", "create table items(id text primary key, quantity bigint not null)"}};
+
+cleave::result<void> place(const bench::place_item& c, cleave::write_context& tx) {
+  tx.exec("insert into items(id, quantity) values ($1, $2)", c.id, c.quantity);
+  tx.emit(c.id, bench::item_placed{c.id, c.quantity});
+  return {};
+}
+
+// Runs `clients` threads calling op(client, n) for `slice`; returns operations done.
+std::uint64_t run_slice(int clients, std::chrono::milliseconds slice,
+                        const std::function<void(int client, std::uint64_t n)>& op) {
+  std::atomic<std::uint64_t> done{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      std::uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) op(c, n++);
+      done += n;
+    });
+  }
+  std::this_thread::sleep_for(slice);
+  stop = true;
+  for (auto& t : threads) t.join();
+  return done;
+}
+
+struct measured {
+  double value;     // framework, operations/s
+  double baseline;  // baseline, operations/s
+};
+
+// Alternates baseline and framework slices; each side gets `rounds` slices.
+measured compare(int clients, int rounds, std::chrono::milliseconds slice,
+                 const std::function<void(int, std::uint64_t)>& framework,
+                 const std::function<void(int, std::uint64_t)>& baseline) {
+  std::uint64_t f = 0, b = 0;
+  for (int r = 0; r < rounds; ++r) {
+    b += run_slice(clients, slice, baseline);
+    f += run_slice(clients, slice, framework);
+  }
+  const double seconds = std::chrono::duration<double>(slice).count() * rounds;
+  return {static_cast<double>(f) / seconds, static_cast<double>(b) / seconds};
+}
+
+void report(std::string_view name, const measured& m, int clients, std::string_view extra = "") {
+  std::printf(
+      "{\"bench\":\"write\",\"case\":\"%.*s\",\"unit\":\"commands/s\",\"value\":%.0f,"
+      "\"baseline\":%.0f,\"ratio\":%.3f,\"clients\":%d%.*s}\n",
+      static_cast<int>(name.size()), name.data(), m.value, m.baseline, m.value / m.baseline,
+      clients, static_cast<int>(extra.size()), extra.data());
+  std::fflush(stdout);
+}
+
+std::string unique_id(const char* side, int client, std::uint64_t n) {
+  return fmt::format("{}-{}-{}-{}", side, client, n, clock_type::now().time_since_epoch().count());
+}
+
+// ---- SQLite ----
+
+class sqlite_baseline {
+ public:
+  sqlite_baseline(const std::string& path, bool full) {
+    sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr);
+    sqlite3_busy_timeout(db_, 5000);
+    sqlite3_exec(db_, full ? "pragma synchronous=full" : "pragma synchronous=normal", nullptr,
+                 nullptr, nullptr);
+    prepare(begin_, "begin immediate");
+    prepare(state_, "insert into items(id, quantity) values ($1, $2)");
+    prepare(version_,
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1");
+    prepare(event_,
+            "insert into cleave_events(stream, stream_version, type, payload, command_id, "
+            "correlation_id, recorded_at) values ($1, $2, $3, $4, $5, $6, $7)");
+    prepare(commit_, "commit");
+  }
+  ~sqlite_baseline() {
+    for (auto* s : {begin_, state_, version_, event_, commit_}) sqlite3_finalize(s);
+    sqlite3_close_v2(db_);
+  }
+
+  void command(const std::string& id, std::int64_t quantity) {
+    step(begin_);
+    sqlite3_bind_text(state_, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(state_, 2, quantity);
+    step(state_);
+    sqlite3_bind_text(version_, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    sqlite3_step(version_);
+    const auto version = sqlite3_column_int64(version_, 0) + 1;
+    sqlite3_reset(version_);
+    const std::string payload = cleave::json{{"id", id}, {"quantity", quantity}}.dump();
+    sqlite3_bind_text(event_, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(event_, 2, version);
+    sqlite3_bind_text(event_, 3, "bench.item_placed", -1, SQLITE_STATIC);
+    sqlite3_bind_text(event_, 4, payload.data(), static_cast<int>(payload.size()), SQLITE_STATIC);
+    sqlite3_bind_null(event_, 5);
+    sqlite3_bind_null(event_, 6);
+    sqlite3_bind_int64(event_, 7,
+                       std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count());
+    step(event_);
+    (void)sqlite3_last_insert_rowid(db_);
+    step(commit_);
+  }
+
+ private:
+  void prepare(sqlite3_stmt*& s, const char* sql) { sqlite3_prepare_v2(db_, sql, -1, &s, nullptr); }
+  void step(sqlite3_stmt* s) {
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      std::fprintf(stderr, "baseline: %s\n", sqlite3_errmsg(db_));
+      std::exit(1);
+    }
+    sqlite3_reset(s);
+  }
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt *begin_ = nullptr, *state_ = nullptr, *version_ = nullptr, *event_ = nullptr,
+               *commit_ = nullptr;
+};
+
+void sqlite_case(std::string_view name, cleave::sqlite::durability sync,
+                 std::chrono::milliseconds slice) {
+  const std::string dir = fmt::format("/tmp/cleave-bench-write-{}", ::getpid());
+  std::filesystem::remove_all(dir);
+  const std::string path = dir + "/bench.db";
+  cleave::sqlite::store db{{.path = path, .sync = sync}};
+  db.migrate("bench", schema);
+  cleave::command_bus commands{&db};
+  commands.add(place);
+  sqlite_baseline raw(path, sync == cleave::sqlite::durability::full);
+  auto m = compare(
+      1, 3, slice,
+      [&](int c, std::uint64_t n) {
+        auto r = commands.send(bench::place_item{unique_id("f", c, n), 1});
+        if (!r) {
+          std::fprintf(stderr, "framework: %s\n", r.error().describe().c_str());
+          std::exit(1);
+        }
+      },
+      [&](int c, std::uint64_t n) { raw.command(unique_id("b", c, n), 1); });
+  report(name, m, 1,
+         sync == cleave::sqlite::durability::full ? ",\"synchronous\":\"full\""
+                                                  : ",\"synchronous\":\"normal\"");
+  std::filesystem::remove_all(dir);
+}
+
+// ---- PostgreSQL ----
+
+class pg_baseline {
+ public:
+  explicit pg_baseline(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    prepare("state", "insert into items(id, quantity) values ($1, $2)");
+    prepare("version",
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1");
+    prepare("event",
+            "insert into cleave_events(stream, stream_version, type, payload, command_id, "
+            "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) returning position, "
+            "transaction_id::text");
+  }
+  ~pg_baseline() { PQfinish(conn_); }
+
+  void command(const std::string& id, std::int64_t quantity) {
+    exec("begin");
+    const std::string q = std::to_string(quantity);
+    run("state", {id.c_str(), q.c_str()});
+    PGresult* v = run("version", {id.c_str()}, true);
+    const std::string version = std::to_string(std::atoll(PQgetvalue(v, 0, 0)) + 1);
+    PQclear(v);
+    const std::string payload = cleave::json{{"id", id}, {"quantity", quantity}}.dump();
+    PGresult* e =
+        run("event",
+            {id.c_str(), version.c_str(), "bench.item_placed", payload.c_str(), nullptr, nullptr},
+            true);
+    PQclear(e);
+    exec("commit; select pg_current_wal_lsn()::text");
+  }
+
+ private:
+  void prepare(const char* name, const char* sql) {
+    PQclear(PQprepare(conn_, name, sql, 0, nullptr));
+  }
+  void exec(const char* sql) {
+    PGresult* r = PQexec(conn_, sql);
+    check(r);
+    PQclear(r);
+  }
+  PGresult* run(const char* name, std::vector<const char*> params, bool keep = false) {
+    PGresult* r = PQexecPrepared(conn_, name, static_cast<int>(params.size()), params.data(),
+                                 nullptr, nullptr, 0);
+    check(r);
+    if (!keep) {
+      PQclear(r);
+      return nullptr;
+    }
+    return r;
+  }
+  void check(PGresult* r) {
+    auto s = PQresultStatus(r);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+      std::fprintf(stderr, "baseline: %s\n", PQresultErrorMessage(r));
+      std::exit(1);
+    }
+  }
+  PGconn* conn_;
+};
+
+void postgres_case(std::string_view name, const std::string& url, int clients,
+                   std::chrono::milliseconds slice) {
+  cleave::postgres::store db{{.url = url, .pool_size = static_cast<std::size_t>(clients)}};
+  db.migrate("bench", schema);
+  cleave::command_bus commands{&db};
+  commands.add(place);
+  std::vector<std::unique_ptr<pg_baseline>> raw;
+  for (int c = 0; c < clients; ++c) raw.push_back(std::make_unique<pg_baseline>(url));
+  auto m = compare(
+      clients, 3, slice,
+      [&](int c, std::uint64_t n) {
+        auto r = commands.send(bench::place_item{unique_id("f", c, n), 1});
+        if (!r) {
+          std::fprintf(stderr, "framework: %s\n", r.error().describe().c_str());
+          std::exit(1);
+        }
+      },
+      [&](int c, std::uint64_t n) {
+        raw[static_cast<std::size_t>(c)]->command(unique_id("b", c, n), 1);
+      });
+  report(name, m, clients, ",\"synchronous_commit\":\"on\"");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --quick: short slices, for a smoke run.
+  const bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
+  const auto slice = quick ? 200ms : 1500ms;
+  std::fprintf(stderr,
+               "cleave_bench_write: %s slices of %lld ms, alternating baseline and framework\n",
+               quick ? "quick" : "full", static_cast<long long>(slice.count()));
+  sqlite_case("sqlite_full_1client", cleave::sqlite::durability::full, slice);
+  sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
+  if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
+    postgres_case("postgres_1client", url, 1, slice);
+    postgres_case("postgres_16clients", url, 16, slice);
+  } else {
+    std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
+  }
+  return 0;
+}
