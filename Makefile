@@ -23,11 +23,15 @@ run: bootstrap
 	cmake --build --preset release --target cleave_quickstart
 	./build/release/examples/quickstart/cleave_quickstart
 
-# Builds and runs the benchmarks (Google Benchmark; pass BENCH_ARGS=--benchmark_format=json).
+# Builds and runs the benchmarks (pass BENCH_ARGS=--benchmark_format=json to the dispatch one).
+# The write benchmark's PostgreSQL cases run on a throwaway cluster started here.
 bench: bootstrap
 	cmake --preset release $(CMAKE_FLAGS)
-	cmake --build --preset release --target cleave_bench_dispatch
+	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write
 	./build/release/src/core/cleave_bench_dispatch $(BENCH_ARGS)
+	scripts/pg-cluster start build/release/bench-pg
+	CLEAVE_BENCH_PG_URL=$$(cat build/release/bench-pg/url) ./build/release/src/store/cleave_bench_write; \
+	  status=$$?; scripts/pg-cluster stop build/release/bench-pg; exit $$status
 
 asan-test: bootstrap
 	cmake --preset asan $(CMAKE_FLAGS)

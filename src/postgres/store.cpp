@@ -108,7 +108,9 @@ struct store::impl {
       if (!e.stream.empty()) {
         const sql_value stream[] = {e.stream};
         auto r = conn->run(
-            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1", stream);
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1 and "
+            "stream <> ''",
+            stream);
         const auto current = static_cast<std::uint64_t>(r.integer(0, 0));
         if (e.expected_version && *e.expected_version != current)
           throw error_exception({errc::conflict,

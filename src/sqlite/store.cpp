@@ -97,11 +97,14 @@ struct store::impl {
     std::uint64_t append(const pending_event& e) override {
       auto& conn = *owner->write_conn;
       std::int64_t version = 0;
+      // `stream <> ''` lets the planner use the partial index on (stream, stream_version).
       if (!e.stream.empty()) {
         const sql_value stream[] = {e.stream};
-        const auto current = static_cast<std::uint64_t>(scalar(
-            conn, "select coalesce(max(stream_version), 0) from cleave_events where stream = $1",
-            stream));
+        const auto current =
+            static_cast<std::uint64_t>(scalar(conn,
+                                              "select coalesce(max(stream_version), 0) from "
+                                              "cleave_events where stream = $1 and stream <> ''",
+                                              stream));
         if (e.expected_version && *e.expected_version != current)
           throw error_exception({errc::conflict,
                                  fmt::format("stream '{}' is at version {}, expected {}", e.stream,

@@ -121,7 +121,8 @@ class sqlite_baseline {
     prepare(begin_, "begin immediate");
     prepare(state_, "insert into items(id, quantity) values ($1, $2)");
     prepare(version_,
-            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1");
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1 and "
+            "stream <> ''");
     prepare(event_,
             "insert into cleave_events(stream, stream_version, type, payload, command_id, "
             "correlation_id, recorded_at) values ($1, $2, $3, $4, $5, $6, $7)");
@@ -204,7 +205,8 @@ class pg_baseline {
   explicit pg_baseline(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
     prepare("state", "insert into items(id, quantity) values ($1, $2)");
     prepare("version",
-            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1");
+            "select coalesce(max(stream_version), 0) from cleave_events where stream = $1 and "
+            "stream <> ''");
     prepare("event",
             "insert into cleave_events(stream, stream_version, type, payload, command_id, "
             "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) returning position, "
