@@ -105,6 +105,7 @@ struct store::impl {
 
     std::uint64_t append(const pending_event& e) override {
       std::int64_t version = 0;
+      // `stream <> ''` lets the planner use the partial index on (stream, stream_version).
       if (!e.stream.empty()) {
         const sql_value stream[] = {e.stream};
         auto r = conn->run(
