@@ -5,7 +5,7 @@
 #include <cleave/postgres/store.hpp>
 
 #include "../store/conformance_test.hpp"
-#include "pg_database.hpp"
+#include "postgres_backend.hpp"
 
 namespace conformance {
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(store_conformance);
@@ -15,13 +15,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct postgres_backend {
-  cleave::testing::pg_database database;
-  std::unique_ptr<cleave::store> open() const {
-    return std::make_unique<cleave::postgres::store>(
-        cleave::postgres::options{.url = database.url()});
-  }
-};
+using cleave::testing::postgres_backend;
 
 TEST(postgres_gap, an_open_transaction_holds_the_reader_back_until_it_ends) {
   postgres_backend backend;

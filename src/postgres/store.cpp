@@ -44,6 +44,11 @@ constexpr migration own_migrations[] = {
      "  lsn pg_lsn,"
      "  recorded_at timestamptz not null default now());"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
+    {3, "snapshots",
+     "create table cleave_snapshots("
+     "  stream text primary key,"
+     "  version bigint not null,"
+     "  state text not null);"},
 };
 
 // Gap-safe: only transactions older than every running one, in (transaction, position) order.

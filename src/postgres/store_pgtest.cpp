@@ -1,23 +1,10 @@
 #include <cleave/postgres/store.hpp>
 
 #include "../store/conformance_test.hpp"
-#include "pg_database.hpp"
-
-namespace {
-
-struct postgres_backend {
-  cleave::testing::pg_database database;
-  std::unique_ptr<cleave::store> open(
-      std::chrono::seconds retention = std::chrono::hours(24 * 7)) const {
-    return std::make_unique<cleave::postgres::store>(
-        cleave::postgres::options{.url = database.url(), .outcome_retention = retention});
-  }
-};
-
-}  // namespace
+#include "postgres_backend.hpp"
 
 namespace conformance {
-INSTANTIATE_TYPED_TEST_SUITE_P(postgres, store_conformance, postgres_backend);
+INSTANTIATE_TYPED_TEST_SUITE_P(postgres, store_conformance, cleave::testing::postgres_backend);
 }  // namespace conformance
 
 namespace {
@@ -33,7 +20,7 @@ TEST(postgres_store, a_wrong_url_is_unavailable_and_says_why) {
 }
 
 TEST(postgres_store, position_tokens_carry_the_transaction_and_the_commit_lsn) {
-  postgres_backend backend;
+  cleave::testing::postgres_backend backend;
   auto db = backend.open();
   db->migrate("app", conformance::schema);
   cleave::command_bus commands{db.get()};

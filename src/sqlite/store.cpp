@@ -40,6 +40,11 @@ constexpr migration own_migrations[] = {
      "  recorded_at integer not null default (cast((julianday('now') - 2440587.5) * 86400000 as "
      "integer)));"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
+    {3, "snapshots",
+     "create table cleave_snapshots("
+     "  stream text primary key,"
+     "  version bigint not null,"
+     "  state text not null);"},
 };
 
 // Expired outcomes are purged once every this many recorded outcomes.

@@ -1,18 +1,9 @@
 #include <cleave/sqlite/store.hpp>
 
 #include "../store/conformance_test.hpp"
-#include "temp_dir.hpp"
+#include "sqlite_backend.hpp"
 
 namespace {
-
-struct sqlite_backend {
-  cleave::testing::temp_dir dir;
-  std::unique_ptr<cleave::store> open(
-      std::chrono::seconds retention = std::chrono::hours(24 * 7)) const {
-    return std::make_unique<cleave::sqlite::store>(
-        cleave::sqlite::options{.path = dir.file("var/app.db"), .outcome_retention = retention});
-  }
-};
 
 struct sqlite_memory_backend {
   // Each open() is a separate in-memory database, so only single-handle tests apply.
@@ -24,7 +15,7 @@ struct sqlite_memory_backend {
 }  // namespace
 
 namespace conformance {
-INSTANTIATE_TYPED_TEST_SUITE_P(sqlite, store_conformance, sqlite_backend);
+INSTANTIATE_TYPED_TEST_SUITE_P(sqlite, store_conformance, cleave::testing::sqlite_backend);
 }  // namespace conformance
 
 namespace {
