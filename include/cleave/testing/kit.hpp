@@ -1,0 +1,118 @@
+#pragma once
+// given / when / then for a user's command handlers and aggregates, on an in-memory SQLite
+// database — independent of the test framework: each `then` returns a verdict that is true, or
+// false with what differed.
+//
+//   cleave::testing::command_kit kit{my_migrations};
+//   kit.commands().add(withdraw_handler);
+//   kit.given("acc-1", account_opened{"acc-1"}, money_deposited{"acc-1", 50})
+//      .when(withdraw{"acc-1", 80});
+//   auto v = kit.then_error(cleave::errc::rejected, "insufficient");
+//   EXPECT_TRUE(v) << v.why;
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <cleave/core/bus.hpp>
+#include <cleave/core/json.hpp>
+#include <cleave/sqlite/store.hpp>
+
+namespace cleave::testing {
+
+// The outcome of a check.
+struct verdict {
+  bool ok = true;
+  std::string why;  // what differed, when !ok
+  explicit operator bool() const noexcept { return ok; }
+};
+
+// An event as compared by the kit: its wire name and its JSON payload.
+struct expected_event {
+  std::string type;
+  json payload;
+};
+
+template <class E>
+expected_event as_expected(const E& e) {
+  static_assert(event<E>, "then_events() takes events declared with CLEAVE_EVENT");
+  return {std::string(info_of<E>().wire_name), to_json(e)};
+}
+
+class command_kit {
+ public:
+  // A fresh in-memory database with cleave's tables and `migrations` applied (as `component`).
+  explicit command_kit(std::span<const migration> migrations = {},
+                       std::string_view component = "app");
+
+  cleave::command_bus& commands() noexcept { return commands_; }
+  cleave::store& store() noexcept { return store_; }
+
+  // Given: these events already in `stream`, in order.
+  template <class... E>
+  command_kit& given(std::string_view stream, const E&... events) {
+    auto& tx = store_.begin_write({});
+    write_context ctx(&tx, detail::no_meta);
+    try {
+      (ctx.emit(stream, events), ...);
+    } catch (...) {
+      tx.rollback();
+      throw;
+    }
+    tx.commit();
+    return *this;
+  }
+  // Given: any state, written by SQL.
+  command_kit& given_sql(std::string_view sql);
+
+  // When: sends the command and keeps its outcome and the events it appended.
+  template <class C>
+  command_kit& when(const C& command_message, const request_meta& meta = detail::no_meta) {
+    const auto before = store_.head();
+    auto r = commands_.send(command_message, meta);
+    if (r) {
+      if constexpr (std::is_void_v<response_t<C>>) {
+        last_ = json_outcome{json(nullptr), r->position};
+      } else {
+        last_ = json_outcome{to_json(r->value), r->position};
+      }
+    } else {
+      last_ = std::unexpected(std::move(r.error()));
+    }
+    appended_ = store_.read_events(before, 10'000);
+    return *this;
+  }
+
+  // Then: the command succeeded and appended exactly these events, in this order.
+  template <class... E>
+  verdict then_events(const E&... expected) const {
+    return check_events({as_expected(expected)...});
+  }
+  // Then: the command succeeded and appended nothing.
+  verdict then_no_events() const { return check_events({}); }
+  // Then: the command succeeded with this response (compared as JSON).
+  template <class R>
+  verdict then_response(const R& expected) const {
+    return check_response(to_json(expected));
+  }
+  // Then: the command failed with `category`, its message containing `text`.
+  verdict then_error(errc category, std::string_view text = {}) const;
+
+  // The last outcome, for checks of your own; the events it appended.
+  const result<json_outcome>& outcome() const;
+  const std::vector<stored_event>& appended() const noexcept { return appended_; }
+
+ private:
+  verdict check_events(const std::vector<expected_event>& expected) const;
+  verdict check_response(const json& expected) const;
+
+  sqlite::store store_;
+  cleave::command_bus commands_;
+  std::optional<result<json_outcome>> last_;
+  std::vector<stored_event> appended_;
+};
+
+}  // namespace cleave::testing
