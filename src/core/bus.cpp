@@ -39,20 +39,28 @@ std::optional<remembered_outcome> look_up(session_source& source, const request_
   return prior;
 }
 
+// Best effort: when recording the refusal fails, the caller still gets the refusal, and a retry
+// runs the command again.
 void remember_failure(session_source& source, const message_info& info, const request_meta& meta,
-                      const error& failure) {
-  auto& tx = source.begin_write(meta);
+                      const error& failure) noexcept {
   try {
-    if (!tx.remembered()) {  // a racing retry may have recorded the first outcome meanwhile
-      tx.remember({std::string(info.wire_name), failure, json(nullptr), {}});
-      tx.commit();
-      return;
+    auto& tx = source.begin_write(meta);
+    bool record = false;
+    try {
+      // A racing retry may have recorded the first outcome meanwhile.
+      record = !tx.remembered();
+      if (record) tx.remember({std::string(info.wire_name), failure, json(nullptr), {}});
+    } catch (...) {
+      tx.rollback();
+      throw;
     }
+    if (record)
+      tx.commit();
+    else
+      tx.rollback();
   } catch (...) {
-    tx.rollback();
-    throw;
+    (void)error_from_current_exception(info, meta);  // logs it
   }
-  tx.rollback();
 }
 
 }  // namespace
@@ -86,18 +94,20 @@ result<void> run_write(session_source* source, const message_info& info, const r
         remember_failure(*source, info, meta, outcome.error());
       return outcome;
     }
-    if (idempotent)
-      ending->remember({std::string(info.wire_name), std::nullopt, step.response(), {}});
-    try {
-      position = ending->commit();  // on failure the transaction is already over
-    } catch (const error_exception& e) {
-      // Two retries raced (possible where writers run concurrently): the loser's record of the
-      // id collides, its effects are rolled back, and it returns the winner's outcome.
-      if (!idempotent || e.error().category != errc::conflict) throw;
-      auto prior = look_up(*source, meta);
-      if (!prior) throw;
-      return replay(*prior, info, meta, position, step);
+    if (idempotent) {
+      try {
+        ending->remember({std::string(info.wire_name), std::nullopt, step.response(), {}});
+      } catch (const error_exception& e) {
+        // Two retries raced (possible where writers run concurrently): the loser's record of
+        // the id collides; its effects are rolled back and it returns the winner's outcome.
+        ending->rollback();
+        if (e.error().category != errc::conflict) throw;
+        auto prior = look_up(*source, meta);
+        if (!prior) throw;
+        return replay(*prior, info, meta, position, step);
+      }
     }
+    position = ending->commit();  // on failure the transaction is already over
     return {};
   } catch (...) {
     if (tx) tx->rollback();

@@ -89,7 +89,9 @@ class recording_source final : public cleave::session_source {
     }
     void rollback() noexcept override { owner->log.push_back("rollback"); }
     std::optional<cleave::remembered_outcome> remembered() override { return std::nullopt; }
-    void remember(cleave::remembered_outcome) override { owner->log.push_back("remember"); }
+    void remember(const cleave::remembered_outcome&) override { owner->log.push_back("remember"); }
+    void rebind(const cleave::request_meta&) override {}
+    cleave::position_token position_so_far() override { return {}; }
     void finish() noexcept override { owner->log.push_back("finish"); }
   };
 

@@ -94,7 +94,6 @@ struct store::impl {
     std::string command_id, correlation_id;
     std::uint64_t transaction_id = 0;  // set by the first append
     std::uint64_t last_position = 0;
-    std::optional<remembered_outcome> outcome;
 
     void query(std::string_view sql, std::span<const sql_value> params,
                row_callback on_row) override {
@@ -160,14 +159,12 @@ struct store::impl {
                          r.is_null(0, 4) ? 0 : parse_lsn(r.text(0, 4)));
       return std::move(*prior);
     }
-    void remember(remembered_outcome o) override { outcome = std::move(o); }
-
-    void write_outcome() {
-      const std::string text = outcome_to_json(*outcome).dump();
+    void remember(const remembered_outcome& outcome) override {
+      const std::string text = outcome_to_json(outcome).dump();
       const auto keep = retention_interval(owner->opts.outcome_retention);
       const std::string xid = std::to_string(transaction_id);  // 0 when nothing was appended
       const sql_value row[] = {std::string_view(command_id),
-                               std::string_view(outcome->command_type),
+                               std::string_view(outcome.command_type),
                                std::string_view(text),
                                std::string_view(xid),
                                static_cast<std::int64_t>(last_position),
@@ -193,11 +190,17 @@ struct store::impl {
         conn->run("delete from cleave_commands where recorded_at < now() - $1::interval", older);
       }
     }
+    void rebind(const request_meta& meta) override {
+      command_id.assign(meta.command_id);
+      correlation_id.assign(meta.correlation_id);
+    }
+    position_token position_so_far() override {
+      return position_token(transaction_id, last_position);
+    }
 
     position_token commit() override {
       std::uint64_t lsn = 0;
       try {
-        if (outcome) write_outcome();
         auto r = conn->script("commit; select pg_current_wal_lsn()::text");
         lsn = parse_lsn(r.text(0, 0));
       } catch (...) {
@@ -253,16 +256,13 @@ struct store::impl {
       give_back(s);
       throw;
     }
-    s->command_id.assign(meta.command_id);
-    s->correlation_id.assign(meta.correlation_id);
+    s->rebind(meta);
     s->transaction_id = 0;
     s->last_position = 0;
-    s->outcome.reset();
     return *s;
   }
 
   void give_back(session* s) noexcept {
-    s->outcome.reset();
     if (s->conn && !s->conn->healthy()) s->conn.reset();
     {
       std::lock_guard lock(mutex);

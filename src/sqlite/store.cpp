@@ -90,7 +90,6 @@ struct store::impl {
     // Copied from the request, which need not outlive the transaction.
     std::string command_id, correlation_id;
     std::int64_t last_position = 0;
-    std::optional<remembered_outcome> outcome;  // written by commit()
 
     void query(std::string_view sql, std::span<const sql_value> params,
                row_callback on_row) override {
@@ -151,30 +150,15 @@ struct store::impl {
       prior->position = position_token(0, static_cast<std::uint64_t>(s.int_at(2)));
       return std::move(*prior);
     }
-    void remember(remembered_outcome o) override { outcome = std::move(o); }
-
-    position_token commit() override {
+    void remember(const remembered_outcome& outcome) override {
       auto& conn = *owner->write_conn;
-      try {
-        if (last_position == 0)
-          last_position = scalar(conn, "select coalesce(max(position), 0) from cleave_events");
-        if (outcome) write_outcome(conn);
-        conn.exec("commit", {});
-      } catch (...) {
-        rollback();
-        throw;
-      }
-      const auto position = static_cast<std::uint64_t>(last_position);
-      owner->write_mutex.unlock();
-      return position_token(0, position);
-    }
-    void write_outcome(connection& conn) {
-      const std::string text = outcome_to_json(*outcome).dump();
+      const std::string text = outcome_to_json(outcome).dump();
       const auto now = now_ms();
-      // `insert or replace`: an outcome that expired but was not purged yet gives way.
-      const sql_value row[] = {std::string_view(command_id),
-                               std::string_view(outcome->command_type), std::string_view(text),
-                               last_position, now};
+      const auto position = static_cast<std::int64_t>(position_so_far().position());
+      // `insert or replace`: an outcome that expired but was not purged yet gives way. (SQLite
+      // runs one writer at a time, so a live record was already found by remembered().)
+      const sql_value row[] = {std::string_view(command_id), std::string_view(outcome.command_type),
+                               std::string_view(text), position, now};
       conn.exec(
           "insert or replace into cleave_commands(command_id, command_type, outcome, position, "
           "recorded_at) values ($1, $2, $3, $4, $5)",
@@ -185,11 +169,32 @@ struct store::impl {
                                               .count()};
         conn.exec("delete from cleave_commands where recorded_at < $1", oldest);
       }
-      outcome.reset();
+    }
+    void rebind(const request_meta& meta) override {
+      command_id.assign(meta.command_id);
+      correlation_id.assign(meta.correlation_id);
+    }
+    position_token position_so_far() override {
+      if (last_position == 0)
+        last_position =
+            scalar(*owner->write_conn, "select coalesce(max(position), 0) from cleave_events");
+      return position_token(0, static_cast<std::uint64_t>(last_position));
     }
 
+    position_token commit() override {
+      auto& conn = *owner->write_conn;
+      try {
+        position_so_far();
+        conn.exec("commit", {});
+      } catch (...) {
+        rollback();
+        throw;
+      }
+      const auto position = static_cast<std::uint64_t>(last_position);
+      owner->write_mutex.unlock();
+      return position_token(0, position);
+    }
     void rollback() noexcept override {
-      outcome.reset();
       try {
         owner->write_conn->exec("rollback", {});
       } catch (...) {
@@ -241,10 +246,8 @@ struct store::impl {
       write_mutex.unlock();
       throw;
     }
-    write_tx.command_id.assign(meta.command_id);
-    write_tx.correlation_id.assign(meta.correlation_id);
+    write_tx.rebind(meta);
     write_tx.last_position = 0;
-    write_tx.outcome.reset();
     return write_tx;
   }
 

@@ -110,9 +110,17 @@ class write_transaction : public write_session {
   // Idempotent commands (request_meta::command_id set): the outcome already recorded for this
   // transaction's command id and not yet expired, if any.
   virtual std::optional<remembered_outcome> remembered() = 0;
-  // Records the outcome under this transaction's command id; it is written by commit(), with
-  // the position commit() returns, so it commits or rolls back with the command's effects.
-  virtual void remember(remembered_outcome outcome) = 0;
+  // Records the outcome under this transaction's command id, at the position of what it appended
+  // so far; it commits or rolls back with the command's effects. Throws an error_exception with
+  // errc::conflict when a concurrent transaction recorded the same id first.
+  virtual void remember(const remembered_outcome& outcome) = 0;
+
+  // Group commit (several commands in one transaction, each in a savepoint): what is appended or
+  // remembered from now on belongs to `meta`'s request.
+  virtual void rebind(const request_meta& meta) = 0;
+  // The token commit() would return for what this transaction appended so far (without the
+  // commit LSN, which only the commit knows).
+  virtual position_token position_so_far() = 0;
 };
 
 // A read-only transaction as the query bus drives it; finish() ends it and gives it back.
