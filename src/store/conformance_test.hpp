@@ -4,6 +4,7 @@
 // each call opening another handle on the same fresh database, as another process would —
 // and instantiates:  INSTANTIATE_TYPED_TEST_SUITE_P(sqlite, store_conformance, sqlite_backend);
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <cleave/cleave.hpp>
+#include <cleave/store/group_commit.hpp>
 #include <cleave/store/store.hpp>
 #include <cleave/store/upcasting.hpp>
 

@@ -28,6 +28,7 @@
 #include <cleave/cleave.hpp>
 #include <cleave/postgres/store.hpp>
 #include <cleave/sqlite/store.hpp>
+#include <cleave/store/group_commit.hpp>
 
 namespace bench {
 
@@ -282,6 +283,33 @@ void postgres_case(std::string_view name, const std::string& url, int clients,
   report(name, m, clients, ",\"synchronous_commit\":\"on\"");
 }
 
+// Up to 32 in-flight commands sharing one transaction (a savepoint each) against one
+// transaction per command, both through the bus, at the same concurrency and durability.
+void group_commit_case(std::string_view name, cleave::store& db, int clients,
+                       std::chrono::milliseconds slice) {
+  db.migrate("bench", schema);
+  cleave::group_commit grouped(db, 32);
+  cleave::command_bus plain{&db};
+  cleave::command_bus shared{&grouped};
+  plain.add(place);
+  shared.add(place);
+  auto send = [](cleave::command_bus& bus, const char* side, int c, std::uint64_t n) {
+    auto r = bus.send(bench::place_item{unique_id(side, c, n), 1});
+    if (!r) {
+      std::fprintf(stderr, "%s: %s\n", side, r.error().describe().c_str());
+      std::exit(1);
+    }
+  };
+  auto m = compare(
+      clients, 3, slice, [&](int c, std::uint64_t n) { send(shared, "g", c, n); },
+      [&](int c, std::uint64_t n) { send(plain, "p", c, n); });
+  const double per_group =
+      static_cast<double>(grouped.commands_committed()) /
+      static_cast<double>(std::max<std::uint64_t>(1, grouped.groups_committed()));
+  report(name, m, clients,
+         fmt::format(",\"max_group\":32,\"commands_per_commit\":{:.1f}", per_group));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -293,9 +321,18 @@ int main(int argc, char** argv) {
                quick ? "quick" : "full", static_cast<long long>(slice.count()));
   sqlite_case("sqlite_full_1client", cleave::sqlite::durability::full, slice);
   sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
+  {
+    const std::string dir = fmt::format("/tmp/cleave-bench-group-{}", ::getpid());
+    std::filesystem::remove_all(dir);
+    cleave::sqlite::store db{{.path = dir + "/bench.db", .sync = cleave::sqlite::durability::full}};
+    group_commit_case("sqlite_group_commit_32", db, 32, slice);
+    std::filesystem::remove_all(dir);
+  }
   if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
     postgres_case("postgres_1client", url, 1, slice);
     postgres_case("postgres_16clients", url, 16, slice);
+    cleave::postgres::store db{{.url = url, .pool_size = 32}};
+    group_commit_case("postgres_group_commit_32", db, 32, slice);
   } else {
     std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
   }
