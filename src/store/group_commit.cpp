@@ -4,141 +4,160 @@
 
 namespace cleave {
 
+// One lane: a shared transaction and the members taking turns in it.
+struct group_commit::lane {
+  struct ended {
+    std::exception_ptr failure;  // set when the shared commit failed
+    std::uint64_t lsn = 0;
+    std::size_t unread = 0;  // members that have not collected this yet
+  };
+
+  group_commit& owner;
+  std::unique_ptr<member> running;      // the one member whose turn it is
+  std::atomic<std::size_t> waiting{0};  // threads queued for a turn
+  std::mutex mutex;                     // held by the running member; guards what follows
+  std::condition_variable ended_cv;
+  write_transaction* shared = nullptr;
+  std::uint64_t group = 0;  // the open group's number
+  std::size_t members = 0;  // members of the open group that kept their work
+  std::unordered_map<std::uint64_t, ended> ended_groups;
+
+  explicit lane(group_commit& o);
+
+  // Ends the running member's turn (mutex held): commits the group when it is full or nobody
+  // waits to join it, else leaves it open for the next member.
+  void end_turn() {
+    if (!shared) return;  // the group already ended (its transaction broke)
+    if (members < owner.max_group_ && waiting.load() > 0) return;  // the next member joins
+    auto* tx = std::exchange(shared, nullptr);
+    if (members == 0) {
+      tx->rollback();
+      return;
+    }
+    ended outcome{nullptr, 0, members};
+    try {
+      outcome.lsn = tx->commit().lsn();
+      ++owner.groups_committed_;
+      owner.commands_committed_ += members;
+    } catch (...) {
+      outcome.failure = std::current_exception();  // commit() already ended the transaction
+    }
+    ended_groups[group] = outcome;
+    members = 0;
+    ended_cv.notify_all();
+  }
+
+  // Ends the open group after its transaction broke: every member that kept work in it fails.
+  void abandon(std::exception_ptr why) noexcept {
+    if (!shared) return;
+    std::exchange(shared, nullptr)->rollback();
+    ended_groups[group] = {std::move(why), 0, members};
+    members = 0;
+    ended_cv.notify_all();
+  }
+
+  // Waits, releasing the turn, until `g` has ended; returns its commit LSN or throws its failure.
+  std::uint64_t wait_for(std::uint64_t g, std::unique_lock<std::mutex>& turn) {
+    ended_cv.wait(turn, [&] { return ended_groups.contains(g); });
+    auto it = ended_groups.find(g);
+    const ended outcome = it->second;
+    if (--it->second.unread == 0) ended_groups.erase(it);
+    turn.unlock();
+    if (outcome.failure) std::rethrow_exception(outcome.failure);
+    return outcome.lsn;
+  }
+};
+
 // The running member: forwards to the shared transaction, inside its own savepoint.
 class group_commit::member final : public write_transaction {
  public:
-  explicit member(group_commit& owner) : owner_(owner) {}
+  explicit member(lane& l) : lane_(l) {}
 
   void query(std::string_view sql, std::span<const sql_value> params,
              row_callback on_row) override {
-    owner_.shared_->query(sql, params, on_row);
+    lane_.shared->query(sql, params, on_row);
   }
   std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
-    return owner_.shared_->exec(sql, params);
+    return lane_.shared->exec(sql, params);
   }
-  std::uint64_t append(const pending_event& e) override { return owner_.shared_->append(e); }
-  std::optional<remembered_outcome> remembered() override { return owner_.shared_->remembered(); }
-  void remember(const remembered_outcome& o) override { owner_.shared_->remember(o); }
-  void rebind(const request_meta& meta) override { owner_.shared_->rebind(meta); }
-  position_token position_so_far() override { return owner_.shared_->position_so_far(); }
+  std::uint64_t append(const pending_event& e) override { return lane_.shared->append(e); }
+  std::optional<remembered_outcome> remembered() override { return lane_.shared->remembered(); }
+  void remember(const remembered_outcome& o) override { lane_.shared->remember(o); }
+  void rebind(const request_meta& meta) override { lane_.shared->rebind(meta); }
+  position_token position_so_far() override { return lane_.shared->position_so_far(); }
 
   position_token commit() override {
-    std::unique_lock turn(owner_.mutex_, std::adopt_lock);  // taken in begin_write
+    std::unique_lock turn(lane_.mutex, std::adopt_lock);  // taken in begin_write
+    const std::uint64_t group = lane_.group;
     position_token mine;
-    std::uint64_t group = owner_.group_;
     try {
-      owner_.shared_->exec("release savepoint cleave_member", {});
-      mine = owner_.shared_->position_so_far();
-      ++owner_.members_;
+      lane_.shared->exec("release savepoint cleave_member", {});
+      mine = lane_.shared->position_so_far();
+      ++lane_.members;
     } catch (...) {
       undo();
-      owner_.end_turn();
-      turn.unlock();
+      lane_.end_turn();
       throw;
     }
-    owner_.end_turn();
-    const auto lsn = owner_.wait_for(group, turn);
+    lane_.end_turn();
+    const auto lsn = lane_.wait_for(group, turn);
     return position_token(mine.transaction(), mine.position(), lsn);
   }
 
   void rollback() noexcept override {
-    std::unique_lock turn(owner_.mutex_, std::adopt_lock);
+    std::unique_lock turn(lane_.mutex, std::adopt_lock);
     undo();
-    owner_.end_turn();
+    lane_.end_turn();
   }
 
  private:
-  // Rolls this member's work back to its savepoint. If even that fails, the shared
-  // transaction cannot go on: it is rolled back, and the group's members fail with it.
+  // Rolls this member's work back to its savepoint; if even that fails, the shared transaction
+  // cannot go on and the group fails with it.
   void undo() noexcept {
     try {
-      owner_.shared_->exec("rollback to savepoint cleave_member", {});
-      owner_.shared_->exec("release savepoint cleave_member", {});
+      lane_.shared->exec("rollback to savepoint cleave_member", {});
+      lane_.shared->exec("release savepoint cleave_member", {});
     } catch (...) {
-      owner_.shared_->rollback();
-      owner_.shared_ = nullptr;
-      owner_.ended_[owner_.group_] = {std::current_exception(), 0, owner_.members_};
-      owner_.members_ = 0;
-      owner_.ended_cv_.notify_all();
+      lane_.abandon(std::current_exception());
     }
   }
 
-  group_commit& owner_;
+  lane& lane_;
 };
 
-group_commit::group_commit(store& inner, std::size_t max_group)
-    : inner_(inner),
-      max_group_(max_group == 0 ? 1 : max_group),
-      member_(std::make_unique<member>(*this)) {}
+group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<member>(*this)) {}
+
+group_commit::group_commit(store& inner, std::size_t max_group, std::size_t lanes)
+    : inner_(inner), max_group_(max_group == 0 ? 1 : max_group) {
+  for (std::size_t i = 0; i < (lanes == 0 ? 1 : lanes); ++i)
+    lanes_.push_back(std::make_unique<lane>(*this));
+}
 
 group_commit::~group_commit() = default;
 
 write_transaction& group_commit::begin_write(const request_meta& meta) {
-  ++waiting_;
-  mutex_.lock();
-  --waiting_;
+  auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
+  ++l.waiting;
+  l.mutex.lock();
+  --l.waiting;
   try {
-    if (!shared_) {
-      shared_ = &inner_.begin_write(meta);
-      ++group_;
-      members_ = 0;
+    if (!l.shared) {
+      l.shared = &inner_.begin_write(meta);
+      ++l.group;
+      l.members = 0;
     }
-    shared_->rebind(meta);
-    shared_->exec("savepoint cleave_member", {});
+    l.shared->rebind(meta);
+    l.shared->exec("savepoint cleave_member", {});
   } catch (...) {
-    if (shared_ && members_ == 0) {  // nobody's work is in it yet
-      shared_->rollback();
-      shared_ = nullptr;
-    }
-    mutex_.unlock();
+    l.abandon(std::current_exception());
+    l.mutex.unlock();
     throw;
   }
-  return *member_;
+  return *l.running;
 }
 
 read_transaction& group_commit::begin_read(const request_meta& meta) {
   return inner_.begin_read(meta);
-}
-
-void group_commit::end_turn() {
-  if (!shared_) return;  // the group already ended (its transaction broke)
-  if (members_ < max_group_ && waiting_.load() > 0) return;  // the next member joins this group
-  auto* tx = std::exchange(shared_, nullptr);
-  if (members_ == 0) {
-    tx->rollback();
-    return;
-  }
-  ended outcome{nullptr, 0, members_};
-  try {
-    outcome.lsn = tx->commit().lsn();
-    ++groups_committed_;
-    commands_committed_ += members_;
-  } catch (...) {
-    outcome.failure = std::current_exception();  // commit() already ended the transaction
-  }
-  ended_[group_] = outcome;
-  members_ = 0;
-  ended_cv_.notify_all();
-}
-
-std::uint64_t group_commit::wait_for(std::uint64_t group, std::unique_lock<std::mutex>& turn) {
-  ended_cv_.wait(turn, [&] { return ended_.contains(group); });
-  auto it = ended_.find(group);
-  const ended outcome = it->second;
-  if (--it->second.unread == 0) ended_.erase(it);
-  turn.unlock();
-  if (outcome.failure) std::rethrow_exception(outcome.failure);
-  return outcome.lsn;
-}
-
-std::uint64_t group_commit::groups_committed() const {
-  std::lock_guard lock(mutex_);
-  return groups_committed_;
-}
-
-std::uint64_t group_commit::commands_committed() const {
-  std::lock_guard lock(mutex_);
-  return commands_committed_;
 }
 
 }  // namespace cleave

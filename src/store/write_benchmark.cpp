@@ -285,10 +285,10 @@ void postgres_case(std::string_view name, const std::string& url, int clients,
 
 // Up to 32 in-flight commands sharing one transaction (a savepoint each) against one
 // transaction per command, both through the bus, at the same concurrency and durability.
-void group_commit_case(std::string_view name, cleave::store& db, int clients,
+void group_commit_case(std::string_view name, cleave::store& db, int clients, std::size_t lanes,
                        std::chrono::milliseconds slice) {
   db.migrate("bench", schema);
-  cleave::group_commit grouped(db, 32);
+  cleave::group_commit grouped(db, 32, lanes);
   cleave::command_bus plain{&db};
   cleave::command_bus shared{&grouped};
   plain.add(place);
@@ -325,14 +325,14 @@ int main(int argc, char** argv) {
     const std::string dir = fmt::format("/tmp/cleave-bench-group-{}", ::getpid());
     std::filesystem::remove_all(dir);
     cleave::sqlite::store db{{.path = dir + "/bench.db", .sync = cleave::sqlite::durability::full}};
-    group_commit_case("sqlite_group_commit_32", db, 32, slice);
+    group_commit_case("sqlite_group_commit_32", db, 32, 1, slice);
     std::filesystem::remove_all(dir);
   }
   if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
     postgres_case("postgres_1client", url, 1, slice);
     postgres_case("postgres_16clients", url, 16, slice);
     cleave::postgres::store db{{.url = url, .pool_size = 32}};
-    group_commit_case("postgres_group_commit_32", db, 32, slice);
+    group_commit_case("postgres_group_commit_32", db, 32, 4, slice);
   } else {
     std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
   }
