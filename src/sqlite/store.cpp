@@ -8,12 +8,17 @@
 
 #include <fmt/format.h>
 
+#include <cleave/store/detail/append.hpp>
+
 #include "connection.hpp"
 
 namespace cleave::sqlite {
 
 namespace {
 
+using cleave::detail::next_stream_version;
+using cleave::detail::stream_version_sql;
+using cleave::detail::text_or_null;
 using detail::connection;
 using detail::statement;
 
@@ -101,30 +106,20 @@ struct store::impl {
     std::uint64_t append(const pending_event& e) override {
       auto& conn = *owner->write_conn;
       std::int64_t version = 0;
-      // `stream <> ''` lets the planner use the partial index on (stream, stream_version).
       if (!e.stream.empty()) {
         const sql_value stream[] = {e.stream};
-        const auto current =
-            static_cast<std::uint64_t>(scalar(conn,
-                                              "select coalesce(max(stream_version), 0) from "
-                                              "cleave_events where stream = $1 and stream <> ''",
-                                              stream));
-        if (e.expected_version && *e.expected_version != current)
-          throw error_exception({errc::conflict,
-                                 fmt::format("stream '{}' is at version {}, expected {}", e.stream,
-                                             current, *e.expected_version),
-                                 {}});
-        version = static_cast<std::int64_t>(current + 1);
+        const auto current = static_cast<std::uint64_t>(scalar(conn, stream_version_sql, stream));
+        version =
+            static_cast<std::int64_t>(next_stream_version(e.stream, current, e.expected_version));
       }
       const std::string payload = e.payload.dump();
-      const sql_value params[] = {
-          e.stream,
-          version,
-          e.type,
-          std::string_view(payload),
-          command_id.empty() ? sql_value{} : sql_value{std::string_view(command_id)},
-          correlation_id.empty() ? sql_value{} : sql_value{std::string_view(correlation_id)},
-          now_ms()};
+      const sql_value params[] = {e.stream,
+                                  version,
+                                  e.type,
+                                  std::string_view(payload),
+                                  text_or_null(command_id),
+                                  text_or_null(correlation_id),
+                                  now_ms()};
       conn.exec(
           "insert into cleave_events(stream, stream_version, type, payload, command_id, "
           "correlation_id, recorded_at) values ($1, $2, $3, $4, $5, $6, $7)",

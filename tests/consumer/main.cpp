@@ -1,4 +1,5 @@
 #include <cleave/cleave.hpp>
+#include <cleave/sqlite/store.hpp>
 
 #include <cstdio>
 
@@ -8,11 +9,20 @@ struct ping {
 };
 CLEAVE_COMMAND(ping, "consumer.ping", n)
 
+struct pinged {
+  int n = 0;
+};
+CLEAVE_EVENT(pinged, "consumer.pinged", n)
+
 int main() {
-  cleave::command_bus commands;
-  commands.add([](const ping& p) -> cleave::result<int> { return p.n + 1; });
+  cleave::sqlite::store db{{.path = ":memory:"}};
+  cleave::command_bus commands{&db};
+  commands.add([](const ping& p, cleave::write_context& tx) -> cleave::result<int> {
+    tx.emit(pinged{p.n});
+    return p.n + 1;
+  });
   auto r = commands.send_json("consumer.ping", cleave::json{{"n", 41}});
-  if (!r || r->result != 42) return 1;
+  if (!r || r->result != 42 || db.read_events({}, 10).size() != 1) return 1;
   std::puts("consumer ok");
   return 0;
 }
