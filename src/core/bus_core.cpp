@@ -77,6 +77,12 @@ std::vector<const message_info*> bus_core::handled() const {
   return out;
 }
 
+std::vector<const message_ops*> bus_core::handled_ops() const {
+  std::vector<const message_ops*> out;
+  for (const auto& e : entries_) out.push_back(e.ops);
+  return out;
+}
+
 std::vector<const message_info*> bus_core::unhandled() const {
   std::vector<const message_info*> out;
   for (const auto* info : declared_messages()) {

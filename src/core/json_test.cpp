@@ -203,6 +203,17 @@ TEST(json_encode, round_trips_and_leaves_out_empty_optionals) {
   EXPECT_EQ(cleave::to_json(*back), j);
 }
 
+TEST(json_schema, describes_members_types_ranges_and_what_is_required) {
+  auto s = cleave::json_schema<shop::place_order>();
+  EXPECT_EQ(s["type"], "object");
+  EXPECT_EQ(s["additionalProperties"], false);
+  EXPECT_EQ(s["required"], (json{"order_id", "lines", "box", "gift", "tip", "priority"}));
+  EXPECT_EQ(s["properties"]["priority"], (json{{"type", "integer"}, {"minimum", 0}, {"maximum", 65535}}));
+  EXPECT_EQ(s["properties"]["box"], (json{{"type", "string"}, {"enum", {"small", "large"}}}));
+  EXPECT_EQ(s["properties"]["lines"]["items"]["required"], (json{"product_id", "quantity"}));
+  EXPECT_EQ(s["properties"]["coupon"]["type"], "integer");
+}
+
 TEST(message_traits, declarations_give_kind_names_and_fields) {
   static_assert(cleave::command<shop::place_order>);
   static_assert(cleave::event<shop::order_placed>);

@@ -31,6 +31,8 @@ struct message_ops {
   const message_info* info;
   result<void> (*validate)(const void*);
   json (*to_json)(const void*);
+  json (*schema)();           // the message's JSON Schema
+  json (*response_schema)();  // the JSON Schema of what its handler returns
 };
 
 // A message as behaviors see it, without knowing its type. Valid for the duration of the call.

@@ -145,6 +145,12 @@ class command_bus {
 
   // Every command type with a handler here, in registration order.
   std::vector<const message_info*> handled() const { return core_.handled(); }
+  // The same, with each type's operations (JSON Schemas of the command and of its response).
+  std::vector<const message_ops*> handled_ops() const { return core_.handled_ops(); }
+  const message_ops* find(std::string_view wire_name) const {
+    const auto* e = core_.find(wire_name);
+    return e ? e->ops : nullptr;
+  }
   // Declared commands (CLEAVE_COMMAND anywhere in the program) that have no handler here.
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
   // An error listing every declared command without a handler; for a check at start-up.
@@ -201,6 +207,11 @@ class query_bus {
                                 const request_meta& meta = detail::no_meta);
 
   std::vector<const message_info*> handled() const { return core_.handled(); }
+  std::vector<const message_ops*> handled_ops() const { return core_.handled_ops(); }
+  const message_ops* find(std::string_view wire_name) const {
+    const auto* e = core_.find(wire_name);
+    return e ? e->ops : nullptr;
+  }
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
   result<void> check_complete() const { return core_.check_complete(); }
   bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }

@@ -231,6 +231,49 @@ json to_json(const T& value) {
   }
 }
 
+// The JSON Schema (2020-12, as OpenAPI 3.1 uses) of any type from_json accepts: records are
+// closed objects listing their required members; integers carry their range; enums their names.
+template <class T>
+json json_schema() {
+  if constexpr (std::is_void_v<T>) {
+    return json{{"type", "null"}};
+  } else if constexpr (std::is_same_v<T, bool>) {
+    return json{{"type", "boolean"}};
+  } else if constexpr (std::is_integral_v<T>) {
+    return json{{"type", "integer"},
+                {"minimum", std::numeric_limits<T>::min()},
+                {"maximum", std::numeric_limits<T>::max()}};
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return json{{"type", "number"}};
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return json{{"type", "string"}};
+  } else if constexpr (std::is_same_v<T, json>) {
+    return json::object();
+  } else if constexpr (described_enum<T>) {
+    json names = json::array();
+    for (const auto& [value, name] : enum_values<T>()) names.push_back(name);
+    return json{{"type", "string"}, {"enum", names}};
+  } else if constexpr (is_optional<T>::value) {
+    return json_schema<typename T::value_type>();
+  } else if constexpr (detail::is_vector<T>::value) {
+    return json{{"type", "array"}, {"items", json_schema<typename T::value_type>()}};
+  } else if constexpr (detail::is_string_map<T>::value) {
+    return json{{"type", "object"}, {"additionalProperties", json_schema<typename T::mapped_type>()}};
+  } else {
+    static_assert(described<T>, "json_schema<T>: T must be a type from_json accepts");
+    json properties = json::object(), required = json::array();
+    for_each_field<T>([&](const auto& f) {
+      using member_t = typename std::decay_t<decltype(f)>::value_type;
+      properties[std::string(f.name)] = json_schema<member_t>();
+      if (is_required_v<member_t>) required.push_back(std::string(f.name));
+    });
+    return json{{"type", "object"},
+                {"properties", std::move(properties)},
+                {"required", std::move(required)},
+                {"additionalProperties", false}};
+  }
+}
+
 namespace detail {
 
 template <class T, std::size_t I>

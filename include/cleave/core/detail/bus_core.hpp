@@ -62,7 +62,8 @@ void delete_handler(void* h) {
 
 template <class T>
 const message_ops& ops_of() {
-  static const message_ops ops{&info_of<T>(), &validate_of<T>, &to_json_of<T>};
+  static const message_ops ops{&info_of<T>(), &validate_of<T>, &to_json_of<T>, &json_schema<T>,
+                               &json_schema<response_t<T>>};
   return ops;
 }
 
@@ -100,6 +101,7 @@ class bus_core {
   result<void> run(const message_ref& message, const request_meta& meta, next_step innermost) const;
 
   std::vector<const message_info*> handled() const;
+  std::vector<const message_ops*> handled_ops() const;
   std::vector<const message_info*> unhandled() const;
   result<void> check_complete() const;
 
