@@ -1,0 +1,230 @@
+#include "shop.hpp"
+
+#include <chrono>
+#include <map>
+
+#include <fmt/format.h>
+
+namespace shop {
+
+namespace {
+
+constexpr cleave::migration schema[] = {
+    {1, "customers, products, orders",
+     "create table customers(id text primary key, name text not null, email text);"
+     "create table products(id text primary key, name text not null,"
+     "  price_cents bigint not null check (price_cents >= 0),"
+     "  stock bigint not null check (stock >= 0));"
+     "create table orders(id text primary key, customer_id text not null references customers(id),"
+     "  status text not null, total_cents bigint not null, placed_at bigint not null);"
+     "create table order_lines(order_id text not null references orders(id),"
+     "  product_id text not null references products(id), quantity bigint not null,"
+     "  price_cents bigint not null, primary key (order_id, product_id));"
+     "create index order_lines_product on order_lines(product_id);"
+     "create index orders_customer on orders(customer_id);"},
+};
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// ---- command handlers: each runs in one write transaction ----
+
+cleave::result<void> on_register_customer(const register_customer& c, cleave::write_context& tx) {
+  tx.exec("insert into customers(id, name, email) values ($1, $2, $3)", c.id, c.name, c.email);
+  tx.emit(c.id, customer_registered{c.id, c.name});
+  return {};
+}
+
+cleave::result<void> on_add_product(const add_product& c, cleave::write_context& tx) {
+  tx.exec("insert into products(id, name, price_cents, stock) values ($1, $2, $3, $4)", c.id,
+          c.name, c.price_cents, c.stock);
+  tx.emit(c.id, product_added{c.id, c.name, c.price_cents, c.stock});
+  return {};
+}
+
+cleave::result<std::int64_t> on_restock(const restock& c, cleave::write_context& tx) {
+  if (tx.exec("update products set stock = stock + $2 where id = $1", c.product_id, c.quantity) ==
+      0)
+    return cleave::not_found(fmt::format("no product '{}'", c.product_id));
+  tx.emit(c.product_id, product_restocked{c.product_id, c.quantity});
+  return tx.one<std::int64_t>("select stock from products where id = $1", c.product_id);
+}
+
+// A rule across aggregates: every line's product must have the stock, or nothing is placed.
+cleave::result<placed_order> on_place_order(const place_order& c, cleave::write_context& tx) {
+  if (!tx.one<std::string>("select id from customers where id = $1", c.customer_id))
+    return cleave::not_found(fmt::format("no customer '{}'", c.customer_id));
+  std::int64_t total = 0;
+  std::map<std::string, std::int64_t> prices;
+  for (const auto& line : c.lines) {
+    auto p = tx.one<product>("select id, name, price_cents, stock from products where id = $1",
+                             line.product_id);
+    if (!p) return cleave::not_found(fmt::format("no product '{}'", line.product_id));
+    if (p->stock < line.quantity)
+      return cleave::rejected(fmt::format("not enough stock of '{}': {} left, {} wanted", p->name,
+                                          p->stock, line.quantity));
+    tx.exec("update products set stock = stock - $2 where id = $1", line.product_id, line.quantity);
+    prices[line.product_id] = p->price_cents;
+    total += p->price_cents * line.quantity;
+  }
+  tx.exec(
+      "insert into orders(id, customer_id, status, total_cents, placed_at) values ($1, $2, "
+      "'placed', "
+      "$3, $4)",
+      c.order_id, c.customer_id, total, now_ms());
+  for (const auto& line : c.lines)
+    tx.exec(
+        "insert into order_lines(order_id, product_id, quantity, price_cents) values ($1, $2, $3, "
+        "$4)",
+        c.order_id, line.product_id, line.quantity, prices[line.product_id]);
+  tx.emit(c.order_id, order_placed{c.order_id, c.customer_id, c.lines, total});
+  return placed_order{c.order_id, total};
+}
+
+cleave::result<void> on_cancel_order(const cancel_order& c, cleave::write_context& tx) {
+  auto status = tx.one<std::string>("select status from orders where id = $1", c.order_id);
+  if (!status) return cleave::not_found(fmt::format("no order '{}'", c.order_id));
+  if (*status == "cancelled")
+    return cleave::rejected(fmt::format("order '{}' is already cancelled", c.order_id));
+  tx.exec(
+      "update products set stock = stock + (select quantity from order_lines l where l.order_id = "
+      "$1 "
+      "and l.product_id = products.id) where id in (select product_id from order_lines where "
+      "order_id = $1)",
+      c.order_id);
+  tx.exec("update orders set status = 'cancelled' where id = $1", c.order_id);
+  tx.emit(c.order_id, order_cancelled{c.order_id});
+  return {};
+}
+
+// ---- query handlers: read-only ----
+
+cleave::result<product> on_product_stock(const product_stock& q, const cleave::read_context& db) {
+  auto p = db.one<product>("select id, name, price_cents, stock from products where id = $1",
+                           q.product_id);
+  if (!p) return cleave::not_found(fmt::format("no product '{}'", q.product_id));
+  return p;
+}
+
+cleave::result<std::vector<product>> on_list_products(const list_products&,
+                                                      const cleave::read_context& db) {
+  return db.many<product>("select id, name, price_cents, stock from products order by name");
+}
+
+cleave::result<std::vector<customer>> on_list_customers(const list_customers&,
+                                                        const cleave::read_context& db) {
+  return db.many<customer>("select id, name, email from customers order by name");
+}
+
+// Several aggregates pulled out together as one answer: the order, its buyer, its lines and
+// their products.
+cleave::result<order_view> on_order_summary(const order_summary& q,
+                                            const cleave::read_context& db) {
+  struct head {
+    std::string order_id, status, customer_id;
+    std::int64_t total_cents = 0;
+  };
+  auto o = db.one<order_row>(
+      "select id as order_id, status, total_cents, placed_at from orders where id = $1",
+      q.order_id);
+  if (!o) return cleave::not_found(fmt::format("no order '{}'", q.order_id));
+  auto buyer = db.one<customer>(
+      "select c.id, c.name, c.email from customers c join orders o on o.customer_id = c.id where "
+      "o.id = $1",
+      q.order_id);
+  if (!buyer) return std::unexpected(buyer.error());
+  auto lines = db.many<summary_line>(
+      "select l.product_id, p.name as product_name, l.quantity, l.price_cents from order_lines l "
+      "join products p on p.id = l.product_id where l.order_id = $1 order by p.name",
+      q.order_id);
+  return order_view{o->order_id, o->status, o->total_cents, *buyer, std::move(lines)};
+}
+
+cleave::result<std::vector<order_row>> on_customer_orders(const customer_orders& q,
+                                                          const cleave::read_context& db) {
+  return db.many<order_row>(
+      "select id as order_id, status, total_cents, placed_at from orders where customer_id = $1 "
+      "order by placed_at desc, id",
+      q.customer_id);
+}
+
+cleave::result<std::vector<product_sales>> on_top_products(const top_products& q,
+                                                           const cleave::read_context& db) {
+  return db.many<product_sales>(
+      "select p.id as product_id, p.name, sum(l.quantity) as units_sold from order_lines l "
+      "join orders o on o.id = l.order_id join products p on p.id = l.product_id "
+      "where o.status = 'placed' group by p.id, p.name order by units_sold desc, p.name limit $1",
+      q.limit.value_or(5));
+}
+
+}  // namespace
+
+cleave::result<void> register_customer::validate() const {
+  if (id.empty()) return cleave::invalid("id", "must not be empty");
+  if (name.empty()) return cleave::invalid("name", "must not be empty");
+  return {};
+}
+
+cleave::result<void> add_product::validate() const {
+  if (id.empty()) return cleave::invalid("id", "must not be empty");
+  if (price_cents < 0) return cleave::invalid("price_cents", "must not be negative");
+  if (stock < 0) return cleave::invalid("stock", "must not be negative");
+  return {};
+}
+
+cleave::result<void> restock::validate() const {
+  if (quantity <= 0) return cleave::invalid("quantity", "must be positive");
+  return {};
+}
+
+cleave::result<void> place_order::validate() const {
+  if (order_id.empty()) return cleave::invalid("order_id", "must not be empty");
+  if (lines.empty()) return cleave::invalid("lines", "an order needs at least one line");
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].quantity <= 0)
+      return cleave::invalid(fmt::format("lines[{}].quantity", i), "must be positive");
+    for (std::size_t j = 0; j < i; ++j)
+      if (lines[j].product_id == lines[i].product_id)
+        return cleave::invalid(fmt::format("lines[{}].product_id", i),
+                               "appears twice in the order");
+  }
+  return {};
+}
+
+void install(cleave::app& a) {
+  a.add_migrations("shop", schema);
+  auto& commands = a.commands();
+  commands.use<cleave::validation>();
+  commands.use<cleave::retry_on_conflict>();
+  commands.add(on_register_customer);
+  commands.add(on_add_product);
+  commands.add(on_restock);
+  commands.add(on_place_order);
+  commands.add(on_cancel_order);
+  auto& queries = a.queries();
+  queries.use<cleave::validation>();
+  queries.add(on_product_stock);
+  queries.add(on_list_products);
+  queries.add(on_list_customers);
+  queries.add(on_order_summary);
+  queries.add(on_customer_orders);
+  queries.add(on_top_products);
+}
+
+void seed_demo_data(cleave::app& a) {
+  if (!a.queries().ask(list_products{}).value_or(std::vector<product>{}).empty()) return;
+  auto& c = a.commands();
+  (void)c.send(register_customer{"ada", "Ada Lovelace", "ada@example.com"});
+  (void)c.send(register_customer{"grace", "Grace Hopper", std::nullopt});
+  (void)c.send(register_customer{"alan", "Alan Turing", std::nullopt});
+  (void)c.send(add_product{"kettle", "Kettle", 2499, 12});
+  (void)c.send(add_product{"teapot", "Teapot", 1899, 8});
+  (void)c.send(add_product{"mug", "Mug", 599, 40});
+  (void)c.send(add_product{"tea", "Darjeeling tea, 100 g", 899, 25});
+  (void)c.send(add_product{"cosy", "Tea cosy", 1299, 3});
+}
+
+}  // namespace shop

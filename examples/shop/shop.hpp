@@ -1,0 +1,184 @@
+#pragma once
+// The reference application: customers, products with stock, orders. Its queries read the write
+// tables (one model where one model is enough); the read side adds views later.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <cleave/app/app.hpp>
+#include <cleave/cleave.hpp>
+
+namespace shop {
+
+// ---- commands ----
+struct register_customer {
+  std::string id;
+  std::string name;
+  std::optional<std::string> email;
+  cleave::result<void> validate() const;
+};
+CLEAVE_COMMAND(register_customer, "shop.register_customer", id, name, email)
+
+struct add_product {
+  std::string id;
+  std::string name;
+  std::int64_t price_cents = 0;
+  std::int64_t stock = 0;
+  cleave::result<void> validate() const;
+};
+CLEAVE_COMMAND(add_product, "shop.add_product", id, name, price_cents, stock)
+
+struct restock {
+  std::string product_id;
+  std::int64_t quantity = 0;
+  using response = std::int64_t;  // the stock after it
+  cleave::result<void> validate() const;
+};
+CLEAVE_COMMAND(restock, "shop.restock", product_id, quantity)
+
+struct order_line {
+  std::string product_id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_RECORD(order_line, product_id, quantity)
+
+struct placed_order {
+  std::string order_id;
+  std::int64_t total_cents = 0;
+};
+CLEAVE_RECORD(placed_order, order_id, total_cents)
+
+struct place_order {
+  std::string order_id;
+  std::string customer_id;
+  std::vector<order_line> lines;
+  using response = placed_order;
+  cleave::result<void> validate() const;
+};
+CLEAVE_COMMAND(place_order, "shop.place_order", order_id, customer_id, lines)
+
+struct cancel_order {
+  std::string order_id;
+};
+CLEAVE_COMMAND(cancel_order, "shop.cancel_order", order_id)
+
+// ---- events ----
+struct customer_registered {
+  std::string id;
+  std::string name;
+};
+CLEAVE_EVENT(customer_registered, "shop.customer_registered", id, name)
+struct product_added {
+  std::string id;
+  std::string name;
+  std::int64_t price_cents = 0;
+  std::int64_t stock = 0;
+};
+CLEAVE_EVENT(product_added, "shop.product_added", id, name, price_cents, stock)
+struct product_restocked {
+  std::string product_id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_EVENT(product_restocked, "shop.product_restocked", product_id, quantity)
+struct order_placed {
+  std::string order_id;
+  std::string customer_id;
+  std::vector<order_line> lines;
+  std::int64_t total_cents = 0;
+};
+CLEAVE_EVENT(order_placed, "shop.order_placed", order_id, customer_id, lines, total_cents)
+struct order_cancelled {
+  std::string order_id;
+};
+CLEAVE_EVENT(order_cancelled, "shop.order_cancelled", order_id)
+
+// ---- queries ----
+struct product {
+  std::string id;
+  std::string name;
+  std::int64_t price_cents = 0;
+  std::int64_t stock = 0;
+};
+CLEAVE_RECORD(product, id, name, price_cents, stock)
+
+struct product_stock {
+  std::string product_id;
+  using response = product;
+};
+CLEAVE_QUERY(product_stock, "shop.product_stock", product_id)
+
+struct list_products {
+  using response = std::vector<product>;
+};
+CLEAVE_QUERY(list_products, "shop.list_products")
+
+struct customer {
+  std::string id;
+  std::string name;
+  std::optional<std::string> email;
+};
+CLEAVE_RECORD(customer, id, name, email)
+
+struct list_customers {
+  using response = std::vector<customer>;
+};
+CLEAVE_QUERY(list_customers, "shop.list_customers")
+
+struct summary_line {
+  std::string product_id;
+  std::string product_name;
+  std::int64_t quantity = 0;
+  std::int64_t price_cents = 0;
+};
+CLEAVE_RECORD(summary_line, product_id, product_name, quantity, price_cents)
+
+struct order_view {
+  std::string order_id;
+  std::string status;
+  std::int64_t total_cents = 0;
+  customer buyer;
+  std::vector<summary_line> lines;
+};
+CLEAVE_RECORD(order_view, order_id, status, total_cents, buyer, lines)
+
+struct order_summary {
+  std::string order_id;
+  using response = order_view;
+};
+CLEAVE_QUERY(order_summary, "shop.order_summary", order_id)
+
+struct order_row {
+  std::string order_id;
+  std::string status;
+  std::int64_t total_cents = 0;
+  std::int64_t placed_at = 0;
+};
+CLEAVE_RECORD(order_row, order_id, status, total_cents, placed_at)
+
+struct customer_orders {
+  std::string customer_id;
+  using response = std::vector<order_row>;
+};
+CLEAVE_QUERY(customer_orders, "shop.customer_orders", customer_id)
+
+struct product_sales {
+  std::string product_id;
+  std::string name;
+  std::int64_t units_sold = 0;
+};
+CLEAVE_RECORD(product_sales, product_id, name, units_sold)
+
+struct top_products {
+  std::optional<std::int64_t> limit;
+  using response = std::vector<product_sales>;
+};
+CLEAVE_QUERY(top_products, "shop.top_products", limit)
+
+// Registers the shop's handlers and migrations on `a`.
+void install(cleave::app& a);
+// Adds demo customers and products when the shop has none.
+void seed_demo_data(cleave::app& a);
+
+}  // namespace shop

@@ -1,0 +1,247 @@
+#include <cleave/http/server.hpp>
+
+#include <atomic>
+#include <condition_variable>
+#include <csignal>
+#include <iostream>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "asio.hpp"
+#include "router.hpp"
+
+namespace cleave::http {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = net::ip::tcp;
+using net::awaitable;
+using net::use_awaitable;
+
+struct server::impl {
+  explicit impl(app& a) : app_(a), router_(a), workers_(a.config().workers) {}
+
+  app& app_;
+  detail::router router_;
+  net::io_context io_{1};
+  net::thread_pool workers_;
+  std::optional<tcp::acceptor> acceptor_;
+  std::thread io_thread_;
+  std::atomic<std::size_t> connections_{0};
+  std::atomic<bool> stopping_{false};
+  std::mutex inflight_mutex_;
+  std::condition_variable inflight_cv_;
+  std::size_t inflight_ = 0;
+  std::uint16_t port_ = 0;
+  bool started_ = false, stopped_ = false;
+
+  void begin_request() {
+    std::lock_guard lock(inflight_mutex_);
+    ++inflight_;
+  }
+  void end_request() {
+    {
+      std::lock_guard lock(inflight_mutex_);
+      --inflight_;
+    }
+    inflight_cv_.notify_all();
+  }
+
+  static bhttp::response<bhttp::string_body> to_beast(const detail::response& r, unsigned version,
+                                                      bool keep_alive) {
+    bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), version};
+    res.set(bhttp::field::server, "cleave");
+    res.set(bhttp::field::content_type, r.content_type);
+    for (const auto& [name, value] : r.headers) res.set(name, value);
+    res.keep_alive(keep_alive);
+    res.body() = r.body;
+    res.prepare_payload();
+    return res;
+  }
+
+  awaitable<void> write_and_close(beast::tcp_stream& stream, const detail::response& r,
+                                  unsigned version) {
+    auto res = to_beast(r, version, false);
+    beast::error_code ec;
+    co_await bhttp::async_write(stream, res, net::redirect_error(use_awaitable, ec));
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  }
+
+  awaitable<void> session(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer;
+    const auto& cfg = app_.config();
+    for (;;) {
+      bhttp::request_parser<bhttp::string_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(cfg.max_header_bytes));
+      parser.body_limit(cfg.max_body_bytes);
+      stream.expires_after(cfg.idle_timeout);
+      beast::error_code ec;
+      co_await bhttp::async_read_header(stream, buffer, parser,
+                                        net::redirect_error(use_awaitable, ec));
+      if (ec == bhttp::error::header_limit) {
+        co_await write_and_close(
+            stream, router_.refuse(431, errc::validation, "the request headers are too large"), 11);
+        break;
+      }
+      if (ec == bhttp::error::end_of_stream || ec == net::error::eof ||
+          ec == beast::error::timeout || ec == net::error::operation_aborted ||
+          ec == net::error::connection_reset)
+        break;
+      if (ec) {
+        co_await write_and_close(
+            stream, router_.refuse(400, errc::validation, "a malformed HTTP request"), 11);
+        break;
+      }
+      const auto& header = parser.get();
+      const unsigned version = header.version();
+      if (auto length = parser.content_length(); length && *length > cfg.max_body_bytes) {
+        // Refused from Content-Length, before a byte of the body is read.
+        co_await write_and_close(stream,
+                                 router_.refuse(413, errc::validation,
+                                                fmt::format("the body is {} bytes; the limit is {}",
+                                                            *length, cfg.max_body_bytes)),
+                                 version);
+        break;
+      }
+      begin_request();
+      co_await bhttp::async_read(stream, buffer, parser, net::redirect_error(use_awaitable, ec));
+      if (ec) {
+        end_request();
+        if (ec == bhttp::error::body_limit)
+          co_await write_and_close(
+              stream, router_.refuse(413, errc::validation, "the body is over the limit"), version);
+        break;
+      }
+      auto req = parser.release();
+      detail::request r;
+      r.method = std::string(req.method_string());
+      r.target = std::string(req.target());
+      r.content_type = std::string(req[bhttp::field::content_type]);
+      r.authorization = std::string(req[bhttp::field::authorization]);
+      r.correlation_id = std::string(req["X-Correlation-Id"]);
+      r.min_position = std::string(req["Cleave-Min-Position"]);
+      r.body = std::move(req.body());
+      // Database work runs on the workers, never on the I/O thread.
+      auto res = co_await net::co_spawn(
+          workers_, [&]() -> awaitable<detail::response> { co_return router_.handle(r); },
+          use_awaitable);
+      const bool keep_alive = req.keep_alive() && !stopping_.load();
+      auto out = to_beast(res, version, keep_alive);
+      co_await bhttp::async_write(stream, out, net::redirect_error(use_awaitable, ec));
+      end_request();
+      if (ec || !keep_alive) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    --connections_;
+  }
+
+  awaitable<void> accept_loop() {
+    for (;;) {
+      beast::error_code ec;
+      tcp::socket socket = co_await acceptor_->async_accept(net::redirect_error(use_awaitable, ec));
+      if (ec) {
+        if (stopping_ || ec == net::error::operation_aborted) co_return;
+        continue;
+      }
+      if (connections_.load() >= app_.config().max_connections) {
+        beast::tcp_stream stream(std::move(socket));
+        co_await write_and_close(
+            stream, router_.refuse(503, errc::unavailable, "too many connections"), 11);
+        continue;
+      }
+      ++connections_;
+      net::co_spawn(io_, session(std::move(socket)), net::detached);
+    }
+  }
+};
+
+server::server(app& a) : impl_(std::make_unique<impl>(a)) {}
+
+server::~server() {
+  stop();
+}
+
+void server::start() {
+  auto& s = *impl_;
+  const auto& listen = s.app_.config().listen;
+  const auto colon = listen.rfind(':');
+  if (colon == std::string::npos)
+    throw error_exception(
+        {errc::validation, fmt::format("listen '{}' is not host:port", listen), {}});
+  try {
+    const auto address = net::ip::make_address(listen.substr(0, colon));
+    const auto port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
+    s.acceptor_.emplace(s.io_, tcp::endpoint(address, port));
+    s.port_ = s.acceptor_->local_endpoint().port();
+  } catch (const std::exception& e) {
+    throw error_exception(
+        {errc::unavailable, fmt::format("cannot listen on {}: {}", listen, e.what()), {}});
+  }
+  net::co_spawn(s.io_, s.accept_loop(), net::detached);
+  s.io_thread_ = std::thread([&s] { s.io_.run(); });
+  s.started_ = true;
+}
+
+std::uint16_t server::port() const {
+  return impl_->port_;
+}
+
+void server::stop() {
+  auto& s = *impl_;
+  if (!s.started_ || s.stopped_) return;
+  s.stopped_ = true;
+  s.stopping_ = true;
+  net::post(s.io_, [&s] {
+    beast::error_code ignored;
+    s.acceptor_->close(ignored);
+  });
+  {
+    // Requests already read finish, and their responses go out, before anything closes.
+    std::unique_lock lock(s.inflight_mutex_);
+    s.inflight_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return s.inflight_ == 0; });
+  }
+  s.io_.stop();
+  s.io_thread_.join();
+  s.workers_.join();
+}
+
+void server::run_until_signal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("signal {}: finishing in-flight requests", sig);
+  stop();
+}
+
+void install(app& a) {
+  a.add_verb("serve",
+             "serve               serve HTTP on the configured address until SIGINT/SIGTERM",
+             [](app& app_ref, std::span<const std::string>) {
+               // Block the signals first, so that every thread inherits the mask and sigwait gets
+               // them.
+               sigset_t set;
+               sigemptyset(&set);
+               sigaddset(&set, SIGINT);
+               sigaddset(&set, SIGTERM);
+               pthread_sigmask(SIG_BLOCK, &set, nullptr);
+               app_ref.migrate();
+               server s(app_ref);
+               s.start();
+               std::cout << "listening on http://"
+                         << app_ref.config().listen.substr(0, app_ref.config().listen.rfind(':'))
+                         << ":" << s.port() << "/" << std::endl;
+               s.run_until_signal();
+               return 0;
+             });
+}
+
+}  // namespace cleave::http
