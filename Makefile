@@ -2,7 +2,7 @@
 PRESET ?= debug
 CMAKE_FLAGS ?=
 
-.PHONY: all bootstrap build test run bench asan-test tsan-test format clean
+.PHONY: all bootstrap build test run quickstart bench asan-test tsan-test format clean
 
 all: build
 
@@ -17,8 +17,15 @@ build: bootstrap
 test: build
 	ctest --preset $(PRESET)
 
-# Builds and runs the main job.
+# Builds and runs the main job: the shop on http://127.0.0.1:8080 (SQLite under ./var).
 run: bootstrap
+	cmake --preset release $(CMAKE_FLAGS)
+	cmake --build --preset release --target shop
+	@echo "cleave shop: open http://127.0.0.1:8080/ (Ctrl-C stops it)"
+	./build/release/examples/shop/shop serve
+
+# The in-process quickstart: commands and queries through both buses, printed.
+quickstart: bootstrap
 	cmake --preset release $(CMAKE_FLAGS)
 	cmake --build --preset release --target cleave_quickstart
 	./build/release/examples/quickstart/cleave_quickstart

@@ -1,1 +1,292 @@
-int main() {}
+// The shop over real HTTP on loopback: every status the server returns, and that a refused
+// request changes nothing.
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cleave/http/server.hpp>
+
+#include "http_client.hpp"
+#include "shop.hpp"
+#include "temp_dir.hpp"
+
+namespace test_only {
+struct explode {
+  std::string why;
+};
+CLEAVE_COMMAND(explode, "test.explode", why)
+
+struct slow_restock {
+  std::string product_id;
+  std::int64_t millis = 0;
+};
+CLEAVE_COMMAND(slow_restock, "test.slow_restock", product_id, millis)
+}  // namespace test_only
+
+namespace {
+
+using cleave::json;
+using cleave::testing::http;
+using cleave::testing::http_connection;
+using testing::HasSubstr;
+
+struct shop_server : testing::Test {
+  cleave::testing::temp_dir dir;
+  std::unique_ptr<cleave::app> app;
+  std::unique_ptr<cleave::http::server> server;
+  std::uint16_t port = 0;
+
+  void start(cleave::app_config cfg = {}) {
+    cfg.database = dir.file("shop.db");
+    cfg.listen = "127.0.0.1:0";
+    cfg.static_dir = SHOP_WEB_DIR;
+    app = std::make_unique<cleave::app>(cfg);
+    shop::install(*app);
+    app->commands().add([](const test_only::explode& c) -> cleave::result<void> {
+      throw std::runtime_error("secret detail: " + c.why);
+    });
+    app->commands().add(
+        [](const test_only::slow_restock& c, cleave::write_context& tx) -> cleave::result<void> {
+          std::this_thread::sleep_for(std::chrono::milliseconds(c.millis));
+          tx.exec("update products set stock = stock + 1 where id = $1", c.product_id);
+          return {};
+        });
+    app->migrate();
+    shop::seed_demo_data(*app);
+    server = std::make_unique<cleave::http::server>(*app);
+    server->start();
+    port = server->port();
+  }
+  void TearDown() override {
+    if (server) server->stop();
+  }
+
+  json body(const cleave::testing::http_reply& r) { return json::parse(r.body); }
+  std::int64_t stock(const std::string& id) {
+    return body(
+        http(port, "GET", "/queries/shop.product_stock?product_id=" + id))["result"]["stock"];
+  }
+  std::string head() { return body(http(port, "GET", "/health"))["head"]; }
+
+  // Asserts the reply is a problem with this status and type.
+  void expect_problem(cleave::testing::http_reply r, int status, const std::string& type) {
+    EXPECT_EQ(r.status, status) << r.body;
+    EXPECT_EQ(r.headers["content-type"], "application/problem+json");
+    auto p = json::parse(r.body, nullptr, false);
+    ASSERT_FALSE(p.is_discarded()) << r.body;
+    EXPECT_EQ(p["type"], type);
+    EXPECT_EQ(p["status"], status);
+  }
+};
+
+TEST_F(shop_server, a_command_returns_its_result_and_position_and_the_query_sees_it) {
+  start();
+  auto r =
+      http(port, "POST", "/commands/shop.place_order",
+           R"({"order_id":"o1","customer_id":"ada","lines":[{"product_id":"mug","quantity":2}]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto j = body(r);
+  EXPECT_EQ(j["result"]["total_cents"], 1198);
+  EXPECT_FALSE(j["position"].get<std::string>().empty());
+  EXPECT_EQ(r.headers["cleave-position"], j["position"]);
+  auto q = http(port, "POST", "/queries/shop.order_summary", R"({"order_id":"o1"})",
+                {{"Content-Type", "application/json"},
+                 {"Cleave-Min-Position", r.headers["cleave-position"]}});
+  ASSERT_EQ(q.status, 200) << q.body;
+  EXPECT_EQ(body(q)["result"]["buyer"]["name"], "Ada Lovelace");
+  EXPECT_EQ(body(q)["result"]["lines"][0]["product_name"], "Mug");
+}
+
+TEST_F(shop_server, get_queries_take_their_scalar_fields_from_the_query_string) {
+  start();
+  auto r = http(port, "GET", "/queries/shop.product_stock?product_id=kettle");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(body(r)["result"]["stock"], 12);
+  expect_problem(http(port, "GET", "/queries/shop.top_products?limit=ten"), 400,
+                 "/problems/validation");
+  EXPECT_EQ(http(port, "GET", "/queries/shop.top_products?limit=2").status, 200);
+}
+
+TEST_F(shop_server, refused_requests_return_each_status_and_change_nothing) {
+  start();
+  const auto before_head = head();
+  const auto before_stock = stock("cosy");
+  // 400: malformed JSON, a failed validation naming the member, nesting too deep.
+  expect_problem(http(port, "POST", "/commands/shop.restock", R"({"product_id":)"), 400,
+                 "/problems/validation");
+  auto invalid =
+      http(port, "POST", "/commands/shop.restock", R"({"product_id":"cosy","quantity":2.5})");
+  expect_problem(invalid, 400, "/problems/validation");
+  EXPECT_EQ(body(invalid)["errors"][0]["path"], "quantity");
+  auto unknown_member =
+      http(port, "POST", "/commands/shop.restock", R"({"product_id":"cosy","quantity":1,"x":1})");
+  EXPECT_EQ(body(unknown_member)["errors"][0]["path"], "x");
+  expect_problem(
+      http(port, "POST", "/commands/shop.restock", R"({"product_id":"cosy","quantity":0})"), 400,
+      "/problems/validation");
+  expect_problem(
+      http(port, "POST", "/commands/shop.restock", std::string(100, '[') + std::string(100, ']')),
+      400, "/problems/validation");
+  // 404: an unknown command; a missing entity.
+  expect_problem(http(port, "POST", "/commands/shop.steal", "{}"), 404,
+                 "/problems/unknown-message");
+  expect_problem(
+      http(port, "POST", "/commands/shop.restock", R"({"product_id":"nope","quantity":1})"), 404,
+      "/problems/not-found");
+  // 405: wrong method, with Allow.
+  auto put = http(port, "PUT", "/commands/shop.restock", "{}");
+  expect_problem(put, 405, "/problems/method-not-allowed");
+  EXPECT_EQ(put.headers["allow"], "POST");
+  expect_problem(http(port, "GET", "/commands/shop.restock"), 405, "/problems/method-not-allowed");
+  // 409: a conflict (the customer exists).
+  expect_problem(
+      http(port, "POST", "/commands/shop.register_customer", R"({"id":"ada","name":"Ada"})"), 409,
+      "/problems/conflict");
+  // 415: not JSON.
+  expect_problem(http(port, "POST", "/commands/shop.restock", "product_id=cosy",
+                      {{"Content-Type", "text/plain"}}),
+                 415, "/problems/unsupported-media-type");
+  // 422: a business rule.
+  auto short_stock = http(
+      port, "POST", "/commands/shop.place_order",
+      R"({"order_id":"o9","customer_id":"ada","lines":[{"product_id":"cosy","quantity":99}]})");
+  expect_problem(short_stock, 422, "/problems/rejected");
+  EXPECT_THAT(body(short_stock)["detail"].get<std::string>(), HasSubstr("not enough stock"));
+  // 500: no internals in the body.
+  auto boom = http(port, "POST", "/commands/test.explode", R"({"why":"db password"})");
+  expect_problem(boom, 500, "/problems/internal");
+  EXPECT_THAT(boom.body, testing::Not(HasSubstr("db password")));
+  EXPECT_THAT(body(boom)["detail"].get<std::string>(), HasSubstr("correlation id"));
+
+  EXPECT_EQ(head(), before_head) << "a refused request reached the log";
+  EXPECT_EQ(stock("cosy"), before_stock) << "a refused request changed the stock";
+}
+
+TEST_F(shop_server, an_oversized_body_is_refused_from_its_content_length_before_it_is_read) {
+  cleave::app_config cfg;
+  cfg.max_body_bytes = 1024;
+  start(cfg);
+  http_connection c(port);
+  // Only the headers are sent; the answer comes without the body.
+  c.send_raw(
+      "POST /commands/shop.restock HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 10000000\r\n\r\n");
+  auto r = c.read_reply();
+  expect_problem(r, 413, "/problems/body-too-large");
+}
+
+TEST_F(shop_server, oversized_headers_are_refused) {
+  cleave::app_config cfg;
+  cfg.max_header_bytes = 4096;
+  start(cfg);
+  auto r = http(port, "GET", "/health", "", {{"X-Padding", std::string(8000, 'a')}});
+  expect_problem(r, 431, "/problems/headers-too-large");
+}
+
+TEST_F(shop_server, bearer_tokens_and_roles_guard_commands) {
+  cleave::app_config cfg;
+  cfg.tokens["t-clerk"] = cleave::principal{"clerk", {"staff"}};
+  cfg.tokens["t-guest"] = cleave::principal{"guest", {}};
+  cfg.roles["shop.restock"] = "staff";
+  start(cfg);
+  const std::string restock = R"({"product_id":"cosy","quantity":1})";
+  expect_problem(http(port, "POST", "/commands/shop.restock", restock), 401,
+                 "/problems/unauthorized");
+  expect_problem(http(port, "POST", "/commands/shop.restock", restock,
+                      {{"Content-Type", "application/json"}, {"Authorization", "Bearer wrong"}}),
+                 401, "/problems/unauthorized");
+  expect_problem(http(port, "POST", "/commands/shop.restock", restock,
+                      {{"Content-Type", "application/json"}, {"Authorization", "Bearer t-guest"}}),
+                 403, "/problems/forbidden");
+  EXPECT_EQ(http(port, "POST", "/commands/shop.restock", restock,
+                 {{"Content-Type", "application/json"}, {"Authorization", "Bearer t-clerk"}})
+                .status,
+            200);
+}
+
+TEST_F(shop_server, too_many_connections_are_turned_away_with_503) {
+  cleave::app_config cfg;
+  cfg.max_connections = 1;
+  start(cfg);
+  http_connection first(port);
+  ASSERT_EQ(first.request("GET", "/health").status, 200);  // first holds the only slot
+  auto r = http(port, "GET", "/health");
+  expect_problem(r, 503, "/problems/unavailable");
+  EXPECT_EQ(r.headers["retry-after"], "1");
+}
+
+TEST_F(shop_server, keep_alive_serves_several_requests_on_one_connection) {
+  start();
+  http_connection c(port);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(c.request("GET", "/queries/shop.product_stock?product_id=mug").status, 200);
+}
+
+TEST_F(shop_server, a_half_sent_request_does_not_hold_up_others) {
+  start();
+  http_connection stalled(port);
+  stalled.send_raw("POST /commands/shop.restock HTTP/1.1\r\nHost: x\r\nContent-Le");
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(http(port, "GET", "/health").status, 200);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+}
+
+TEST_F(shop_server, openapi_lists_every_command_and_query_with_required_fields) {
+  start();
+  auto doc = body(http(port, "GET", "/openapi.json"));
+  EXPECT_EQ(doc["openapi"], "3.1.0");
+  for (const auto* path : {"/commands/shop.place_order", "/commands/shop.cancel_order",
+                           "/queries/shop.order_summary", "/queries/shop.top_products"})
+    EXPECT_TRUE(doc["paths"].contains(path)) << path;
+  const auto& schema = doc["paths"]["/commands/shop.place_order"]["post"]["requestBody"]["content"]
+                          ["application/json"]["schema"];
+  EXPECT_EQ(schema["required"], (json{"order_id", "customer_id", "lines"}));
+  EXPECT_EQ(schema["properties"]["lines"]["items"]["properties"]["quantity"]["type"], "integer");
+}
+
+TEST_F(shop_server, metrics_count_requests_and_messages) {
+  start();
+  (void)http(port, "GET", "/queries/shop.product_stock?product_id=mug");
+  (void)http(port, "POST", "/commands/shop.restock", R"({"product_id":"nope","quantity":1})");
+  auto m = http(port, "GET", "/metrics");
+  ASSERT_EQ(m.status, 200);
+  EXPECT_THAT(m.body,
+              HasSubstr(R"(cleave_http_requests_total{route="/queries/{name}",status="200"} 1)"));
+  EXPECT_THAT(
+      m.body,
+      HasSubstr(
+          R"(cleave_messages_total{kind="command",name="shop.restock",outcome="not_found"} 1)"));
+  EXPECT_THAT(m.body, HasSubstr("cleave_http_request_duration_seconds_bucket"));
+}
+
+TEST_F(shop_server, serves_the_web_ui) {
+  start();
+  auto page = http(port, "GET", "/");
+  EXPECT_EQ(page.status, 200);
+  EXPECT_THAT(page.headers["content-type"], HasSubstr("text/html"));
+  expect_problem(http(port, "GET", "/../../etc/passwd"), 404, "/problems/not-found");
+}
+
+TEST_F(shop_server, stopping_finishes_in_flight_commands_and_loses_none) {
+  start();
+  const auto before = stock("mug");
+  auto in_flight = std::async(std::launch::async, [&] {
+    return http(port, "POST", "/commands/test.slow_restock",
+                R"({"product_id":"mug","millis":400})");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->stop();
+  auto r = in_flight.get();
+  EXPECT_EQ(r.status, 200) << "an acknowledged-to-be command was cut off";
+  server.reset();
+  auto after = app->queries().ask(shop::product_stock{"mug"});
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->stock, before + 1);
+}
+
+}  // namespace

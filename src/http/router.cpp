@@ -246,7 +246,8 @@ response router::problem(int status, const error& e, const std::string& correlat
             {"status", status},
             {"detail", e.message}};
   if (e.category == errc::internal && status == 500) {
-    spdlog::error("internal error [correlation {}]: {}", correlation_id, e.message);
+    if (!e.message.starts_with("internal error"))  // the bus has logged (and hidden) the rest
+      spdlog::error("internal error [correlation {}]: {}", correlation_id, e.message);
     body["detail"] = fmt::format("internal error (correlation id {})", correlation_id);
   }
   if (!e.fields.empty()) {

@@ -83,6 +83,17 @@ struct server::impl {
       beast::error_code ec;
       co_await bhttp::async_read_header(stream, buffer, parser,
                                         net::redirect_error(use_awaitable, ec));
+      if (ec == bhttp::error::body_limit) {
+        // Beast checks Content-Length against the limit as soon as the headers are in: refused
+        // before a byte of the body is read.
+        co_await write_and_close(
+            stream,
+            router_.refuse(
+                413, errc::validation,
+                fmt::format("the body is over the limit of {} bytes", cfg.max_body_bytes)),
+            parser.get().version());
+        break;
+      }
       if (ec == bhttp::error::header_limit) {
         co_await write_and_close(
             stream, router_.refuse(431, errc::validation, "the request headers are too large"), 11);

@@ -1,0 +1,110 @@
+// The shop's UI: plain fetch() calls to cleave's HTTP API. Each command's Cleave-Position is
+// carried into the following queries as Cleave-Min-Position, so the page reads its own writes.
+"use strict";
+
+let lastPosition = "";
+const $ = (id) => document.getElementById(id);
+const money = (cents) => (cents / 100).toFixed(2);
+
+async function call(kind, name, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (kind === "queries" && lastPosition) headers["Cleave-Min-Position"] = lastPosition;
+  const res = await fetch(`/${kind}/${name}`, { method: "POST", headers, body: JSON.stringify(body || {}) });
+  const json = await res.json();
+  if (!res.ok) throw new Error(json.detail || json.title);
+  if (kind === "commands" && json.position) {
+    lastPosition = json.position;
+    $("position").textContent = lastPosition;
+  }
+  return json.result;
+}
+
+function say(text, ok) {
+  $("message").textContent = text;
+  $("message").className = ok ? "ok" : "error";
+}
+
+async function loadProducts() {
+  const products = await call("queries", "shop.list_products");
+  $("products").querySelector("tbody").innerHTML = products.map((p) => `
+    <tr data-product="${p.id}">
+      <td>${p.name}</td><td class="num">${money(p.price_cents)}</td>
+      <td class="num stock">${p.stock}</td>
+      <td class="num"><input type="number" min="0" value="0" aria-label="quantity of ${p.name}"></td>
+    </tr>`).join("");
+}
+
+async function loadCustomers() {
+  const customers = await call("queries", "shop.list_customers");
+  $("customer").innerHTML = customers.map((c) => `<option value="${c.id}">${c.name}</option>`).join("");
+}
+
+async function loadOrders() {
+  const customer = $("customer").value;
+  $("customer-name").textContent = $("customer").selectedOptions[0]?.textContent || "";
+  const orders = await call("queries", "shop.customer_orders", { customer_id: customer });
+  $("orders").querySelector("tbody").innerHTML = orders.map((o) => `
+    <tr class="clickable ${o.status}" data-order="${o.order_id}">
+      <td>${o.order_id}</td><td class="status">${o.status}</td><td class="num">${money(o.total_cents)}</td>
+      <td>${o.status === "placed" ? `<button class="secondary cancel" data-order="${o.order_id}">Cancel</button>` : ""}</td>
+    </tr>`).join("");
+  const top = await call("queries", "shop.top_products", { limit: 3 });
+  $("top").innerHTML = top.map((t) => `<li>${t.name} — ${t.units_sold} sold</li>`).join("");
+}
+
+async function showSummary(orderId) {
+  const s = await call("queries", "shop.order_summary", { order_id: orderId });
+  $("summary").hidden = false;
+  $("summary-id").textContent = `${s.order_id} (${s.status})`;
+  $("summary-buyer").textContent = `for ${s.buyer.name}, ${money(s.total_cents)} in all`;
+  $("summary-lines").innerHTML = s.lines.map((l) => `<li>${l.quantity} × ${l.product_name} at ${money(l.price_cents)}</li>`).join("");
+}
+
+async function refresh() {
+  await loadProducts();
+  await loadOrders();
+}
+
+$("place").addEventListener("click", async () => {
+  const lines = [...document.querySelectorAll("#products tbody tr")]
+    .map((tr) => ({ product_id: tr.dataset.product, quantity: Number(tr.querySelector("input").value) }))
+    .filter((l) => l.quantity > 0);
+  if (lines.length === 0) return say("Choose how many of something first.", false);
+  const orderId = "o-" + Date.now().toString(36);
+  try {
+    const placed = await call("commands", "shop.place_order", { order_id: orderId, customer_id: $("customer").value, lines });
+    say(`Placed ${placed.order_id}: ${money(placed.total_cents)}.`, true);
+    await refresh();
+    await showSummary(placed.order_id);
+  } catch (e) {
+    say(e.message, false);
+  }
+});
+
+$("orders").addEventListener("click", async (event) => {
+  const cancel = event.target.closest("button.cancel");
+  const row = event.target.closest("tr[data-order]");
+  try {
+    if (cancel) {
+      await call("commands", "shop.cancel_order", { order_id: cancel.dataset.order });
+      say(`Cancelled ${cancel.dataset.order}; its stock is back.`, true);
+      await refresh();
+      await showSummary(cancel.dataset.order);
+    } else if (row) {
+      await showSummary(row.dataset.order);
+    }
+  } catch (e) {
+    say(e.message, false);
+  }
+});
+
+$("customer").addEventListener("change", loadOrders);
+
+(async () => {
+  try {
+    await loadCustomers();
+    await refresh();
+  } catch (e) {
+    say(`Could not load the shop: ${e.message}`, false);
+  }
+})();
