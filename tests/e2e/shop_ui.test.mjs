@@ -1,0 +1,78 @@
+// The shop's web UI in a real browser: place an order, see it in the order view, cancel it.
+// Run by ctest (shop_ui_e2e) with SHOP_BIN naming the shop executable.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const shopBin = process.env.SHOP_BIN;
+const port = 20000 + Math.floor(Math.random() * 20000);
+
+async function startShop(dir) {
+  const shop = spawn(shopBin, ["serve"], {
+    cwd: dir,
+    env: { ...process.env, CLEAVE_LISTEN: `127.0.0.1:${port}`, CLEAVE_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("shop did not start")), 15000);
+    shop.stdout.on("data", (chunk) => {
+      if (String(chunk).includes("listening on")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    shop.on("exit", (code) => reject(new Error(`shop exited with ${code}`)));
+  });
+  return shop;
+}
+
+test("place an order in the UI and see it in the order view", async () => {
+  assert.ok(shopBin, "SHOP_BIN must name the shop executable");
+  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
+  const shop = await startShop(dir);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.waitForSelector("#products tbody tr");
+    const stockBefore = Number(await page.textContent('#products tr[data-product="teapot"] .stock'));
+    await page.selectOption("#customer", "grace");
+    await page.fill('#products tr[data-product="teapot"] input', "2");
+    await page.click("#place");
+
+    await page.waitForSelector("#message.ok");
+    assert.match(await page.textContent("#message"), /Placed o-/);
+    // The order view shows it, read through the command's position.
+    await page.waitForSelector("#orders tbody tr[data-order]");
+    assert.equal(await page.textContent("#orders tbody tr .status"), "placed");
+    assert.match(await page.textContent("#summary-lines"), /2 × Teapot/);
+    assert.notEqual(await page.textContent("#position"), "none yet");
+    assert.equal(Number(await page.textContent('#products tr[data-product="teapot"] .stock')), stockBefore - 2);
+
+    // A refused order says why and changes nothing.
+    await page.fill('#products tr[data-product="cosy"] input', "50");
+    await page.click("#place");
+    await page.waitForSelector("#message.error");
+    assert.match(await page.textContent("#message"), /not enough stock/);
+
+    // Cancelling returns the stock.
+    await page.fill('#products tr[data-product="cosy"] input', "0");
+    await page.click("#orders button.cancel");
+    await page.waitForFunction(() => document.querySelector("#orders tbody tr .status")?.textContent === "cancelled");
+    assert.equal(Number(await page.textContent('#products tr[data-product="teapot"] .stock')), stockBefore);
+    await page.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-e2e.png") });
+  } finally {
+    await browser.close();
+    shop.kill("SIGTERM");
+    await new Promise((resolve) => shop.on("exit", resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
