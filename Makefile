@@ -30,15 +30,18 @@ quickstart: bootstrap
 	cmake --build --preset release --target cleave_quickstart
 	./build/release/examples/quickstart/cleave_quickstart
 
-# Builds and runs the benchmarks (pass BENCH_ARGS=--benchmark_format=json to the dispatch one).
-# The write benchmark's PostgreSQL cases run on a throwaway cluster started here.
-bench: bootstrap
+# Builds and runs the benchmarks. The write benchmark's PostgreSQL cases run on a throwaway
+# cluster started here; the HTTP one runs wrk against the shop and against nginx.
+# (BENCH_ARGS=--benchmark_format=json goes to the dispatch benchmark.)
+bench:
+	@scripts/bootstrap bench
 	cmake --preset release $(CMAKE_FLAGS)
-	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write
+	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write shop
 	./build/release/src/core/cleave_bench_dispatch $(BENCH_ARGS)
 	scripts/pg-cluster start build/release/bench-pg
 	CLEAVE_BENCH_PG_URL=$$(cat build/release/bench-pg/url) ./build/release/src/store/cleave_bench_write; \
 	  status=$$?; scripts/pg-cluster stop build/release/bench-pg; exit $$status
+	scripts/bench-http build/release/examples/shop/shop
 
 asan-test: bootstrap
 	cmake --preset asan $(CMAKE_FLAGS)
