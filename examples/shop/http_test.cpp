@@ -1,8 +1,10 @@
 // The shop over real HTTP on loopback: every status the server returns, and that a refused
 // request changes nothing.
 
+#include <sys/wait.h>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <future>
 #include <thread>
 
@@ -287,6 +289,55 @@ TEST_F(shop_server, stopping_finishes_in_flight_commands_and_loses_none) {
   auto after = app->queries().ask(shop::product_stock{"mug"});
   ASSERT_TRUE(after);
   EXPECT_EQ(after->stock, before + 1);
+}
+
+// Runs a command line; returns its exit code and what it printed on stdout.
+std::pair<int, std::string> run(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  char buf[4096];
+  while (auto n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_F(shop_server, the_cleave_tool_sends_and_asks_over_http) {
+  start();
+  const std::string cli =
+      std::string(CLEAVE_CLI) + " --url http://127.0.0.1:" + std::to_string(port);
+  auto [code, out] = run(cli + R"( send shop.restock '{"product_id":"mug","quantity":5}')");
+  EXPECT_EQ(code, 0);
+  EXPECT_THAT(out, HasSubstr("\"position\""));
+  auto [ask_code, ask_out] = run(cli + R"( ask shop.product_stock '{"product_id":"mug"}')");
+  EXPECT_EQ(ask_code, 0);
+  EXPECT_EQ(json::parse(ask_out)["result"]["stock"], 45);
+  auto [refused, refused_out] =
+      run(cli + R"( send shop.restock '{"product_id":"mug","quantity":-1}' 2>/dev/null)");
+  EXPECT_EQ(refused, 2);
+}
+
+TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
+  start();
+  auto verb = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), "shop");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    testing::internal::CaptureStdout();
+    const int code = app->main(static_cast<int>(argv.size()), argv.data());
+    return std::make_pair(code, testing::internal::GetCapturedStdout());
+  };
+  auto [code, out] = verb({"send", "shop.restock", R"({"product_id":"tea","quantity":5})"});
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(json::parse(out)["result"], 30);
+  auto [ask_code, ask_out] = verb({"ask", "shop.product_stock", R"({"product_id":"tea"})"});
+  EXPECT_EQ(json::parse(ask_out)["result"]["stock"], 30);
+  EXPECT_EQ(verb({"send", "shop.restock", R"({"product_id":"tea"})"}).first, 2);
+  auto [tail_code, tail] = verb({"events", "tail"});
+  EXPECT_EQ(tail_code, 0);
+  EXPECT_THAT(tail, HasSubstr(R"("type":"shop.product_restocked")"));
+  auto [status_code, status] = verb({"status"});
+  EXPECT_EQ(json::parse(status)["migrations"]["shop"], (json{1}));
+  EXPECT_EQ(verb({"no-such-verb"}).first, 2);
 }
 
 }  // namespace
