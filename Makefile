@@ -2,7 +2,7 @@
 PRESET ?= debug
 CMAKE_FLAGS ?=
 
-.PHONY: all bootstrap build test run quickstart bench asan-test tsan-test format clean
+.PHONY: all bootstrap build test run quickstart bench fuzz asan-test tsan-test format clean
 
 all: build
 
@@ -42,6 +42,13 @@ bench:
 	CLEAVE_BENCH_PG_URL=$$(cat build/release/bench-pg/url) ./build/release/src/store/cleave_bench_write; \
 	  status=$$?; scripts/pg-cluster stop build/release/bench-pg; exit $$status
 	scripts/bench-http build/release/examples/shop/shop
+
+# Builds the libFuzzer targets with clang-16 and runs each for FUZZ_SECONDS (default 60).
+FUZZ_SECONDS ?= 60
+fuzz: bootstrap
+	cmake --preset fuzz $(CMAKE_FLAGS)
+	cmake --build --preset fuzz
+	scripts/fuzz $(FUZZ_SECONDS)
 
 asan-test: bootstrap
 	cmake --preset asan $(CMAKE_FLAGS)

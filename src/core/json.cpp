@@ -29,6 +29,8 @@ result<json> parse_json(std::string_view text) {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     return fail(errc::validation, fmt::format("malformed JSON at byte {}", e.byte));
+  } catch (const json::exception&) {  // a number too large for a double (found by fuzzing)
+    return fail(errc::validation, "malformed JSON: a number is out of range");
   }
 }
 

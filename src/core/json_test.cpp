@@ -174,6 +174,12 @@ TEST(json_decode, malformed_text_says_where) {
   EXPECT_NE(r.error().message.find("malformed JSON at byte"), std::string::npos);
 }
 
+TEST(json_decode, a_number_too_large_for_a_double_is_malformed_not_a_crash) {
+  auto r = cleave::from_json_text<shop::place_order>(R"([2,-4e55555526])");  // found by fuzzing
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().category, errc::validation);
+}
+
 TEST(json_decode, stored_events_decode_tolerantly) {
   // An old event: lacks `channel`, carries a member since removed.
   auto j = json::parse(R"({"order_id": "o9", "total": 5, "legacy_flag": true})");
@@ -208,7 +214,8 @@ TEST(json_schema, describes_members_types_ranges_and_what_is_required) {
   EXPECT_EQ(s["type"], "object");
   EXPECT_EQ(s["additionalProperties"], false);
   EXPECT_EQ(s["required"], (json{"order_id", "lines", "box", "gift", "tip", "priority"}));
-  EXPECT_EQ(s["properties"]["priority"], (json{{"type", "integer"}, {"minimum", 0}, {"maximum", 65535}}));
+  EXPECT_EQ(s["properties"]["priority"],
+            (json{{"type", "integer"}, {"minimum", 0}, {"maximum", 65535}}));
   EXPECT_EQ(s["properties"]["box"], (json{{"type", "string"}, {"enum", {"small", "large"}}}));
   EXPECT_EQ(s["properties"]["lines"]["items"]["required"], (json{"product_id", "quantity"}));
   EXPECT_EQ(s["properties"]["coupon"]["type"], "integer");

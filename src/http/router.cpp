@@ -142,6 +142,8 @@ result<json> parse_limited(std::string_view text, int max_depth) {
     return fail(errc::validation, fmt::format("JSON nested deeper than {} levels", max_depth));
   } catch (const json::parse_error& e) {
     return fail(errc::validation, fmt::format("malformed JSON at byte {}", e.byte));
+  } catch (const json::exception&) {  // a number too large for a double (found by fuzzing)
+    return fail(errc::validation, "malformed JSON: a number is out of range");
   }
 }
 
