@@ -154,7 +154,8 @@ cleave::result<std::vector<order_row>> on_customer_orders(const customer_orders&
 cleave::result<std::vector<product_sales>> on_top_products(const top_products& q,
                                                            const cleave::read_context& db) {
   return db.many<product_sales>(
-      "select p.id as product_id, p.name, sum(l.quantity) as units_sold from order_lines l "
+      "select p.id as product_id, p.name, cast(sum(l.quantity) as bigint) as units_sold from "
+      "order_lines l "
       "join orders o on o.id = l.order_id join products p on p.id = l.product_id "
       "where o.status = 'placed' group by p.id, p.name order by units_sold desc, p.name limit $1",
       q.limit.value_or(5));

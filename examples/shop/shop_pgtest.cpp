@@ -1,0 +1,40 @@
+// The shop on PostgreSQL: the same handlers, given a postgresql:// URL instead of a file.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "pg_database.hpp"
+#include "shop.hpp"
+
+namespace {
+
+TEST(shop_on_postgres, places_summarizes_ranks_and_cancels_orders) {
+  cleave::testing::pg_database db;
+  cleave::app_config cfg;
+  cfg.database = db.url();
+  cleave::app app{cfg};
+  shop::install(app);
+  app.migrate();
+  shop::seed_demo_data(app);
+  auto placed = app.commands().send(shop::place_order{"o1", "ada", {{"mug", 3}, {"kettle", 1}}});
+  ASSERT_TRUE(placed) << placed.error().describe();
+  EXPECT_EQ(placed->value.total_cents, 3 * 599 + 2499);
+  EXPECT_GT(placed->position.lsn(), 0u);
+  auto summary = app.queries().ask(shop::order_summary{"o1"});
+  ASSERT_TRUE(summary) << summary.error().describe();
+  EXPECT_EQ(summary->buyer.name, "Ada Lovelace");
+  ASSERT_EQ(summary->lines.size(), 2u);
+  auto top = app.queries().ask(shop::top_products{1});
+  ASSERT_TRUE(top) << top.error().describe();
+  ASSERT_EQ(top->size(), 1u);
+  EXPECT_EQ((*top)[0].product_id, "mug");
+  EXPECT_EQ((*top)[0].units_sold, 3);
+  auto too_many = app.commands().send(shop::place_order{"o2", "ada", {{"cosy", 4}}});
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(too_many.error().category, cleave::errc::rejected);
+  ASSERT_TRUE(app.commands().send(shop::cancel_order{"o1"}));
+  EXPECT_EQ(app.queries().ask(shop::product_stock{"mug"}).value().stock, 40);
+  EXPECT_EQ(app.queries().ask(shop::customer_orders{"ada"}).value().at(0).status, "cancelled");
+}
+
+}  // namespace
