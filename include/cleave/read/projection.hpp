@@ -1,0 +1,122 @@
+#pragma once
+// Projections: views built for reading, kept current from the event log.
+//
+//   cleave::projection cards{"customer_card"};
+//   cards.schema("create table {view}(id text primary key, name text not null, orders bigint not
+//   null)")
+//        .on([](const customer_registered& e, cleave::view_context& v) {
+//          v.exec("insert into {view}(id, name, orders) values ($1, $2, 0)", e.id, e.name);
+//        })
+//        .async();                          // or .inline_(): in the command's own transaction
+//
+// A projection names its table `{view}`, so a rebuild can point it at a shadow copy.
+
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include <cleave/core/context.hpp>
+#include <cleave/core/detail/bus_core.hpp>
+#include <cleave/core/detail/handler_traits.hpp>
+#include <cleave/core/json.hpp>
+#include <cleave/store/store.hpp>
+
+namespace cleave {
+
+enum class projection_mode { inline_, async };
+
+// What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
+// transaction that applies the event, and the event as stored.
+class view_context {
+ public:
+  view_context(write_session& tx, std::string_view table, const stored_event& stored) noexcept
+      : tx_(tx), table_(table), stored_(stored) {}
+
+  template <class... Args>
+  std::int64_t exec(std::string_view sql, const Args&... args) {
+    const std::array<sql_value, sizeof...(Args)> params{detail::to_sql(args)...};
+    return tx_.exec(with_table(sql), params);
+  }
+  template <class T, class... Args>
+  result<T> one(std::string_view sql, const Args&... args) {
+    return reader().template one<T>(with_table(sql), args...);
+  }
+  template <class T, class... Args>
+  std::vector<T> many(std::string_view sql, const Args&... args) {
+    return reader().template many<T>(with_table(sql), args...);
+  }
+  // The event being applied: its position, stream, metadata.
+  const stored_event& event() const noexcept { return stored_; }
+  std::string_view table() const noexcept { return table_; }
+
+ private:
+  std::string with_table(std::string_view sql) const;
+  read_context reader() const { return read_context(&tx_, detail::no_meta); }
+
+  write_session& tx_;
+  std::string_view table_;
+  const stored_event& stored_;
+};
+
+class projection {
+ public:
+  using apply_fn = std::function<void(const json& payload, view_context& view)>;
+
+  // `name` identifies the projection (its checkpoint, its table `name` by default).
+  explicit projection(std::string name) : name_(name), table_(std::move(name)) {}
+
+  // The view's schema: statements that create it, with `{view}` for its table.
+  projection& schema(std::string create_sql) {
+    schema_ = std::move(create_sql);
+    return *this;
+  }
+
+  // Handles one event type: `void(const E&, cleave::view_context&)`, E a CLEAVE_EVENT.
+  template <class F>
+  projection& on(F&& handler) {
+    using H = std::decay_t<F>;
+    using E = typename detail::message_param<H>::type;
+    static_assert(event<E>,
+                  "a projection handler takes (const Event&, cleave::view_context&) with the "
+                  "event declared by CLEAVE_EVENT");
+    handlers_[std::string(info_of<E>().wire_name)] =
+        [h = H(std::forward<F>(handler))](const json& payload, view_context& view) mutable {
+          auto e = from_json<E>(payload, decode_mode::tolerant);
+          if (!e) throw error_exception(e.error());
+          h(*e, view);
+        };
+    return *this;
+  }
+
+  // Applied in the command's own transaction: the view is never behind, and lives in the write
+  // database.
+  projection& inline_() {
+    mode_ = projection_mode::inline_;
+    return *this;
+  }
+  // Applied after commit, in batches, by the projector (the default).
+  projection& async() {
+    mode_ = projection_mode::async;
+    return *this;
+  }
+
+  const std::string& name() const noexcept { return name_; }
+  const std::string& table() const noexcept { return table_; }
+  const std::string& schema_sql() const noexcept { return schema_; }
+  projection_mode mode() const noexcept { return mode_; }
+  // The handler for a stored type name, or null when this projection ignores it.
+  const apply_fn* handler_for(std::string_view type) const {
+    auto it = handlers_.find(type);
+    return it == handlers_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  std::string name_, table_, schema_;
+  projection_mode mode_ = projection_mode::async;
+  std::map<std::string, apply_fn, std::less<>> handlers_;
+};
+
+}  // namespace cleave

@@ -1,0 +1,69 @@
+#pragma once
+// The projector keeps projections current: inline ones inside each command's transaction (through
+// the session source it hands to the command bus), async ones after commit, in batches, by a
+// worker thread woken when a command commits (a slow poll is the safety net).
+//
+// Exactly-once in effect: an async batch changes the view and moves the projection's checkpoint
+// in one transaction, with a compare-and-set on the checkpoint.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <cleave/read/projection.hpp>
+#include <cleave/store/store.hpp>
+#include <cleave/store/upcasting.hpp>
+
+namespace cleave {
+
+class projector {
+ public:
+  // `db` and `rewrites` are not owned and must outlive the projector.
+  explicit projector(store& db, const upcasters* rewrites = nullptr);
+  ~projector();
+  projector(const projector&) = delete;
+  projector& operator=(const projector&) = delete;
+
+  // Registers a projection and creates its view (a migration of component "projection:<name>").
+  // Register every projection before start() and before the first command.
+  void add(projection p);
+
+  // The session source for the command bus: the store's, with inline projections applied as
+  // each event is appended, and the async worker woken after each commit.
+  session_source& source() noexcept;
+
+  // Starts / stops the async worker. stop() lets the batch in progress finish.
+  void start(std::chrono::milliseconds poll = std::chrono::seconds(1));
+  void stop();
+  // Wakes the worker now.
+  void notify();
+
+  // Applies every event the async projections have not seen yet, in batches of `batch`, on the
+  // calling thread; returns how many events were applied (to each projection, summed).
+  std::size_t catch_up(std::size_t batch = 500);
+
+  // Where an async projection has got to in the log.
+  position_token checkpoint(std::string_view name);
+
+ private:
+  class inline_source;
+  std::size_t catch_up_one(const projection& p, std::size_t batch);
+
+  store& db_;
+  const upcasters* rewrites_;
+  std::vector<projection> projections_;
+  std::unique_ptr<inline_source> source_;
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  bool woken_ = false;
+  std::atomic<bool> running_{false};
+  std::thread worker_;
+};
+
+}  // namespace cleave
