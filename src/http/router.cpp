@@ -330,10 +330,11 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
   }
   if (auto denied = authorize(r, name, meta)) return *denied;
   if (!r.min_position.empty()) {
-    // Queries read the write tables here, which every acknowledged command has reached; the read
-    // side makes this a wait. A malformed token is still the caller's error.
+    // Read-your-writes: a query reading views waits for them (cleave::read_your_writes); one
+    // reading the write tables has it already.
     auto token = position_token::parse(r.min_position);
     if (!token) return problem(400, token.error(), meta.correlation_id);
+    meta.consistency = at_least(*token);
   }
   auto outcome = is_command ? app_.commands().send_json(name, body, meta)
                             : app_.queries().ask_json(name, body, meta);

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cleave/cleave.hpp>
+#include <cleave/read/consistency.hpp>
 #include <cleave/read/projector.hpp>
 
 namespace views {
@@ -47,6 +48,12 @@ inline cleave::projection cards(std::string name) {
       });
   return p;
 }
+
+struct card_by_id {
+  std::string id;
+  using response = card;
+};
+CLEAVE_QUERY(card_by_id, "views.card_by_id", id)
 
 inline std::int64_t rows(cleave::store& db, const std::string& table) {
   std::int64_t n = -1;
@@ -157,7 +164,42 @@ TYPED_TEST_P(projections, the_worker_wakes_on_commit_without_waiting_for_its_pol
   projector.stop();
 }
 
-REGISTER_TYPED_TEST_SUITE_P(projections,
+TYPED_TEST_P(projections, at_least_waits_for_the_view_and_says_when_it_cannot) {
+  cleave::projector projector(*this->db);
+  projector.add(cards("card_ryw"));
+  cleave::command_bus commands{&projector.source()};
+  cleave::query_bus queries{this->db.get()};
+  commands.add(register_handler);
+  queries.use<cleave::read_your_writes>(projector).reads("views.card_by_id", {"card_ryw"});
+  queries.add([](const card_by_id& q, const cleave::read_context& view) {
+    return view.one<card>("select id, name, visits from card_ryw where id = $1", q.id);
+  });
+  // The worker is not running: the view stays behind, and the query says so in time.
+  auto done = commands.send(register_customer{"c1", "Ada"});
+  cleave::request_meta meta;
+  meta.consistency = cleave::at_least(done->position);
+  meta.deadline = cleave::clock::now() + std::chrono::milliseconds(300);
+  auto stale = queries.ask(card_by_id{"c1"}, meta);
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error().category, cleave::errc::unavailable);
+  EXPECT_THAT(stale.error().message, testing::HasSubstr("behind the requested"));
+  EXPECT_EQ(queries.ask(card_by_id{"c1"}).error().category, cleave::errc::not_found)
+      << "an eventual read does not wait";
+  // With the worker, read-your-writes holds for every command.
+  projector.start(std::chrono::seconds(30));
+  for (int i = 2; i < 12; ++i) {
+    const std::string id = "c" + std::to_string(i);
+    auto sent = commands.send(register_customer{id, "n"});
+    cleave::request_meta fresh;
+    fresh.consistency = cleave::at_least(sent->position);
+    auto seen = queries.ask(card_by_id{id}, fresh);
+    ASSERT_TRUE(seen) << seen.error().describe();
+    EXPECT_EQ(seen->id, id);
+  }
+  projector.stop();
+}
+
+REGISTER_TYPED_TEST_SUITE_P(projections, at_least_waits_for_the_view_and_says_when_it_cannot,
                             an_inline_projection_changes_its_view_in_the_commands_transaction,
                             an_async_projection_catches_up_and_moves_its_checkpoint,
                             a_failing_batch_changes_neither_view_nor_checkpoint,

@@ -201,7 +201,30 @@ std::size_t projector::catch_up_one(const projection& p, std::size_t batch) {
     throw;
   }
   tx.commit();
+  { std::lock_guard lock(progress_mutex_); }
+  progress_.notify_all();
   return events.size();
+}
+
+position_token projector::wait_for(std::string_view name, position_token token,
+                                   clock::time_point deadline) {
+  const auto* p = [&]() -> const projection* {
+    for (const auto& q : projections_)
+      if (q.name() == name) return &q;
+    return nullptr;
+  }();
+  if (!p)
+    throw error_exception({errc::internal, fmt::format("no projection named '{}'", name), {}});
+  if (p->mode() == projection_mode::inline_) return token;
+  for (;;) {
+    // Checked under the lock the worker notifies under, so no wake-up is lost.
+    std::unique_lock lock(progress_mutex_);
+    const auto at = checkpoint(name);
+    if (!(at < token)) return at;
+    if (clock::now() >= deadline) return at;
+    notify();  // the worker may be asleep while events are waiting
+    progress_.wait_until(lock, std::min(deadline, clock::now() + std::chrono::milliseconds(200)));
+  }
 }
 
 std::size_t projector::catch_up(std::size_t batch) {

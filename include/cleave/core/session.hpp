@@ -32,11 +32,27 @@ struct principal {
 using clock = std::chrono::steady_clock;
 
 // What travels with every command and query besides the message itself.
+// How fresh a query's answer must be. `eventual` (the default) reads whatever the views hold;
+// `at_least(token)` waits until the views a query reads have reached the token a command
+// returned (read-your-writes), within the request's deadline, or fails with errc::unavailable.
+struct consistency {
+  enum class level { eventual, at_least };
+  level required = level::eventual;
+  position_token token;
+};
+inline consistency eventual() noexcept {
+  return {};
+}
+inline consistency at_least(position_token token) noexcept {
+  return {consistency::level::at_least, token};
+}
+
 struct request_meta {
   std::string correlation_id;  // ties together logs, events and outcomes of one request
   std::string command_id;      // a command's idempotency key; empty when the caller gave none
   cleave::principal principal;
   clock::time_point deadline = clock::time_point::max();
+  cleave::consistency consistency;  // for queries
 };
 
 // A value bound to a `$n` placeholder or read from a column: null, integer, real or text.

@@ -48,8 +48,12 @@ class projector {
   // calling thread; returns how many events were applied (to each projection, summed).
   std::size_t catch_up(std::size_t batch = 500);
 
-  // Where an async projection has got to in the log.
+  // Where an async projection has got to in the log (an inline one is always current).
   position_token checkpoint(std::string_view name);
+
+  // Waits until projection `name` has reached `token` or `deadline` passes; returns where it
+  // got to. Woken as batches commit.
+  position_token wait_for(std::string_view name, position_token token, clock::time_point deadline);
 
  private:
   class inline_source;
@@ -61,6 +65,8 @@ class projector {
   std::unique_ptr<inline_source> source_;
   std::mutex wake_mutex_;
   std::condition_variable wake_;
+  std::mutex progress_mutex_;
+  std::condition_variable progress_;  // notified after each committed batch
   bool woken_ = false;
   std::atomic<bool> running_{false};
   std::thread worker_;

@@ -1,0 +1,47 @@
+#pragma once
+// The query behavior that makes `at_least(token)` real: before a query runs, it waits until
+// every projection the query reads has reached the token, woken by the projector as batches
+// commit (no polling), bounded by the request's deadline (or a default budget). When the views
+// cannot get there in time, the query fails with errc::unavailable saying how far behind they
+// are — never stale data presented as fresh.
+//
+//   projector.add(order_views);
+//   queries.use<cleave::read_your_writes>(projector)
+//          .reads("shop.order_summary", {"order_summaries"});
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <cleave/core/behavior.hpp>
+#include <cleave/read/projector.hpp>
+
+namespace cleave {
+
+class read_your_writes final : public behavior {
+ public:
+  static constexpr applies_to scope = applies_to::queries;
+
+  // `p` is not owned and must outlive the behavior.
+  explicit read_your_writes(projector& p,
+                            std::chrono::milliseconds budget = std::chrono::seconds(5))
+      : projector_(p), budget_(budget) {}
+
+  // Declares that query `wire_name` reads these projections' views. A query with none reads
+  // the write tables, which every acknowledged command has already reached.
+  read_your_writes& reads(std::string wire_name, std::vector<std::string> projections) {
+    reads_[std::move(wire_name)] = std::move(projections);
+    return *this;
+  }
+
+  result<void> handle(const message_ref& message, const request_meta& meta,
+                      next_step next) override;
+
+ private:
+  projector& projector_;
+  std::chrono::milliseconds budget_;
+  std::map<std::string, std::vector<std::string>, std::less<>> reads_;
+};
+
+}  // namespace cleave
