@@ -1,6 +1,9 @@
 # The front door. `make test` and `make run` do all set-up on a fresh Debian 12 machine.
 PRESET ?= debug
 CMAKE_FLAGS ?=
+# ccache: paths relative to this folder, so clones elsewhere (CI) share one cache.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
 
 .PHONY: all bootstrap build test run quickstart bench fuzz asan-test tsan-test format clean
 
