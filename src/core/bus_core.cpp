@@ -6,15 +6,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-namespace cleave {
-
-result<void> next_step::operator()() const {
-  if (at_ == end_) return handler_();
-  return (*at_)->handle(*message_, *meta_, next_step(at_ + 1, end_, *message_, *meta_, handler_));
-}
-
-}  // namespace cleave
-
 namespace cleave::detail {
 
 std::size_t next_type_id() noexcept {
@@ -53,11 +44,28 @@ const bus_core::entry* bus_core::find(std::string_view wire_name) const noexcept
   return it == by_name_.end() ? nullptr : &entries_[it->second];
 }
 
+namespace {
+// The rest of the pipeline from `at`: the next behavior, or the handler's step at the end.
+struct pipeline_rest {
+  behavior* const* at;
+  behavior* const* end;
+  const message_ref* message;
+  const request_meta* meta;
+  next_step innermost;
+
+  result<void> operator()() const {
+    if (at == end) return innermost();
+    const pipeline_rest rest{at + 1, end, message, meta, innermost};
+    return (*at)->handle(*message, *meta, rest);
+  }
+};
+}  // namespace
+
 result<void> bus_core::run(const message_ref& message, const request_meta& meta,
-                           function_ref<result<void>()> innermost) const {
+                           next_step innermost) const {
   try {
-    return next_step(pipeline_.data(), pipeline_.data() + pipeline_.size(), message, meta,
-                     innermost)();
+    return pipeline_rest{pipeline_.data(), pipeline_.data() + pipeline_.size(), &message, &meta,
+                         innermost}();
   } catch (...) {
     return std::unexpected(error_from_current_exception(message.info(), meta));
   }

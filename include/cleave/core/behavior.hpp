@@ -59,27 +59,9 @@ class message_ref {
   std::size_t slot_;
 };
 
-class behavior;
-
 // The rest of the pipeline after a behavior: the next behaviors, then the handler in its own
 // transaction. A behavior may call it zero times (short-circuit) or several times (retry).
-// Valid only during the behavior's handle().
-class next_step {
- public:
-  next_step(behavior* const* at, behavior* const* end, const message_ref& message,
-            const request_meta& meta, function_ref<result<void>()> handler) noexcept
-      : at_(at), end_(end), message_(&message), meta_(&meta), handler_(handler) {}
-
-  // Runs the rest of the pipeline; never throws past the bus (exceptions become errors there).
-  result<void> operator()() const;
-
- private:
-  behavior* const* at_;
-  behavior* const* end_;
-  const message_ref* message_;
-  const request_meta* meta_;
-  function_ref<result<void>()> handler_;
-};
+using next_step = function_ref<result<void>()>;
 
 // Base of every behavior. Implementations are called concurrently from many threads.
 class behavior {

@@ -98,8 +98,7 @@ class bus_core {
   bool direct() const noexcept { return pipeline_.empty(); }
 
   // Runs the behaviors around `innermost`; any exception becomes an error here.
-  result<void> run(const message_ref& message, const request_meta& meta,
-                   function_ref<result<void>()> innermost) const;
+  result<void> run(const message_ref& message, const request_meta& meta, next_step innermost) const;
 
   std::vector<const message_info*> handled() const;
   std::vector<const message_ops*> handled_ops() const;
