@@ -199,7 +199,44 @@ TYPED_TEST_P(projections, at_least_waits_for_the_view_and_says_when_it_cannot) {
   projector.stop();
 }
 
-REGISTER_TYPED_TEST_SUITE_P(projections, at_least_waits_for_the_view_and_says_when_it_cannot,
+TYPED_TEST_P(projections, a_poison_event_is_parked_after_its_retries_and_can_be_replayed) {
+  std::atomic<bool> broken{true};
+  cleave::projector projector(*this->db);
+  projector.set_max_attempts(3);
+  cleave::projection fragile{"fragile"};
+  fragile.schema("create table {view}(id text primary key)")
+      .on([&](const customer_registered& e, cleave::view_context& v) {
+        v.exec("insert into {view}(id) values ($1)", e.id);
+        if (broken && e.name == "poison") throw std::runtime_error("cannot handle poison");
+      });
+  projector.add(std::move(fragile));
+  projector.add(cards("steady"));  // another projection, unaffected
+  cleave::command_bus commands{&projector.source()};
+  commands.add(register_handler);
+  for (const auto* name : {"a", "poison", "b"})
+    ASSERT_TRUE(commands.send(register_customer{std::string("id-") + name, name}));
+  EXPECT_THROW(projector.catch_up(), std::runtime_error);  // attempt 1: the batch rolls back
+  EXPECT_EQ(rows(*this->db, "fragile"), 0);
+  EXPECT_THROW(projector.catch_up(), std::runtime_error);  // attempt 2
+  projector.catch_up();                                    // attempt 3: parked, the rest applied
+  EXPECT_EQ(rows(*this->db, "fragile"), 2);
+  EXPECT_EQ(rows(*this->db, "steady"), 3);
+  auto parked = projector.dead_letters("fragile");
+  ASSERT_EQ(parked.size(), 1u);
+  EXPECT_EQ(parked[0].type, "views.customer_registered");
+  EXPECT_EQ(parked[0].payload["name"], "poison");
+  EXPECT_EQ(parked[0].error, "cannot handle poison");
+  EXPECT_EQ(projector.replay_dead_letters("fragile"), 0u);  // still broken: stays parked
+  EXPECT_EQ(projector.dead_letters("fragile").size(), 1u);
+  broken = false;
+  EXPECT_EQ(projector.replay_dead_letters("fragile"), 1u);
+  EXPECT_TRUE(projector.dead_letters("fragile").empty());
+  EXPECT_EQ(rows(*this->db, "fragile"), 3);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(projections,
+                            a_poison_event_is_parked_after_its_retries_and_can_be_replayed,
+                            at_least_waits_for_the_view_and_says_when_it_cannot,
                             an_inline_projection_changes_its_view_in_the_commands_transaction,
                             an_async_projection_catches_up_and_moves_its_checkpoint,
                             a_failing_batch_changes_neither_view_nor_checkpoint,

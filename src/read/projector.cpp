@@ -13,7 +13,20 @@ constexpr migration checkpoint_schema[] = {
     {1, "checkpoints",
      "create table cleave_checkpoints(name text primary key, transaction_id bigint not null,"
      "  position bigint not null)"},
+    {2, "dead letters",
+     "create table cleave_dead_letters(projection text not null, transaction_id bigint not null,"
+     "  position bigint not null, type text not null, payload text not null, error text not null,"
+     "  primary key (projection, transaction_id, position))"},
 };
+
+struct parked_row {
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+  std::string type;
+  std::string payload;
+  std::string error;
+};
+CLEAVE_RECORD(parked_row, transaction_id, position, type, payload, error)
 
 std::string replace_view(std::string_view sql, std::string_view table) {
   std::string out;
@@ -180,9 +193,37 @@ std::size_t projector::catch_up_one(const projection& p, std::size_t batch) {
   try {
     for (auto& e : events) {
       if (rewrites_) rewrites_->apply(e.type, e.payload);
-      if (const auto* handler = p.handler_for(e.type)) {
+      const auto* handler = p.handler_for(e.type);
+      if (!handler) continue;
+      tx.exec("savepoint cleave_event", {});
+      try {
         view_context view(tx, p.table(), e);
         (*handler)(e.payload, view);
+        tx.exec("release savepoint cleave_event", {});
+      } catch (const std::exception& failure) {
+        tx.exec("rollback to savepoint cleave_event", {});
+        tx.exec("release savepoint cleave_event", {});
+        const std::string key = p.name() + "@" + e.position.to_string();
+        {
+          std::lock_guard lock(failures_mutex_);
+          if (++failures_[key] < max_attempts_) throw;  // the whole batch is tried again later
+          failures_.erase(key);
+        }
+        // Tried enough: park it and go on, so one bad event does not stop the projection.
+        const std::string payload = e.payload.dump();
+        const std::string why = failure.what();
+        const sql_value row[] = {std::string_view(p.name()),
+                                 static_cast<std::int64_t>(e.position.transaction()),
+                                 static_cast<std::int64_t>(e.position.position()),
+                                 std::string_view(e.type),
+                                 std::string_view(payload),
+                                 std::string_view(why)};
+        tx.exec(
+            "insert into cleave_dead_letters(projection, transaction_id, position, type, payload, "
+            "error) values ($1, $2, $3, $4, $5, $6)",
+            row);
+        spdlog::warn("projection {}: parked {} at {}: {}", p.name(), e.type, e.position.to_string(),
+                     why);
       }
     }
     const auto to = events.back().position;
@@ -204,6 +245,69 @@ std::size_t projector::catch_up_one(const projection& p, std::size_t batch) {
   { std::lock_guard lock(progress_mutex_); }
   progress_.notify_all();
   return events.size();
+}
+
+const projection& projector::find(std::string_view name) const {
+  for (const auto& q : projections_)
+    if (q.name() == name) return q;
+  throw error_exception({errc::not_found, fmt::format("no projection named '{}'", name), {}});
+}
+
+std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
+  auto& tx = db_.begin_read({});
+  std::vector<parked_row> rows;
+  try {
+    read_context ctx(&tx, detail::no_meta);
+    rows = ctx.many<parked_row>(
+        "select transaction_id, position, type, payload, error from cleave_dead_letters "
+        "where projection = $1 order by transaction_id, position",
+        name);
+  } catch (...) {
+    tx.finish();
+    throw;
+  }
+  tx.finish();
+  std::vector<dead_letter> out;
+  for (auto& r : rows) {
+    auto payload = parse_json(r.payload);
+    out.push_back({position_token(static_cast<std::uint64_t>(r.transaction_id),
+                                  static_cast<std::uint64_t>(r.position)),
+                   std::move(r.type), payload ? std::move(*payload) : json(nullptr),
+                   std::move(r.error)});
+  }
+  return out;
+}
+
+std::size_t projector::replay_dead_letters(std::string_view name) {
+  const auto& p = find(name);
+  std::size_t replayed = 0;
+  for (const auto& letter : dead_letters(name)) {
+    auto& tx = db_.begin_write({});
+    try {
+      stored_event e;
+      e.position = letter.position;
+      e.type = letter.type;
+      e.payload = letter.payload;
+      if (const auto* handler = p.handler_for(e.type)) {
+        view_context view(tx, p.table(), e);
+        (*handler)(e.payload, view);
+      }
+      const sql_value key[] = {name, static_cast<std::int64_t>(e.position.transaction()),
+                               static_cast<std::int64_t>(e.position.position())};
+      tx.exec(
+          "delete from cleave_dead_letters where projection = $1 and transaction_id = $2 and "
+          "position = $3",
+          key);
+    } catch (const std::exception& failure) {
+      tx.rollback();  // still failing: it stays parked
+      spdlog::warn("projection {}: replay of {} failed again: {}", name, letter.type,
+                   failure.what());
+      continue;
+    }
+    tx.commit();
+    ++replayed;
+  }
+  return replayed;
 }
 
 position_token projector::wait_for(std::string_view name, position_token token,

@@ -10,8 +10,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -48,6 +50,22 @@ class projector {
   // calling thread; returns how many events were applied (to each projection, summed).
   std::size_t catch_up(std::size_t batch = 500);
 
+  // An event whose handler kept failing, set aside so the projection could go on.
+  struct dead_letter {
+    position_token position;
+    std::string type;
+    json payload;
+    std::string error;
+  };
+  // How many times an async batch is tried again when a handler fails on one of its events
+  // before that event is parked as a dead letter (default 3). Set before start().
+  void set_max_attempts(int n) noexcept { max_attempts_ = n < 1 ? 1 : n; }
+  // The events parked for `name`, oldest first.
+  std::vector<dead_letter> dead_letters(std::string_view name);
+  // Applies the parked events of `name` again, each in its own transaction; those that now
+  // succeed leave the dead letters. Returns how many did.
+  std::size_t replay_dead_letters(std::string_view name);
+
   // Where an async projection has got to in the log (an inline one is always current).
   position_token checkpoint(std::string_view name);
 
@@ -58,6 +76,7 @@ class projector {
  private:
   class inline_source;
   std::size_t catch_up_one(const projection& p, std::size_t batch);
+  const projection& find(std::string_view name) const;
 
   store& db_;
   const upcasters* rewrites_;
@@ -70,6 +89,9 @@ class projector {
   bool woken_ = false;
   std::atomic<bool> running_{false};
   std::thread worker_;
+  int max_attempts_ = 3;
+  std::mutex failures_mutex_;
+  std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
 };
 
 }  // namespace cleave
