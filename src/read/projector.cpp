@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cleave/store/detail/forwarding.hpp>
+
 namespace cleave {
 
 namespace {
@@ -62,7 +64,7 @@ class projector::inline_source final : public session_source {
     }
     tx* t = free_.back();
     free_.pop_back();
-    t->inner = &inner;
+    t->begin(inner);
     return *t;
   }
   read_transaction& begin_read(const request_meta& meta) override {
@@ -70,50 +72,40 @@ class projector::inline_source final : public session_source {
   }
 
  private:
-  struct tx final : write_transaction {
+  struct tx final : cleave::detail::forwarding_transaction {
     explicit tx(inline_source& o) : owner(o) {}
     inline_source& owner;
-    write_transaction* inner = nullptr;
 
-    void query(std::string_view sql, std::span<const sql_value> params,
-               row_callback on_row) override {
-      inner->query(sql, params, on_row);
-    }
-    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
-      return inner->exec(sql, params);
-    }
+    void begin(write_transaction& inner) noexcept { inner_ = &inner; }
+
     std::uint64_t append(const pending_event& e) override {
-      const auto version = inner->append(e);
+      const auto version = inner_->append(e);
       stored_event stored;
       for (const auto& p : owner.owner_.projections_) {
         if (p.mode() != projection_mode::inline_) continue;
         const auto* handler = p.handler_for(e.type);
         if (!handler) continue;
         if (stored.type.empty()) {
-          stored.position = inner->position_so_far();
+          stored.position = inner_->position_so_far();
           stored.stream = e.stream;
           stored.stream_version = version;
           stored.type = e.type;
           stored.payload = e.payload;
         }
-        view_context view(*inner, p.table(), stored);
+        view_context view(*inner_, p.table(), stored);
         (*handler)(e.payload, view);
       }
       return version;
     }
-    std::optional<remembered_outcome> remembered() override { return inner->remembered(); }
-    void remember(const remembered_outcome& o) override { inner->remember(o); }
-    void rebind(const request_meta& meta) override { inner->rebind(meta); }
-    position_token position_so_far() override { return inner->position_so_far(); }
     position_token commit() override {
-      auto* ending = std::exchange(inner, nullptr);
+      auto* ending = std::exchange(inner_, nullptr);
       owner.give_back(this);
       auto token = ending->commit();
       owner.owner_.notify();  // after commit, outside the command's transaction
       return token;
     }
     void rollback() noexcept override {
-      auto* ending = std::exchange(inner, nullptr);
+      auto* ending = std::exchange(inner_, nullptr);
       owner.give_back(this);
       ending->rollback();
     }

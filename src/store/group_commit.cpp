@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include <cleave/store/detail/forwarding.hpp>
+
 namespace cleave {
 
 // One lane: a shared transaction and the members taking turns in it.
@@ -69,22 +71,12 @@ struct group_commit::lane {
 };
 
 // The running member: forwards to the shared transaction, inside its own savepoint.
-class group_commit::member final : public write_transaction {
+class group_commit::member final : public detail::forwarding_transaction {
  public:
   explicit member(lane& l) : lane_(l) {}
 
-  void query(std::string_view sql, std::span<const sql_value> params,
-             row_callback on_row) override {
-    lane_.shared->query(sql, params, on_row);
-  }
-  std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
-    return lane_.shared->exec(sql, params);
-  }
-  std::uint64_t append(const pending_event& e) override { return lane_.shared->append(e); }
-  std::optional<remembered_outcome> remembered() override { return lane_.shared->remembered(); }
-  void remember(const remembered_outcome& o) override { lane_.shared->remember(o); }
-  void rebind(const request_meta& meta) override { lane_.shared->rebind(meta); }
-  position_token position_so_far() override { return lane_.shared->position_so_far(); }
+  // Begins this member's turn in the lane's shared transaction.
+  void join() noexcept { inner_ = lane_.shared; }
 
   position_token commit() override {
     std::unique_lock turn(lane_.mutex, std::adopt_lock);  // taken in begin_write
@@ -148,6 +140,7 @@ write_transaction& group_commit::begin_write(const request_meta& meta) {
     }
     l.shared->rebind(meta);
     l.shared->exec("savepoint cleave_member", {});
+    l.running->join();
   } catch (...) {
     l.abandon(std::current_exception());
     l.mutex.unlock();
