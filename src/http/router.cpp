@@ -240,7 +240,10 @@ std::string metrics::render() const {
   return out;
 }
 
-router::router(app& a) : app_(a) {}
+router::router(app& a) : app_(a) {
+  // Built once: GET requests type their query strings by them.
+  for (const auto* ops : a.queries().handled_ops()) query_schemas_.emplace(ops, ops->schema());
+}
 
 response router::problem(int status, const error& e, const std::string& correlation_id) const {
   json body{{"type", problem_type(status, e.category)},
@@ -301,12 +304,12 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
                     fmt::format("unknown {} '{}'", is_command ? "command" : "query", name),
                     {}},
                    meta.correlation_id);
-  const json schema = ops->schema();
   json body;
   if (r.method == "GET") {
     if (is_command)
       return problem(405, {errc::validation, "commands are sent with POST", {}},
                      meta.correlation_id);
+    const json& schema = query_schemas_.at(ops);
     for (const auto& [member, s] : schema["properties"].items()) {
       const auto type = s.value("type", "");
       if (type == "array" || type == "object" || !s.contains("type"))

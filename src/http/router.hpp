@@ -54,6 +54,7 @@ class metrics {
 
 class router {
  public:
+  // Register every handler on `a` before making its router.
   explicit router(app& a);
   // The response to `r`; never throws.
   response handle(const request& r);
@@ -72,6 +73,7 @@ class router {
 
   app& app_;
   metrics metrics_;
+  std::map<const message_ops*, json> query_schemas_;  // the JSON Schema of each query
 };
 
 // Parses JSON no deeper than max_depth; malformed or too deep text is a validation error.
