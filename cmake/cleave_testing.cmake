@@ -25,6 +25,8 @@ function(cleave_add_pg_test name)
   cmake_parse_arguments(arg "" "" "LABELS" ${ARGN})
   cleave_add_test(${name} ${arg_UNPARSED_ARGUMENTS} LABELS postgres ${arg_LABELS})
   target_link_libraries(${name} PRIVATE PostgreSQL::PostgreSQL)
-  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED postgres
+  # One at a time: the log is read below the oldest transaction running anywhere in the cluster,
+  # so one test's deliberately long transaction would hold back another test's readers.
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED postgres RESOURCE_LOCK postgres_cluster
     ENVIRONMENT CLEAVE_TEST_PG_URL_FILE=${CLEAVE_PG_DIR}/url)
 endfunction()

@@ -2,11 +2,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
+#include <thread>
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -87,6 +93,79 @@ std::uint64_t parse_lsn(std::string_view text) {
 std::string retention_interval(std::chrono::seconds s) {
   return fmt::format("{} seconds", s.count());
 }
+
+constexpr std::string_view commit_channel = "cleave_commits";
+
+// LISTENs on a connection of its own; woken by the NOTIFY each writing process sends after its
+// commits (coalesced), or by interrupt() through an eventfd.
+class notify_watch final : public commit_watch {
+ public:
+  explicit notify_watch(const std::string& url)
+      : conn_(url), interrupt_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    conn_.script(fmt::format("listen {}", commit_channel));
+  }
+  ~notify_watch() override { ::close(interrupt_fd_); }
+
+  void wait_until(clock::time_point deadline) override {
+    PGconn* pg = conn_.handle();
+    for (;;) {
+      if (drain()) return;
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+      if (left <= 0) return;
+      pollfd fds[] = {{PQsocket(pg), POLLIN, 0}, {interrupt_fd_, POLLIN, 0}};
+      const int timeout = static_cast<int>(std::min<long long>(left, 60'000));
+      if (::poll(fds, 2, timeout) < 0 && errno != EINTR) return;
+      if (fds[1].revents & POLLIN) {
+        std::uint64_t n;
+        (void)!::read(interrupt_fd_, &n, sizeof n);
+        return;
+      }
+      if (fds[0].revents & (POLLERR | POLLHUP)) {
+        // The connection is gone: say "maybe" and let the caller's poll cover the gap.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        return;
+      }
+      if (fds[0].revents & POLLIN) PQconsumeInput(pg);
+    }
+  }
+  void interrupt() override {
+    const std::uint64_t one = 1;
+    (void)!::write(interrupt_fd_, &one, sizeof one);
+  }
+
+ private:
+  // True when a notification had arrived.
+  bool drain() {
+    bool any = false;
+    while (PGnotify* n = PQnotifies(conn_.handle())) {
+      any = true;
+      PQfreemem(n);
+    }
+    return any;
+  }
+
+  connection conn_;
+  int interrupt_fd_;
+};
+
+// A session-level advisory lock, held by a connection of its own: PostgreSQL drops it when that
+// connection ends, also when the process holding it is killed.
+class advisory_lease final : public lease {
+ public:
+  explicit advisory_lease(std::unique_ptr<connection> conn) : conn_(std::move(conn)) {}
+  bool held() override {
+    try {
+      conn_->script("select 1");
+      return true;
+    } catch (const error_exception&) {
+      return false;
+    }
+  }
+
+ private:
+  std::unique_ptr<connection> conn_;
+};
 
 }  // namespace
 
@@ -204,7 +283,9 @@ struct store::impl {
         throw;
       }
       const position_token token(transaction_id, last_position, lsn);
+      const bool appended = transaction_id != 0;
       owner->give_back(this);
+      if (appended) owner->announce_commit();
       return token;
     }
     void rollback() noexcept override {
@@ -282,7 +363,48 @@ struct store::impl {
     }
   }
 
+  // Wake-ups for other processes: one NOTIFY after any number of commits, sent by a thread of
+  // its own on a connection of its own, outside every command's transaction (a NOTIFY inside
+  // one would take a cluster-wide lock at its commit and serialize writers).
+  void announce_commit() {
+    {
+      std::lock_guard lock(notify_mutex);
+      if (!notifier.joinable()) notifier = std::thread([this] { send_notifications(); });
+      notify_pending = true;
+    }
+    notify_wake.notify_one();
+  }
+  void send_notifications() {
+    std::unique_ptr<connection> conn;
+    std::unique_lock lock(notify_mutex);
+    for (;;) {
+      notify_wake.wait(lock, [&] { return notify_pending || notify_stopping; });
+      if (notify_stopping) return;
+      notify_pending = false;
+      lock.unlock();
+      try {
+        if (!conn || !conn->healthy()) conn = std::make_unique<connection>(opts.url);
+        conn->script(fmt::format("notify {}", commit_channel));
+      } catch (const error_exception&) {
+        conn.reset();  // listeners fall back on their poll
+      }
+      lock.lock();
+    }
+  }
+  ~impl() {
+    {
+      std::lock_guard lock(notify_mutex);
+      notify_stopping = true;
+    }
+    notify_wake.notify_one();
+    if (notifier.joinable()) notifier.join();
+  }
+
   options opts;
+  std::mutex notify_mutex;
+  std::condition_variable notify_wake;
+  bool notify_pending = false, notify_stopping = false;
+  std::thread notifier;
   std::mutex mutex;
   std::condition_variable available;
   std::vector<std::unique_ptr<session>> all;
@@ -333,7 +455,6 @@ position_token store::head() {
   return impl_->read([](connection& conn) {
     auto r = conn.run(
         "select transaction_id::text, position from cleave_events "
-        "where transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
         "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
     if (r.rows() == 0) return position_token{};
     return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
@@ -390,6 +511,30 @@ std::vector<int> store::applied_migrations(std::string_view component) {
     for (int i = 0; i < r.rows(); ++i) out.push_back(static_cast<int>(r.integer(i, 0)));
     return out;
   });
+}
+
+log_distance store::distance(position_token after) {
+  return impl_->read([&](connection& conn) {
+    const std::string xid = std::to_string(after.transaction());
+    const sql_value from[] = {std::string_view(xid), static_cast<std::int64_t>(after.position())};
+    auto r = conn.run(
+        "select count(*), coalesce((extract(epoch from min(recorded_at)) * 1000)::bigint, 0) "
+        "from cleave_events where (transaction_id, position) > ($1::text::xid8, $2)",
+        from);
+    return log_distance{static_cast<std::uint64_t>(r.integer(0, 0)), r.integer(0, 1)};
+  });
+}
+
+std::unique_ptr<commit_watch> store::watch_commits() {
+  return std::make_unique<notify_watch>(options_.url);
+}
+
+std::unique_ptr<lease> store::try_lease(std::string_view name) {
+  auto conn = std::make_unique<connection>(options_.url);
+  const sql_value key[] = {name};
+  auto r = conn->run("select pg_try_advisory_lock(hashtext('cleave.lease'), hashtext($1))", key);
+  if (r.text(0, 0) != "t") return nullptr;
+  return std::make_unique<advisory_lease>(std::move(conn));
 }
 
 }  // namespace cleave::postgres

@@ -6,20 +6,35 @@ namespace cleave {
 
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,
                                       next_step next) {
-  if (meta.consistency.required == consistency::level::at_least &&
-      !meta.consistency.token.empty()) {
-    auto it = reads_.find(message.info().wire_name);
-    if (it != reads_.end()) {
-      const auto deadline =
-          meta.deadline == clock::time_point::max() ? clock::now() + budget_ : meta.deadline;
-      for (const auto& name : it->second) {
-        const auto at = projector_.wait_for(name, meta.consistency.token, deadline);
-        if (at < meta.consistency.token)
-          return fail(
-              errc::unavailable,
-              fmt::format("the view '{}' is at position {}, behind the requested {}; try again",
-                          name, at.to_string(), meta.consistency.token.to_string()));
-      }
+  const auto& wanted = meta.consistency;
+  if (wanted.required == consistency::level::eventual) return next();
+  auto it = reads_.find(message.info().wire_name);
+  if (it == reads_.end()) return next();  // reads the write tables: current by construction
+  const auto deadline =
+      meta.deadline == clock::time_point::max() ? clock::now() + budget_ : meta.deadline;
+  if (wanted.required == consistency::level::bounded) {
+    for (const auto& name : it->second) {
+      const auto stale = projector_.wait_fresh(name, wanted.max_staleness, deadline);
+      if (stale > wanted.max_staleness)
+        return fail(errc::unavailable,
+                    fmt::format("the view '{}' is {} ms behind the log, more than the {} ms "
+                                "allowed; try again",
+                                name, stale.count(), wanted.max_staleness.count()));
+    }
+    return next();
+  }
+  // at_least(token), or strong: at least every commit before this query.
+  position_token token = wanted.token;
+  if (wanted.required == consistency::level::strong) token = projector_.log().head();
+  if (token.empty()) return next();
+  for (const auto& name : it->second) {
+    const auto at = projector_.wait_for(name, token, deadline);
+    if (at < token) {
+      const auto behind = projector_.log().distance(at).events;
+      return fail(errc::unavailable,
+                  fmt::format("the view '{}' is at position {} ({} events behind the log), "
+                              "short of the requested {}; try again",
+                              name, at.to_string(), behind, token.to_string()));
     }
   }
   return next();

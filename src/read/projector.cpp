@@ -1,6 +1,8 @@
 #include <cleave/read/projector.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <limits>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -19,6 +21,9 @@ constexpr migration checkpoint_schema[] = {
      "create table cleave_dead_letters(projection text not null, transaction_id bigint not null,"
      "  position bigint not null, type text not null, payload text not null, error text not null,"
      "  primary key (projection, transaction_id, position))"},
+    {3, "rebuilds",
+     "create table cleave_rebuilds(name text primary key, shadow text not null,"
+     "  transaction_id bigint not null, position bigint not null)"},
 };
 
 struct parked_row {
@@ -29,6 +34,69 @@ struct parked_row {
   std::string error;
 };
 CLEAVE_RECORD(parked_row, transaction_id, position, type, payload, error)
+
+struct rebuild_row {
+  std::string shadow;
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+};
+CLEAVE_RECORD(rebuild_row, shadow, transaction_id, position)
+
+struct token_row {
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+};
+CLEAVE_RECORD(token_row, transaction_id, position)
+
+position_token token_of(std::int64_t transaction, std::int64_t position) {
+  return position_token(static_cast<std::uint64_t>(transaction),
+                        static_cast<std::uint64_t>(position));
+}
+std::int64_t tx_of(position_token t) {
+  return static_cast<std::int64_t>(t.transaction());
+}
+std::int64_t pos_of(position_token t) {
+  return static_cast<std::int64_t>(t.position());
+}
+
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs `body` with a read-only context on `db`, always ending the transaction.
+template <class F>
+auto reading(store& db, F&& body) {
+  auto& tx = db.begin_read({});
+  try {
+    read_context ctx(&tx, detail::no_meta);
+    auto out = body(ctx);
+    tx.finish();
+    return out;
+  } catch (...) {
+    tx.finish();
+    throw;
+  }
+}
+
+// Runs `body` with a write context on `db`; commits unless it returns false or throws.
+template <class F>
+bool writing(store& db, F&& body) {
+  auto& tx = db.begin_write({});
+  try {
+    write_context ctx(&tx, detail::no_meta);
+    if (!body(tx, ctx)) {
+      tx.rollback();
+      return false;
+    }
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.commit();
+  return true;
+}
 
 std::string replace_view(std::string_view sql, std::string_view table) {
   std::string out;
@@ -81,7 +149,7 @@ class projector::inline_source final : public session_source {
     std::uint64_t append(const pending_event& e) override {
       const auto version = inner_->append(e);
       stored_event stored;
-      for (const auto& p : owner.owner_.projections_) {
+      for (const auto& [p, views] : owner.owner_.projections_) {
         if (p.mode() != projection_mode::inline_) continue;
         const auto* handler = p.handler_for(e.type);
         if (!handler) continue;
@@ -122,8 +190,11 @@ class projector::inline_source final : public session_source {
   std::vector<tx*> free_;
 };
 
-projector::projector(store& db, const upcasters* rewrites)
-    : db_(db), rewrites_(rewrites), source_(std::make_unique<inline_source>(*this)) {
+projector::projector(store& db, const upcasters* rewrites, projector_options opts)
+    : db_(db),
+      rewrites_(rewrites),
+      opts_(std::move(opts)),
+      source_(std::make_unique<inline_source>(*this)) {
   db_.migrate("cleave.projector", checkpoint_schema);
 }
 
@@ -131,141 +202,169 @@ projector::~projector() {
   stop();
 }
 
-void projector::add(projection p) {
+void projector::add(projection p, store* views) {
+  if (!views) views = &db_;
   if (std::any_of(projections_.begin(), projections_.end(),
-                  [&](const projection& q) { return q.name() == p.name(); }))
+                  [&](const entry& q) { return q.def.name() == p.name(); }))
     throw std::logic_error(fmt::format("a projection named '{}' is already registered", p.name()));
+  if (p.mode() == projection_mode::inline_ && views != &db_)
+    throw std::logic_error(fmt::format(
+        "projection '{}' is inline but its view lives in another store: an inline view must be "
+        "in the write database, to change in the command's own transaction; make it async",
+        p.name()));
+  if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
   if (!p.schema_sql().empty()) {
     const std::string sql = replace_view(p.schema_sql(), p.table());
     const migration view[] = {{1, "view", sql}};
-    db_.migrate("projection:" + p.name(), view);
+    views->migrate("projection:" + p.name(), view);
   }
-  auto& tx = db_.begin_write({});
-  try {
-    const sql_value name[] = {std::string_view(p.name())};
+  writing(*views, [&](write_transaction&, write_context& tx) {
     tx.exec(
         "insert into cleave_checkpoints(name, transaction_id, position) values ($1, 0, 0) "
         "on conflict(name) do nothing",
-        name);
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
-  tx.commit();
-  projections_.push_back(std::move(p));
+        p.name());
+    return true;
+  });
+  projections_.push_back({std::move(p), views});
+}
+
+std::vector<std::string> projector::names() const {
+  std::vector<std::string> out;
+  for (const auto& p : projections_) out.push_back(p.def.name());
+  return out;
 }
 
 session_source& projector::source() noexcept {
   return *source_;
 }
 
+const projector::entry& projector::find(std::string_view name) const {
+  for (const auto& q : projections_)
+    if (q.def.name() == name) return q;
+  throw error_exception({errc::not_found, fmt::format("no projection named '{}'", name), {}});
+}
+
 position_token projector::checkpoint(std::string_view name) {
-  auto& tx = db_.begin_read({});
-  position_token out;
-  try {
-    const sql_value key[] = {name};
-    tx.query("select transaction_id, position from cleave_checkpoints where name = $1", key,
-             [&](const row_view& row) {
-               out = position_token(static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(0))),
-                                    static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(1))));
-             });
-  } catch (...) {
-    tx.finish();
-    throw;
+  const auto& p = find(name);
+  if (p.def.mode() == projection_mode::inline_) return db_.head();
+  return reading(*p.views, [&](read_context& ctx) {
+    auto row = ctx.one<token_row>(
+        "select transaction_id, position from cleave_checkpoints where name = $1", name);
+    return row ? token_of(row->transaction_id, row->position) : position_token{};
+  });
+}
+
+std::chrono::milliseconds projector::staleness(std::string_view name) {
+  const auto& p = find(name);
+  if (p.def.mode() == projection_mode::inline_) return {};
+  // Not read_events(): on PostgreSQL it hides commits behind a running transaction, and a
+  // staleness that overlooked them would pass stale data as fresh.
+  const auto behind = db_.distance(checkpoint(name));
+  if (behind.events == 0) return {};
+  // At least 1 ms while anything is pending: an event recorded this very millisecond still
+  // makes the view stale.
+  return std::chrono::milliseconds(
+      std::max<std::int64_t>(1, unix_ms() - behind.oldest_recorded_at_ms));
+}
+
+projection_status projector::status(std::string_view name) {
+  const auto& p = find(name);
+  projection_status out;
+  out.name = p.def.name();
+  out.mode = p.def.mode();
+  out.checkpoint = checkpoint(name);
+  if (out.mode == projection_mode::async) {
+    const auto behind = db_.distance(out.checkpoint);
+    out.lag_events = behind.events;
+    if (behind.events > 0)
+      out.lag_seconds =
+          static_cast<double>(std::max<std::int64_t>(0, unix_ms() - behind.oldest_recorded_at_ms)) /
+          1000.0;
   }
-  tx.finish();
+  reading(*p.views, [&](read_context& ctx) {
+    out.dead_letters = static_cast<std::size_t>(
+        ctx.one<std::int64_t>("select count(*) from cleave_dead_letters where projection = $1",
+                              name)
+            .value_or(0));
+    if (auto r = ctx.one<rebuild_row>(
+            "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name))
+      out.rebuild_position = static_cast<std::uint64_t>(r->position);
+    return 0;
+  });
   return out;
 }
 
-std::size_t projector::catch_up_one(const projection& p, std::size_t batch) {
-  const auto from = checkpoint(p.name());
+// Applies `events` to table `table` of projection `p` inside `tx`, each in a savepoint. A failing
+// event is retried by failing the whole batch until it has failed max_attempts_ times (or at once
+// when `park_as` is a rebuild's shadow), then parked as a dead letter under `park_as`.
+void projector::apply_batch(const entry& p, write_transaction& tx, std::string_view table,
+                            std::vector<stored_event>& events, std::string_view park_as,
+                            int attempts) {
+  for (auto& e : events) {
+    if (rewrites_) rewrites_->apply(e.type, e.payload);
+    const auto* handler = p.def.handler_for(e.type);
+    if (!handler) continue;
+    tx.exec("savepoint cleave_event", {});
+    try {
+      view_context view(tx, table, e);
+      (*handler)(e.payload, view);
+      tx.exec("release savepoint cleave_event", {});
+    } catch (const std::exception& failure) {
+      tx.exec("rollback to savepoint cleave_event", {});
+      tx.exec("release savepoint cleave_event", {});
+      const std::string key = fmt::format("{}@{}", park_as, e.position.to_string());
+      {
+        std::lock_guard lock(failures_mutex_);
+        if (++failures_[key] < attempts) throw;  // the whole batch is tried again later
+        failures_.erase(key);
+      }
+      // Tried enough: park it and go on, so one bad event does not stop the projection.
+      const std::string payload = e.payload.dump();
+      const std::string why = failure.what();
+      write_context ctx(&tx, detail::no_meta);
+      ctx.exec(
+          "insert into cleave_dead_letters(projection, transaction_id, position, type, payload, "
+          "error) values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+          park_as, tx_of(e.position), pos_of(e.position), e.type, payload, why);
+      spdlog::warn("projection {}: parked {} at {}: {}", p.def.name(), e.type,
+                   e.position.to_string(), why);
+    }
+  }
+}
+
+std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
+  const auto& name = p.def.name();
+  const auto from = checkpoint(name);
   auto events = db_.read_events(from, batch);
   if (events.empty()) return 0;
-  auto& tx = db_.begin_write({});
-  try {
-    for (auto& e : events) {
-      if (rewrites_) rewrites_->apply(e.type, e.payload);
-      const auto* handler = p.handler_for(e.type);
-      if (!handler) continue;
-      tx.exec("savepoint cleave_event", {});
-      try {
-        view_context view(tx, p.table(), e);
-        (*handler)(e.payload, view);
-        tx.exec("release savepoint cleave_event", {});
-      } catch (const std::exception& failure) {
-        tx.exec("rollback to savepoint cleave_event", {});
-        tx.exec("release savepoint cleave_event", {});
-        const std::string key = p.name() + "@" + e.position.to_string();
-        {
-          std::lock_guard lock(failures_mutex_);
-          if (++failures_[key] < max_attempts_) throw;  // the whole batch is tried again later
-          failures_.erase(key);
-        }
-        // Tried enough: park it and go on, so one bad event does not stop the projection.
-        const std::string payload = e.payload.dump();
-        const std::string why = failure.what();
-        const sql_value row[] = {std::string_view(p.name()),
-                                 static_cast<std::int64_t>(e.position.transaction()),
-                                 static_cast<std::int64_t>(e.position.position()),
-                                 std::string_view(e.type),
-                                 std::string_view(payload),
-                                 std::string_view(why)};
-        tx.exec(
-            "insert into cleave_dead_letters(projection, transaction_id, position, type, payload, "
-            "error) values ($1, $2, $3, $4, $5, $6)",
-            row);
-        spdlog::warn("projection {}: parked {} at {}: {}", p.name(), e.type, e.position.to_string(),
-                     why);
-      }
-    }
-    const auto to = events.back().position;
-    const sql_value cas[] = {
-        std::string_view(p.name()), static_cast<std::int64_t>(to.transaction()),
-        static_cast<std::int64_t>(to.position()), static_cast<std::int64_t>(from.transaction()),
-        static_cast<std::int64_t>(from.position())};
-    if (tx.exec("update cleave_checkpoints set transaction_id = $2, position = $3 "
-                "where name = $1 and transaction_id = $4 and position = $5",
-                cas) == 0) {
-      tx.rollback();  // another projector moved it first: its batch stands, this one does not
-      return 0;
-    }
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
-  tx.commit();
+  const auto to = events.back().position;
+  const bool moved = writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
+    apply_batch(p, tx, p.def.table(), events, name, max_attempts_);
+    // Another projector that moved the checkpoint first wins: its batch stands, this one not.
+    return ctx.exec(
+               "update cleave_checkpoints set transaction_id = $2, position = $3 "
+               "where name = $1 and transaction_id = $4 and position = $5",
+               name, tx_of(to), pos_of(to), tx_of(from), pos_of(from)) == 1;
+  });
+  if (!moved) return 0;
   { std::lock_guard lock(progress_mutex_); }
   progress_.notify_all();
   return events.size();
 }
 
-const projection& projector::find(std::string_view name) const {
-  for (const auto& q : projections_)
-    if (q.name() == name) return q;
-  throw error_exception({errc::not_found, fmt::format("no projection named '{}'", name), {}});
-}
-
 std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
-  auto& tx = db_.begin_read({});
-  std::vector<parked_row> rows;
-  try {
-    read_context ctx(&tx, detail::no_meta);
-    rows = ctx.many<parked_row>(
+  const auto& p = find(name);
+  auto rows = reading(*p.views, [&](read_context& ctx) {
+    return ctx.many<parked_row>(
         "select transaction_id, position, type, payload, error from cleave_dead_letters "
         "where projection = $1 order by transaction_id, position",
         name);
-  } catch (...) {
-    tx.finish();
-    throw;
-  }
-  tx.finish();
+  });
   std::vector<dead_letter> out;
   for (auto& r : rows) {
     auto payload = parse_json(r.payload);
-    out.push_back({position_token(static_cast<std::uint64_t>(r.transaction_id),
-                                  static_cast<std::uint64_t>(r.position)),
-                   std::move(r.type), payload ? std::move(*payload) : json(nullptr),
-                   std::move(r.error)});
+    out.push_back({token_of(r.transaction_id, r.position), std::move(r.type),
+                   payload ? std::move(*payload) : json(nullptr), std::move(r.error)});
   }
   return out;
 }
@@ -274,29 +373,28 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
   const auto& p = find(name);
   std::size_t replayed = 0;
   for (const auto& letter : dead_letters(name)) {
-    auto& tx = db_.begin_write({});
     try {
-      stored_event e;
-      e.position = letter.position;
-      e.type = letter.type;
-      e.payload = letter.payload;
-      if (const auto* handler = p.handler_for(e.type)) {
-        view_context view(tx, p.table(), e);
-        (*handler)(e.payload, view);
-      }
-      const sql_value key[] = {name, static_cast<std::int64_t>(e.position.transaction()),
-                               static_cast<std::int64_t>(e.position.position())};
-      tx.exec(
-          "delete from cleave_dead_letters where projection = $1 and transaction_id = $2 and "
-          "position = $3",
-          key);
+      writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
+        stored_event e;
+        e.position = letter.position;
+        e.type = letter.type;
+        e.payload = letter.payload;
+        if (const auto* handler = p.def.handler_for(e.type)) {
+          view_context view(tx, p.def.table(), e);
+          (*handler)(e.payload, view);
+        }
+        ctx.exec(
+            "delete from cleave_dead_letters where projection = $1 and transaction_id = $2 and "
+            "position = $3",
+            name, tx_of(e.position), pos_of(e.position));
+        return true;
+      });
     } catch (const std::exception& failure) {
-      tx.rollback();  // still failing: it stays parked
+      // Still failing: it stays parked.
       spdlog::warn("projection {}: replay of {} failed again: {}", name, letter.type,
                    failure.what());
       continue;
     }
-    tx.commit();
     ++replayed;
   }
   return replayed;
@@ -304,14 +402,7 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
 
 position_token projector::wait_for(std::string_view name, position_token token,
                                    clock::time_point deadline) {
-  const auto* p = [&]() -> const projection* {
-    for (const auto& q : projections_)
-      if (q.name() == name) return &q;
-    return nullptr;
-  }();
-  if (!p)
-    throw error_exception({errc::internal, fmt::format("no projection named '{}'", name), {}});
-  if (p->mode() == projection_mode::inline_) return token;
+  if (find(name).def.mode() == projection_mode::inline_) return token;
   for (;;) {
     // Checked under the lock the worker notifies under, so no wake-up is lost.
     std::unique_lock lock(progress_mutex_);
@@ -323,13 +414,172 @@ position_token projector::wait_for(std::string_view name, position_token token,
   }
 }
 
+std::chrono::milliseconds projector::wait_fresh(std::string_view name,
+                                                std::chrono::milliseconds max,
+                                                clock::time_point deadline) {
+  for (;;) {
+    std::unique_lock lock(progress_mutex_);
+    const auto stale = staleness(name);
+    if (stale <= max || clock::now() >= deadline) return stale;
+    notify();
+    progress_.wait_until(lock, std::min(deadline, clock::now() + std::chrono::milliseconds(200)));
+  }
+}
+
 std::size_t projector::catch_up(std::size_t batch) {
+  if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
   for (const auto& p : projections_) {
-    if (p.mode() != projection_mode::async) continue;
+    if (p.def.mode() != projection_mode::async) continue;
     while (const auto n = catch_up_one(p, batch)) applied += n;
   }
   return applied;
+}
+
+rebuild_progress projector::rebuild(std::string_view name, const rebuild_options& options) {
+  const auto& p = find(name);
+  if (p.def.mode() != projection_mode::async || p.def.schema_sql().empty())
+    throw error_exception(
+        {errc::validation,
+         fmt::format("projection '{}' cannot be rebuilt: only an async projection with a schema "
+                     "has a view to rebuild beside the live one",
+                     name),
+         {}});
+  store& views = *p.views;
+  rebuild_progress progress;
+  const std::size_t chunk = std::max<std::size_t>(1, options.chunk);
+  auto report = [&] {
+    if (options.on_progress) options.on_progress(progress);
+  };
+
+  // Find the rebuild under way, or start one: a fresh shadow table and its row, in one commit.
+  auto current = reading(views, [&](read_context& ctx) {
+    return ctx.one<rebuild_row>(
+        "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name);
+  });
+  rebuild_row state;
+  if (current) {
+    state = *current;
+    progress.resumed = true;
+  } else {
+    state.shadow = fmt::format("{}_rebuild_{}", p.def.table(), unix_ms());
+    writing(views, [&](write_transaction& tx, write_context& ctx) {
+      tx.exec(replace_view(p.def.schema_sql(), state.shadow), {});
+      ctx.exec(
+          "insert into cleave_rebuilds(name, shadow, transaction_id, position) values ($1, $2, 0, "
+          "0)",
+          name, state.shadow);
+      return true;
+    });
+  }
+  auto at = token_of(state.transaction_id, state.position);
+  progress.total = db_.distance(at).events;
+  report();
+
+  // Chunks: each applies events into the shadow and moves the rebuild's own position.
+  auto fill = [&](position_token until) {
+    for (;;) {
+      auto events = db_.read_events(at, chunk);
+      if (!until.empty())
+        std::erase_if(events, [&](const stored_event& e) { return until < e.position; });
+      if (events.empty()) return;
+      const auto to = events.back().position;
+      const bool moved = writing(views, [&](write_transaction& tx, write_context& ctx) {
+        apply_batch(p, tx, state.shadow, events, state.shadow, 1);
+        return ctx.exec(
+                   "update cleave_rebuilds set transaction_id = $2, position = $3 where name = $1 "
+                   "and transaction_id = $4 and position = $5",
+                   name, tx_of(to), pos_of(to), tx_of(at), pos_of(at)) == 1;
+      });
+      if (!moved)
+        throw error_exception(
+            {errc::conflict, fmt::format("another rebuild of '{}' is running", name), {}});
+      progress.applied += events.size();
+      at = to;
+      report();
+    }
+  };
+  fill({});
+
+  // The swap: with the live checkpoint locked, the shadow must be at least as far as the live
+  // view (else it catches up again and retries); it then replaces the live table and its
+  // position becomes the checkpoint. A live batch that raced it fails its compare-and-set.
+  for (int attempt = 0;; ++attempt) {
+    const auto live_at = checkpoint(name);
+    if (at < live_at) {
+      const auto before = at;
+      fill(live_at);
+      // The log is held back (a long transaction on PostgreSQL): give it a moment.
+      if (at == before) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
+    // Verify: bring a copy of the live view's position to the shadow's, then compare.
+    std::vector<stored_event> live_gap;
+    if (options.verify && live_at < at) {
+      auto gap = db_.read_events(live_at, std::numeric_limits<std::int32_t>::max());
+      std::erase_if(gap, [&](const stored_event& e) { return at < e.position; });
+      live_gap = std::move(gap);
+    }
+    bool differs = false;
+    const bool swapped = writing(views, [&](write_transaction& tx, write_context& ctx) {
+      if (ctx.exec("update cleave_checkpoints set transaction_id = $2, position = $3 where name "
+                   "= $1 and transaction_id = $4 and position = $5",
+                   name, tx_of(at), pos_of(at), tx_of(live_at), pos_of(live_at)) != 1)
+        return false;  // the live view moved meanwhile: look again
+      if (options.verify) {
+        apply_batch(p, tx, p.def.table(), live_gap, name, 1);
+        const auto live = p.def.table();
+        const auto count = [&](const std::string& a, const std::string& b) {
+          return ctx
+              .one<std::int64_t>(fmt::format(
+                  "select count(*) from (select * from {} except select * from {}) as d", a, b))
+              .value_or(0);
+        };
+        progress.differences = count(live, state.shadow) + count(state.shadow, live);
+        if (progress.differences != 0) {
+          differs = true;
+          return false;
+        }
+      }
+      tx.exec(fmt::format("drop table {}", p.def.table()), {});
+      tx.exec(fmt::format("alter table {} rename to {}", state.shadow, p.def.table()), {});
+      // Dead letters now are the rebuild's: the old view's no longer apply.
+      ctx.exec("delete from cleave_dead_letters where projection = $1", name);
+      ctx.exec("update cleave_dead_letters set projection = $1 where projection = $2", name,
+               state.shadow);
+      ctx.exec("delete from cleave_rebuilds where name = $1", name);
+      return true;
+    });
+    if (differs) {
+      spdlog::warn("projection {}: rebuild differs from the live view in {} rows; not swapped",
+                   name, progress.differences);
+      report();
+      return progress;
+    }
+    if (swapped) break;
+    if (attempt > 1000)
+      throw error_exception({errc::unavailable,
+                             fmt::format("rebuild of '{}' could not catch the live view", name),
+                             {}});
+  }
+  progress.swapped = true;
+  { std::lock_guard lock(progress_mutex_); }
+  progress_.notify_all();
+  report();
+  return progress;
+}
+
+void projector::discard_rebuild(std::string_view name) {
+  const auto& p = find(name);
+  writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
+    if (auto r = ctx.one<rebuild_row>(
+            "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name)) {
+      tx.exec(fmt::format("drop table if exists {}", r->shadow), {});
+      ctx.exec("delete from cleave_dead_letters where projection = $1", r->shadow);
+    }
+    ctx.exec("delete from cleave_rebuilds where name = $1", name);
+    return true;
+  });
 }
 
 void projector::notify() {
@@ -340,30 +590,65 @@ void projector::notify() {
   wake_.notify_one();
 }
 
-void projector::start(std::chrono::milliseconds poll) {
-  if (running_.exchange(true)) return;
-  worker_ = std::thread([this, poll] {
-    while (running_) {
-      std::size_t applied = 0;
+void projector::run_worker() {
+  std::unique_ptr<lease> held;
+  while (running_) {
+    if (!opts_.lease.empty() && !held) {
       try {
-        applied = catch_up();
-      } catch (const error_exception& e) {
-        spdlog::error("projector: {}", e.error().describe());
+        held = db_.try_lease(opts_.lease);
       } catch (const std::exception& e) {
-        spdlog::error("projector: {}", e.what());
+        spdlog::error("projector: taking the lease: {}", e.what());
       }
-      if (applied > 0) continue;
+      if (!held) {
+        std::unique_lock lock(wake_mutex_);
+        wake_.wait_for(lock, opts_.standby_retry, [&] { return !running_.load(); });
+        continue;
+      }
+      spdlog::info("projector: leading (lease '{}')", opts_.lease);
+    }
+    leading_ = true;
+    std::size_t applied = 0;
+    try {
+      applied = catch_up();
+    } catch (const error_exception& e) {
+      spdlog::error("projector: {}", e.error().describe());
+    } catch (const std::exception& e) {
+      spdlog::error("projector: {}", e.what());
+    }
+    if (applied > 0) continue;
+    {
       std::unique_lock lock(wake_mutex_);
-      wake_.wait_for(lock, poll, [&] { return woken_ || !running_; });
+      wake_.wait_for(lock, opts_.poll, [&] { return woken_ || !running_; });
       woken_ = false;
     }
+    if (held && !held->held()) {
+      spdlog::warn("projector: lost the lease '{}'", opts_.lease);
+      held.reset();
+      leading_ = false;
+    }
+  }
+  leading_ = false;
+}
+
+void projector::start() {
+  if (running_.exchange(true)) return;
+  watch_ = db_.watch_commits();
+  watcher_ = std::thread([this] {
+    while (running_) {
+      watch_->wait_until(clock::now() + opts_.poll);
+      if (running_) notify();
+    }
   });
+  worker_ = std::thread([this] { run_worker(); });
 }
 
 void projector::stop() {
   if (!running_.exchange(false)) return;
   notify();
+  watch_->interrupt();
   worker_.join();
+  watcher_.join();
+  watch_.reset();
 }
 
 }  // namespace cleave

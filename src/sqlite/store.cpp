@@ -1,10 +1,18 @@
 #include <cleave/sqlite/store.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <set>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 
@@ -84,6 +92,84 @@ std::int64_t scalar(connection& conn, std::string_view sql,
   auto& s = conn.prepare(sql, params);
   reset_on_exit guard{s};
   return s.step() ? s.int_at(0) : 0;
+}
+
+// Notices commits by polling: `PRAGMA data_version` on a connection of its own changes whenever
+// any other connection, in any process, commits (a read of shared memory, no I/O); an in-memory
+// database has only this process's commit counter.
+class data_version_watch final : public commit_watch {
+ public:
+  data_version_watch(std::unique_ptr<connection> conn, const std::atomic<std::uint64_t>& commits)
+      : conn_(std::move(conn)), commits_(commits), seen_(current()) {}
+
+  void wait_until(clock::time_point deadline) override {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      if (std::exchange(interrupted_, false)) return;
+      if (const auto now = current(); now != seen_) {
+        seen_ = now;
+        return;
+      }
+      const auto t = clock::now();
+      if (t >= deadline) return;
+      wake_.wait_until(lock, std::min(deadline, t + poll_interval));
+    }
+  }
+  void interrupt() override {
+    {
+      std::lock_guard lock(mutex_);
+      interrupted_ = true;
+    }
+    wake_.notify_all();
+  }
+
+ private:
+  static constexpr auto poll_interval = std::chrono::milliseconds(1);
+  std::uint64_t current() {
+    if (!conn_) return commits_.load(std::memory_order_acquire);
+    return static_cast<std::uint64_t>(scalar(*conn_, "pragma data_version"));
+  }
+
+  std::unique_ptr<connection> conn_;
+  const std::atomic<std::uint64_t>& commits_;
+  std::uint64_t seen_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool interrupted_ = false;
+};
+
+// A lease is an exclusive flock() on a file beside the database: the kernel drops it when the
+// process dies. For an in-memory database (one process), a set of held names.
+class file_lease final : public lease {
+ public:
+  explicit file_lease(int fd) noexcept : fd_(fd) {}
+  ~file_lease() override { ::close(fd_); }
+  bool held() override { return true; }
+
+ private:
+  int fd_;
+};
+
+class memory_lease final : public lease {
+ public:
+  memory_lease(std::string name, std::mutex& m, std::set<std::string, std::less<>>& held)
+      : name_(std::move(name)), mutex_(m), held_(held) {}
+  ~memory_lease() override {
+    std::lock_guard lock(mutex_);
+    held_.erase(name_);
+  }
+  bool held() override { return true; }
+
+ private:
+  std::string name_;
+  std::mutex& mutex_;
+  std::set<std::string, std::less<>>& held_;
+};
+
+std::string lease_file(const std::string& db_path, std::string_view name) {
+  std::string out = db_path + ".lease-";
+  for (char c : name) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  return out;
 }
 
 }  // namespace
@@ -186,6 +272,7 @@ struct store::impl {
         throw;
       }
       const auto position = static_cast<std::uint64_t>(last_position);
+      owner->commits.fetch_add(1, std::memory_order_release);
       owner->write_mutex.unlock();
       return position_token(0, position);
     }
@@ -313,6 +400,7 @@ struct store::impl {
 
   options opts;
   bool memory;
+  std::atomic<std::uint64_t> commits{0};  // write transactions committed by this store
   std::mutex write_mutex;
   std::uint64_t outcomes_recorded = 0;  // guarded by write_mutex
   std::unique_ptr<connection> write_conn;
@@ -321,6 +409,8 @@ struct store::impl {
   std::mutex readers_mutex;
   std::vector<std::unique_ptr<reader>> readers;
   std::vector<reader*> free_readers;
+  std::mutex leases_mutex;
+  std::set<std::string, std::less<>> memory_leases;
 };
 
 store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<impl>(options_)) {
@@ -414,6 +504,46 @@ std::vector<int> store::applied_migrations(std::string_view component) {
               });
     return out;
   });
+}
+
+log_distance store::distance(position_token after) {
+  return impl_->read([&](connection& conn) {
+    log_distance d;
+    const sql_value from[] = {static_cast<std::int64_t>(after.position())};
+    run_query(conn,
+              "select count(*), coalesce(min(recorded_at), 0) from cleave_events where position > "
+              "$1",
+              from, [&](const row_view& row) {
+                d.events = static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(0)));
+                d.oldest_recorded_at_ms = std::get<std::int64_t>(row.get(1));
+              });
+    return d;
+  });
+}
+
+std::unique_ptr<commit_watch> store::watch_commits() {
+  std::unique_ptr<connection> conn;
+  if (!impl_->memory)
+    conn = std::make_unique<connection>(options_.path, SQLITE_OPEN_READONLY, options_.busy_timeout);
+  return std::make_unique<data_version_watch>(std::move(conn), impl_->commits);
+}
+
+std::unique_ptr<lease> store::try_lease(std::string_view name) {
+  if (impl_->memory) {
+    std::lock_guard lock(impl_->leases_mutex);
+    if (!impl_->memory_leases.emplace(name).second) return nullptr;
+    return std::make_unique<memory_lease>(std::string(name), impl_->leases_mutex,
+                                          impl_->memory_leases);
+  }
+  const auto file = lease_file(options_.path, name);
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw error_exception({errc::unavailable, fmt::format("cannot open lease file {}", file), {}});
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return nullptr;
+  }
+  return std::make_unique<file_lease>(fd);
 }
 
 }  // namespace cleave::sqlite

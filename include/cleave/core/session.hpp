@@ -34,17 +34,26 @@ using clock = std::chrono::steady_clock;
 // What travels with every command and query besides the message itself.
 // How fresh a query's answer must be. `eventual` (the default) reads whatever the views hold;
 // `at_least(token)` waits until the views a query reads have reached the token a command
-// returned (read-your-writes), within the request's deadline, or fails with errc::unavailable.
+// returned (read-your-writes); `bounded(max)` waits until they are at most `max` behind the log;
+// `strong` waits until they hold every command committed before the query (and reads the primary,
+// never a replica). Waits end at the request's deadline, with errc::unavailable.
 struct consistency {
-  enum class level { eventual, at_least };
+  enum class level { eventual, at_least, bounded, strong };
   level required = level::eventual;
-  position_token token;
+  position_token token;                        // at_least
+  std::chrono::milliseconds max_staleness{0};  // bounded
 };
 inline consistency eventual() noexcept {
   return {};
 }
 inline consistency at_least(position_token token) noexcept {
-  return {consistency::level::at_least, token};
+  return {consistency::level::at_least, token, {}};
+}
+inline consistency bounded(std::chrono::milliseconds max_staleness) noexcept {
+  return {consistency::level::bounded, {}, max_staleness};
+}
+inline consistency strong() noexcept {
+  return {consistency::level::strong, {}, {}};
 }
 
 struct request_meta {

@@ -1,7 +1,10 @@
 #pragma once
 // The projector keeps projections current: inline ones inside each command's transaction (through
 // the session source it hands to the command bus), async ones after commit, in batches, by a
-// worker thread woken when a command commits (a slow poll is the safety net).
+// worker thread woken when a command commits — in this process directly, from other processes
+// through the store's commit watch (PostgreSQL NOTIFY, SQLite data_version); a slow poll is the
+// safety net. Among processes sharing a database one projector leads (a lease, released when its
+// process dies); the others stand by and take over.
 //
 // Exactly-once in effect: an async batch changes the view and moves the projection's checkpoint
 // in one transaction, with a compare-and-set on the checkpoint.
@@ -10,9 +13,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -24,31 +29,80 @@
 
 namespace cleave {
 
+struct projector_options {
+  // The lease the worker must hold to run async projections; processes sharing a database
+  // with the same name elect one leader. Empty: no election (every worker runs).
+  std::string lease = "cleave.projector";
+  // How many events an async batch takes at most.
+  std::size_t batch = 500;
+  // How often the worker looks without being woken (the safety net), and how often a standby
+  // tries the lease.
+  std::chrono::milliseconds poll{1000};
+  std::chrono::milliseconds standby_retry{200};
+};
+
+// Where a projection stands.
+struct projection_status {
+  std::string name;
+  projection_mode mode = projection_mode::async;
+  position_token checkpoint;     // the last event applied (an inline view: the log head)
+  std::uint64_t lag_events = 0;  // events committed after it
+  double lag_seconds = 0;        // how long ago the oldest of those was recorded; 0 when current
+  std::size_t dead_letters = 0;
+  std::optional<std::uint64_t> rebuild_position;  // set while a rebuild is under way
+};
+
+// How a rebuild is going; handed to the progress callback after each chunk.
+struct rebuild_progress {
+  std::uint64_t applied = 0;      // events applied into the shadow table so far (this run)
+  std::uint64_t total = 0;        // events to apply, as counted when this run began
+  bool swapped = false;           // the shadow is now the live view
+  bool resumed = false;           // an interrupted rebuild was picked up
+  std::int64_t differences = -1;  // rows that differ from the live view (verify mode), else -1
+};
+
+struct rebuild_options {
+  std::size_t chunk = 5000;  // events per committed chunk (keeps transactions short)
+  // Compare the shadow with the live view (both brought to the same position) before the
+  // swap; when they differ the shadow is left in place and not swapped in.
+  bool verify = false;
+  std::function<void(const rebuild_progress&)> on_progress;
+};
+
 class projector {
  public:
-  // `db` and `rewrites` are not owned and must outlive the projector.
-  explicit projector(store& db, const upcasters* rewrites = nullptr);
+  // `db` (the event log, and the default view store) and `rewrites` are not owned and must
+  // outlive the projector.
+  explicit projector(store& db, const upcasters* rewrites = nullptr, projector_options opts = {});
   ~projector();
   projector(const projector&) = delete;
   projector& operator=(const projector&) = delete;
 
-  // Registers a projection and creates its view (a migration of component "projection:<name>").
-  // Register every projection before start() and before the first command.
-  void add(projection p);
+  // Registers a projection and creates its view (a migration of component "projection:<name>")
+  // in `views` (another store; null: the event log's own). Refuses what cannot be atomic: an
+  // inline projection whose view lives elsewhere than the write database. Register every
+  // projection before start() and before the first command. `views` must outlive the projector.
+  void add(projection p, store* views = nullptr);
+  // The projections registered, in order.
+  std::vector<std::string> names() const;
 
   // The session source for the command bus: the store's, with inline projections applied as
   // each event is appended, and the async worker woken after each commit.
   session_source& source() noexcept;
 
-  // Starts / stops the async worker. stop() lets the batch in progress finish.
-  void start(std::chrono::milliseconds poll = std::chrono::seconds(1));
+  // Starts / stops the async worker (and its commit watch). stop() lets the batch in progress
+  // finish.
+  void start();
   void stop();
   // Wakes the worker now.
   void notify();
+  // Whether this projector's worker holds the lease (runs the async projections) now.
+  bool leading() const noexcept { return leading_; }
 
-  // Applies every event the async projections have not seen yet, in batches of `batch`, on the
-  // calling thread; returns how many events were applied (to each projection, summed).
-  std::size_t catch_up(std::size_t batch = 500);
+  // Applies every event the async projections have not seen yet, in batches, on the calling
+  // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once); returns how
+  // many events were applied (to each projection, summed).
+  std::size_t catch_up(std::size_t batch = 0);  // 0: the options' batch
 
   // An event whose handler kept failing, set aside so the projection could go on.
   struct dead_letter {
@@ -68,19 +122,48 @@ class projector {
 
   // Where an async projection has got to in the log (an inline one is always current).
   position_token checkpoint(std::string_view name);
+  // Where projection `name` stands: checkpoint, lag in events and seconds, dead letters.
+  projection_status status(std::string_view name);
+  // How long ago the oldest event projection `name` has not applied yet was recorded (zero when
+  // it is current). Cheaper than status().
+  std::chrono::milliseconds staleness(std::string_view name);
 
   // Waits until projection `name` has reached `token` or `deadline` passes; returns where it
   // got to. Woken as batches commit.
   position_token wait_for(std::string_view name, position_token token, clock::time_point deadline);
+  // Waits until projection `name` is at most `max` stale or `deadline` passes; returns the
+  // staleness it got to.
+  std::chrono::milliseconds wait_fresh(std::string_view name, std::chrono::milliseconds max,
+                                       clock::time_point deadline);
+
+  // Rebuilds async projection `name` from position 0 into a shadow table, in chunks that each
+  // commit, then swaps it in for the live view in one transaction (readers never see a missing
+  // or half-built view). An interrupted rebuild resumes where its last chunk committed. Throws
+  // error_exception (not_found for an unknown name; invalid for an inline or table-less one).
+  rebuild_progress rebuild(std::string_view name, const rebuild_options& options = {});
+  // Drops the shadow table of an unfinished rebuild of `name` (one that failed verification,
+  // say); the live view is untouched.
+  void discard_rebuild(std::string_view name);
+
+  // The event log's store.
+  store& log() noexcept { return db_; }
 
  private:
   class inline_source;
-  std::size_t catch_up_one(const projection& p, std::size_t batch);
-  const projection& find(std::string_view name) const;
+  struct entry {
+    projection def;
+    store* views;
+  };
+  std::size_t catch_up_one(const entry& p, std::size_t batch);
+  void apply_batch(const entry& p, write_transaction& tx, std::string_view table,
+                   std::vector<stored_event>& events, std::string_view park_as, int attempts);
+  const entry& find(std::string_view name) const;
+  void run_worker();
 
   store& db_;
   const upcasters* rewrites_;
-  std::vector<projection> projections_;
+  projector_options opts_;
+  std::vector<entry> projections_;
   std::unique_ptr<inline_source> source_;
   std::mutex wake_mutex_;
   std::condition_variable wake_;
@@ -88,7 +171,9 @@ class projector {
   std::condition_variable progress_;  // notified after each committed batch
   bool woken_ = false;
   std::atomic<bool> running_{false};
-  std::thread worker_;
+  std::atomic<bool> leading_{false};
+  std::thread worker_, watcher_;
+  std::unique_ptr<commit_watch> watch_;
   int max_attempts_ = 3;
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries

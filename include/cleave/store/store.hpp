@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -34,6 +35,33 @@ struct migration {
   std::string_view sql;  // one or more statements
 };
 
+// How far the log runs past a position.
+struct log_distance {
+  std::uint64_t events = 0;                // committed events after the position
+  std::int64_t oldest_recorded_at_ms = 0;  // when the first of them was recorded; 0 for none
+};
+
+// Wakes a waiter when a transaction that appended events may have committed — in this process
+// or in another one using the same database. Spurious wake-ups are allowed; a missed commit is
+// not (a commit after the watch was made, or after wait_until last returned, ends the next wait).
+class commit_watch {
+ public:
+  virtual ~commit_watch() = default;
+  // Blocks until a commit may have happened, interrupt() is called, or `deadline` passes.
+  virtual void wait_until(clock::time_point deadline) = 0;
+  // Ends the current or next wait_until at once. Callable from any thread.
+  virtual void interrupt() = 0;
+};
+
+// An exclusive claim on a name among every process using the database, held while the object
+// lives and released when it is destroyed or its process dies (a leader's lease).
+class lease {
+ public:
+  virtual ~lease() = default;
+  // Whether the claim still holds (false once its connection to the database is gone).
+  virtual bool held() = 0;
+};
+
 // A database behind the buses. Thread-safe.
 class store : public session_source {
  public:
@@ -41,7 +69,8 @@ class store : public session_source {
   // returns an event past one that a still-running transaction may yet commit before it.
   virtual std::vector<stored_event> read_events(position_token after, std::size_t limit) = 0;
 
-  // The position of the newest event a reader may see now (the empty token for an empty log).
+  // The position of the newest committed event (the empty token for an empty log). A reader of
+  // the log gets there once every transaction that was running when it committed has ended.
   virtual position_token head() = 0;
 
   // Applies the migrations of `component` (cleave's own, an application's, a projection's) that
@@ -50,6 +79,15 @@ class store : public session_source {
 
   // The versions of `component` applied so far, ascending.
   virtual std::vector<int> applied_migrations(std::string_view component) = 0;
+
+  // How many committed events follow `after`, and when the oldest of them was recorded.
+  virtual log_distance distance(position_token after) = 0;
+
+  // A new watch for commits (each waiter takes its own).
+  virtual std::unique_ptr<commit_watch> watch_commits() = 0;
+
+  // Claims `name` when no one holds it; null when another holder has it.
+  virtual std::unique_ptr<lease> try_lease(std::string_view name) = 0;
 };
 
 }  // namespace cleave
