@@ -62,10 +62,12 @@ struct shop_server : testing::Test {
     shop::seed_demo_data(*app);
     server = std::make_unique<cleave::http::server>(*app);
     server->start();
+    app->start_workers();
     port = server->port();
   }
   void TearDown() override {
     if (server) server->stop();
+    if (app) app->stop_workers();
   }
 
   json body(const cleave::testing::http_reply& r) { return json::parse(r.body); }

@@ -1,5 +1,6 @@
 #include "shop.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
@@ -55,10 +56,11 @@ cleave::result<std::int64_t> on_restock(const restock& c, cleave::write_context&
 
 // A rule across aggregates: every line's product must have the stock, or nothing is placed.
 cleave::result<placed_order> on_place_order(const place_order& c, cleave::write_context& tx) {
-  if (!tx.one<std::string>("select id from customers where id = $1", c.customer_id))
-    return cleave::not_found(fmt::format("no customer '{}'", c.customer_id));
+  auto buyer =
+      tx.one<customer>("select id, name, email from customers where id = $1", c.customer_id);
+  if (!buyer) return cleave::not_found(fmt::format("no customer '{}'", c.customer_id));
   std::int64_t total = 0;
-  std::map<std::string, std::int64_t> prices;
+  std::vector<placed_line> lines;
   for (const auto& line : c.lines) {
     auto p = tx.one<product>("select id, name, price_cents, stock from products where id = $1",
                              line.product_id);
@@ -67,20 +69,21 @@ cleave::result<placed_order> on_place_order(const place_order& c, cleave::write_
       return cleave::rejected(fmt::format("not enough stock of '{}': {} left, {} wanted", p->name,
                                           p->stock, line.quantity));
     tx.exec("update products set stock = stock - $2 where id = $1", line.product_id, line.quantity);
-    prices[line.product_id] = p->price_cents;
+    lines.push_back({p->id, p->name, line.quantity, p->price_cents});
     total += p->price_cents * line.quantity;
   }
+  const auto placed_at = now_ms();
   tx.exec(
       "insert into orders(id, customer_id, status, total_cents, placed_at) values ($1, $2, "
-      "'placed', "
-      "$3, $4)",
-      c.order_id, c.customer_id, total, now_ms());
-  for (const auto& line : c.lines)
+      "'placed', $3, $4)",
+      c.order_id, c.customer_id, total, placed_at);
+  for (const auto& line : lines)
     tx.exec(
         "insert into order_lines(order_id, product_id, quantity, price_cents) values ($1, $2, $3, "
         "$4)",
-        c.order_id, line.product_id, line.quantity, prices[line.product_id]);
-  tx.emit(c.order_id, order_placed{c.order_id, c.customer_id, c.lines, total});
+        c.order_id, line.product_id, line.quantity, line.price_cents);
+  tx.emit(c.order_id, order_placed{c.order_id, c.customer_id, lines, total, buyer->name,
+                                   buyer->email, placed_at});
   return placed_order{c.order_id, total};
 }
 
@@ -119,36 +122,68 @@ cleave::result<std::vector<customer>> on_list_customers(const list_customers&,
   return db.many<customer>("select id, name, email from customers order by name");
 }
 
-// Several aggregates pulled out together as one answer: the order, its buyer, its lines and
-// their products.
+// ---- the order_summaries view: one row per order, with its buyer and lines, kept by an async
+// projection; the two queries below read it ----
+
+struct summary_row {
+  std::string order_id, status, customer_id, customer_name;
+  std::optional<std::string> customer_email;
+  std::int64_t total_cents = 0;
+  std::string lines;  // JSON: [summary_line]
+};
+CLEAVE_RECORD(summary_row, order_id, status, customer_id, customer_name, customer_email,
+              total_cents, lines)
+
 cleave::result<order_view> on_order_summary(const order_summary& q,
                                             const cleave::read_context& db) {
-  struct head {
-    std::string order_id, status, customer_id;
-    std::int64_t total_cents = 0;
-  };
-  auto o = db.one<order_row>(
-      "select id as order_id, status, total_cents, placed_at from orders where id = $1",
+  auto row = db.one<summary_row>(
+      "select order_id, status, customer_id, customer_name, customer_email, total_cents, lines "
+      "from order_summaries where order_id = $1",
       q.order_id);
-  if (!o) return cleave::not_found(fmt::format("no order '{}'", q.order_id));
-  auto buyer = db.one<customer>(
-      "select c.id, c.name, c.email from customers c join orders o on o.customer_id = c.id where "
-      "o.id = $1",
-      q.order_id);
-  if (!buyer) return std::unexpected(buyer.error());
-  auto lines = db.many<summary_line>(
-      "select l.product_id, p.name as product_name, l.quantity, l.price_cents from order_lines l "
-      "join products p on p.id = l.product_id where l.order_id = $1 order by p.name",
-      q.order_id);
-  return order_view{o->order_id, o->status, o->total_cents, *buyer, std::move(lines)};
+  if (!row) return cleave::not_found(fmt::format("no order '{}'", q.order_id));
+  auto lines = cleave::parse_json(row->lines);
+  if (!lines) return std::unexpected(lines.error());
+  auto view = cleave::from_json<order_view>(
+      {{"order_id", row->order_id},
+       {"status", row->status},
+       {"total_cents", row->total_cents},
+       {"buyer",
+        cleave::to_json(customer{row->customer_id, row->customer_name, row->customer_email})},
+       {"lines", std::move(*lines)}});
+  return view;
 }
 
 cleave::result<std::vector<order_row>> on_customer_orders(const customer_orders& q,
                                                           const cleave::read_context& db) {
   return db.many<order_row>(
-      "select id as order_id, status, total_cents, placed_at from orders where customer_id = $1 "
-      "order by placed_at desc, id",
+      "select order_id, status, total_cents, placed_at from order_summaries where customer_id = "
+      "$1 order by placed_at desc, order_id",
       q.customer_id);
+}
+
+cleave::projection order_summaries() {
+  cleave::projection p{"order_summaries"};
+  p.schema(
+       "create table {view}(order_id text primary key, customer_id text not null,"
+       "  customer_name text not null, customer_email text, status text not null,"
+       "  total_cents bigint not null, placed_at bigint not null, lines text not null);"
+       "create index {view}_by_customer on {view}(customer_id, placed_at)")
+      .on([](const order_placed& e, cleave::view_context& v) {
+        std::vector<summary_line> lines;
+        for (const auto& l : e.lines)
+          lines.push_back({l.product_id, l.product_name, l.quantity, l.price_cents});
+        std::sort(lines.begin(), lines.end(),
+                  [](const auto& a, const auto& b) { return a.product_name < b.product_name; });
+        v.exec(
+            "insert into {view}(order_id, customer_id, customer_name, customer_email, status, "
+            "total_cents, placed_at, lines) values ($1, $2, $3, $4, 'placed', $5, $6, $7)",
+            e.order_id, e.customer_id, e.customer_name, e.customer_email, e.total_cents,
+            e.placed_at, cleave::to_json(lines).dump());
+      })
+      .on([](const order_cancelled& e, cleave::view_context& v) {
+        v.exec("update {view} set status = 'cancelled' where order_id = $1", e.order_id);
+      });
+  return p;
 }
 
 cleave::result<std::vector<product_sales>> on_top_products(const top_products& q,
@@ -213,6 +248,9 @@ void install(cleave::app& a) {
   queries.add(on_order_summary);
   queries.add(on_customer_orders);
   queries.add(on_top_products);
+  a.projections().add(order_summaries());
+  a.reads("shop.order_summary", {"order_summaries"});
+  a.reads("shop.customer_orders", {"order_summaries"});
 }
 
 void seed_demo_data(cleave::app& a) {

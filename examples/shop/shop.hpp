@@ -1,6 +1,7 @@
 #pragma once
-// The reference application: customers, products with stock, orders. Its queries read the write
-// tables (one model where one model is enough); the read side adds views later.
+// The reference application: customers, products with stock, orders. Stock and the lists read the
+// write tables (one model where one model is enough); order summaries and a customer's orders
+// come from a view kept by an async projection (order_summaries).
 
 #include <cstdint>
 #include <optional>
@@ -82,13 +83,26 @@ struct product_restocked {
   std::int64_t quantity = 0;
 };
 CLEAVE_EVENT(product_restocked, "shop.product_restocked", product_id, quantity)
+// What the order was at the time: names and prices travel with the event, so the views need no
+// other source (older events without them decode with empty names and zero prices).
+struct placed_line {
+  std::string product_id;
+  std::string product_name;
+  std::int64_t quantity = 0;
+  std::int64_t price_cents = 0;
+};
+CLEAVE_RECORD(placed_line, product_id, product_name, quantity, price_cents)
 struct order_placed {
   std::string order_id;
   std::string customer_id;
-  std::vector<order_line> lines;
+  std::vector<placed_line> lines;
   std::int64_t total_cents = 0;
+  std::string customer_name;
+  std::optional<std::string> customer_email;
+  std::int64_t placed_at = 0;
 };
-CLEAVE_EVENT(order_placed, "shop.order_placed", order_id, customer_id, lines, total_cents)
+CLEAVE_EVENT(order_placed, "shop.order_placed", order_id, customer_id, lines, total_cents,
+             customer_name, customer_email, placed_at)
 struct order_cancelled {
   std::string order_id;
 };

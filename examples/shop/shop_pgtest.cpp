@@ -20,10 +20,18 @@ TEST(shop_on_postgres, places_summarizes_ranks_and_cancels_orders) {
   ASSERT_TRUE(placed) << placed.error().describe();
   EXPECT_EQ(placed->value.total_cents, 3 * 599 + 2499);
   EXPECT_GT(placed->position.lsn(), 0u);
-  auto summary = app.queries().ask(shop::order_summary{"o1"});
+  // The summaries are an async view: ask to see the order just placed.
+  cleave::request_meta fresh;
+  fresh.consistency = cleave::at_least(placed->position);
+  EXPECT_EQ(app.queries().ask(shop::order_summary{"o1"}).error().category, cleave::errc::not_found)
+      << "the view was current before anyone projected it";
+  app.start_workers();
+  auto summary = app.queries().ask(shop::order_summary{"o1"}, fresh);
   ASSERT_TRUE(summary) << summary.error().describe();
   EXPECT_EQ(summary->buyer.name, "Ada Lovelace");
   ASSERT_EQ(summary->lines.size(), 2u);
+  EXPECT_EQ(summary->lines[0].product_name, "Kettle");
+  EXPECT_EQ(summary->lines[1].price_cents, 599);
   auto top = app.queries().ask(shop::top_products{1});
   ASSERT_TRUE(top) << top.error().describe();
   ASSERT_EQ(top->size(), 1u);
@@ -34,7 +42,10 @@ TEST(shop_on_postgres, places_summarizes_ranks_and_cancels_orders) {
   EXPECT_EQ(too_many.error().category, cleave::errc::rejected);
   ASSERT_TRUE(app.commands().send(shop::cancel_order{"o1"}));
   EXPECT_EQ(app.queries().ask(shop::product_stock{"mug"}).value().stock, 40);
-  EXPECT_EQ(app.queries().ask(shop::customer_orders{"ada"}).value().at(0).status, "cancelled");
+  cleave::request_meta strong;
+  strong.consistency = cleave::strong();
+  EXPECT_EQ(app.queries().ask(shop::customer_orders{"ada"}, strong).value().at(0).status,
+            "cancelled");
 }
 
 }  // namespace

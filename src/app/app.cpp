@@ -1,5 +1,6 @@
 #include <cleave/app/app.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -7,7 +8,11 @@
 #include <iostream>
 #include <thread>
 
+#include <pthread.h>
+#include <csignal>
+
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cleave/postgres/store.hpp>
@@ -30,10 +35,11 @@ struct config_file {
       idle_timeout_seconds, workers;
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
+  std::optional<bool> run_projector;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles)
+              tokens, roles, run_projector)
 
 void print_json(const json& j) {
   std::cout << j.dump(2) << std::endl;
@@ -83,10 +89,16 @@ result<app_config> load_config(const std::filesystem::path& file) {
       for (const auto& [token, who] : *f.tokens)
         c.tokens[token] = principal{who.subject, who.roles};
     if (f.roles) c.roles = *f.roles;
+    if (f.run_projector) c.run_projector = *f.run_projector;
   }
   if (const char* v = std::getenv("CLEAVE_DATABASE"); v && *v) c.database = v;
   if (const char* v = std::getenv("CLEAVE_LISTEN"); v && *v) c.listen = v;
   if (const char* v = std::getenv("CLEAVE_LOG_LEVEL"); v && *v) c.log_level = v;
+  if (const char* v = std::getenv("CLEAVE_PROJECTOR"); v && *v) {
+    const std::string_view on = v;
+    if (on != "on" && on != "off") return invalid("CLEAVE_PROJECTOR", "must be on or off");
+    c.run_projector = on == "on";
+  }
   return c;
 }
 
@@ -96,12 +108,92 @@ std::unique_ptr<store> open_store(const std::string& database) {
   return std::make_unique<sqlite::store>(sqlite::options{.path = database});
 }
 
+result<consistency> parse_consistency(std::string_view text) {
+  auto bad = [&] {
+    return invalid(
+        "consistency",
+        fmt::format("'{}' is not eventual, strong, bounded=<ms> or at_least=<token>", text));
+  };
+  if (text == "eventual") return eventual();
+  if (text == "strong") return strong();
+  if (text.starts_with("bounded=")) {
+    const auto digits = text.substr(8);
+    std::int64_t ms = -1;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), ms);
+    if (ec != std::errc{} || end != digits.data() + digits.size() || ms < 0) return bad();
+    return bounded(std::chrono::milliseconds(ms));
+  }
+  if (text.starts_with("at_least=")) {
+    auto token = position_token::parse(text.substr(9));
+    if (!token) return std::unexpected(token.error());
+    return at_least(*token);
+  }
+  return bad();
+}
+
+void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+void wait_for_stop_signal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("signal {}: stopping", sig);
+}
+
+namespace {
+
+json status_json(const projection_status& s) {
+  json out{{"name", s.name},
+           {"mode", s.mode == projection_mode::inline_ ? "inline" : "async"},
+           {"checkpoint", s.checkpoint.to_string()},
+           {"lag_events", s.lag_events},
+           {"lag_seconds", s.lag_seconds},
+           {"dead_letters", s.dead_letters}};
+  if (s.rebuild_position) out["rebuild_position"] = *s.rebuild_position;
+  return out;
+}
+
+// A progress bar on stderr, redrawn in place.
+void draw_progress(const rebuild_progress& p) {
+  const double done = p.total == 0 ? 1.0 : std::min(1.0, double(p.applied) / double(p.total));
+  const int width = 30, filled = static_cast<int>(done * width);
+  std::cerr << '\r' << '[' << std::string(static_cast<std::size_t>(filled), '#')
+            << std::string(static_cast<std::size_t>(width - filled), '.') << "] "
+            << fmt::format("{:5.1f}% {}/{} events", done * 100, p.applied, p.total)
+            << (p.swapped ? " swapped\n" : "") << std::flush;
+}
+
+}  // namespace
+
+json projections_json(projector& p) {
+  json out = json::array();
+  for (const auto& name : p.names()) out.push_back(status_json(p.status(name)));
+  return out;
+}
+
 app::app(app_config config)
     : config_(std::move(config)),
       store_(open_store(config_.database)),
-      commands_(store_.get()),
+      projector_(std::make_unique<cleave::projector>(*store_)),
+      commands_(&projector_->source()),
       queries_(store_.get()) {
+  // Logs go to stderr: stdout is for results (verbs, JSON lines).
+  static std::once_flag to_stderr;
+  std::call_once(to_stderr, [] {
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "cleave", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
+  });
   spdlog::set_level(spdlog::level::from_str(config_.log_level));
+  consistency_ = &queries_.use<read_your_writes>(*projector_);
   add_verb("send", "send NAME JSON      run a command through this application's handlers",
            [](app& a, std::span<const std::string> args) {
              if (args.size() != 2) return report({errc::validation, "usage: send NAME JSON", {}});
@@ -112,12 +204,26 @@ app::app(app_config config)
              print_json({{"result", r->result}, {"position", r->position.to_string()}});
              return 0;
            });
-  add_verb("ask", "ask NAME JSON       run a query through this application's handlers",
+  add_verb("ask",
+           "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]\n"
+           "                      run a query through this application's handlers",
            [](app& a, std::span<const std::string> args) {
-             if (args.size() != 2) return report({errc::validation, "usage: ask NAME JSON", {}});
+             if (args.size() != 2 && !(args.size() == 4 && args[2] == "--consistency"))
+               return report({errc::validation,
+                              "usage: ask NAME JSON [--consistency eventual|strong|bounded=MS|"
+                              "at_least=TOKEN]",
+                              {}});
              auto body = parse_json(args[1]);
              if (!body) return report(body.error());
-             auto r = a.queries().ask_json(args[0], *body);
+             request_meta meta;
+             if (args.size() == 4) {
+               auto wanted = parse_consistency(args[3]);
+               if (!wanted) return report(wanted.error());
+               meta.consistency = *wanted;
+               // Someone must move the views: this process, unless another one leads.
+               a.start_workers();
+             }
+             auto r = a.queries().ask_json(args[0], *body, meta);
              if (!r) return report(r.error());
              print_json({{"result", r->result}});
              return 0;
@@ -162,8 +268,63 @@ app::app(app_config config)
                          {"head", a.store().head().to_string()},
                          {"migrations", migrations},
                          {"commands", commands},
-                         {"queries", queries}});
+                         {"queries", queries},
+                         {"projections", projections_json(a.projections())}});
              return 0;
+           });
+  add_verb("project",
+           "project             keep the async projections current until SIGINT/SIGTERM (one\n"
+           "                      process of several leads; the others stand by)",
+           [](app& a, std::span<const std::string>) {
+             block_stop_signals();
+             a.migrate();
+             a.projections().start();
+             std::cout << "projecting " << a.projections().names().size()
+                       << " projection(s); the leader applies, the others stand by" << std::endl;
+             wait_for_stop_signal();
+             a.projections().stop();
+             return 0;
+           });
+  add_verb("projections",
+           "projections list | rebuild NAME [--verify] | replay-dead-letters NAME |\n"
+           "            discard-rebuild NAME\n"
+           "                      the read side's views: where they stand, rebuilds, dead letters",
+           [](app& a, std::span<const std::string> args) {
+             const auto usage = error{errc::validation,
+                                      "usage: projections list | rebuild NAME [--verify] | "
+                                      "replay-dead-letters NAME | discard-rebuild NAME",
+                                      {}};
+             if (args.empty()) return report(usage);
+             auto& p = a.projections();
+             if (args[0] == "list" && args.size() == 1) {
+               print_json(projections_json(p));
+               return 0;
+             }
+             if (args.size() < 2) return report(usage);
+             const auto& name = args[1];
+             if (args[0] == "rebuild" && args.size() <= 3) {
+               rebuild_options options;
+               options.verify = args.size() == 3 && args[2] == "--verify";
+               if (args.size() == 3 && !options.verify) return report(usage);
+               options.on_progress = draw_progress;
+               const auto done = p.rebuild(name, options);
+               print_json({{"swapped", done.swapped},
+                           {"applied", done.applied},
+                           {"resumed", done.resumed},
+                           {"differences", done.differences}});
+               return done.swapped ? 0 : 1;
+             }
+             if (args[0] == "replay-dead-letters" && args.size() == 2) {
+               print_json({{"replayed", p.replay_dead_letters(name)},
+                           {"still_parked", p.dead_letters(name).size()}});
+               return 0;
+             }
+             if (args[0] == "discard-rebuild" && args.size() == 2) {
+               p.discard_rebuild(name);
+               std::cout << "discarded" << std::endl;
+               return 0;
+             }
+             return report(usage);
            });
   add_verb("migrate", "migrate             apply the application's migrations",
            [](app& a, std::span<const std::string>) {
@@ -173,7 +334,60 @@ app::app(app_config config)
            });
 }
 
-app::~app() = default;
+app::~app() {
+  stop_workers();
+  std::lock_guard lock(jobs_mutex_);
+  for (auto& [name, t] : job_threads_)
+    if (t.joinable()) t.join();
+}
+
+void app::reads(std::string wire_name, std::vector<std::string> projection_names) {
+  consistency_->reads(std::move(wire_name), std::move(projection_names));
+}
+
+void app::start_workers() {
+  if (config_.run_projector) projector_->start();
+}
+
+void app::stop_workers() {
+  projector_->stop();
+}
+
+bool app::start_rebuild(const std::string& name, bool verify) {
+  projector_->status(name);  // throws not_found for an unknown name
+  std::lock_guard lock(jobs_mutex_);
+  auto& job = jobs_[name];
+  if (job.running) return false;
+  if (auto t = job_threads_.find(name); t != job_threads_.end() && t->second.joinable())
+    t->second.join();
+  job = rebuild_job{};
+  job.running = true;
+  job_threads_[name] = std::thread([this, name, verify] {
+    rebuild_options options;
+    options.verify = verify;
+    options.on_progress = [&](const rebuild_progress& p) {
+      std::lock_guard lock(jobs_mutex_);
+      jobs_[name].progress = p;
+    };
+    std::string failure;
+    try {
+      projector_->rebuild(name, options);
+    } catch (const error_exception& e) {
+      failure = e.error().describe();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    std::lock_guard lock(jobs_mutex_);
+    jobs_[name].running = false;
+    jobs_[name].error = failure;
+  });
+  return true;
+}
+
+std::map<std::string, app::rebuild_job> app::rebuild_jobs() const {
+  std::lock_guard lock(jobs_mutex_);
+  return jobs_;
+}
 
 void app::add_migrations(std::string component, std::span<const migration> steps) {
   migrations_.emplace_back(std::move(component), steps);

@@ -73,6 +73,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   r.content_type = std::string(req[bhttp::field::content_type]);
   r.authorization = std::string(req[bhttp::field::authorization]);
   r.min_position = std::string(req["Cleave-Min-Position"]);
+  r.consistency = std::string(req["Cleave-Consistency"]);
   r.body = req.body();
   const auto res = router.handle(r);
   static const std::set<int> known{200, 400, 401, 403, 404, 405, 409, 413, 415, 422, 431, 500, 503};

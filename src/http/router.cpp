@@ -332,9 +332,15 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
     body = std::move(*parsed);
   }
   if (auto denied = authorize(r, name, meta)) return *denied;
+  if (!r.consistency.empty()) {
+    // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for
+    // them (cleave::read_your_writes); one reading the write tables is current already.
+    auto wanted = parse_consistency(r.consistency);
+    if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
+    meta.consistency = *wanted;
+  }
   if (!r.min_position.empty()) {
-    // Read-your-writes: a query reading views waits for them (cleave::read_your_writes); one
-    // reading the write tables has it already.
+    // Read-your-writes: the same as Cleave-Consistency: at_least=<token>.
     auto token = position_token::parse(r.min_position);
     if (!token) return problem(400, token.error(), meta.correlation_id);
     meta.consistency = at_least(*token);
@@ -402,6 +408,96 @@ response router::static_file(const std::string& path) const {
   return {200, type, std::move(body), {}};
 }
 
+namespace {
+
+// The read side's lag as Prometheus gauges, per projection.
+std::string lag_metrics(app& a) {
+  std::string out;
+  out +=
+      "# HELP cleave_projection_lag_events Events committed that a projection has not applied.\n";
+  out += "# TYPE cleave_projection_lag_events gauge\n";
+  const auto all = projections_json(a.projections());
+  for (const auto& p : all)
+    out += fmt::format("cleave_projection_lag_events{{projection=\"{}\"}} {}\n",
+                       p["name"].get<std::string>(), p["lag_events"].get<std::uint64_t>());
+  out +=
+      "# HELP cleave_projection_lag_seconds Age of the oldest event a projection has not "
+      "applied.\n";
+  out += "# TYPE cleave_projection_lag_seconds gauge\n";
+  for (const auto& p : all)
+    out += fmt::format("cleave_projection_lag_seconds{{projection=\"{}\"}} {}\n",
+                       p["name"].get<std::string>(), p["lag_seconds"].get<double>());
+  out += "# HELP cleave_projection_dead_letters Events parked because their handler failed.\n";
+  out += "# TYPE cleave_projection_dead_letters gauge\n";
+  for (const auto& p : all)
+    out += fmt::format("cleave_projection_dead_letters{{projection=\"{}\"}} {}\n",
+                       p["name"].get<std::string>(), p["dead_letters"].get<std::uint64_t>());
+  return out;
+}
+
+}  // namespace
+
+// The admin API (the role "admin" when tokens are configured):
+//   GET  /admin/projections                          every projection, with its rebuild job
+//   GET  /admin/projections/{name}/dead-letters
+//   POST /admin/projections/{name}/replay-dead-letters
+//   POST /admin/projections/{name}/rebuild[?verify=true]   202; progress in the listing
+response router::admin(const request& r, const std::string& path, request_meta& meta) {
+  auto& p = app_.projections();
+  const auto ok = [](json body, int status = 200) {
+    return response{status, "application/json", body.dump(), {}};
+  };
+  constexpr std::string_view prefix = "/admin/projections";
+  if (path == prefix) {
+    if (r.method != "GET")
+      return problem(405, {errc::validation, "use GET", {}}, meta.correlation_id);
+    auto list = projections_json(p);
+    const auto jobs = app_.rebuild_jobs();
+    for (auto& item : list) {
+      auto job = jobs.find(item["name"].get<std::string>());
+      if (job == jobs.end()) continue;
+      item["rebuild"] = {{"running", job->second.running},
+                         {"applied", job->second.progress.applied},
+                         {"total", job->second.progress.total},
+                         {"swapped", job->second.progress.swapped},
+                         {"differences", job->second.progress.differences},
+                         {"error", job->second.error}};
+    }
+    return ok({{"projections", list}});
+  }
+  if (!path.starts_with(std::string(prefix) + "/"))
+    return problem(404, {errc::not_found, "no such admin route", {}}, meta.correlation_id);
+  const std::string rest = path.substr(prefix.size() + 1);
+  const auto slash = rest.find('/');
+  const std::string name = rest.substr(0, slash);
+  const std::string action = slash == std::string::npos ? "" : rest.substr(slash + 1);
+  const auto names = p.names();
+  if (std::find(names.begin(), names.end(), name) == names.end())
+    return problem(404, {errc::not_found, fmt::format("no projection named '{}'", name), {}},
+                   meta.correlation_id);
+  if (action == "dead-letters" && r.method == "GET") {
+    json out = json::array();
+    for (const auto& d : p.dead_letters(name))
+      out.push_back({{"position", d.position.to_string()},
+                     {"type", d.type},
+                     {"payload", d.payload},
+                     {"error", d.error}});
+    return ok({{"dead_letters", out}});
+  }
+  if (action == "replay-dead-letters" && r.method == "POST") {
+    const auto replayed = p.replay_dead_letters(name);
+    return ok({{"replayed", replayed}, {"still_parked", p.dead_letters(name).size()}});
+  }
+  if (action == "rebuild" && r.method == "POST") {
+    const bool verify = r.target.find("verify=true") != std::string::npos;
+    if (!app_.start_rebuild(name, verify))
+      return problem(409, {errc::conflict, fmt::format("'{}' is being rebuilt already", name), {}},
+                     meta.correlation_id);
+    return ok({{"started", name}}, 202);
+  }
+  return problem(404, {errc::not_found, "no such admin route", {}}, meta.correlation_id);
+}
+
 response router::handle(const request& r) {
   const auto start = std::chrono::steady_clock::now();
   const auto q = r.target.find('?');
@@ -436,7 +532,18 @@ response router::handle(const request& r) {
       if (r.method != "GET")
         allow("GET");
       else
-        res = {200, "text/plain; version=0.0.4", metrics_.render(), {}};
+        res = {200, "text/plain; version=0.0.4", metrics_.render() + lag_metrics(app_), {}};
+    } else if (path.starts_with("/admin/")) {
+      route = "/admin";
+      request_meta meta;
+      meta.correlation_id = r.correlation_id;
+      if (auto denied = authorize(r, "admin", meta))
+        res = std::move(*denied);
+      else if (!app_.config().tokens.empty() && !meta.principal.has_role("admin"))
+        res = problem(403, {errc::forbidden, "the admin API requires the role 'admin'", {}},
+                      meta.correlation_id);
+      else
+        res = admin(r, path, meta);
     } else if (path == "/openapi.json") {
       if (r.method != "GET")
         allow("GET");

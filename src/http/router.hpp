@@ -21,6 +21,7 @@ struct request {
   std::string authorization;
   std::string correlation_id;
   std::string min_position;  // Cleave-Min-Position
+  std::string consistency;   // Cleave-Consistency
   std::string body;
 };
 
@@ -66,6 +67,7 @@ class router {
   response dispatch(const request& r, std::string_view kind, std::string_view name,
                     std::string_view query_string);
   response openapi() const;
+  response admin(const request& r, const std::string& path, request_meta& meta);
   response static_file(const std::string& path) const;
   response problem(int status, const error& e, const std::string& correlation_id) const;
   std::optional<response> authorize(const request& r, std::string_view name,

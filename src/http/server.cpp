@@ -136,6 +136,7 @@ struct server::impl {
       r.authorization = std::string(req[bhttp::field::authorization]);
       r.correlation_id = std::string(req["X-Correlation-Id"]);
       r.min_position = std::string(req["Cleave-Min-Position"]);
+      r.consistency = std::string(req["Cleave-Consistency"]);
       r.body = std::move(req.body());
       // Database work runs on the workers, never on the I/O thread.
       auto res = co_await net::co_spawn(
@@ -223,13 +224,8 @@ void server::stop() {
 }
 
 void server::run_until_signal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  int sig = 0;
-  sigwait(&set, &sig);
-  spdlog::info("signal {}: finishing in-flight requests", sig);
+  wait_for_stop_signal();
+  spdlog::info("finishing in-flight requests");
   stop();
 }
 
@@ -239,18 +235,16 @@ void install(app& a) {
              [](app& app_ref, std::span<const std::string>) {
                // Block the signals first, so that every thread inherits the mask and sigwait gets
                // them.
-               sigset_t set;
-               sigemptyset(&set);
-               sigaddset(&set, SIGINT);
-               sigaddset(&set, SIGTERM);
-               pthread_sigmask(SIG_BLOCK, &set, nullptr);
+               block_stop_signals();
                app_ref.migrate();
                server s(app_ref);
                s.start();
+               app_ref.start_workers();
                std::cout << "listening on http://"
                          << app_ref.config().listen.substr(0, app_ref.config().listen.rfind(':'))
                          << ":" << s.port() << "/" << std::endl;
                s.run_until_signal();
+               app_ref.stop_workers();
                return 0;
              });
 }

@@ -16,13 +16,17 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <cleave/core/bus.hpp>
 #include <cleave/core/error.hpp>
+#include <cleave/read/consistency.hpp>
+#include <cleave/read/projector.hpp>
 #include <cleave/store/store.hpp>
 
 namespace cleave {
@@ -42,12 +46,15 @@ struct app_config {
   // The role a command or query requires, by wire name (only with tokens).
   std::map<std::string, std::string> roles;
   std::string log_level = "info";
+  // Whether `serve` (and `send`/`ask`) run the projector's worker in-process. Off when a
+  // separate `project` process keeps the views (CLEAVE_PROJECTOR=off).
+  bool run_projector = true;
   std::filesystem::path static_dir;  // files served at / (a web UI); empty for none
 };
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
 // malformed one is an error naming the member), then the environment: CLEAVE_DATABASE,
-// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL.
+// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL, CLEAVE_PROJECTOR (on/off).
 result<app_config> load_config(const std::filesystem::path& file);
 
 class app {
@@ -65,6 +72,28 @@ class app {
   cleave::store& store() noexcept { return *store_; }
   command_bus& commands() noexcept { return commands_; }
   query_bus& queries() noexcept { return queries_; }
+  // The projector: register projections on it before the first command. Commands sent through
+  // commands() apply its inline projections and wake its worker.
+  cleave::projector& projections() noexcept { return *projector_; }
+  // Declares that query `wire_name` reads the views of these projections, so that its
+  // consistency requests (at_least, bounded, strong) wait for them.
+  void reads(std::string wire_name, std::vector<std::string> projection_names);
+
+  // Starts the projector's worker when the configuration says so (idempotent); stop_workers()
+  // lets the batch in progress finish. The destructor stops them too.
+  void start_workers();
+  void stop_workers();
+
+  // A rebuild started in the background (HTTP admin), and how it is going.
+  struct rebuild_job {
+    rebuild_progress progress;
+    bool running = false;
+    std::string error;  // set when it failed
+  };
+  // Starts rebuilding projection `name` on a thread of its own; false when one is running.
+  bool start_rebuild(const std::string& name, bool verify = false);
+  // The rebuilds started since the app began, by projection.
+  std::map<std::string, rebuild_job> rebuild_jobs() const;
 
   // Registers the application's own migrations, applied by migrate() (and the `migrate` verb).
   // The span must outlive the app (a constexpr array, typically).
@@ -80,8 +109,13 @@ class app {
  private:
   app_config config_;
   std::unique_ptr<cleave::store> store_;
+  std::unique_ptr<cleave::projector> projector_;
   command_bus commands_;
   query_bus queries_;
+  read_your_writes* consistency_ = nullptr;
+  mutable std::mutex jobs_mutex_;
+  std::map<std::string, rebuild_job> jobs_;
+  std::map<std::string, std::thread> job_threads_;
   std::vector<std::pair<std::string, std::span<const migration>>> migrations_;
   struct verb_entry {
     std::string usage;
@@ -92,5 +126,18 @@ class app {
 
 // Opens the store a database setting names (see app_config::database).
 std::unique_ptr<store> open_store(const std::string& database);
+
+// Where each of the projector's projections stands, as JSON (the `projections list` verb, the
+// HTTP admin API): name, mode, checkpoint, lag_events, lag_seconds, dead_letters.
+json projections_json(projector& p);
+
+// Reads a consistency as the CLI and HTTP spell it: "eventual", "strong", "bounded=<ms>" or
+// "at_least=<token>"; anything else is a validation error.
+result<consistency> parse_consistency(std::string_view text);
+
+// Blocks SIGINT and SIGTERM in the calling thread (call it before starting threads, which
+// inherit the mask), then waits for one of them.
+void block_stop_signals();
+void wait_for_stop_signal();
 
 }  // namespace cleave
