@@ -318,6 +318,62 @@ TEST_F(shop_server, the_cleave_tool_sends_and_asks_over_http) {
   EXPECT_EQ(refused, 2);
 }
 
+TEST_F(shop_server, the_admin_api_lists_views_rebuilds_them_and_metrics_show_their_lag) {
+  start();
+  auto placed =
+      http(port, "POST", "/commands/shop.place_order",
+           R"({"order_id":"o9","customer_id":"alan","lines":[{"product_id":"tea","quantity":1}]})");
+  ASSERT_EQ(placed.status, 200) << placed.body;
+  // Strong: the view has every command committed before the query.
+  auto strong = http(port, "POST", "/queries/shop.customer_orders", R"({"customer_id":"alan"})",
+                     {{"Content-Type", "application/json"}, {"Cleave-Consistency", "strong"}});
+  ASSERT_EQ(strong.status, 200) << strong.body;
+  EXPECT_EQ(body(strong)["result"][0]["order_id"], "o9");
+  expect_problem(http(port, "POST", "/queries/shop.customer_orders", R"({"customer_id":"alan"})",
+                      {{"Content-Type", "application/json"}, {"Cleave-Consistency", "soon"}}),
+                 400, "/problems/validation");
+  auto list = http(port, "GET", "/admin/projections");
+  ASSERT_EQ(list.status, 200) << list.body;
+  auto views = body(list)["projections"];
+  ASSERT_EQ(views.size(), 1u);
+  EXPECT_EQ(views[0]["name"], "order_summaries");
+  EXPECT_EQ(views[0]["mode"], "async");
+  EXPECT_EQ(views[0]["lag_events"], 0);
+  EXPECT_EQ(views[0]["checkpoint"], placed.headers["cleave-position"]);
+  auto metrics = http(port, "GET", "/metrics");
+  EXPECT_THAT(metrics.body,
+              HasSubstr("cleave_projection_lag_events{projection=\"order_summaries\"} 0"));
+  EXPECT_THAT(metrics.body,
+              HasSubstr("cleave_projection_lag_seconds{projection=\"order_summaries\"}"));
+  // A rebuild runs in the background; the listing shows it finish.
+  EXPECT_EQ(http(port, "POST", "/admin/projections/order_summaries/rebuild").status, 202);
+  json job;
+  for (int i = 0; i < 500; ++i) {
+    job = body(http(port, "GET", "/admin/projections"))["projections"][0]["rebuild"];
+    if (job.is_object() && !job["running"].get<bool>()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(job["swapped"], true) << job.dump();
+  EXPECT_EQ(job["error"], "");
+  auto again = http(port, "POST", "/queries/shop.order_summary", R"({"order_id":"o9"})",
+                    {{"Content-Type", "application/json"}, {"Cleave-Consistency", "strong"}});
+  EXPECT_EQ(body(again)["result"]["buyer"]["name"], "Alan Turing");
+  EXPECT_EQ(http(port, "GET", "/admin/projections/order_summaries/dead-letters").status, 200);
+  expect_problem(http(port, "POST", "/admin/projections/nope/rebuild"), 404, "/problems/not-found");
+}
+
+TEST_F(shop_server, the_admin_api_needs_the_admin_role_when_tokens_are_set) {
+  cleave::app_config cfg;
+  cfg.tokens["clerk"] = cleave::principal{"clerk", {"staff"}};
+  cfg.tokens["boss"] = cleave::principal{"boss", {"admin"}};
+  start(cfg);
+  EXPECT_EQ(http(port, "GET", "/admin/projections").status, 401);
+  EXPECT_EQ(http(port, "GET", "/admin/projections", "", {{"Authorization", "Bearer clerk"}}).status,
+            403);
+  EXPECT_EQ(http(port, "GET", "/admin/projections", "", {{"Authorization", "Bearer boss"}}).status,
+            200);
+}
+
 TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
   start();
   auto verb = [&](std::vector<std::string> args) {
@@ -339,6 +395,20 @@ TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
   EXPECT_THAT(tail, HasSubstr(R"("type":"shop.product_restocked")"));
   auto [status_code, status] = verb({"status"});
   EXPECT_EQ(json::parse(status)["migrations"]["shop"], (json{1}));
+  EXPECT_EQ(json::parse(status)["projections"][0]["name"], "order_summaries");
+  auto [list_code, list] = verb({"projections", "list"});
+  EXPECT_EQ(list_code, 0);
+  EXPECT_EQ(json::parse(list)[0]["mode"], "async");
+  auto [rebuild_code, rebuilt] = verb({"projections", "rebuild", "order_summaries", "--verify"});
+  EXPECT_EQ(rebuild_code, 0) << rebuilt;
+  EXPECT_EQ(json::parse(rebuilt)["swapped"], true);
+  EXPECT_EQ(json::parse(rebuilt)["differences"], 0);
+  EXPECT_EQ(verb({"projections", "rebuild", "nope"}).first, 2);
+  auto [ask_strong_code, strong] =
+      verb({"ask", "shop.customer_orders", R"({"customer_id":"ada"})", "--consistency", "strong"});
+  EXPECT_EQ(ask_strong_code, 0);
+  EXPECT_TRUE(json::parse(strong)["result"].is_array());
+  EXPECT_EQ(verb({"ask", "shop.customer_orders", "{}", "--consistency", "bogus"}).first, 2);
   EXPECT_EQ(verb({"no-such-verb"}).first, 2);
 }
 
