@@ -153,7 +153,9 @@ namespace {
 
 json status_json(const projection_status& s) {
   json out{{"name", s.name},
-           {"mode", s.mode == projection_mode::inline_ ? "inline" : "async"},
+           {"mode", s.mode == projection_mode::inline_  ? "inline"
+                    : s.mode == projection_mode::memory ? "memory"
+                                                        : "async"},
            {"checkpoint", s.checkpoint.to_string()},
            {"lag_events", s.lag_events},
            {"lag_seconds", s.lag_seconds},

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -418,7 +419,64 @@ TYPED_TEST_P(projections, a_rebuild_swaps_in_a_shadow_and_resumes_after_a_crash)
   EXPECT_EQ(rows(*this->db, "card_rebuilt"), 32);
 }
 
+TYPED_TEST_P(projections, a_fold_takes_a_whole_batch_and_writes_each_key_once) {
+  cleave::projector projector(*this->db);
+  std::vector<std::size_t> batch_sizes;
+  cleave::projection per_name{"names_count"};
+  per_name.schema("create table {view}(name text primary key, n bigint not null)")
+      .fold([&](const std::vector<customer_registered>& events, cleave::view_context& v) {
+        batch_sizes.push_back(events.size());
+        std::map<std::string, std::int64_t> counts;
+        for (const auto& e : events) ++counts[e.name];
+        for (const auto& [name, n] : counts)
+          v.exec(
+              "insert into {view}(name, n) values ($1, $2) on conflict(name) do update set n = "
+              "{view}.n + excluded.n",
+              name, n);
+      });
+  projector.add(std::move(per_name));
+  cleave::command_bus commands{&projector.source()};
+  commands.add(register_handler);
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(commands.send(register_customer{"c" + std::to_string(i), i % 3 ? "x" : "y"}));
+  EXPECT_EQ(settle(projector, 4), 10u);
+  EXPECT_EQ(batch_sizes, (std::vector<std::size_t>{4, 4, 2}));
+  EXPECT_EQ(rows(*this->db, "names_count"), 2);
+  auto& tx = this->db->begin_read({});
+  std::int64_t xs = 0;
+  tx.query("select n from names_count where name = 'x'", {},
+           [&](const cleave::row_view& r) { xs = std::get<std::int64_t>(r.get(0)); });
+  tx.finish();
+  EXPECT_EQ(xs, 6);
+}
+
+TYPED_TEST_P(projections, a_memory_view_is_built_from_the_log_and_read_under_a_lock) {
+  cleave::projector projector(*this->db, nullptr, slow_poll());
+  cleave::memory_view<std::map<std::string, std::string>> names{"names_in_memory"};
+  names.on([](const customer_registered& e, std::map<std::string, std::string>& state) {
+    state[e.id] = e.name;
+  });
+  projector.add(names);
+  cleave::command_bus commands{&projector.source()};
+  commands.add(register_handler);
+  ASSERT_TRUE(commands.send(register_customer{"c1", "Ada"}));
+  EXPECT_EQ(names.read([](const auto& s) { return s.size(); }), 0u);
+  EXPECT_EQ(projector.status("names_in_memory").lag_events, 1u);
+  EXPECT_EQ(settle(projector), 1u);
+  EXPECT_EQ(names.read([](const auto& s) { return s.at("c1"); }), "Ada");
+  projector.start();
+  auto sent = commands.send(register_customer{"c2", "Grace"});
+  const auto at = projector.wait_for("names_in_memory", sent->position,
+                                     cleave::clock::now() + std::chrono::seconds(10));
+  EXPECT_FALSE(at < sent->position);
+  EXPECT_EQ(names.read([](const auto& s) { return s.at("c2"); }), "Grace");
+  projector.stop();
+  EXPECT_EQ(projector.status("names_in_memory").mode, cleave::projection_mode::memory);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(projections, bounded_and_strong_reads_wait_for_fresh_views,
+                            a_fold_takes_a_whole_batch_and_writes_each_key_once,
+                            a_memory_view_is_built_from_the_log_and_read_under_a_lock,
                             a_projector_in_another_process_wakes_on_commit,
                             one_of_two_projectors_leads_and_the_other_takes_over,
                             a_view_in_another_store_is_async_only,

@@ -112,6 +112,16 @@ std::string replace_view(std::string_view sql, std::string_view table) {
   return out;
 }
 
+// Lag in events and seconds behind the log, from a status's checkpoint.
+void fill_lag(store& log, projection_status& out) {
+  const auto behind = log.distance(out.checkpoint);
+  out.lag_events = behind.events;
+  if (behind.events > 0)
+    out.lag_seconds =
+        static_cast<double>(std::max<std::int64_t>(0, unix_ms() - behind.oldest_recorded_at_ms)) /
+        1000.0;
+}
+
 }  // namespace
 
 std::string view_context::with_table(std::string_view sql) const {
@@ -228,10 +238,36 @@ void projector::add(projection p, store* views) {
   projections_.push_back({std::move(p), views});
 }
 
+void projector::add(memory_view_base& view) {
+  const auto taken = names();
+  if (std::find(taken.begin(), taken.end(), view.name()) != taken.end())
+    throw std::logic_error(
+        fmt::format("a projection named '{}' is already registered", view.name()));
+  memory_views_.push_back(&view);
+}
+
 std::vector<std::string> projector::names() const {
   std::vector<std::string> out;
   for (const auto& p : projections_) out.push_back(p.def.name());
+  for (const auto* m : memory_views_) out.push_back(m->name());
   return out;
+}
+
+memory_view_base* projector::find_memory(std::string_view name) const {
+  for (auto* m : memory_views_)
+    if (m->name() == name) return m;
+  return nullptr;
+}
+
+std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch) {
+  auto events = db_.read_events(view.checkpoint(), batch);
+  if (events.empty()) return 0;
+  if (rewrites_)
+    for (auto& e : events) rewrites_->apply(e.type, e.payload);
+  view.apply(events);
+  { std::lock_guard lock(progress_mutex_); }
+  progress_.notify_all();
+  return events.size();
 }
 
 session_source& projector::source() noexcept {
@@ -245,6 +281,7 @@ const projector::entry& projector::find(std::string_view name) const {
 }
 
 position_token projector::checkpoint(std::string_view name) {
+  if (const auto* m = find_memory(name)) return m->checkpoint();
   const auto& p = find(name);
   if (p.def.mode() == projection_mode::inline_) return db_.head();
   return reading(*p.views, [&](read_context& ctx) {
@@ -255,8 +292,7 @@ position_token projector::checkpoint(std::string_view name) {
 }
 
 std::chrono::milliseconds projector::staleness(std::string_view name) {
-  const auto& p = find(name);
-  if (p.def.mode() == projection_mode::inline_) return {};
+  if (!find_memory(name) && find(name).def.mode() == projection_mode::inline_) return {};
   // Not read_events(): on PostgreSQL it hides commits behind a running transaction, and a
   // staleness that overlooked them would pass stale data as fresh.
   const auto behind = db_.distance(checkpoint(name));
@@ -268,18 +304,22 @@ std::chrono::milliseconds projector::staleness(std::string_view name) {
 }
 
 projection_status projector::status(std::string_view name) {
+  if (const auto* m = find_memory(name)) {
+    projection_status out;
+    out.name = m->name();
+    out.mode = projection_mode::memory;
+    out.checkpoint = m->checkpoint();
+    fill_lag(db_, out);
+    out.dead_letters = m->failures().size();
+    return out;
+  }
   const auto& p = find(name);
   projection_status out;
   out.name = p.def.name();
   out.mode = p.def.mode();
   out.checkpoint = checkpoint(name);
   if (out.mode == projection_mode::async) {
-    const auto behind = db_.distance(out.checkpoint);
-    out.lag_events = behind.events;
-    if (behind.events > 0)
-      out.lag_seconds =
-          static_cast<double>(std::max<std::int64_t>(0, unix_ms() - behind.oldest_recorded_at_ms)) /
-          1000.0;
+    fill_lag(db_, out);
   }
   reading(*p.views, [&](read_context& ctx) {
     out.dead_letters = static_cast<std::size_t>(
@@ -329,6 +369,16 @@ void projector::apply_batch(const entry& p, write_transaction& tx, std::string_v
       spdlog::warn("projection {}: parked {} at {}: {}", p.def.name(), e.type,
                    e.position.to_string(), why);
     }
+  }
+  if (p.def.folds().empty() || events.empty()) return;
+  std::vector<const stored_event*> of_type;
+  for (const auto& [type, fold] : p.def.folds()) {
+    of_type.clear();
+    for (const auto& e : events)
+      if (e.type == type) of_type.push_back(&e);
+    if (of_type.empty()) continue;
+    view_context view(tx, table, *of_type.back());
+    fold(of_type, view);
   }
 }
 
@@ -402,7 +452,7 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
 
 position_token projector::wait_for(std::string_view name, position_token token,
                                    clock::time_point deadline) {
-  if (find(name).def.mode() == projection_mode::inline_) return token;
+  if (!find_memory(name) && find(name).def.mode() == projection_mode::inline_) return token;
   for (;;) {
     // Checked under the lock the worker notifies under, so no wake-up is lost.
     std::unique_lock lock(progress_mutex_);
@@ -433,6 +483,8 @@ std::size_t projector::catch_up(std::size_t batch) {
     if (p.def.mode() != projection_mode::async) continue;
     while (const auto n = catch_up_one(p, batch)) applied += n;
   }
+  for (auto* m : memory_views_)
+    while (const auto n = catch_up_memory(*m, batch)) applied += n;
   return applied;
 }
 

@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -26,7 +27,9 @@
 
 namespace cleave {
 
-enum class projection_mode { inline_, async };
+// inline_: in the command's transaction; async: after commit, in batches; memory: an in-memory
+// view (cleave::memory_view), async in this process.
+enum class projection_mode { inline_, async, memory };
 
 // What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
 // transaction that applies the event, and the event as stored.
@@ -64,6 +67,9 @@ class view_context {
 class projection {
  public:
   using apply_fn = std::function<void(const json& payload, view_context& view)>;
+  // Folds the events of one type in a batch (stored events, in log order) into the view at once.
+  using fold_fn =
+      std::function<void(std::span<const stored_event* const> events, view_context& view)>;
 
   // `name` identifies the projection (its checkpoint, its table `name` by default).
   explicit projection(std::string name) : name_(name), table_(std::move(name)) {}
@@ -91,6 +97,34 @@ class projection {
     return *this;
   }
 
+  // Folds a whole batch at once: `void(const std::vector<E>& events, cleave::view_context&)`,
+  // called once per async batch with that batch's events of type E (in log order), so that a
+  // view can, say, sum counts per key in memory and write each key once. Use folds or per-event
+  // handlers in one projection, not both. A fold that throws fails its whole batch (no event
+  // can be parked alone): the batch is retried until it succeeds. Async only.
+  template <class F>
+  projection& fold(F&& f) {
+    using H = std::decay_t<F>;
+    using V = std::remove_cvref_t<typename detail::message_param<H>::type>;
+    using E = typename V::value_type;
+    static_assert(event<E>,
+                  "a fold takes (const std::vector<Event>&, cleave::view_context&) with the event "
+                  "declared by CLEAVE_EVENT");
+    folds_[std::string(info_of<E>().wire_name)] = [h = H(std::forward<F>(f))](
+                                                      std::span<const stored_event* const> events,
+                                                      view_context& view) mutable {
+      std::vector<E> decoded;
+      decoded.reserve(events.size());
+      for (const auto* stored : events) {
+        auto e = from_json<E>(stored->payload, decode_mode::tolerant);
+        if (!e) throw error_exception(e.error());
+        decoded.push_back(std::move(*e));
+      }
+      h(decoded, view);
+    };
+    return *this;
+  }
+
   // Applied in the command's own transaction: the view is never behind, and lives in the write
   // database.
   projection& inline_() {
@@ -112,11 +146,13 @@ class projection {
     auto it = handlers_.find(type);
     return it == handlers_.end() ? nullptr : &it->second;
   }
+  const std::map<std::string, fold_fn, std::less<>>& folds() const noexcept { return folds_; }
 
  private:
   std::string name_, table_, schema_;
   projection_mode mode_ = projection_mode::async;
   std::map<std::string, apply_fn, std::less<>> handlers_;
+  std::map<std::string, fold_fn, std::less<>> folds_;
 };
 
 }  // namespace cleave

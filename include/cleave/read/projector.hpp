@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include <cleave/read/memory_view.hpp>
 #include <cleave/read/projection.hpp>
 #include <cleave/store/store.hpp>
 #include <cleave/store/upcasting.hpp>
@@ -83,6 +84,9 @@ class projector {
   // inline projection whose view lives elsewhere than the write database. Register every
   // projection before start() and before the first command. `views` must outlive the projector.
   void add(projection p, store* views = nullptr);
+  // Registers an in-memory view (not owned; it must outlive the projector), built from the log
+  // by the async worker or catch_up().
+  void add(memory_view_base& view);
   // The projections registered, in order.
   std::vector<std::string> names() const;
 
@@ -158,12 +162,15 @@ class projector {
   void apply_batch(const entry& p, write_transaction& tx, std::string_view table,
                    std::vector<stored_event>& events, std::string_view park_as, int attempts);
   const entry& find(std::string_view name) const;
+  memory_view_base* find_memory(std::string_view name) const;
+  std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
 
   store& db_;
   const upcasters* rewrites_;
   projector_options opts_;
   std::vector<entry> projections_;
+  std::vector<memory_view_base*> memory_views_;
   std::unique_ptr<inline_source> source_;
   std::mutex wake_mutex_;
   std::condition_variable wake_;

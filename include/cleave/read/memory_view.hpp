@@ -1,0 +1,117 @@
+#pragma once
+// An in-memory view: a value of the application's own type, kept current from the event log by
+// the projector (async, in batches) and read under a shared lock. It lives in the process, so it
+// is built again from position 0 each time the process starts; use it for views that are cheap
+// to rebuild and hot to read.
+//
+//   cleave::memory_view<std::map<std::string, int>> counts{"counts"};
+//   counts.on([](const customer_registered& e, auto& state) { ++state[e.id]; });
+//   projector.add(counts);
+//   auto n = counts.read([](const auto& state) { return state.size(); });
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <cleave/core/detail/handler_traits.hpp>
+#include <cleave/core/json.hpp>
+#include <cleave/store/store.hpp>
+
+namespace cleave {
+
+class projector;
+
+// What the projector sees of a memory view, whatever its state type.
+class memory_view_base {
+ public:
+  explicit memory_view_base(std::string name) : name_(std::move(name)) {}
+  virtual ~memory_view_base() = default;
+  memory_view_base(const memory_view_base&) = delete;
+  memory_view_base& operator=(const memory_view_base&) = delete;
+
+  const std::string& name() const noexcept { return name_; }
+  // The last event applied.
+  position_token checkpoint() const {
+    std::shared_lock lock(mutex_);
+    return checkpoint_;
+  }
+  // Events whose handler threw (skipped: a memory view has no transaction to roll back).
+  std::vector<std::string> failures() const {
+    std::shared_lock lock(mutex_);
+    return failures_;
+  }
+
+ protected:
+  friend class projector;
+  // Applies a batch under the exclusive lock and moves the checkpoint past it.
+  void apply(std::span<const stored_event> events) {
+    std::unique_lock lock(mutex_);
+    for (const auto& e : events) {
+      try {
+        apply_one(e);
+      } catch (const std::exception& failure) {
+        failures_.push_back(
+            fmt::format("{} at {}: {}", e.type, e.position.to_string(), failure.what()));
+      }
+    }
+    if (!events.empty()) checkpoint_ = events.back().position;
+  }
+  virtual void apply_one(const stored_event& e) = 0;
+
+  mutable std::shared_mutex mutex_;
+
+ private:
+  std::string name_;
+  position_token checkpoint_;
+  std::vector<std::string> failures_;
+};
+
+template <class State>
+class memory_view final : public memory_view_base {
+ public:
+  explicit memory_view(std::string name, State initial = {})
+      : memory_view_base(std::move(name)), state_(std::move(initial)) {}
+
+  // Handles one event type: `void(const E&, State&)`, E a CLEAVE_EVENT.
+  template <class F>
+  memory_view& on(F&& handler) {
+    using H = std::decay_t<F>;
+    using E = typename detail::message_param<H>::type;
+    static_assert(event<E>,
+                  "a memory view handler takes (const Event&, State&) with the event declared "
+                  "by CLEAVE_EVENT");
+    handlers_[std::string(info_of<E>().wire_name)] =
+        [h = H(std::forward<F>(handler))](const json& payload, State& state) mutable {
+          auto e = from_json<E>(payload, decode_mode::tolerant);
+          if (!e) throw error_exception(e.error());
+          h(*e, state);
+        };
+    return *this;
+  }
+
+  // Calls `reader(const State&)` under the shared lock and returns what it returns.
+  template <class F>
+  auto read(F&& reader) const {
+    std::shared_lock lock(mutex_);
+    return std::forward<F>(reader)(static_cast<const State&>(state_));
+  }
+
+ private:
+  void apply_one(const stored_event& e) override {
+    auto it = handlers_.find(e.type);
+    if (it != handlers_.end()) it->second(e.payload, state_);
+  }
+
+  State state_;
+  std::map<std::string, std::function<void(const json&, State&)>, std::less<>> handlers_;
+};
+
+}  // namespace cleave
