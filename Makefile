@@ -33,16 +33,19 @@ quickstart: bootstrap
 	cmake --build --preset release --target cleave_quickstart
 	./build/release/examples/quickstart/cleave_quickstart
 
-# Builds and runs the benchmarks. The write benchmark's PostgreSQL cases run on a throwaway
-# cluster started here; the HTTP one runs wrk against the shop and against nginx.
+# Builds and runs the benchmarks. The write and read benchmarks' PostgreSQL cases run on a
+# throwaway cluster started here; the HTTP one runs wrk against the shop and against nginx.
+# (CLEAVE_BENCH_READ_EVENTS=N sizes the read benchmark's log; default 1,000,000.)
 # (BENCH_ARGS=--benchmark_format=json goes to the dispatch benchmark.)
 bench:
 	@scripts/bootstrap bench
 	cmake --preset release $(CMAKE_FLAGS)
-	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write shop
+	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write cleave_bench_read shop
 	./build/release/src/core/cleave_bench_dispatch $(BENCH_ARGS)
 	scripts/pg-cluster start build/release/bench-pg
-	CLEAVE_BENCH_PG_URL=$$(cat build/release/bench-pg/url) ./build/release/src/store/cleave_bench_write; \
+	url=$$(cat build/release/bench-pg/url); \
+	  CLEAVE_BENCH_PG_URL=$$url ./build/release/src/store/cleave_bench_write && \
+	  CLEAVE_BENCH_PG_URL=$$url ./build/release/src/read/cleave_bench_read; \
 	  status=$$?; scripts/pg-cluster stop build/release/bench-pg; exit $$status
 	scripts/bench-http build/release/examples/shop/shop
 

@@ -1,0 +1,433 @@
+// cleave_bench_read: the read side against set-based SQL and against itself, in one run. One JSON
+// line per case on stdout (DESIGN.md); progress on stderr.
+//
+//   projection_sqlite / projection_postgres   events/s catching up N events (1,000 streams) into a
+//       per-stream counter view (a fold: counts summed per batch), against the same view built by
+//       one `INSERT … SELECT … GROUP BY`.
+//   projection_memory   the same into an in-memory view, reading and decoding included, against
+//       a raw scan of the log's stream column into a hash map.
+//   rebuild_sqlite / rebuild_postgres   a rebuild (shadow table, chunks, swap) against the
+//       set-based statement (ratio baseline ÷ value); PostgreSQL also reports REFRESH MATERIALIZED
+//       VIEW of the same view.
+//   lag_inprocess (SQLite) and lag_postgres_crossprocess (projector in another process):
+//       commit -> visible in the view at half the maximum command rate; p50/p99 in ms; ratio
+//       against Emmett's measured p99 of 1,348 ms.
+//
+// N is CLEAVE_BENCH_READ_EVENTS (default 1,000,000). PostgreSQL cases run when
+// CLEAVE_BENCH_PG_URL names a server (make bench starts one).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
+
+#include <cleave/cleave.hpp>
+#include <cleave/postgres/store.hpp>
+#include <cleave/read/projector.hpp>
+#include <cleave/sqlite/store.hpp>
+
+namespace bench {
+
+struct place_item {
+  std::string id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_COMMAND(place_item, "bench.place_item", id, quantity)
+
+struct item_placed {
+  std::string id;
+  std::int64_t quantity = 0;
+};
+CLEAVE_EVENT(item_placed, "bench.item_placed", id, quantity)
+
+}  // namespace bench
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr int streams = 1000;
+constexpr double emmett_p99_ms = 1348;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// The per-stream counter view, as a fold: one upsert per stream per batch.
+cleave::projection counter(const std::string& name) {
+  cleave::projection p{name};
+  p.schema("create table {view}(stream text primary key, n bigint not null)")
+      .fold([](const std::vector<bench::item_placed>& events, cleave::view_context& v) {
+        std::unordered_map<std::string, std::int64_t> counts;
+        for (const auto& e : events) ++counts[e.id];
+        for (const auto& [stream, n] : counts)
+          v.exec(
+              "insert into {view}(stream, n) values ($1, $2) on conflict(stream) do update set "
+              "n = {view}.n + excluded.n",
+              stream, n);
+      });
+  return p;
+}
+
+cleave::result<void> place(const bench::place_item& c, cleave::write_context& tx) {
+  tx.emit(c.id, bench::item_placed{c.id, c.quantity});
+  return {};
+}
+
+// Runs one statement on `db` through a write transaction.
+void exec(cleave::store& db, const std::string& sql) {
+  auto& tx = db.begin_write({});
+  try {
+    tx.exec(sql, {});
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.commit();
+}
+
+std::int64_t scalar(cleave::store& db, const std::string& sql) {
+  std::int64_t out = 0;
+  auto& tx = db.begin_read({});
+  tx.query(sql, {}, [&](const cleave::row_view& r) { out = std::get<std::int64_t>(r.get(0)); });
+  tx.finish();
+  return out;
+}
+
+// Appends n events over 1,000 streams with set-based SQL (the log's own format).
+void seed(cleave::store& db, bool postgres, std::int64_t n) {
+  const auto t0 = clock_type::now();
+  if (postgres)
+    exec(db, fmt::format("insert into cleave_events(stream, stream_version, type, payload) "
+                         "select 's' || (i % {0}), i / {0} + 1, 'bench.item_placed', "
+                         "jsonb_build_object('id', 's' || (i % {0}), 'quantity', 1) "
+                         "from generate_series(0, {1} - 1) as i",
+                         streams, n));
+  else
+    exec(db,
+         fmt::format(
+             "with recursive i(v) as (select 0 union all select v + 1 from i where v + 1 < {1}) "
+             "insert into cleave_events(stream, stream_version, type, payload, recorded_at) "
+             "select 's' || (v % {0}), v / {0} + 1, 'bench.item_placed', "
+             "json_object('id', 's' || (v % {0}), 'quantity', 1), 0 from i",
+             streams, n));
+  std::fprintf(stderr, "seeded %lld events in %.1f s\n", static_cast<long long>(n),
+               seconds_since(t0));
+}
+
+// The set-based baseline: the same per-stream counts in one statement; returns seconds.
+double set_based(cleave::store& db, const std::string& table) {
+  exec(db, fmt::format("drop table if exists {}", table));
+  exec(db, fmt::format("create table {}(stream text primary key, n bigint not null)", table));
+  const auto t0 = clock_type::now();
+  exec(db, fmt::format("insert into {} select stream, count(*) from cleave_events group by stream",
+                       table));
+  return seconds_since(t0);
+}
+
+void line(const std::string& json_object) {
+  std::printf("%s\n", json_object.c_str());
+  std::fflush(stdout);
+}
+
+void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
+  const double baseline_s = set_based(db, "counts_set_based");
+  cleave::projector_options opts;
+  opts.batch = 10000;
+  cleave::projector p(db, nullptr, opts);
+  p.add(counter("counts"));
+  const auto t0 = clock_type::now();
+  const auto applied = p.catch_up();
+  const double took = seconds_since(t0);
+  const auto check = scalar(db, "select coalesce(sum(n), 0) from counts");
+  if (check != n || static_cast<std::int64_t>(applied) != n)
+    std::fprintf(stderr, "projection_%s: the view counts %lld events, expected %lld\n", backend,
+                 static_cast<long long>(check), static_cast<long long>(n));
+  const double value = static_cast<double>(n) / took,
+               baseline = static_cast<double>(n) / baseline_s;
+  line(fmt::format(
+      R"({{"bench":"read","case":"projection_{}","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"streams":{},"batch":{},"baseline_is":"INSERT … SELECT … GROUP BY"}})",
+      backend, value, baseline, value / baseline, n, streams, opts.batch));
+
+  // Rebuild: shadow, chunks, swap, against the set-based statement (and on PostgreSQL a
+  // materialized view's refresh).
+  cleave::rebuild_options ro;
+  ro.chunk = 10000;
+  const auto r0 = clock_type::now();
+  const auto done = p.rebuild("counts", ro);
+  const double rebuild_s = seconds_since(r0);
+  if (!done.swapped) std::fprintf(stderr, "rebuild_%s: not swapped\n", backend);
+  std::string extra;
+  if (std::string(backend) == "postgres") {
+    exec(db, "drop materialized view if exists counts_mv");
+    exec(db,
+         "create materialized view counts_mv as select stream, count(*) as n from cleave_events "
+         "group by stream");
+    const auto m0 = clock_type::now();
+    exec(db, "refresh materialized view counts_mv");
+    extra = fmt::format(R"(,"refresh_materialized_view_s":{:.3f})", seconds_since(m0));
+  }
+  line(fmt::format(
+      R"({{"bench":"read","case":"rebuild_{}","unit":"s","value":{:.3f},"baseline":{:.3f},"ratio":{:.3f},"events":{},"chunk":{}{},"baseline_is":"INSERT … SELECT … GROUP BY"}})",
+      backend, rebuild_s, baseline_s, baseline_s / rebuild_s, n, ro.chunk, extra));
+}
+
+void memory_case(cleave::store& db, const std::string& path, std::int64_t n) {
+  // Baseline: the raw scan of the stream column into a hash map, no decoding.
+  sqlite3* raw = nullptr;
+  sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(raw, "select stream from cleave_events order by position", -1, &st, nullptr);
+  std::unordered_map<std::string, std::int64_t> scan;
+  const auto b0 = clock_type::now();
+  while (sqlite3_step(st) == SQLITE_ROW)
+    ++scan[reinterpret_cast<const char*>(sqlite3_column_text(st, 0))];
+  const double baseline_s = seconds_since(b0);
+  sqlite3_finalize(st);
+  sqlite3_close(raw);
+
+  using counts = std::unordered_map<std::string, std::int64_t>;
+  cleave::memory_view<counts> view{"counts_in_memory"};
+  view.on([](const bench::item_placed& e, counts& state) { ++state[e.id]; });
+  cleave::projector_options opts;
+  opts.batch = 10000;
+  cleave::projector p(db, nullptr, opts);
+  p.add(view);
+  const auto t0 = clock_type::now();
+  p.catch_up();
+  const double took = seconds_since(t0);
+  std::int64_t total = 0;
+  view.read([&](const counts& s) {
+    for (const auto& [k, v] : s) total += v;
+    return 0;
+  });
+  if (total != n) std::fprintf(stderr, "projection_memory: counted %lld\n", (long long)total);
+  const double value = static_cast<double>(n) / took,
+               baseline = static_cast<double>(n) / baseline_s;
+  line(fmt::format(
+      R"({{"bench":"read","case":"projection_memory","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"target":1000000,"baseline_is":"raw sqlite3 scan of the stream column into a hash map, no decoding"}})",
+      value, baseline, value / baseline, n));
+}
+
+// Commit -> visible, at half the maximum command rate. `visible_at(token)` blocks until the
+// view has the token (or 10 s pass).
+struct lag_result {
+  double max_rate = 0, rate = 0, p50 = 0, p99 = 0;
+  std::size_t samples = 0;
+};
+
+template <class Visible>
+lag_result measure_lag(cleave::command_bus& commands, Visible&& visible_at, double seconds) {
+  lag_result out;
+  std::uint64_t k = 0;
+  auto send = [&] {
+    auto r = commands.send(bench::place_item{fmt::format("s{}", k++ % streams), 1});
+    if (!r) std::fprintf(stderr, "send: %s\n", r.error().describe().c_str());
+    return r ? r->position : cleave::position_token{};
+  };
+  // The maximum rate, one client back to back.
+  const auto m0 = clock_type::now();
+  std::uint64_t sent = 0;
+  while (seconds_since(m0) < 1.0) {
+    send();
+    ++sent;
+  }
+  out.max_rate = static_cast<double>(sent) / seconds_since(m0);
+  const double rate = out.max_rate / 2;
+  // Paced commands; an observer times each one's visibility.
+  std::mutex m;
+  std::deque<std::pair<cleave::position_token, clock_type::time_point>> pending;
+  std::atomic<bool> done{false};
+  std::vector<double> lags;
+  std::thread observer([&] {
+    for (;;) {
+      std::pair<cleave::position_token, clock_type::time_point> next;
+      {
+        std::lock_guard lock(m);
+        if (pending.empty()) {
+          if (done) return;
+        } else {
+          next = pending.front();
+          pending.pop_front();
+        }
+      }
+      if (next.first.empty()) {
+        std::this_thread::sleep_for(50us);
+        continue;
+      }
+      visible_at(next.first);
+      const auto now = clock_type::now();
+      lags.push_back(std::chrono::duration<double, std::milli>(now - next.second).count());
+      // Everything committed before and already visible counts at the same instant.
+    }
+  });
+  const auto t0 = clock_type::now();
+  const auto interval = std::chrono::duration<double>(1.0 / rate);
+  std::uint64_t n = 0;
+  while (seconds_since(t0) < seconds) {
+    const auto due = t0 + std::chrono::duration_cast<clock_type::duration>(interval * n);
+    std::this_thread::sleep_until(due);
+    const auto position = send();
+    const auto committed = clock_type::now();
+    {
+      std::lock_guard lock(m);
+      pending.emplace_back(position, committed);
+    }
+    ++n;
+  }
+  out.rate = static_cast<double>(n) / seconds_since(t0);
+  done = true;
+  observer.join();
+  std::sort(lags.begin(), lags.end());
+  out.samples = lags.size();
+  if (!lags.empty()) {
+    out.p50 = lags[lags.size() / 2];
+    out.p99 = lags[std::min(lags.size() - 1, lags.size() * 99 / 100)];
+  }
+  return out;
+}
+
+void lag_line(const char* name, const lag_result& r, const char* projector_is) {
+  line(fmt::format(
+      R"({{"bench":"read","case":"{}","unit":"ms","value":{:.3f},"baseline":{},"ratio":{:.1f},"p50_ms":{:.3f},"p99_ms":{:.3f},"samples":{},"commands_per_s":{:.0f},"max_commands_per_s":{:.0f},"projector":"{}","baseline_is":"Emmett's measured p99"}})",
+      name, r.p99, emmett_p99_ms, emmett_p99_ms / std::max(r.p99, 1e-3), r.p50, r.p99, r.samples,
+      r.rate, r.max_rate, projector_is));
+}
+
+void lag_inprocess(const std::string& path) {
+  std::filesystem::remove(path);
+  cleave::sqlite::store db({.path = path, .sync = cleave::sqlite::durability::normal});
+  cleave::projector p(db);
+  p.add(counter("lag_counts"));
+  cleave::command_bus commands{&p.source()};
+  commands.add(place);
+  p.start();
+  auto r = measure_lag(
+      commands,
+      [&](cleave::position_token t) { p.wait_for("lag_counts", t, cleave::clock::now() + 10s); },
+      3.0);
+  p.stop();
+  lag_line("lag_inprocess", r, "worker thread in the writing process (SQLite, synchronous=NORMAL)");
+}
+
+// The child process of lag_postgres_crossprocess: projects until SIGTERM.
+int project_until_terminated(const std::string& url) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  cleave::postgres::store db({.url = url});
+  cleave::projector p(db);
+  p.add(counter("lag_counts"));
+  p.start();
+  int sig = 0;
+  sigwait(&set, &sig);
+  p.stop();
+  return 0;
+}
+
+void lag_postgres_crossprocess(const std::string& url, const char* self) {
+  cleave::postgres::store db({.url = url});
+  exec(db, "drop table if exists lag_counts");
+  exec(db, "delete from cleave_migrations where component = 'projection:lag_counts'");
+  exec(db, "delete from cleave_checkpoints where name = 'lag_counts'");
+  {
+    // Start the view at the log's head, so the child does not catch up the seeded events.
+    cleave::projector setup(db);
+    setup.add(counter("lag_counts"));
+    const auto head = db.head();
+    exec(db, fmt::format("update cleave_checkpoints set transaction_id = {}, position = {} where "
+                         "name = 'lag_counts'",
+                         head.transaction(), head.position()));
+  }
+  const pid_t child = fork();
+  if (child == 0) {
+    execl(self, self, "--project", url.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::this_thread::sleep_for(1s);  // the child connects and takes the lease
+  cleave::command_bus commands{&db};
+  commands.add(place);
+  // Watching from this process: the view's checkpoint, read on a connection of its own.
+  PGconn* watch = PQconnectdb(url.c_str());
+  auto r = measure_lag(
+      commands,
+      [&](cleave::position_token t) {
+        const auto until = clock_type::now() + 10s;
+        while (clock_type::now() < until) {
+          PGresult* res = PQexec(watch,
+                                 "select transaction_id, position from cleave_checkpoints where "
+                                 "name = 'lag_counts'");
+          const auto at = cleave::position_token(std::strtoull(PQgetvalue(res, 0, 0), nullptr, 10),
+                                                 std::strtoull(PQgetvalue(res, 0, 1), nullptr, 10));
+          PQclear(res);
+          if (!(at < t)) return;
+          std::this_thread::sleep_for(100us);
+        }
+      },
+      3.0);
+  PQfinish(watch);
+  kill(child, SIGTERM);
+  waitpid(child, nullptr, 0);
+  lag_line("lag_postgres_crossprocess", r,
+           "another process, woken by NOTIFY after commit; checkpoint polled every 0.1 ms");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--project") return project_until_terminated(argv[2]);
+  std::int64_t n = 1'000'000;
+  if (const char* v = std::getenv("CLEAVE_BENCH_READ_EVENTS"); v && *v) n = std::atoll(v);
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("cleave-bench-read-{}", getpid());
+  std::filesystem::create_directories(dir);
+  try {
+    {
+      const auto path = (dir / "log.db").string();
+      cleave::sqlite::store db({.path = path, .sync = cleave::sqlite::durability::normal});
+      seed(db, false, n);
+      projection_case(db, "sqlite", n);
+      memory_case(db, path, n);
+    }
+    lag_inprocess((dir / "lag.db").string());
+    if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
+      {
+        cleave::postgres::store db({.url = url});
+        exec(db, "truncate cleave_events");
+        for (const auto* t : {"counts", "counts_set_based"})
+          exec(db, fmt::format("drop table if exists {}", t));
+        exec(db, "delete from cleave_checkpoints");
+        exec(db, "delete from cleave_migrations where component like 'projection:%'");
+        seed(db, true, n);
+        projection_case(db, "postgres", n);
+      }
+      lag_postgres_crossprocess(url, argv[0]);
+    } else {
+      std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
+    }
+  } catch (const cleave::error_exception& e) {
+    std::fprintf(stderr, "cleave_bench_read: %s\n", e.error().describe().c_str());
+    std::filesystem::remove_all(dir);
+    return 1;
+  }
+  std::filesystem::remove_all(dir);
+  return 0;
+}
