@@ -35,6 +35,8 @@
 
 #include <fmt/format.h>
 #include <libpq-fe.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
 #include <cleave/cleave.hpp>
@@ -393,6 +395,9 @@ void lag_postgres_crossprocess(const std::string& url, const char* self) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // JSON lines alone on stdout; logs on stderr.
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "cleave", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   if (argc == 3 && std::string(argv[1]) == "--project") return project_until_terminated(argv[2]);
   std::int64_t n = 1'000'000;
   if (const char* v = std::getenv("CLEAVE_BENCH_READ_EVENTS"); v && *v) n = std::atoll(v);
@@ -411,6 +416,7 @@ int main(int argc, char** argv) {
     if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
       {
         cleave::postgres::store db({.url = url});
+        { cleave::projector tables(db); }  // cleave's projector tables, for a fresh cluster
         exec(db, "truncate cleave_events");
         for (const auto* t : {"counts", "counts_set_based"})
           exec(db, fmt::format("drop table if exists {}", t));

@@ -1,0 +1,7 @@
+#include "fault_test.hpp"
+
+#include "sqlite_backend.hpp"
+
+namespace fault {
+INSTANTIATE_TYPED_TEST_SUITE_P(sqlite, projector_faults, cleave::testing::sqlite_backend);
+}  // namespace fault
