@@ -335,8 +335,16 @@ TEST_F(shop_server, the_admin_api_lists_views_rebuilds_them_and_metrics_show_the
   auto list = http(port, "GET", "/admin/projections");
   ASSERT_EQ(list.status, 200) << list.body;
   auto views = body(list)["projections"];
-  ASSERT_EQ(views.size(), 1u);
+  ASSERT_EQ(views.size(), 2u);
   EXPECT_EQ(views[0]["name"], "order_summaries");
+  EXPECT_EQ(views[1]["name"], "top_products");
+  EXPECT_EQ(views[1]["mode"], "materialized");
+  // The best sellers come from the materialized view, refreshed for a read that waits.
+  auto top = http(port, "POST", "/queries/shop.top_products", R"({"limit":1})",
+                  {{"Content-Type", "application/json"},
+                   {"Cleave-Min-Position", placed.headers["cleave-position"]}});
+  ASSERT_EQ(top.status, 200) << top.body;
+  EXPECT_EQ(body(top)["result"][0]["product_id"], "tea");
   EXPECT_EQ(views[0]["mode"], "async");
   EXPECT_EQ(views[0]["lag_events"], 0);
   EXPECT_EQ(views[0]["checkpoint"], placed.headers["cleave-position"]);

@@ -1,7 +1,8 @@
 #pragma once
 // The reference application: customers, products with stock, orders. Stock and the lists read the
 // write tables (one model where one model is enough); order summaries and a customer's orders
-// come from a view kept by an async projection (order_summaries).
+// come from a view kept by an async projection (order_summaries); best sellers from a database
+// materialized view (top_products).
 
 #include <cstdint>
 #include <optional>

@@ -32,7 +32,7 @@ TEST(shop_on_postgres, places_summarizes_ranks_and_cancels_orders) {
   ASSERT_EQ(summary->lines.size(), 2u);
   EXPECT_EQ(summary->lines[0].product_name, "Kettle");
   EXPECT_EQ(summary->lines[1].price_cents, 599);
-  auto top = app.queries().ask(shop::top_products{1});
+  auto top = app.queries().ask(shop::top_products{1}, fresh);
   ASSERT_TRUE(top) << top.error().describe();
   ASSERT_EQ(top->size(), 1u);
   EXPECT_EQ((*top)[0].product_id, "mug");

@@ -153,9 +153,10 @@ namespace {
 
 json status_json(const projection_status& s) {
   json out{{"name", s.name},
-           {"mode", s.mode == projection_mode::inline_  ? "inline"
-                    : s.mode == projection_mode::memory ? "memory"
-                                                        : "async"},
+           {"mode", s.mode == projection_mode::inline_        ? "inline"
+                    : s.mode == projection_mode::memory       ? "memory"
+                    : s.mode == projection_mode::materialized ? "materialized"
+                                                              : "async"},
            {"checkpoint", s.checkpoint.to_string()},
            {"lag_events", s.lag_events},
            {"lag_seconds", s.lag_seconds},
@@ -397,6 +398,12 @@ void app::add_migrations(std::string component, std::span<const migration> steps
 
 void app::migrate() {
   for (const auto& [component, steps] : migrations_) store_->migrate(component, steps);
+  for (auto& [p, views] : std::exchange(pending_projections_, {}))
+    projector_->add(std::move(p), views);
+}
+
+void app::add_projection(projection p, cleave::store* views) {
+  pending_projections_.emplace_back(std::move(p), views);
 }
 
 void app::add_verb(std::string name, std::string usage, verb run) {

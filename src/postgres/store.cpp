@@ -513,6 +513,17 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
+position_token store::readable_head() {
+  return impl_->read([](connection& conn) {
+    auto r = conn.run(
+        "select transaction_id::text, position from cleave_events "
+        "where transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
+    if (r.rows() == 0) return position_token{};
+    return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
+  });
+}
+
 log_distance store::distance(position_token after) {
   return impl_->read([&](connection& conn) {
     const std::string xid = std::to_string(after.transaction());

@@ -222,8 +222,20 @@ void projector::add(projection p, store* views) {
         "projection '{}' is inline but its view lives in another store: an inline view must be "
         "in the write database, to change in the command's own transaction; make it async",
         p.name()));
+  if (p.mode() == projection_mode::materialized && views != &db_)
+    throw std::logic_error(fmt::format(
+        "projection '{}' is a materialized view of the write tables: it lives in the write "
+        "database",
+        p.name()));
   if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
-  if (!p.schema_sql().empty()) {
+  if (p.mode() == projection_mode::materialized) {
+    const bool pg = db_.dialect() == "postgresql";
+    const std::string sql =
+        fmt::format("create {0} {1} as {2}; create unique index {1}_key on {1}({3})",
+                    pg ? "materialized view" : "table", p.table(), p.select_sql(), p.key_columns());
+    const migration view[] = {{1, "materialized view", sql}};
+    views->migrate("projection:" + p.name(), view);
+  } else if (!p.schema_sql().empty()) {
     const std::string sql = replace_view(p.schema_sql(), p.table());
     const migration view[] = {{1, "view", sql}};
     views->migrate("projection:" + p.name(), view);
@@ -318,7 +330,7 @@ projection_status projector::status(std::string_view name) {
   out.name = p.def.name();
   out.mode = p.def.mode();
   out.checkpoint = checkpoint(name);
-  if (out.mode == projection_mode::async) {
+  if (out.mode == projection_mode::async || out.mode == projection_mode::materialized) {
     fill_lag(db_, out);
   }
   reading(*p.views, [&](read_context& ctx) {
@@ -453,6 +465,8 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
 position_token projector::wait_for(std::string_view name, position_token token,
                                    clock::time_point deadline) {
   if (!find_memory(name) && find(name).def.mode() == projection_mode::inline_) return token;
+  if (!find_memory(name) && find(name).def.mode() == projection_mode::materialized)
+    refresh_wanted_ = true;  // a reader waits: refresh now, not at the policy's pace
   for (;;) {
     // Checked under the lock the worker notifies under, so no wake-up is lost.
     std::unique_lock lock(progress_mutex_);
@@ -476,7 +490,22 @@ std::chrono::milliseconds projector::wait_fresh(std::string_view name,
   }
 }
 
+std::chrono::milliseconds projector::next_wait() const {
+  // A materialized view's time-based refresh must not wait for the slow poll.
+  auto wait = opts_.poll;
+  for (const auto& p : projections_)
+    if (p.def.mode() == projection_mode::materialized)
+      wait = std::min(wait, std::max(p.def.refresh().after, std::chrono::milliseconds(1)));
+  return wait;
+}
+
 std::size_t projector::catch_up(std::size_t batch) {
+  const auto applied = catch_up_async(batch);
+  refresh_materialized(true);
+  return applied;
+}
+
+std::size_t projector::catch_up_async(std::size_t batch) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
   for (const auto& p : projections_) {
@@ -488,8 +517,55 @@ std::size_t projector::catch_up(std::size_t batch) {
   return applied;
 }
 
+std::size_t projector::refresh_materialized(bool force) {
+  const bool wanted = refresh_wanted_.exchange(false);
+  std::size_t refreshed = 0;
+  for (const auto& p : projections_) {
+    if (p.def.mode() != projection_mode::materialized) continue;
+    const auto& name = p.def.name();
+    const auto at = checkpoint(name);
+    const auto behind = db_.distance(at);
+    if (behind.events == 0) continue;
+    const auto& policy = p.def.refresh();
+    const bool due = force || wanted || behind.events >= policy.after_events ||
+                     unix_ms() - behind.oldest_recorded_at_ms >= policy.after.count();
+    if (!due) continue;
+    // Everything at or before `upto` has committed, so the refresh, which starts after this,
+    // sees it: the recorded position never claims more than the view holds.
+    const auto upto = db_.readable_head();
+    writing(db_, [&](write_transaction& tx, write_context& ctx) {
+      if (db_.dialect() == "postgresql") {
+        tx.exec(fmt::format("refresh materialized view concurrently {}", p.def.table()), {});
+      } else {
+        tx.exec(fmt::format("delete from {}", p.def.table()), {});
+        tx.exec(fmt::format("insert into {} {}", p.def.table(), p.def.select_sql()), {});
+      }
+      ctx.exec(
+          "update cleave_checkpoints set transaction_id = $2, position = $3 where name = $1 and "
+          "(transaction_id < $2 or (transaction_id = $2 and position < $3))",
+          name, tx_of(upto), pos_of(upto));
+      return true;
+    });
+    ++refreshed;
+  }
+  if (refreshed > 0) {
+    { std::lock_guard lock(progress_mutex_); }
+    progress_.notify_all();
+  }
+  return refreshed;
+}
+
 rebuild_progress projector::rebuild(std::string_view name, const rebuild_options& options) {
   const auto& p = find(name);
+  if (p.def.mode() == projection_mode::materialized) {
+    // A materialized view is rebuilt whole by its refresh.
+    refresh_wanted_ = true;
+    refresh_materialized(false);
+    rebuild_progress done;
+    done.swapped = true;
+    if (options.on_progress) options.on_progress(done);
+    return done;
+  }
   if (p.def.mode() != projection_mode::async || p.def.schema_sql().empty())
     throw error_exception(
         {errc::validation,
@@ -661,7 +737,8 @@ void projector::run_worker() {
     leading_ = true;
     std::size_t applied = 0;
     try {
-      applied = catch_up();
+      applied = catch_up_async();
+      refresh_materialized(false);
     } catch (const error_exception& e) {
       spdlog::error("projector: {}", e.error().describe());
     } catch (const std::exception& e) {
@@ -670,7 +747,7 @@ void projector::run_worker() {
     if (applied > 0) continue;
     {
       std::unique_lock lock(wake_mutex_);
-      wake_.wait_for(lock, opts_.poll, [&] { return woken_ || !running_; });
+      wake_.wait_for(lock, next_wait(), [&] { return woken_ || !running_; });
       woken_ = false;
     }
     if (held && !held->held()) {

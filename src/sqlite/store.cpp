@@ -506,6 +506,10 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
+position_token store::readable_head() {
+  return head();  // one writer at a time: positions commit in order
+}
+
 log_distance store::distance(position_token after) {
   return impl_->read([&](connection& conn) {
     log_distance d;

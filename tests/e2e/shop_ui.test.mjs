@@ -53,7 +53,7 @@ test("place an order in the UI and see it in the order view", async () => {
     // The order view shows it, read through the command's position.
     await page.waitForSelector("#orders tbody tr[data-order]");
     assert.equal(await page.textContent("#orders tbody tr .status"), "placed");
-    assert.match(await page.textContent("#summary-lines"), /2 × Teapot/);
+    await page.waitForFunction(() => /2 × Teapot/.test(document.querySelector("#summary-lines")?.textContent || ""));
     assert.notEqual(await page.textContent("#position"), "none yet");
     assert.equal(Number(await page.textContent('#products tr[data-product="teapot"] .stock')), stockBefore - 2);
 
@@ -69,6 +69,20 @@ test("place an order in the UI and see it in the order view", async () => {
     await page.waitForFunction(() => document.querySelector("#orders tbody tr .status")?.textContent === "cancelled");
     assert.equal(Number(await page.textContent('#products tr[data-product="teapot"] .stock')), stockBefore);
     await page.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-e2e.png") });
+
+    // The admin page: the order view is current, and a rebuild swaps a fresh copy in.
+    await page.goto(`http://127.0.0.1:${port}/admin.html`);
+    await page.waitForSelector('#projections tr[data-projection="order_summaries"]');
+    await page.waitForFunction(() =>
+      document.querySelector('#projections tr[data-projection="order_summaries"] .lag-events')?.textContent === "0");
+    await page.click('#projections tr[data-projection="order_summaries"] button.rebuild-button');
+    await page.waitForFunction(() =>
+      /swapped/.test(document.querySelector('#projections tr[data-projection="order_summaries"] .rebuild')?.textContent || ""),
+      null, { timeout: 15000 });
+    await page.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-admin-e2e.png") });
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.selectOption("#customer", "grace");
+    await page.waitForFunction(() => document.querySelector("#orders tbody tr .status")?.textContent === "cancelled");
   } finally {
     await browser.close();
     shop.kill("SIGTERM");

@@ -75,6 +75,9 @@ class app {
   // The projector: register projections on it before the first command. Commands sent through
   // commands() apply its inline projections and wake its worker.
   cleave::projector& projections() noexcept { return *projector_; }
+  // Registers a projection, created and registered on the projector by migrate() after the
+  // application's own migrations (its view may read or join their tables).
+  void add_projection(projection p, cleave::store* views = nullptr);
   // Declares that query `wire_name` reads the views of these projections, so that its
   // consistency requests (at_least, bounded, strong) wait for them.
   void reads(std::string wire_name, std::vector<std::string> projection_names);
@@ -98,7 +101,7 @@ class app {
   // Registers the application's own migrations, applied by migrate() (and the `migrate` verb).
   // The span must outlive the app (a constexpr array, typically).
   void add_migrations(std::string component, std::span<const migration> steps);
-  // Applies every registered migration.
+  // Applies every registered migration, then creates the registered projections' views.
   void migrate();
 
   // Adds (or replaces) a verb.
@@ -113,6 +116,7 @@ class app {
   command_bus commands_;
   query_bus queries_;
   read_your_writes* consistency_ = nullptr;
+  std::vector<std::pair<projection, cleave::store*>> pending_projections_;
   mutable std::mutex jobs_mutex_;
   std::map<std::string, rebuild_job> jobs_;
   std::map<std::string, std::thread> job_threads_;

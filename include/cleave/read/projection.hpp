@@ -11,6 +11,8 @@
 //
 // A projection names its table `{view}`, so a rebuild can point it at a shadow copy.
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <span>
@@ -28,8 +30,16 @@
 namespace cleave {
 
 // inline_: in the command's transaction; async: after commit, in batches; memory: an in-memory
-// view (cleave::memory_view), async in this process.
-enum class projection_mode { inline_, async, memory };
+// view (cleave::memory_view), async in this process; materialized: a database materialized view
+// over the write tables, refreshed by the projector.
+enum class projection_mode { inline_, async, memory, materialized };
+
+// When a materialized view is refreshed: after this many events, or this long after the first
+// event it has not seen — whichever comes first — and at once when a read waits for it.
+struct refresh_policy {
+  std::uint64_t after_events = 100;
+  std::chrono::milliseconds after{500};
+};
 
 // What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
 // transaction that applies the event, and the event as stored.
@@ -125,6 +135,22 @@ class projection {
     return *this;
   }
 
+  // A database-native materialized view instead of handlers: `select_sql` (over the write
+  // tables) defines it; `key` names the column(s) that identify a row (PostgreSQL needs a unique
+  // index to refresh CONCURRENTLY, without blocking readers). On PostgreSQL a MATERIALIZED VIEW;
+  // on SQLite a table rebuilt in one transaction. The projector refreshes it per `policy` and
+  // records the log position each refresh reflects, so consistency requests can be answered.
+  projection& materialized(std::string select_sql, std::string key, refresh_policy policy = {}) {
+    select_ = std::move(select_sql);
+    key_ = std::move(key);
+    refresh_ = policy;
+    mode_ = projection_mode::materialized;
+    return *this;
+  }
+  const std::string& select_sql() const noexcept { return select_; }
+  const std::string& key_columns() const noexcept { return key_; }
+  const refresh_policy& refresh() const noexcept { return refresh_; }
+
   // Applied in the command's own transaction: the view is never behind, and lives in the write
   // database.
   projection& inline_() {
@@ -149,7 +175,8 @@ class projection {
   const std::map<std::string, fold_fn, std::less<>>& folds() const noexcept { return folds_; }
 
  private:
-  std::string name_, table_, schema_;
+  std::string name_, table_, schema_, select_, key_;
+  refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::map<std::string, apply_fn, std::less<>> handlers_;
   std::map<std::string, fold_fn, std::less<>> folds_;

@@ -104,8 +104,9 @@ class projector {
   bool leading() const noexcept { return leading_; }
 
   // Applies every event the async projections have not seen yet, in batches, on the calling
-  // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once); returns how
-  // many events were applied (to each projection, summed).
+  // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once), and refreshes
+  // every materialized view that is behind; returns how many events were applied (to each
+  // projection, summed).
   std::size_t catch_up(std::size_t batch = 0);  // 0: the options' batch
 
   // An event whose handler kept failing, set aside so the projection could go on.
@@ -159,6 +160,11 @@ class projector {
     store* views;
   };
   std::size_t catch_up_one(const entry& p, std::size_t batch);
+  std::size_t catch_up_async(std::size_t batch = 0);
+  // Refreshes the materialized views that are behind and due (all that are behind when `force`);
+  // returns how many it refreshed.
+  std::size_t refresh_materialized(bool force);
+  std::chrono::milliseconds next_wait() const;
   void apply_batch(const entry& p, write_transaction& tx, std::string_view table,
                    std::vector<stored_event>& events, std::string_view park_as, int attempts);
   const entry& find(std::string_view name) const;
@@ -179,6 +185,7 @@ class projector {
   bool woken_ = false;
   std::atomic<bool> running_{false};
   std::atomic<bool> leading_{false};
+  std::atomic<bool> refresh_wanted_{false};
   std::thread worker_, watcher_;
   std::unique_ptr<commit_watch> watch_;
   int max_attempts_ = 3;

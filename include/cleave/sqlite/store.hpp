@@ -45,6 +45,8 @@ class store final : public cleave::store {
   position_token head() override;
   void migrate(std::string_view component, std::span<const migration> migrations) override;
   std::vector<int> applied_migrations(std::string_view component) override;
+  position_token readable_head() override;
+  std::string_view dialect() const noexcept override { return "sqlite"; }
   log_distance distance(position_token after) override;
   std::unique_ptr<commit_watch> watch_commits() override;
   std::unique_ptr<lease> try_lease(std::string_view name) override;

@@ -80,6 +80,14 @@ class store : public session_source {
   // The versions of `component` applied so far, ascending.
   virtual std::vector<int> applied_migrations(std::string_view component) = 0;
 
+  // The newest position a gap-safe reader of the log can reach now: every event at or before it
+  // has committed (on PostgreSQL, below the oldest running transaction; else the head).
+  virtual position_token readable_head() = 0;
+
+  // The SQL dialect: "sqlite" or "postgresql" (for what cleave must write differently, such as
+  // materialized views).
+  virtual std::string_view dialect() const noexcept = 0;
+
   // How many committed events follow `after`, and when the oldest of them was recorded.
   virtual log_distance distance(position_token after) = 0;
 

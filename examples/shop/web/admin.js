@@ -1,0 +1,67 @@
+// The read side's admin page: GET /admin/projections every second; rebuild and replay buttons.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function api(method, path) {
+  const res = await fetch(path, { method });
+  const json = await res.json();
+  if (!res.ok) throw new Error(json.detail || json.title);
+  return json;
+}
+
+function say(text, ok) {
+  $("message").textContent = text;
+  $("message").className = ok ? "ok" : "error";
+}
+
+function rebuildCell(p) {
+  const job = p.rebuild;
+  if (!job) return p.rebuild_position !== undefined ? `unfinished at ${p.rebuild_position}` : "";
+  if (job.error) return `failed: ${job.error}`;
+  const share = job.total > 0 ? Math.min(1, job.applied / job.total) : 1;
+  const bar = `<progress max="1" value="${share}"></progress> ${job.applied}/${job.total}`;
+  if (job.running) return bar;
+  if (job.swapped) return `swapped (${job.applied} events)`;
+  if (job.differences > 0) return `not swapped: ${job.differences} rows differ`;
+  return bar;
+}
+
+async function load() {
+  const { projections } = await api("GET", "/admin/projections");
+  $("projections").querySelector("tbody").innerHTML = projections.map((p) => `
+    <tr data-projection="${p.name}">
+      <td>${p.name}</td><td>${p.mode}</td><td><code>${p.checkpoint || "0"}</code></td>
+      <td class="num lag-events">${p.lag_events}</td><td class="num">${p.lag_seconds.toFixed(3)}</td>
+      <td class="num dead">${p.dead_letters}</td><td class="rebuild">${rebuildCell(p)}</td>
+      <td>${p.mode === "async" || p.mode === "materialized" ? `<button class="rebuild-button" data-name="${p.name}">Rebuild</button>` : ""}
+          ${p.dead_letters > 0 ? `<button class="secondary replay" data-name="${p.name}">Replay</button>
+          <button class="secondary letters" data-name="${p.name}">Show</button>` : ""}</td>
+    </tr>`).join("");
+}
+
+$("projections").addEventListener("click", async (e) => {
+  const name = e.target.dataset.name;
+  if (!name) return;
+  try {
+    if (e.target.classList.contains("rebuild-button")) {
+      await api("POST", `/admin/projections/${name}/rebuild`);
+      say(`Rebuilding ${name}…`, true);
+    } else if (e.target.classList.contains("replay")) {
+      const r = await api("POST", `/admin/projections/${name}/replay-dead-letters`);
+      say(`Replayed ${r.replayed}; ${r.still_parked} still parked.`, true);
+    } else if (e.target.classList.contains("letters")) {
+      const { dead_letters } = await api("GET", `/admin/projections/${name}/dead-letters`);
+      $("letters").hidden = false;
+      $("letters-of").textContent = name;
+      $("letters").querySelector("tbody").innerHTML = dead_letters.map((d) =>
+        `<tr><td><code>${d.position}</code></td><td>${d.type}</td><td>${d.error}</td></tr>`).join("");
+    }
+    await load();
+  } catch (err) {
+    say(err.message, false);
+  }
+});
+
+load().catch((e) => say(e.message, false));
+setInterval(() => load().catch((e) => say(e.message, false)), 1000);
