@@ -1,0 +1,54 @@
+#include <cleave/testing/projection_kit.hpp>
+
+namespace cleave::testing {
+
+projection_kit::projection_kit(projection p, std::span<const migration> migrations,
+                               std::string_view component)
+    : store_(sqlite::options{.path = ":memory:"}),
+      name_(p.name()),
+      table_(p.table()),
+      projector_(std::make_unique<cleave::projector>(store_)) {
+  if (!migrations.empty()) store_.migrate(component, migrations);
+  projector_->set_max_attempts(1);  // a failing handler parks its event at once
+  projector_->add(std::move(p));
+}
+
+projection_kit& projection_kit::given_sql(std::string_view sql) {
+  auto& tx = store_.begin_write({});
+  try {
+    tx.exec(sql, {});
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.commit();
+  return *this;
+}
+
+void projection_kit::settle() {
+  projector_->catch_up();
+}
+
+std::string projection_kit::with_view(std::string_view sql) const {
+  std::string out(sql);
+  for (auto at = out.find("{view}"); at != std::string::npos; at = out.find("{view}", at))
+    out.replace(at, 6, table_);
+  return out;
+}
+
+verdict projection_kit::then_dead_letters(std::size_t n) {
+  settle();
+  const auto parked = projector_->dead_letters(name_);
+  if (parked.size() == n) return {};
+  std::string why = fmt::format("expected {} dead letters, found {}", n, parked.size());
+  for (const auto& d : parked)
+    why += fmt::format("; {} at {}: {}", d.type, d.position.to_string(), d.error);
+  return {false, why};
+}
+
+verdict projection_kit::compare(const json& got, const json& expected) {
+  if (got == expected) return {};
+  return {false, fmt::format("expected the rows {}, got {}", expected.dump(), got.dump())};
+}
+
+}  // namespace cleave::testing
