@@ -30,3 +30,21 @@ function(cleave_add_pg_test name)
   set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED postgres RESOURCE_LOCK postgres_cluster
     ENVIRONMENT CLEAVE_TEST_PG_URL_FILE=${CLEAVE_PG_DIR}/url)
 endfunction()
+
+# A hot standby of that cluster (pg_basebackup -R), for tests with the label `replica`; they find
+# its URL through CLEAVE_TEST_PG_STANDBY_URL_FILE (or CLEAVE_TEST_PG_STANDBY_URL).
+set(CLEAVE_PG_STANDBY_DIR ${PROJECT_BINARY_DIR}/postgres-standby)
+add_test(NAME postgres.standby.start
+  COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-cluster standby ${CLEAVE_PG_STANDBY_DIR} ${CLEAVE_PG_DIR})
+add_test(NAME postgres.standby.stop
+  COMMAND ${PROJECT_SOURCE_DIR}/scripts/pg-cluster stop ${CLEAVE_PG_STANDBY_DIR})
+set_tests_properties(postgres.standby.start PROPERTIES FIXTURES_SETUP postgres_standby
+  FIXTURES_REQUIRED postgres LABELS "postgres;replica")
+set_tests_properties(postgres.standby.stop PROPERTIES FIXTURES_CLEANUP postgres_standby
+  LABELS "postgres;replica")
+
+function(cleave_add_replica_test name)
+  cleave_add_pg_test(${name} ${ARGN} LABELS replica)
+  set_tests_properties(${name} PROPERTIES FIXTURES_REQUIRED "postgres;postgres_standby"
+    ENVIRONMENT "CLEAVE_TEST_PG_URL_FILE=${CLEAVE_PG_DIR}/url;CLEAVE_TEST_PG_STANDBY_URL_FILE=${CLEAVE_PG_STANDBY_DIR}/url")
+endfunction()

@@ -21,6 +21,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                                 "allowed; try again",
                                 name, stale.count(), wanted.max_staleness.count()));
     }
+    meta.consistency = strong();  // the views waited for are current on the primary
     return next();
   }
   // at_least(token), or strong: at least every commit before this query.
@@ -37,6 +38,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                               name, at.to_string(), behind, token.to_string()));
     }
   }
+  meta.consistency = strong();  // the views waited for are current on the primary
   return next();
 }
 

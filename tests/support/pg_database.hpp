@@ -24,6 +24,20 @@ inline std::string server_url() {
   return url;
 }
 
+// The hot standby of that server (tests labelled `replica`): CLEAVE_TEST_PG_STANDBY_URL, or the
+// URL the standby fixture wrote to CLEAVE_TEST_PG_STANDBY_URL_FILE.
+inline std::string standby_url() {
+  if (const char* url = std::getenv("CLEAVE_TEST_PG_STANDBY_URL"); url && *url) return url;
+  const char* file = std::getenv("CLEAVE_TEST_PG_STANDBY_URL_FILE");
+  if (!file)
+    throw std::runtime_error("set CLEAVE_TEST_PG_STANDBY_URL, or run the test through ctest");
+  std::ifstream in(file);
+  std::string url;
+  std::getline(in, url);
+  if (url.empty()) throw std::runtime_error(std::string("no standby URL in ") + file);
+  return url;
+}
+
 // The URL with its database name replaced (URIs only: postgresql://user@host:port/db?params).
 inline std::string with_database(const std::string& url, const std::string& name) {
   const auto scheme = url.find("://");
@@ -43,7 +57,7 @@ inline void admin(const std::string& url, const std::string& sql) {
     throw std::runtime_error("connecting to the test server: " + why);
   }
   PGresult* r = PQexec(c, sql.c_str());
-  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
   std::string why = PQresultErrorMessage(r);
   PQclear(r);
   PQfinish(c);
@@ -68,6 +82,7 @@ class pg_database {
   pg_database& operator=(const pg_database&) = delete;
 
   const std::string& url() const { return url_; }
+  const std::string& name() const { return name_; }
   void exec(const std::string& sql) const { admin(url_, sql); }
 
  private:

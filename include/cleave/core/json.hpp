@@ -258,7 +258,8 @@ json json_schema() {
   } else if constexpr (detail::is_vector<T>::value) {
     return json{{"type", "array"}, {"items", json_schema<typename T::value_type>()}};
   } else if constexpr (detail::is_string_map<T>::value) {
-    return json{{"type", "object"}, {"additionalProperties", json_schema<typename T::mapped_type>()}};
+    return json{{"type", "object"},
+                {"additionalProperties", json_schema<typename T::mapped_type>()}};
   } else {
     static_assert(described<T>, "json_schema<T>: T must be a type from_json accepts");
     json properties = json::object(), required = json::array();

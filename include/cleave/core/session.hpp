@@ -61,7 +61,9 @@ struct request_meta {
   std::string command_id;      // a command's idempotency key; empty when the caller gave none
   cleave::principal principal;
   clock::time_point deadline = clock::time_point::max();
-  cleave::consistency consistency;  // for queries
+  // For queries. Mutable: a behavior may tighten it for the store (read_your_writes sends a
+  // query that waited for its views to the primary, where those views are).
+  mutable cleave::consistency consistency;
 };
 
 // A value bound to a `$n` placeholder or read from a column: null, integer, real or text.

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <cleave/store/store.hpp>
 
@@ -19,6 +20,15 @@ struct options {
   std::chrono::milliseconds pool_timeout{5000};
   // How long the outcome of a command with an id is kept for its retries.
   std::chrono::seconds outcome_retention = std::chrono::hours(24 * 7);
+  // Hot standbys (postgresql:// URLs) that serve read-only transactions. `eventual` reads go to
+  // a standby less than replica_max_lag behind; `bounded(t)` to one less than t behind;
+  // `at_least(token)` to one that has replayed the token's commit LSN, waiting up to replica_wait
+  // for one (then the primary, or errc::unavailable when replica_fallback_to_primary is false);
+  // `strong` always to the primary.
+  std::vector<std::string> replicas;
+  std::chrono::milliseconds replica_max_lag{5000};
+  std::chrono::milliseconds replica_wait{1000};
+  bool replica_fallback_to_primary = true;
 };
 
 // A PostgreSQL database as a cleave store. Write transactions run concurrently; the event log is
@@ -44,6 +54,7 @@ class store final : public cleave::store {
   log_distance distance(position_token after) override;
   std::unique_ptr<commit_watch> watch_commits() override;
   std::unique_ptr<lease> try_lease(std::string_view name) override;
+  std::vector<replica_status> replicas() override;
 
   const options& settings() const noexcept { return options_; }
 

@@ -62,6 +62,16 @@ class lease {
   virtual bool held() = 0;
 };
 
+// A read replica as the store sees it (PostgreSQL hot standbys).
+struct replica_status {
+  std::string url;
+  std::uint64_t replay_lsn = 0;  // how far it has replayed the primary's WAL
+  std::uint64_t lag_bytes = 0;   // WAL the primary has written that it has not replayed
+  double lag_seconds = 0;        // how long ago the primary wrote the oldest WAL it lacks
+  bool set_aside = false;        // lagging past the limit: reads go elsewhere
+  std::uint64_t reads = 0;       // read transactions it has served
+};
+
 // A database behind the buses. Thread-safe.
 class store : public session_source {
  public:
@@ -96,6 +106,9 @@ class store : public session_source {
 
   // Claims `name` when no one holds it; null when another holder has it.
   virtual std::unique_ptr<lease> try_lease(std::string_view name) = 0;
+
+  // The read replicas queries may be served from, and how far behind each is (none by default).
+  virtual std::vector<replica_status> replicas() { return {}; }
 };
 
 }  // namespace cleave
