@@ -36,10 +36,12 @@ struct config_file {
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<bool> run_projector;
+  std::optional<std::vector<std::string>> replicas;
+  std::optional<std::int64_t> replica_max_lag_ms;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles, run_projector)
+              tokens, roles, run_projector, replicas, replica_max_lag_ms)
 
 void print_json(const json& j) {
   std::cout << j.dump(2) << std::endl;
@@ -90,10 +92,24 @@ result<app_config> load_config(const std::filesystem::path& file) {
         c.tokens[token] = principal{who.subject, who.roles};
     if (f.roles) c.roles = *f.roles;
     if (f.run_projector) c.run_projector = *f.run_projector;
+    if (f.replicas) c.replicas = *f.replicas;
+    if (f.replica_max_lag_ms) {
+      if (*f.replica_max_lag_ms <= 0) return invalid("replica_max_lag_ms", "must be positive");
+      c.replica_max_lag = std::chrono::milliseconds(*f.replica_max_lag_ms);
+    }
   }
   if (const char* v = std::getenv("CLEAVE_DATABASE"); v && *v) c.database = v;
   if (const char* v = std::getenv("CLEAVE_LISTEN"); v && *v) c.listen = v;
   if (const char* v = std::getenv("CLEAVE_LOG_LEVEL"); v && *v) c.log_level = v;
+  if (const char* v = std::getenv("CLEAVE_REPLICAS"); v && *v) {
+    c.replicas.clear();
+    std::string_view rest = v;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      if (auto one = rest.substr(0, comma); !one.empty()) c.replicas.emplace_back(one);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+  }
   if (const char* v = std::getenv("CLEAVE_PROJECTOR"); v && *v) {
     const std::string_view on = v;
     if (on != "on" && on != "off") return invalid("CLEAVE_PROJECTOR", "must be on or off");
@@ -102,10 +118,32 @@ result<app_config> load_config(const std::filesystem::path& file) {
   return c;
 }
 
-std::unique_ptr<store> open_store(const std::string& database) {
-  if (database.starts_with("postgresql://") || database.starts_with("postgres://"))
-    return std::make_unique<postgres::store>(postgres::options{.url = database});
+std::unique_ptr<store> open_store(const app_config& config) {
+  const auto& database = config.database;
+  if (database.starts_with("postgresql://") || database.starts_with("postgres://")) {
+    postgres::options o{.url = database};
+    o.replicas = config.replicas;
+    o.replica_max_lag = config.replica_max_lag;
+    return std::make_unique<postgres::store>(o);
+  }
+  if (!config.replicas.empty())
+    throw error_exception({errc::validation,
+                           "replicas are PostgreSQL hot standbys: the database must be one too",
+                           {}});
   return std::make_unique<sqlite::store>(sqlite::options{.path = database});
+}
+
+json replicas_json(store& s) {
+  json out = json::array();
+  for (const auto& r : s.replicas())
+    out.push_back(
+        {{"url", r.url},
+         {"replay_lsn", fmt::format("{:X}/{:X}", r.replay_lsn >> 32, r.replay_lsn & 0xffffffff)},
+         {"lag_bytes", r.lag_bytes},
+         {"lag_seconds", r.lag_seconds},
+         {"set_aside", r.set_aside},
+         {"reads", r.reads}});
+  return out;
 }
 
 result<consistency> parse_consistency(std::string_view text) {
@@ -185,7 +223,7 @@ json projections_json(projector& p) {
 
 app::app(app_config config)
     : config_(std::move(config)),
-      store_(open_store(config_.database)),
+      store_(open_store(config_)),
       projector_(std::make_unique<cleave::projector>(*store_)),
       commands_(&projector_->source()),
       queries_(store_.get()) {

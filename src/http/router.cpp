@@ -432,6 +432,21 @@ std::string lag_metrics(app& a) {
   for (const auto& p : all)
     out += fmt::format("cleave_projection_dead_letters{{projection=\"{}\"}} {}\n",
                        p["name"].get<std::string>(), p["dead_letters"].get<std::uint64_t>());
+  const auto replicas = a.store().replicas();
+  if (!replicas.empty()) {
+    out +=
+        "# HELP cleave_replica_lag_seconds How long ago the primary wrote the oldest WAL a replica "
+        "lacks.\n";
+    out += "# TYPE cleave_replica_lag_seconds gauge\n";
+    for (const auto& r : replicas)
+      out += fmt::format("cleave_replica_lag_seconds{{replica=\"{}\"}} {}\n", r.url, r.lag_seconds);
+    out +=
+        "# HELP cleave_replica_lag_bytes WAL the primary has written that a replica has not "
+        "replayed.\n";
+    out += "# TYPE cleave_replica_lag_bytes gauge\n";
+    for (const auto& r : replicas)
+      out += fmt::format("cleave_replica_lag_bytes{{replica=\"{}\"}} {}\n", r.url, r.lag_bytes);
+  }
   return out;
 }
 
@@ -463,7 +478,7 @@ response router::admin(const request& r, const std::string& path, request_meta& 
                          {"differences", job->second.progress.differences},
                          {"error", job->second.error}};
     }
-    return ok({{"projections", list}});
+    return ok({{"projections", list}, {"replicas", replicas_json(app_.store())}});
   }
   if (!path.starts_with(std::string(prefix) + "/"))
     return problem(404, {errc::not_found, "no such admin route", {}}, meta.correlation_id);

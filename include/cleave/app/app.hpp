@@ -34,6 +34,10 @@ namespace cleave {
 struct app_config {
   // A SQLite file (created with its folder), ":memory:", or a postgresql:// URL.
   std::string database = "var/app.db";
+  // PostgreSQL hot standbys that serve queries (postgresql:// URLs), and how far one may lag
+  // before reads leave it (see postgres::options).
+  std::vector<std::string> replicas;
+  std::chrono::milliseconds replica_max_lag{5000};
   std::string listen = "127.0.0.1:8080";
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_header_bytes = 16 << 10;
@@ -54,7 +58,7 @@ struct app_config {
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
 // malformed one is an error naming the member), then the environment: CLEAVE_DATABASE,
-// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL, CLEAVE_PROJECTOR (on/off).
+// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL, CLEAVE_PROJECTOR (on/off), CLEAVE_REPLICAS (comma-separated).
 result<app_config> load_config(const std::filesystem::path& file);
 
 class app {
@@ -128,8 +132,11 @@ class app {
   std::map<std::string, verb_entry> verbs_;
 };
 
-// Opens the store a database setting names (see app_config::database).
-std::unique_ptr<store> open_store(const std::string& database);
+// Opens the store a configuration names (database, and replicas for PostgreSQL).
+std::unique_ptr<store> open_store(const app_config& config);
+
+// The read replicas and their lag, as JSON (the HTTP admin API).
+json replicas_json(store& s);
 
 // Where each of the projector's projections stands, as JSON (the `projections list` verb, the
 // HTTP admin API): name, mode, checkpoint, lag_events, lag_seconds, dead_letters.
