@@ -9,12 +9,15 @@
 //   rebuild_sqlite / rebuild_postgres   a rebuild (shadow table, chunks, swap) against the
 //       set-based statement (ratio baseline ÷ value); PostgreSQL also reports REFRESH MATERIALIZED
 //       VIEW of the same view.
+//   replica_read_your_writes   the wait for at_least(token) on a hot standby (p99), beside the
+//       standby's replay lag, against the same read on the primary.
 //   lag_inprocess (SQLite) and lag_postgres_crossprocess (projector in another process):
 //       commit -> visible in the view at half the maximum command rate; p50/p99 in ms; ratio
 //       against Emmett's measured p99 of 1,348 ms.
 //
 // N is CLEAVE_BENCH_READ_EVENTS (default 1,000,000). PostgreSQL cases run when
-// CLEAVE_BENCH_PG_URL names a server (make bench starts one).
+// CLEAVE_BENCH_PG_URL names a server, the replica case when CLEAVE_BENCH_PG_STANDBY_URL names its
+// standby (make bench starts both).
 
 #include <algorithm>
 #include <atomic>
@@ -158,7 +161,7 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
   const auto t0 = clock_type::now();
   const auto applied = p.catch_up();
   const double took = seconds_since(t0);
-  const auto check = scalar(db, "select coalesce(sum(n), 0) from counts");
+  const auto check = scalar(db, "select cast(coalesce(sum(n), 0) as bigint) from counts");
   if (check != n || static_cast<std::int64_t>(applied) != n)
     std::fprintf(stderr, "projection_%s: the view counts %lld events, expected %lld\n", backend,
                  static_cast<long long>(check), static_cast<long long>(n));
@@ -392,6 +395,65 @@ void lag_postgres_crossprocess(const std::string& url, const char* self) {
            "another process, woken by NOTIFY after commit; checkpoint polled every 0.1 ms");
 }
 
+struct item_quantity {
+  std::string id;
+  using response = std::int64_t;
+};
+CLEAVE_QUERY(item_quantity, "bench.item_quantity", id)
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(static_cast<double>(v.size()) * p))];
+}
+
+// Read-your-writes on a hot standby: each command's row read back with at_least(token), served
+// by the standby once it has replayed the commit; against the same read on the primary.
+void replica_read_your_writes(const std::string& url, const std::string& standby) {
+  cleave::postgres::options o{.url = url};
+  o.replicas = {standby};
+  o.replica_fallback_to_primary = false;
+  cleave::postgres::store db(o);
+  exec(db, "drop table if exists ryw_items");
+  exec(db, "create table ryw_items(id text primary key, quantity bigint not null)");
+  cleave::command_bus commands{&db};
+  commands.add([](const bench::place_item& c, cleave::write_context& tx) -> cleave::result<void> {
+    tx.exec("insert into ryw_items(id, quantity) values ($1, $2)", c.id, c.quantity);
+    tx.emit(c.id, bench::item_placed{c.id, c.quantity});
+    return {};
+  });
+  cleave::query_bus queries{&db};
+  queries.add([](const item_quantity& q, const cleave::read_context& r) {
+    return r.one<std::int64_t>("select quantity from ryw_items where id = $1", q.id);
+  });
+  std::this_thread::sleep_for(200ms);  // the standby replays the new table
+  std::vector<double> on_standby, on_primary, replay_lag;
+  const auto t0 = clock_type::now();
+  for (int i = 0; seconds_since(t0) < 5.0; ++i) {
+    const auto id = fmt::format("r{}", i);
+    auto done = commands.send(bench::place_item{id, 1});
+    if (!done) continue;
+    cleave::request_meta meta;
+    meta.consistency = cleave::at_least(done->position);
+    auto a = clock_type::now();
+    auto seen = queries.ask(item_quantity{id}, meta);
+    on_standby.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - a).count());
+    if (!seen) std::fprintf(stderr, "replica read: %s\n", seen.error().describe().c_str());
+    cleave::request_meta strong;
+    strong.consistency = cleave::strong();
+    a = clock_type::now();
+    (void)queries.ask(item_quantity{id}, strong);
+    on_primary.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - a).count());
+    if (i % 10 == 0) replay_lag.push_back(db.replicas().at(0).lag_seconds * 1000);
+  }
+  const auto served = db.replicas().at(0).reads;
+  const double p99 = percentile(on_standby, 0.99), base = percentile(on_primary, 0.99);
+  line(fmt::format(
+      R"({{"bench":"read","case":"replica_read_your_writes","unit":"ms","value":{:.3f},"baseline":{:.3f},"ratio":{:.3f},"p50_ms":{:.3f},"p99_ms":{:.3f},"replay_lag_p50_ms":{:.3f},"replay_lag_p99_ms":{:.3f},"reads":{},"served_by_standby":{},"baseline_is":"the same read on the primary (strong), p99"}})",
+      p99, base, base / std::max(p99, 1e-3), percentile(on_standby, 0.5), p99,
+      percentile(replay_lag, 0.5), percentile(replay_lag, 0.99), on_standby.size(), served));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -426,6 +488,10 @@ int main(int argc, char** argv) {
         projection_case(db, "postgres", n);
       }
       lag_postgres_crossprocess(url, argv[0]);
+      if (const char* standby = std::getenv("CLEAVE_BENCH_PG_STANDBY_URL"); standby && *standby)
+        replica_read_your_writes(url, standby);
+      else
+        std::fprintf(stderr, "CLEAVE_BENCH_PG_STANDBY_URL is not set: skipping the replica case\n");
     } else {
       std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
     }

@@ -15,8 +15,8 @@ command_kit::command_kit(std::span<const migration> migrations, std::string_view
   if (!migrations.empty()) store_.migrate(component, migrations);
 }
 
-command_kit& command_kit::given_sql(std::string_view sql) {
-  auto& tx = store_.begin_write({});
+void detail::run_sql(session_source& source, std::string_view sql) {
+  auto& tx = source.begin_write({});
   try {
     tx.exec(sql, {});
   } catch (...) {
@@ -24,7 +24,6 @@ command_kit& command_kit::given_sql(std::string_view sql) {
     throw;
   }
   tx.commit();
-  return *this;
 }
 
 const result<json_outcome>& command_kit::outcome() const {

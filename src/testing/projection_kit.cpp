@@ -13,18 +13,6 @@ projection_kit::projection_kit(projection p, std::span<const migration> migratio
   projector_->add(std::move(p));
 }
 
-projection_kit& projection_kit::given_sql(std::string_view sql) {
-  auto& tx = store_.begin_write({});
-  try {
-    tx.exec(sql, {});
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
-  tx.commit();
-  return *this;
-}
-
 void projection_kit::settle() {
   projector_->catch_up();
 }

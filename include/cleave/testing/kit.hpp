@@ -42,6 +42,27 @@ expected_event as_expected(const E& e) {
   return {std::string(info_of<E>().wire_name), to_json(e)};
 }
 
+namespace detail {
+
+// Appends `events` to `stream` in one transaction from `source`.
+template <class... E>
+void append_events(session_source& source, std::string_view stream, const E&... events) {
+  auto& tx = source.begin_write({});
+  write_context ctx(&tx, cleave::detail::no_meta);
+  try {
+    (ctx.emit(stream, events), ...);
+  } catch (...) {
+    tx.rollback();
+    throw;
+  }
+  tx.commit();
+}
+
+// Runs `sql` (statements without parameters) in one transaction from `source`.
+void run_sql(session_source& source, std::string_view sql);
+
+}  // namespace detail
+
 class command_kit {
  public:
   // A fresh in-memory database with cleave's tables and `migrations` applied (as `component`).
@@ -54,23 +75,18 @@ class command_kit {
   // Given: these events already in `stream`, in order.
   template <class... E>
   command_kit& given(std::string_view stream, const E&... events) {
-    auto& tx = store_.begin_write({});
-    write_context ctx(&tx, detail::no_meta);
-    try {
-      (ctx.emit(stream, events), ...);
-    } catch (...) {
-      tx.rollback();
-      throw;
-    }
-    tx.commit();
+    detail::append_events(store_, stream, events...);
     return *this;
   }
   // Given: any state, written by SQL.
-  command_kit& given_sql(std::string_view sql);
+  command_kit& given_sql(std::string_view sql) {
+    detail::run_sql(store_, sql);
+    return *this;
+  }
 
   // When: sends the command and keeps its outcome and the events it appended.
   template <class C>
-  command_kit& when(const C& command_message, const request_meta& meta = detail::no_meta) {
+  command_kit& when(const C& command_message, const request_meta& meta = cleave::detail::no_meta) {
     const auto before = store_.head();
     auto r = commands_.send(command_message, meta);
     if (r) {

@@ -34,19 +34,14 @@ class projection_kit {
   // in it); the async worker's part is done before the next `then`.
   template <class... E>
   projection_kit& given(std::string_view stream, const E&... events) {
-    auto& tx = projector_->source().begin_write({});
-    write_context ctx(&tx, detail::no_meta);
-    try {
-      (ctx.emit(stream, events), ...);
-    } catch (...) {
-      tx.rollback();
-      throw;
-    }
-    tx.commit();
+    detail::append_events(projector_->source(), stream, events...);
     return *this;
   }
   // Given: state written by SQL (the tables a materialized view reads).
-  projection_kit& given_sql(std::string_view sql);
+  projection_kit& given_sql(std::string_view sql) {
+    detail::run_sql(store_, sql);
+    return *this;
+  }
 
   // The view's rows as T (a CLEAVE_RECORD or a scalar), `{view}` standing for its table, after
   // the projector has caught up.
@@ -55,7 +50,7 @@ class projection_kit {
     settle();
     auto& tx = store_.begin_read({});
     try {
-      read_context ctx(&tx, detail::no_meta);
+      read_context ctx(&tx, cleave::detail::no_meta);
       auto out = ctx.many<T>(with_view(sql));
       tx.finish();
       return out;
