@@ -491,7 +491,7 @@ struct store::impl {
         }
       }
       if (clock::now() >= until) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
     if (opts.replica_fallback_to_primary) return nullptr;
     throw error_exception(

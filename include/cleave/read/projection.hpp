@@ -53,6 +53,11 @@ class view_context {
     const std::array<sql_value, sizeof...(Args)> params{detail::to_sql(args)...};
     return tx_.exec(with_table(sql), params);
   }
+  // The same with the parameters in a span: for statements built at run time, such as one
+  // multi-row insert for a whole fold (`values ($1, $2), ($3, $4), …`).
+  std::int64_t exec_params(std::string_view sql, std::span<const sql_value> params) {
+    return tx_.exec(with_table(sql), params);
+  }
   template <class T, class... Args>
   result<T> one(std::string_view sql, const Args&... args) {
     return reader().template one<T>(with_table(sql), args...);
