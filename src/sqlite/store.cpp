@@ -354,6 +354,9 @@ struct store::impl {
         fresh->own =
             std::make_unique<connection>(opts.path, SQLITE_OPEN_READONLY, opts.busy_timeout);
         fresh->own->script("pragma query_only = 1");
+        // Pages through a memory map rather than a read() each: catching up a projection reads
+        // the log at several times the speed.
+        fresh->own->script("pragma mmap_size = 268435456");
         fresh->conn = fresh->own.get();
         free_readers.push_back(fresh.get());
         readers.push_back(std::move(fresh));
