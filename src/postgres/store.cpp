@@ -674,6 +674,25 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
+std::vector<position_token> store::read_positions(position_token after, std::size_t limit) {
+  return impl_->read([&](connection& conn) {
+    const std::string xid = std::to_string(after.transaction());
+    const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
+                                static_cast<std::int64_t>(limit)};
+    auto r = conn.run(
+        "select transaction_id::text, position from cleave_events "
+        "where (transaction_id, position) > ($1::text::xid8, $2) "
+        "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
+        "order by cleave_events.transaction_id, cleave_events.position limit $3",
+        params);
+    std::vector<position_token> out;
+    out.reserve(static_cast<std::size_t>(r.rows()));
+    for (int i = 0; i < r.rows(); ++i)
+      out.emplace_back(parse_u64(r.text(i, 0)), static_cast<std::uint64_t>(r.integer(i, 1)));
+    return out;
+  });
+}
+
 position_token store::readable_head() {
   return impl_->read([](connection& conn) {
     auto r = conn.run(

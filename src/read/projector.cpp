@@ -227,6 +227,11 @@ void projector::add(projection p, store* views) {
         "projection '{}' is a materialized view of the write tables: it lives in the write "
         "database",
         p.name()));
+  if (!p.batch_sql_text().empty() && (views != &db_ || p.mode() != projection_mode::async))
+    throw std::logic_error(fmt::format(
+        "projection '{}' is set-based: it reads the log where it lives, so it is async and its "
+        "view is in the write database",
+        p.name()));
   if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
   if (p.mode() == projection_mode::materialized) {
     const bool pg = db_.dialect() == "postgresql";
@@ -394,14 +399,52 @@ void projector::apply_batch(const entry& p, write_transaction& tx, std::string_v
   }
 }
 
+// The log's rows after `from` up to `to`, as a subquery, and its parameters' values.
+void projector::apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
+                                position_token from, position_token to) {
+  const bool pg = db_.dialect() == "postgresql";
+  const std::string events =
+      pg ? "(select * from cleave_events where (transaction_id, position) > ($1::text::xid8, $2) "
+           "and (transaction_id, position) <= ($3::text::xid8, $4))"
+         : "(select * from cleave_events where position > $1 and position <= $2)";
+  std::string sql = replace_view(p.def.batch_sql_text(), table);
+  for (auto at = sql.find("{events}"); at != std::string::npos; at = sql.find("{events}", at))
+    sql.replace(at, 8, events);
+  const std::string from_tx = std::to_string(from.transaction()),
+                    to_tx = std::to_string(to.transaction());
+  if (pg) {
+    const sql_value params[] = {std::string_view(from_tx), pos_of(from), std::string_view(to_tx),
+                                pos_of(to)};
+    tx.exec(sql, params);
+  } else {
+    const sql_value params[] = {pos_of(from), pos_of(to)};
+    tx.exec(sql, params);
+  }
+}
+
 std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
   const auto& name = p.def.name();
   const auto from = checkpoint(name);
-  auto events = db_.read_events(from, batch);
-  if (events.empty()) return 0;
-  const auto to = events.back().position;
+  const bool set_based = !p.def.batch_sql_text().empty();
+  std::vector<stored_event> events;
+  position_token to;
+  std::size_t count = 0;
+  if (set_based) {
+    const auto positions = db_.read_positions(from, batch);
+    if (positions.empty()) return 0;
+    to = positions.back();
+    count = positions.size();
+  } else {
+    events = db_.read_events(from, batch);
+    if (events.empty()) return 0;
+    to = events.back().position;
+    count = events.size();
+  }
   const bool moved = writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
-    apply_batch(p, tx, p.def.table(), events, name, max_attempts_);
+    if (set_based)
+      apply_set_based(p, tx, p.def.table(), from, to);
+    else
+      apply_batch(p, tx, p.def.table(), events, name, max_attempts_);
     // Another projector that moved the checkpoint first wins: its batch stands, this one not.
     return ctx.exec(
                "update cleave_checkpoints set transaction_id = $2, position = $3 "
@@ -411,7 +454,7 @@ std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
   if (!moved) return 0;
   { std::lock_guard lock(progress_mutex_); }
   progress_.notify_all();
-  return events.size();
+  return count;
 }
 
 std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
@@ -607,13 +650,25 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   // Chunks: each applies events into the shadow and moves the rebuild's own position.
   auto fill = [&](position_token until) {
     for (;;) {
-      auto events = db_.read_events(at, chunk);
-      if (!until.empty())
+      const bool set_based = !p.def.batch_sql_text().empty();
+      std::vector<stored_event> events;
+      std::vector<position_token> positions;
+      if (set_based)
+        positions = db_.read_positions(at, chunk);
+      else
+        for (auto& e : db_.read_events(at, chunk))
+          positions.push_back(e.position), events.push_back(std::move(e));
+      if (!until.empty()) {
+        std::erase_if(positions, [&](position_token t) { return until < t; });
         std::erase_if(events, [&](const stored_event& e) { return until < e.position; });
-      if (events.empty()) return;
-      const auto to = events.back().position;
+      }
+      if (positions.empty()) return;
+      const auto to = positions.back();
       const bool moved = writing(views, [&](write_transaction& tx, write_context& ctx) {
-        apply_batch(p, tx, state.shadow, events, state.shadow, 1);
+        if (set_based)
+          apply_set_based(p, tx, state.shadow, at, to);
+        else
+          apply_batch(p, tx, state.shadow, events, state.shadow, 1);
         return ctx.exec(
                    "update cleave_rebuilds set transaction_id = $2, position = $3 where name = $1 "
                    "and transaction_id = $4 and position = $5",
@@ -622,7 +677,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
       if (!moved)
         throw error_exception(
             {errc::conflict, fmt::format("another rebuild of '{}' is running", name), {}});
-      progress.applied += events.size();
+      progress.applied += positions.size();
       at = to;
       report();
     }
@@ -655,7 +710,10 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
                    name, tx_of(at), pos_of(at), tx_of(live_at), pos_of(live_at)) != 1)
         return false;  // the live view moved meanwhile: look again
       if (options.verify) {
-        apply_batch(p, tx, p.def.table(), live_gap, name, 1);
+        if (!p.def.batch_sql_text().empty())
+          apply_set_based(p, tx, p.def.table(), live_at, at);
+        else
+          apply_batch(p, tx, p.def.table(), live_gap, name, 1);
         const auto live = p.def.table();
         const auto count = [&](const std::string& a, const std::string& b) {
           return ctx

@@ -509,6 +509,20 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
+std::vector<position_token> store::read_positions(position_token after, std::size_t limit) {
+  return impl_->read([&](connection& conn) {
+    std::vector<position_token> out;
+    const sql_value params[] = {static_cast<std::int64_t>(after.position()),
+                                static_cast<std::int64_t>(limit)};
+    run_query(conn,
+              "select position from cleave_events where position > $1 order by position limit $2",
+              params, [&](const row_view& row) {
+                out.emplace_back(0, static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(0))));
+              });
+    return out;
+  });
+}
+
 position_token store::readable_head() {
   return head();  // one writer at a time: positions commit in order
 }

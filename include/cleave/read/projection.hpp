@@ -140,6 +140,18 @@ class projection {
     return *this;
   }
 
+  // Set-based instead of handlers: one SQL statement applies a whole batch, `{events}` standing
+  // for the batch's rows of the log (columns position, stream, stream_version, type, payload,
+  // …; `payload->>'field'` reads a member on both backends) and `{view}` for the table, e.g.
+  //   insert into {view}(stream, n) select stream, count(*) from {events} group by stream
+  //   on conflict(stream) do update set n = {view}.n + excluded.n
+  // Async, with its view in the write database (it reads the log there).
+  projection& batch_sql(std::string sql) {
+    batch_sql_ = std::move(sql);
+    return *this;
+  }
+  const std::string& batch_sql_text() const noexcept { return batch_sql_; }
+
   // A database-native materialized view instead of handlers: `select_sql` (over the write
   // tables) defines it; `key` names the column(s) that identify a row (PostgreSQL needs a unique
   // index to refresh CONCURRENTLY, without blocking readers). On PostgreSQL a MATERIALIZED VIEW;
@@ -180,7 +192,7 @@ class projection {
   const std::map<std::string, fold_fn, std::less<>>& folds() const noexcept { return folds_; }
 
  private:
-  std::string name_, table_, schema_, select_, key_;
+  std::string name_, table_, schema_, select_, key_, batch_sql_;
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::map<std::string, apply_fn, std::less<>> handlers_;

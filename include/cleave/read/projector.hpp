@@ -161,6 +161,8 @@ class projector {
   };
   std::size_t catch_up_one(const entry& p, std::size_t batch);
   std::size_t catch_up_async(std::size_t batch = 0);
+  void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
+                       position_token from, position_token to);
   // Refreshes the materialized views that are behind and due (all that are behind when `force`);
   // returns how many it refreshed.
   std::size_t refresh_materialized(bool force);

@@ -79,6 +79,10 @@ class store : public session_source {
   // returns an event past one that a still-running transaction may yet commit before it.
   virtual std::vector<stored_event> read_events(position_token after, std::size_t limit) = 0;
 
+  // The positions of up to `limit` committed events after `after`, gap-safe like read_events(),
+  // without reading the events themselves (a set-based projection's batch bounds).
+  virtual std::vector<position_token> read_positions(position_token after, std::size_t limit) = 0;
+
   // The position of the newest committed event (the empty token for an empty log). A reader of
   // the log gets there once every transaction that was running when it committed has ended.
   virtual position_token head() = 0;
