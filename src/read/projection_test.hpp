@@ -530,8 +530,49 @@ TYPED_TEST_P(projections,
                std::logic_error);
 }
 
+TYPED_TEST_P(projections, a_set_based_projection_applies_a_batch_in_one_statement) {
+  cleave::projector projector(*this->db);
+  cleave::projection per_name{"names_set_based"};
+  per_name.schema("create table {view}(name text primary key, n bigint not null)")
+      .batch_sql(
+          "insert into {view}(name, n) select payload->>'name', count(*) from {events} "
+          "where type = 'views.customer_registered' group by payload->>'name' "
+          "on conflict(name) do update set n = {view}.n + excluded.n");
+  projector.add(std::move(per_name));
+  cleave::command_bus commands{&projector.source()};
+  commands.add(register_handler);
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(commands.send(register_customer{"c" + std::to_string(i), i % 3 ? "x" : "y"}));
+  EXPECT_EQ(settle(projector, 4), 10u);
+  auto count = [&](const std::string& name) {
+    std::int64_t n = 0;
+    auto& tx = this->db->begin_read({});
+    tx.query("select n from names_set_based where name = '" + name + "'", {},
+             [&](const cleave::row_view& r) { n = std::get<std::int64_t>(r.get(0)); });
+    tx.finish();
+    return n;
+  };
+  EXPECT_EQ(count("x"), 6);
+  EXPECT_EQ(count("y"), 4);
+  EXPECT_EQ(projector.checkpoint("names_set_based"), this->db->head());
+  cleave::rebuild_options verify;
+  verify.verify = true;
+  verify.chunk = 3;
+  wait_readable(*this->db);
+  auto rebuilt = projector.rebuild("names_set_based", verify);
+  EXPECT_TRUE(rebuilt.swapped);
+  EXPECT_EQ(rebuilt.differences, 0);
+  EXPECT_EQ(rebuilt.applied, 10u);
+  EXPECT_EQ(count("x"), 6);
+  auto views = this->backend.open();
+  cleave::projection elsewhere{"elsewhere_set_based"};
+  elsewhere.schema("create table {view}(n bigint)").batch_sql("insert into {view} select 1");
+  EXPECT_THROW(projector.add(std::move(elsewhere), views.get()), std::logic_error);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(
     projections, bounded_and_strong_reads_wait_for_fresh_views,
+    a_set_based_projection_applies_a_batch_in_one_statement,
     a_materialized_view_refreshes_when_a_read_waits_and_records_its_position,
     a_fold_takes_a_whole_batch_and_writes_each_key_once,
     a_memory_view_is_built_from_the_log_and_read_under_a_lock,

@@ -405,8 +405,8 @@ void projector::apply_set_based(const entry& p, write_transaction& tx, std::stri
   const bool pg = db_.dialect() == "postgresql";
   const std::string events =
       pg ? "(select * from cleave_events where (transaction_id, position) > ($1::text::xid8, $2) "
-           "and (transaction_id, position) <= ($3::text::xid8, $4))"
-         : "(select * from cleave_events where position > $1 and position <= $2)";
+           "and (transaction_id, position) <= ($3::text::xid8, $4)) as events"
+         : "(select * from cleave_events where position > $1 and position <= $2) as events";
   std::string sql = replace_view(p.def.batch_sql_text(), table);
   for (auto at = sql.find("{events}"); at != std::string::npos; at = sql.find("{events}", at))
     sql.replace(at, 8, events);

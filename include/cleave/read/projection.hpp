@@ -141,8 +141,9 @@ class projection {
   }
 
   // Set-based instead of handlers: one SQL statement applies a whole batch, `{events}` standing
-  // for the batch's rows of the log (columns position, stream, stream_version, type, payload,
-  // …; `payload->>'field'` reads a member on both backends) and `{view}` for the table, e.g.
+  // for the batch's rows of the log as a subquery named `events` (columns position, stream,
+  // stream_version, type, payload, …; `payload->>'field'` reads a member on both backends) and
+  // `{view}` for the table, e.g.
   //   insert into {view}(stream, n) select stream, count(*) from {events} group by stream
   //   on conflict(stream) do update set n = {view}.n + excluded.n
   // Async, with its view in the write database (it reads the log there).
