@@ -25,7 +25,7 @@ struct options {
   // `at_least(token)` to one that has replayed the token's commit LSN, waiting up to replica_wait
   // for one (then the primary, or errc::unavailable when replica_fallback_to_primary is false);
   // `strong` always to the primary.
-  std::vector<std::string> replicas;
+  std::vector<std::string> replicas{};
   std::chrono::milliseconds replica_max_lag{5000};
   std::chrono::milliseconds replica_wait{1000};
   bool replica_fallback_to_primary = true;
