@@ -407,7 +407,7 @@ bool app::start_rebuild(const std::string& name, bool verify) {
     rebuild_options options;
     options.verify = verify;
     options.on_progress = [&](const rebuild_progress& p) {
-      std::lock_guard lock(jobs_mutex_);
+      std::lock_guard progress_lock(jobs_mutex_);
       jobs_[name].progress = p;
     };
     std::string failure;
@@ -418,7 +418,7 @@ bool app::start_rebuild(const std::string& name, bool verify) {
     } catch (const std::exception& e) {
       failure = e.what();
     }
-    std::lock_guard lock(jobs_mutex_);
+    std::lock_guard done_lock(jobs_mutex_);
     jobs_[name].running = false;
     jobs_[name].error = failure;
   });

@@ -110,8 +110,8 @@ TEST_F(replica_reads, a_lagging_standby_is_waited_for_then_left_for_the_primary_
   cleave::command_bus commands{fallback.get()};
   cleave::query_bus to_primary{fallback.get()}, refused{strict.get()};
   wire(commands, to_primary);
-  refused.add([](const note_by_id& q, const cleave::read_context& db) {
-    return db.one<std::string>("select text from notes where id = $1", q.id);
+  refused.add([](const note_by_id& q, const cleave::read_context& reader) {
+    return reader.one<std::string>("select text from notes where id = $1", q.id);
   });
   paused_replay pause{cleave::testing::standby_url()};
   auto done = commands.send(add_note{"late", "written while the standby is paused"});
