@@ -169,19 +169,23 @@ result<consistency> parse_consistency(std::string_view text) {
   return bad();
 }
 
-void block_stop_signals() {
+namespace {
+sigset_t stop_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  return set;
+}
+}  // namespace
+
+void block_stop_signals() {
+  const sigset_t set = stop_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 void wait_for_stop_signal() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
+  const sigset_t set = stop_signals();
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("signal {}: stopping", sig);

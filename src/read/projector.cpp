@@ -98,13 +98,14 @@ bool writing(store& db, F&& body) {
   return true;
 }
 
-std::string replace_view(std::string_view sql, std::string_view table) {
+// `sql` with every `placeholder` replaced by `text`.
+std::string replace_all(std::string_view sql, std::string_view placeholder, std::string_view text) {
   std::string out;
-  out.reserve(sql.size() + table.size());
+  out.reserve(sql.size() + text.size());
   for (std::size_t i = 0; i < sql.size();) {
-    if (sql.compare(i, 6, "{view}") == 0) {
-      out += table;
-      i += 6;
+    if (sql.compare(i, placeholder.size(), placeholder) == 0) {
+      out += text;
+      i += placeholder.size();
     } else {
       out += sql[i++];
     }
@@ -124,8 +125,12 @@ void fill_lag(store& log, projection_status& out) {
 
 }  // namespace
 
+std::string expand_view(std::string_view sql, std::string_view table) {
+  return replace_all(sql, "{view}", table);
+}
+
 std::string view_context::with_table(std::string_view sql) const {
-  return replace_view(sql, table_);
+  return expand_view(sql, table_);
 }
 
 // The store's session source, with inline projections applied inside each command's transaction.
@@ -241,7 +246,7 @@ void projector::add(projection p, store* views) {
     const migration view[] = {{1, "materialized view", sql}};
     views->migrate("projection:" + p.name(), view);
   } else if (!p.schema_sql().empty()) {
-    const std::string sql = replace_view(p.schema_sql(), p.table());
+    const std::string sql = expand_view(p.schema_sql(), p.table());
     const migration view[] = {{1, "view", sql}};
     views->migrate("projection:" + p.name(), view);
   }
@@ -268,6 +273,10 @@ std::vector<std::string> projector::names() const {
   for (const auto& p : projections_) out.push_back(p.def.name());
   for (const auto* m : memory_views_) out.push_back(m->name());
   return out;
+}
+
+projection_mode projector::mode_of(std::string_view name) const {
+  return find_memory(name) ? projection_mode::memory : find(name).def.mode();
 }
 
 memory_view_base* projector::find_memory(std::string_view name) const {
@@ -309,7 +318,7 @@ position_token projector::checkpoint(std::string_view name) {
 }
 
 std::chrono::milliseconds projector::staleness(std::string_view name) {
-  if (!find_memory(name) && find(name).def.mode() == projection_mode::inline_) return {};
+  if (mode_of(name) == projection_mode::inline_) return {};
   // Not read_events(): on PostgreSQL it hides commits behind a running transaction, and a
   // staleness that overlooked them would pass stale data as fresh.
   const auto behind = db_.distance(checkpoint(name));
@@ -407,9 +416,8 @@ void projector::apply_set_based(const entry& p, write_transaction& tx, std::stri
       pg ? "(select * from cleave_events where (transaction_id, position) > ($1::text::xid8, $2) "
            "and (transaction_id, position) <= ($3::text::xid8, $4)) as events"
          : "(select * from cleave_events where position > $1 and position <= $2) as events";
-  std::string sql = replace_view(p.def.batch_sql_text(), table);
-  for (auto at = sql.find("{events}"); at != std::string::npos; at = sql.find("{events}", at))
-    sql.replace(at, 8, events);
+  const std::string sql =
+      replace_all(expand_view(p.def.batch_sql_text(), table), "{events}", events);
   const std::string from_tx = std::to_string(from.transaction()),
                     to_tx = std::to_string(to.transaction());
   if (pg) {
@@ -507,8 +515,9 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
 
 position_token projector::wait_for(std::string_view name, position_token token,
                                    clock::time_point deadline) {
-  if (!find_memory(name) && find(name).def.mode() == projection_mode::inline_) return token;
-  if (!find_memory(name) && find(name).def.mode() == projection_mode::materialized)
+  const auto mode = mode_of(name);
+  if (mode == projection_mode::inline_) return token;
+  if (mode == projection_mode::materialized)
     refresh_wanted_ = true;  // a reader waits: refresh now, not at the policy's pace
   for (;;) {
     // Checked under the lock the worker notifies under, so no wake-up is lost.
@@ -635,7 +644,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   } else {
     state.shadow = fmt::format("{}_rebuild_{}", p.def.table(), unix_ms());
     writing(views, [&](write_transaction& tx, write_context& ctx) {
-      tx.exec(replace_view(p.def.schema_sql(), state.shadow), {});
+      tx.exec(expand_view(p.def.schema_sql(), state.shadow), {});
       ctx.exec(
           "insert into cleave_rebuilds(name, shadow, transaction_id, position) values ($1, $2, 0, "
           "0)",

@@ -17,13 +17,6 @@ void projection_kit::settle() {
   projector_->catch_up();
 }
 
-std::string projection_kit::with_view(std::string_view sql) const {
-  std::string out(sql);
-  for (auto at = out.find("{view}"); at != std::string::npos; at = out.find("{view}", at))
-    out.replace(at, 6, table_);
-  return out;
-}
-
 verdict projection_kit::then_dead_letters(std::size_t n) {
   settle();
   const auto parked = projector_->dead_letters(name_);

@@ -41,6 +41,9 @@ struct refresh_policy {
   std::chrono::milliseconds after{500};
 };
 
+// `sql` with every `{view}` replaced by `table`: the statement a projection's SQL runs as.
+std::string expand_view(std::string_view sql, std::string_view table);
+
 // What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
 // transaction that applies the event, and the event as stored.
 class view_context {

@@ -171,6 +171,7 @@ class projector {
                    std::vector<stored_event>& events, std::string_view park_as, int attempts);
   const entry& find(std::string_view name) const;
   memory_view_base* find_memory(std::string_view name) const;
+  projection_mode mode_of(std::string_view name) const;
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
 

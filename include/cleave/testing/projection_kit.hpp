@@ -51,7 +51,7 @@ class projection_kit {
     auto& tx = store_.begin_read({});
     try {
       read_context ctx(&tx, cleave::detail::no_meta);
-      auto out = ctx.many<T>(with_view(sql));
+      auto out = ctx.many<T>(expand_view(sql, table_));
       tx.finish();
       return out;
     } catch (...) {
@@ -73,7 +73,6 @@ class projection_kit {
 
  private:
   void settle();
-  std::string with_view(std::string_view sql) const;
   static verdict compare(const json& got, const json& expected);
 
   sqlite::store store_;
