@@ -291,8 +291,7 @@ std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch
   if (rewrites_)
     for (auto& e : events) rewrites_->apply(e.type, e.payload);
   view.apply(events);
-  { std::lock_guard lock(progress_mutex_); }
-  progress_.notify_all();
+  announce_progress();
   return events.size();
 }
 
@@ -460,8 +459,7 @@ std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
                name, tx_of(to), pos_of(to), tx_of(from), pos_of(from)) == 1;
   });
   if (!moved) return 0;
-  { std::lock_guard lock(progress_mutex_); }
-  progress_.notify_all();
+  announce_progress();
   return count;
 }
 
@@ -513,33 +511,48 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
   return replayed;
 }
 
+void projector::announce_progress() {
+  {
+    std::lock_guard lock(progress_mutex_);
+    ++progress_count_;
+  }
+  progress_.notify_all();
+}
+
+template <class Observe, class Done>
+auto projector::await_progress(Observe observe, Done done, clock::time_point deadline) {
+  for (;;) {
+    std::uint64_t seen = 0;
+    {
+      std::lock_guard lock(progress_mutex_);
+      seen = progress_count_;
+    }
+    // Observed outside the lock (it reads the database), so waiters never hold up the worker;
+    // a batch committed meanwhile changes the count, and the wait below does not sleep.
+    const auto now = observe();
+    if (done(now) || clock::now() >= deadline) return now;
+    notify();  // the worker may be asleep while events are waiting
+    std::unique_lock lock(progress_mutex_);
+    progress_.wait_until(lock, std::min(deadline, clock::now() + std::chrono::milliseconds(200)),
+                         [&] { return progress_count_ != seen; });
+  }
+}
+
 position_token projector::wait_for(std::string_view name, position_token token,
                                    clock::time_point deadline) {
   const auto mode = mode_of(name);
   if (mode == projection_mode::inline_) return token;
   if (mode == projection_mode::materialized)
     refresh_wanted_ = true;  // a reader waits: refresh now, not at the policy's pace
-  for (;;) {
-    // Checked under the lock the worker notifies under, so no wake-up is lost.
-    std::unique_lock lock(progress_mutex_);
-    const auto at = checkpoint(name);
-    if (!(at < token)) return at;
-    if (clock::now() >= deadline) return at;
-    notify();  // the worker may be asleep while events are waiting
-    progress_.wait_until(lock, std::min(deadline, clock::now() + std::chrono::milliseconds(200)));
-  }
+  return await_progress([&] { return checkpoint(name); },
+                        [&](position_token at) { return !(at < token); }, deadline);
 }
 
 std::chrono::milliseconds projector::wait_fresh(std::string_view name,
                                                 std::chrono::milliseconds max,
                                                 clock::time_point deadline) {
-  for (;;) {
-    std::unique_lock lock(progress_mutex_);
-    const auto stale = staleness(name);
-    if (stale <= max || clock::now() >= deadline) return stale;
-    notify();
-    progress_.wait_until(lock, std::min(deadline, clock::now() + std::chrono::milliseconds(200)));
-  }
+  return await_progress([&] { return staleness(name); },
+                        [&](std::chrono::milliseconds stale) { return stale <= max; }, deadline);
 }
 
 std::chrono::milliseconds projector::next_wait() const {
@@ -601,8 +614,7 @@ std::size_t projector::refresh_materialized(bool force) {
     ++refreshed;
   }
   if (refreshed > 0) {
-    { std::lock_guard lock(progress_mutex_); }
-    progress_.notify_all();
+    announce_progress();
   }
   return refreshed;
 }
@@ -758,8 +770,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
                              {}});
   }
   progress.swapped = true;
-  { std::lock_guard lock(progress_mutex_); }
-  progress_.notify_all();
+  announce_progress();
   report();
   return progress;
 }

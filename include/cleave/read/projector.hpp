@@ -172,6 +172,12 @@ class projector {
   const entry& find(std::string_view name) const;
   memory_view_base* find_memory(std::string_view name) const;
   projection_mode mode_of(std::string_view name) const;
+  // Wakes the waiters of wait_for / wait_fresh: a batch or a refresh has committed.
+  void announce_progress();
+  // Re-reads `observe()` until `done(value)` or `deadline`, sleeping until the next committed
+  // batch between reads (or 200 ms, as a safety net); returns the last value read.
+  template <class Observe, class Done>
+  auto await_progress(Observe observe, Done done, clock::time_point deadline);
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
 
@@ -185,6 +191,7 @@ class projector {
   std::condition_variable wake_;
   std::mutex progress_mutex_;
   std::condition_variable progress_;  // notified after each committed batch
+  std::uint64_t progress_count_ = 0;  // batches committed (and refreshes); under progress_mutex_
   bool woken_ = false;
   std::atomic<bool> running_{false};
   std::atomic<bool> leading_{false};
