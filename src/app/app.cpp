@@ -286,7 +286,7 @@ app::app(app_config config)
                                    {"stream", e.stream},
                                    {"version", e.stream_version},
                                    {"type", e.type},
-                                   {"payload", e.payload},
+                                   {"payload", e.payload.value()},
                                    {"correlation_id", e.correlation_id},
                                    {"recorded_at_ms", e.recorded_at_ms}}
                                   .dump()

@@ -1,6 +1,7 @@
 #include <cleave/core/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -240,5 +241,120 @@ TEST(message_traits, declarations_give_kind_names_and_fields) {
     listed = listed || info->wire_name == "shop.order_placed";
   EXPECT_TRUE(listed);
 }
+
+// from_json_text reads straight from the text when it can. Whatever that fast path accepts, the
+// json-value path (parse, then from_json) must accept with the same value; what it gives up on
+// goes to the json-value path, which says what is wrong.
+namespace text_path {
+
+struct wide {
+  std::string name;
+  std::vector<std::int8_t> small;
+  std::map<std::string, std::uint32_t> counts;
+  std::optional<double> ratio;
+  float scale = 0;
+  json extra;
+};
+CLEAVE_RECORD(wide, name, small, counts, ratio, scale, extra)
+
+// What the fast path alone makes of `text`: the value's JSON, or nullopt when it gives up.
+template <class T>
+std::optional<json> fast(std::string_view text, cleave::decode_mode mode) {
+  T out{};
+  cleave::detail::text_reader reader(text, mode);
+  if (!reader.read(out) || !reader.at_end()) return std::nullopt;
+  return cleave::to_json(out);
+}
+
+template <class T>
+std::optional<json> slow(std::string_view text, cleave::decode_mode mode) {
+  auto j = cleave::parse_json(text);
+  if (!j) return std::nullopt;
+  auto v = cleave::from_json<T>(*j, mode);
+  if (!v) return std::nullopt;
+  return cleave::to_json(*v);
+}
+
+template <class T>
+void agrees(std::string_view text, bool fast_should_take_it) {
+  for (auto mode : {cleave::decode_mode::strict, cleave::decode_mode::tolerant}) {
+    const auto f = fast<T>(text, mode);
+    const auto s = slow<T>(text, mode);
+    if (f) {
+      ASSERT_TRUE(s) << "the fast path accepted what the json path refuses: " << text;
+      EXPECT_EQ(*f, *s) << text;
+    }
+    if (fast_should_take_it && mode == cleave::decode_mode::tolerant) {
+      EXPECT_TRUE(f) << "the fast path gave up on " << text;
+    }
+  }
+}
+
+TEST(json_text, fast_path_takes_common_documents) {
+  agrees<shop::place_order>(valid_order().dump(), true);
+  agrees<shop::place_order>(
+      R"( { "order_id" : "o\u00e9\"\\\/\b\f\n\r\t\ud83d\ude00" , "lines" : [ ] , "box" : "small",
+            "gift": false, "tip": -0, "priority": 65535, "coupon": null } )",
+      true);
+  agrees<shop::place_order>(
+      R"({"order_id": "ö€😀", "lines": [{"product_id": "p", "quantity": -2147483648,
+          "note": "n"}], "box": "large", "gift": true, "tip": 1e-3, "priority": 0,
+          "coupon": -9223372036854775808})",
+      true);
+  agrees<shop::order_placed>(R"({"order_id": "o1", "total": 5, "ignored": {"a": [1, 2.5e3, null,
+                                 true, "x"]}})",
+                             true);
+  agrees<text_path::wide>(R"({"name": "", "small": [-128, 127], "counts": {"a": 1, "b": 0},
+                              "ratio": 12345678901234567890, "scale": 3.25,
+                              "extra": {"k": [1, {"z": null}]}})",
+                          true);
+}
+
+TEST(json_text, fast_path_gives_up_where_the_json_path_decides) {
+  for (const char* text : {
+           R"({"order_id": "o1", "order_id": "o2", "lines": [], "box": "small", "gift": true,
+               "tip": 1, "priority": 1})",  // a repeated member: the last one wins there
+           R"({"order_id": "o1", "lines": [], "box": "medium", "gift": true, "tip": 1,
+               "priority": 1})",
+           R"({"order_id": "o1", "lines": [], "box": "small", "gift": true, "tip": 1,
+               "priority": 65536})",
+           R"({"order_id": "o1", "lines": [], "box": "small", "gift": true, "tip": 1,
+               "priority": 1.0})",
+           R"({"order_id": "o1", "lines": [], "box": "small", "gift": true, "tip": 1e999,
+               "priority": 1})",
+           R"({"order_id": "\ud800", "lines": [], "box": "small", "gift": 1, "tip": 1,
+               "priority": 1})",
+           "{\"order_id\": \"\xff\", \"lines\": []}",
+           "{\"order_id\": \"a\tb\"}",
+           R"({"order_id": "o1"} x)",
+           R"({"order_id": 01})",
+           R"({"order_id": "o1",})",
+           R"([1, 2])",
+           "\xef\xbb\xbf{\"order_id\": \"o1\"}",
+           R"({"order_id": "o1", "lines": [], "box": "small", "gift": true, "tip": 1,
+               "priority": 1, "unknown": -})",
+       }) {
+    agrees<shop::place_order>(text, false);
+    agrees<shop::order_placed>(text, false);
+  }
+  agrees<text_path::wide>(R"({"counts": {"a": 1, "a": 2}})", false);
+  agrees<text_path::wide>(R"({"small": [128]})", false);
+  agrees<text_path::wide>(R"({"scale": 1e39})", false);
+  agrees<text_path::wide>(
+      R"({"extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]})",
+      true);
+}
+
+TEST(json_text, errors_still_name_the_member) {
+  auto r = cleave::from_json_text<shop::place_order>(
+      R"({"order_id": "o1", "lines": [{"product_id": "p1", "quantity": 2.5}], "box": "large",
+          "gift": true, "tip": 1.5, "priority": 3})");
+  ASSERT_FALSE(r);
+  ASSERT_EQ(r.error().fields.size(), 1u);
+  EXPECT_EQ(r.error().fields[0].path, "lines[0].quantity");
+  EXPECT_EQ(r.error().fields[0].message, "expected an integer, got a fraction");
+}
+
+}  // namespace text_path
 
 }  // namespace

@@ -39,7 +39,7 @@ TEST(postgres_gap, an_open_transaction_holds_the_reader_back_until_it_ends) {
   slow.commit();
   auto events = db->read_events({}, 100);
   ASSERT_EQ(events.size(), 4u);
-  EXPECT_EQ(events[0].payload["writer"], 1);  // the slow one's transaction began first
+  EXPECT_EQ(events[0].payload.value()["writer"], 1);  // the slow one's transaction began first
   for (std::size_t i = 1; i < events.size(); ++i)
     EXPECT_LT(events[i - 1].position, events[i].position);
   EXPECT_EQ(db->head(), events.back().position);

@@ -602,7 +602,7 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
       e.stream = r.text(i, 2);
       e.stream_version = static_cast<std::uint64_t>(r.integer(i, 3));
       e.type = r.text(i, 4);
-      e.payload = json::parse(r.text(i, 5));
+      e.payload = event_payload::from_text(std::string(r.text(i, 5)));
       e.command_id = r.text(i, 6);
       e.correlation_id = r.text(i, 7);
       e.recorded_at_ms = r.integer(i, 8);
@@ -674,21 +674,48 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
-std::vector<position_token> store::read_positions(position_token after, std::size_t limit) {
+log_span store::read_span(position_token after, std::size_t limit, position_token until) {
+  if (limit == 0) return {};
   return impl_->read([&](connection& conn) {
     const std::string xid = std::to_string(after.transaction());
+    // An empty `until` is no bound: the largest xid8 and position.
+    const std::string until_xid =
+        until.empty() ? "18446744073709551615" : std::to_string(until.transaction());
     const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
+                                std::string_view(until_xid),
+                                until.empty() ? std::numeric_limits<std::int64_t>::max()
+                                              : static_cast<std::int64_t>(until.position()),
                                 static_cast<std::int64_t>(limit)};
-    auto r = conn.run(
-        "select transaction_id::text, position from cleave_events "
+    constexpr std::string_view span =
+        "from cleave_events "
         "where (transaction_id, position) > ($1::text::xid8, $2) "
+        "  and (transaction_id, position) <= ($3::text::xid8, $4) "
         "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
-        "order by cleave_events.transaction_id, cleave_events.position limit $3",
-        params);
-    std::vector<position_token> out;
-    out.reserve(static_cast<std::size_t>(r.rows()));
-    for (int i = 0; i < r.rows(); ++i)
-      out.emplace_back(parse_u64(r.text(i, 0)), static_cast<std::uint64_t>(r.integer(i, 1)));
+        "order by cleave_events.transaction_id, cleave_events.position ";
+    log_span out;
+    auto last = [&](const result_set& r) {
+      out.last =
+          position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
+    };
+    // A whole span: its last event is the limit-th (an index-only scan that skips the others).
+    if (auto r = conn.run(
+            fmt::format("select transaction_id::text, position {} limit 1 offset $5 - 1", span),
+            params);
+        r.rows() == 1) {
+      out.events = limit;
+      last(r);
+      return out;
+    }
+    // A shorter one, at the log's end: numbered in the database, only the last row comes back.
+    auto r = conn.run(fmt::format("select transaction_id::text, position, n from (select *, "
+                                  "row_number() over () as n from (select transaction_id, "
+                                  "position {} limit $5) as span) as numbered order by n desc "
+                                  "limit 1",
+                                  span),
+                      params);
+    if (r.rows() == 0) return out;
+    out.events = static_cast<std::uint64_t>(r.integer(0, 2));
+    last(r);
     return out;
   });
 }

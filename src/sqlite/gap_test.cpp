@@ -47,8 +47,8 @@ TEST(sqlite_gap, a_second_writer_waits_and_the_two_commit_in_order) {
   EXPECT_LT(first_position, second_position);
   auto events = first->read_events({}, 10);
   ASSERT_EQ(events.size(), 2u);
-  EXPECT_EQ(events[0].payload["writer"], 1);
-  EXPECT_EQ(events[1].payload["writer"], 2);
+  EXPECT_EQ(events[0].payload.value()["writer"], 1);
+  EXPECT_EQ(events[1].payload.value()["writer"], 2);
 }
 
 TEST(sqlite_gap, randomized_writers_and_a_reader_see_every_committed_event_once_in_order) {

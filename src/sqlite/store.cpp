@@ -6,6 +6,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -443,7 +444,7 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
       e.stream = s.text_at(1);
       e.stream_version = static_cast<std::uint64_t>(s.int_at(2));
       e.type = s.text_at(3);
-      e.payload = json::parse(s.text_at(4));
+      e.payload = event_payload::from_text(std::string(s.text_at(4)));
       e.command_id = s.text_at(5);
       e.correlation_id = s.text_at(6);
       e.recorded_at_ms = s.int_at(7);
@@ -509,15 +510,21 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   });
 }
 
-std::vector<position_token> store::read_positions(position_token after, std::size_t limit) {
+log_span store::read_span(position_token after, std::size_t limit, position_token until) {
   return impl_->read([&](connection& conn) {
-    std::vector<position_token> out;
+    log_span out;
     const sql_value params[] = {static_cast<std::int64_t>(after.position()),
+                                until.empty() ? std::numeric_limits<std::int64_t>::max()
+                                              : static_cast<std::int64_t>(until.position()),
                                 static_cast<std::int64_t>(limit)};
     run_query(conn,
-              "select position from cleave_events where position > $1 order by position limit $2",
+              "select count(*), coalesce(max(position), 0) from (select position from "
+              "cleave_events where position > $1 and position <= $2 order by position limit $3)",
               params, [&](const row_view& row) {
-                out.emplace_back(0, static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(0))));
+                out.events = static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(0)));
+                if (out.events)
+                  out.last = position_token(
+                      0, static_cast<std::uint64_t>(std::get<std::int64_t>(row.get(1))));
               });
     return out;
   });

@@ -173,7 +173,7 @@ TYPED_TEST_P(store_conformance, a_command_commits_its_state_and_its_event_togeth
   EXPECT_EQ(events[0].stream_version, 1u);
   EXPECT_EQ(events[0].correlation_id, "req-1");
   EXPECT_EQ(events[0].command_id, "cmd-1");
-  EXPECT_EQ(events[0].payload["name"], "Ada");
+  EXPECT_EQ(events[0].payload.value()["name"], "Ada");
   EXPECT_GT(events[0].recorded_at_ms, 1'600'000'000'000);
   EXPECT_EQ(events[0].position, done->position);
   EXPECT_EQ(this->db->head(), done->position);
@@ -502,8 +502,8 @@ std::vector<cleave::stored_event> gap_stress(const Backend& backend, int writers
            (std::this_thread::sleep_for(std::chrono::milliseconds(2)), true));
   std::set<std::pair<std::int64_t, std::int64_t>> observed;
   for (const auto& e : seen) {
-    auto key = std::make_pair(e.payload["writer"].get<std::int64_t>(),
-                              e.payload["seq"].get<std::int64_t>());
+    auto key = std::make_pair(e.payload.value()["writer"].get<std::int64_t>(),
+                              e.payload.value()["seq"].get<std::int64_t>());
     EXPECT_TRUE(observed.insert(key).second) << "seen twice: " << key.first << "/" << key.second;
   }
   EXPECT_EQ(observed.size(), committed.size());

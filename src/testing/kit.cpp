@@ -38,7 +38,7 @@ verdict command_kit::check_events(const std::vector<expected_event>& expected) c
   for (std::size_t i = 0; i < std::max(expected.size(), appended_.size()); ++i) {
     const bool have = i < appended_.size(), want = i < expected.size();
     if (have && want && appended_[i].type == expected[i].type &&
-        appended_[i].payload == expected[i].payload)
+        appended_[i].payload.value() == expected[i].payload)
       continue;
     diff += fmt::format("\n  event {}: expected {}, got {}", i,
                         want ? expected[i].type + " " + expected[i].payload.dump() : "nothing",

@@ -42,6 +42,7 @@ struct is_string_map<std::map<std::string, T>> : std::true_type {};
 std::string_view json_type_name(const json& j) noexcept;
 
 class json_decoder;
+class text_reader;
 
 // How one declared member is read and written; a table of these per record type keeps the
 // per-type code small (the walking itself is shared, in json.cpp).
@@ -50,6 +51,7 @@ struct field_codec {
   bool required;
   void (*read)(json_decoder& decoder, const json& value, void* owner);
   void (*write)(json& out, const void* owner);  // adds the member to `out` (skips empty optionals)
+  bool (*read_text)(text_reader& reader, void* owner);  // straight from text; false: give up
 };
 
 template <class T>
@@ -84,6 +86,152 @@ class json_decoder {
   std::vector<field_error> errors_;
   decode_mode mode_;
 };
+
+// Reads JSON text straight into declared types, without building a json value: the fast path of
+// from_json_text (a stored event's payload, a command's body). It accepts only what parsing and
+// then from_json accept, with the same result; on anything else — malformed text, a wrong type,
+// a duplicate member, a rare form — it gives up (false), and the caller takes the json-value path,
+// which also says what was wrong.
+class text_reader {
+ public:
+  text_reader(std::string_view text, decode_mode mode)
+      : p_(text.data()), end_(text.data() + text.size()), mode_(mode) {}
+
+  template <class T>
+  bool read(T& out);
+  bool read_record(void* out, std::span<const field_codec> fields);
+  // Only whitespace is left.
+  bool at_end() {
+    skip_space();
+    return p_ == end_;
+  }
+
+ private:
+  void skip_space() {
+    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+  }
+  bool next_is(char c) {
+    skip_space();
+    return p_ != end_ && *p_ == c;
+  }
+  bool consume(char c) {
+    if (!next_is(c)) return false;
+    ++p_;
+    return true;
+  }
+  bool literal(std::string_view word);
+  // A string's contents; `scratch` holds it when it had escapes, else the view points into the
+  // text.
+  bool string(std::string_view& out, std::string& scratch);
+  bool string(std::string& out);
+  // A number's text, checked against JSON's grammar; `integral` when it has no fraction or
+  // exponent.
+  bool number(std::string_view& token, bool& integral);
+  bool integer(std::int64_t& out, bool& negative, std::uint64_t& magnitude);
+  bool floating(double& out);
+  static bool finite_double(std::string_view token, double& out);
+  bool skip_value(int depth = 0);
+
+  template <class T>
+  bool read_integer(T& out);
+
+  const char* p_;
+  const char* end_;
+  decode_mode mode_;
+};
+
+template <class T>
+bool text_reader::read_integer(T& out) {
+  std::int64_t signed_value = 0;
+  std::uint64_t magnitude = 0;
+  bool negative = false;
+  if (!integer(signed_value, negative, magnitude)) return false;
+  using limits = std::numeric_limits<T>;
+  if (negative) {
+    if constexpr (std::is_unsigned_v<T>) {
+      if (signed_value != 0) return false;
+    } else {
+      if (signed_value < static_cast<std::int64_t>(limits::min())) return false;
+    }
+    out = static_cast<T>(signed_value);
+  } else {
+    if (magnitude > static_cast<std::uint64_t>(limits::max())) return false;
+    out = static_cast<T>(magnitude);
+  }
+  return true;
+}
+
+template <class T>
+bool text_reader::read(T& out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (next_is('t')) return literal("true") && (out = true, true);
+    return literal("false") && (out = false, true);
+  } else if constexpr (std::is_integral_v<T>) {
+    return read_integer(out);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    double v = 0;
+    if (!floating(v)) return false;
+    if constexpr (sizeof(T) < sizeof(double)) {
+      if (v > static_cast<double>(std::numeric_limits<T>::max()) ||
+          v < static_cast<double>(std::numeric_limits<T>::lowest()))
+        return false;
+    }
+    out = static_cast<T>(v);
+    return true;
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return string(out);
+  } else if constexpr (std::is_same_v<T, json>) {
+    skip_space();
+    const char* start = p_;
+    if (!skip_value()) return false;
+    try {
+      out = json::parse(start, p_);
+    } catch (const json::exception&) {
+      return false;
+    }
+    return true;
+  } else if constexpr (described_enum<T>) {
+    std::string scratch;
+    std::string_view name;
+    if (!string(name, scratch)) return false;
+    for (const auto& [value, each] : enum_values<T>()) {
+      if (each == name) {
+        out = value;
+        return true;
+      }
+    }
+    return false;
+  } else if constexpr (is_optional<T>::value) {
+    if (next_is('n')) {
+      out.reset();
+      return literal("null");
+    }
+    return read(out.emplace());
+  } else if constexpr (is_vector<T>::value) {
+    if (!consume('[')) return false;
+    out.clear();
+    if (consume(']')) return true;
+    do {
+      if (!read(out.emplace_back())) return false;
+    } while (consume(','));
+    return consume(']');
+  } else if constexpr (is_string_map<T>::value) {
+    if (!consume('{')) return false;
+    out.clear();
+    if (consume('}')) return true;
+    do {
+      std::string key;
+      if (!string(key) || !consume(':')) return false;
+      auto [at, fresh] = out.try_emplace(std::move(key));
+      if (!fresh || !read(at->second)) return false;  // a repeated key: the json path decides
+    } while (consume(','));
+    return consume('}');
+  } else if constexpr (described<T>) {
+    return read_record(&out, codecs_of<T>());
+  } else {
+    static_assert(detail::always_false<T>, "cleave cannot decode this member type from JSON");
+  }
+}
 
 template <class T>
 void json_decoder::read_integer(const json& j, T& out) {
@@ -202,6 +350,11 @@ result<json> parse_json(std::string_view text);
 // Parses and decodes in one step.
 template <described T>
 result<T> from_json_text(std::string_view text, decode_mode mode = decode_mode::strict) {
+  {
+    T out{};
+    detail::text_reader fast(text, mode);
+    if (fast.read(out) && fast.at_end()) return out;
+  }
   auto j = parse_json(text);
   if (!j) return std::unexpected(std::move(j.error()));
   return from_json<T>(*j, mode);
@@ -288,6 +441,11 @@ void read_field(json_decoder& decoder, const json& value, void* owner) {
 }
 
 template <class T, std::size_t I>
+bool read_field_text(text_reader& reader, void* owner) {
+  return reader.read(static_cast<T*>(owner)->*(field_at<T, I>().member));
+}
+
+template <class T, std::size_t I>
 void write_field(json& out, const void* owner) {
   const auto& f = field_at<T, I>();
   const auto& member = static_cast<const T*>(owner)->*(f.member);
@@ -301,7 +459,7 @@ template <class T, std::size_t... I>
 constexpr std::array<field_codec, sizeof...(I)> make_codecs(std::index_sequence<I...>) {
   return {field_codec{field_at<T, I>().name,
                       is_required_v<typename std::decay_t<decltype(field_at<T, I>())>::value_type>,
-                      &read_field<T, I>, &write_field<T, I>}...};
+                      &read_field<T, I>, &write_field<T, I>, &read_field_text<T, I>}...};
 }
 
 template <class T>

@@ -46,7 +46,7 @@ class store final : public cleave::store {
   write_transaction& begin_write(const request_meta& meta) override;
   read_transaction& begin_read(const request_meta& meta) override;
   std::vector<stored_event> read_events(position_token after, std::size_t limit) override;
-  std::vector<position_token> read_positions(position_token after, std::size_t limit) override;
+  log_span read_span(position_token after, std::size_t limit, position_token until) override;
   position_token head() override;
   void migrate(std::string_view component, std::span<const migration> migrations) override;
   std::vector<int> applied_migrations(std::string_view component) override;

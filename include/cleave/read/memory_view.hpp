@@ -89,8 +89,8 @@ class memory_view final : public memory_view_base {
                   "a memory view handler takes (const Event&, State&) with the event declared "
                   "by CLEAVE_EVENT");
     handlers_[std::string(info_of<E>().wire_name)] =
-        [h = H(std::forward<F>(handler))](const json& payload, State& state) mutable {
-          auto e = from_json<E>(payload, decode_mode::tolerant);
+        [h = H(std::forward<F>(handler))](const event_payload& payload, State& state) mutable {
+          auto e = payload.decode<E>(decode_mode::tolerant);
           if (!e) throw error_exception(e.error());
           h(*e, state);
         };
@@ -111,7 +111,7 @@ class memory_view final : public memory_view_base {
   }
 
   State state_;
-  std::map<std::string, std::function<void(const json&, State&)>, std::less<>> handlers_;
+  std::map<std::string, std::function<void(const event_payload&, State&)>, std::less<>> handlers_;
 };
 
 }  // namespace cleave

@@ -84,7 +84,7 @@ class view_context {
 
 class projection {
  public:
-  using apply_fn = std::function<void(const json& payload, view_context& view)>;
+  using apply_fn = std::function<void(const event_payload& payload, view_context& view)>;
   // Folds the events of one type in a batch (stored events, in log order) into the view at once.
   using fold_fn =
       std::function<void(std::span<const stored_event* const> events, view_context& view)>;
@@ -106,12 +106,13 @@ class projection {
     static_assert(event<E>,
                   "a projection handler takes (const Event&, cleave::view_context&) with the "
                   "event declared by CLEAVE_EVENT");
-    handlers_[std::string(info_of<E>().wire_name)] =
-        [h = H(std::forward<F>(handler))](const json& payload, view_context& view) mutable {
-          auto e = from_json<E>(payload, decode_mode::tolerant);
-          if (!e) throw error_exception(e.error());
-          h(*e, view);
-        };
+    handlers_[std::string(info_of<E>().wire_name)] = [h = H(std::forward<F>(handler))](
+                                                         const event_payload& payload,
+                                                         view_context& view) mutable {
+      auto e = payload.decode<E>(decode_mode::tolerant);
+      if (!e) throw error_exception(e.error());
+      h(*e, view);
+    };
     return *this;
   }
 
@@ -134,7 +135,7 @@ class projection {
       std::vector<E> decoded;
       decoded.reserve(events.size());
       for (const auto* stored : events) {
-        auto e = from_json<E>(stored->payload, decode_mode::tolerant);
+        auto e = stored->payload.template decode<E>(decode_mode::tolerant);
         if (!e) throw error_exception(e.error());
         decoded.push_back(std::move(*e));
       }

@@ -16,13 +16,53 @@
 
 namespace cleave {
 
+// An event's payload as the log holds it: its JSON text, parsed into a json value only when
+// something asks for one. Typed handlers decode straight from the text (decode<E>), so catching
+// up a projection does not build a json tree per event.
+class event_payload {
+ public:
+  event_payload() = default;
+  event_payload(json value) : value_(std::move(value)), parsed_(true) {}  // NOLINT: implicit
+  // A payload from its stored text; checked when first decoded or parsed.
+  static event_payload from_text(std::string text) {
+    event_payload out;
+    out.text_ = std::move(text);
+    return out;
+  }
+
+  // The payload as a json value, parsed on first use (a malformed text throws error_exception
+  // with errc::validation). The first use must not race another on the same payload.
+  const json& value() const;
+  // The value, to rewrite in place (upcasters); the stored text is then dropped.
+  json& value();
+  operator const json&() const { return value(); }  // NOLINT: implicit
+
+  // Decodes a declared type, straight from the stored text when the payload has one.
+  template <described T>
+  result<T> decode(decode_mode mode) const {
+    if (!parsed_) return from_json_text<T>(text_, mode);
+    return from_json<T>(value_, mode);
+  }
+  // The JSON text: the stored one, or the value's.
+  std::string dump() const { return parsed_ ? value_.dump() : text_; }
+
+  friend bool operator==(const event_payload& a, const event_payload& b) {
+    return a.value() == b.value();
+  }
+
+ private:
+  std::string text_;
+  mutable json value_;
+  mutable bool parsed_ = false;
+};
+
 // One event as the log holds it.
 struct stored_event {
   position_token position;
   std::string stream;                // empty for an event of no stream
   std::uint64_t stream_version = 0;  // 1 for a stream's first event; 0 without a stream
   std::string type;                  // the wire name it was stored under
-  json payload;
+  event_payload payload;
   std::string command_id;           // the command that wrote it, when the caller gave an id
   std::string correlation_id;       // the request it came from
   std::int64_t recorded_at_ms = 0;  // Unix time, milliseconds
@@ -39,6 +79,12 @@ struct migration {
 struct log_distance {
   std::uint64_t events = 0;                // committed events after the position
   std::int64_t oldest_recorded_at_ms = 0;  // when the first of them was recorded; 0 for none
+};
+
+// A run of consecutive committed events in the log.
+struct log_span {
+  std::uint64_t events = 0;  // how many
+  position_token last;       // the last one's position; empty when there are none
 };
 
 // Wakes a waiter when a transaction that appended events may have committed — in this process
@@ -79,9 +125,11 @@ class store : public session_source {
   // returns an event past one that a still-running transaction may yet commit before it.
   virtual std::vector<stored_event> read_events(position_token after, std::size_t limit) = 0;
 
-  // The positions of up to `limit` committed events after `after`, gap-safe like read_events(),
-  // without reading the events themselves (a set-based projection's batch bounds).
-  virtual std::vector<position_token> read_positions(position_token after, std::size_t limit) = 0;
+  // The span of up to `limit` committed events after `after` (and at or before `until`, unless
+  // it is empty), gap-safe like read_events(): how many and the last one's position, counted in
+  // the database without reading the events (a set-based projection's batch bounds).
+  virtual log_span read_span(position_token after, std::size_t limit,
+                             position_token until = {}) = 0;
 
   // The position of the newest committed event (the empty token for an empty log). A reader of
   // the log gets there once every transaction that was running when it committed has ended.

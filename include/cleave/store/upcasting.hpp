@@ -27,6 +27,8 @@ class upcasters {
 
   // Rewrites type and payload in place until no upcaster applies.
   void apply(std::string& type, json& payload) const;
+  // The same for a stored payload, parsed only when a rewrite has to change it.
+  void apply(std::string& type, event_payload& payload) const;
 
  private:
   struct step {
@@ -42,12 +44,12 @@ template <class E>
 result<E> decode_event(const stored_event& stored, const upcasters* rewrites = nullptr) {
   static_assert(event<E>, "decode_event<E>: E must be declared with CLEAVE_EVENT");
   std::string type = stored.type;
-  json payload = stored.payload;
+  event_payload payload = stored.payload;
   if (rewrites) rewrites->apply(type, payload);
   if (type != info_of<E>().wire_name)
     return fail(errc::validation,
                 "event '" + type + "' is not a '" + std::string(info_of<E>().wire_name) + "'");
-  return from_json<E>(payload, decode_mode::tolerant);
+  return payload.decode<E>(decode_mode::tolerant);
 }
 
 }  // namespace cleave
