@@ -582,12 +582,17 @@ std::size_t projector::catch_up(std::size_t batch) {
 std::size_t projector::catch_up_async(std::size_t batch) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
-  for (const auto& p : projections_) {
-    if (p.def.mode() != projection_mode::async) continue;
-    while (const auto n = catch_up_one(p, batch)) applied += n;
-  }
-  for (auto* m : memory_views_)
-    while (const auto n = catch_up_memory(*m, batch)) applied += n;
+  // Full batches mean the projection is behind: the next one is twice as large.
+  const auto run = [&](auto&& one) {
+    for (auto size = batch; const auto n = one(size);) {
+      applied += n;
+      if (n == size) size = std::max(size, std::min(size * 2, opts_.max_batch));
+    }
+  };
+  for (const auto& p : projections_)
+    if (p.def.mode() == projection_mode::async)
+      run([&](std::size_t size) { return catch_up_one(p, size); });
+  for (auto* m : memory_views_) run([&](std::size_t size) { return catch_up_memory(*m, size); });
   return applied;
 }
 

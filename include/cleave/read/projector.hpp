@@ -34,8 +34,13 @@ struct projector_options {
   // The lease the worker must hold to run async projections; processes sharing a database
   // with the same name elect one leader. Empty: no election (every worker runs).
   std::string lease = "cleave.projector";
-  // How many events an async batch takes at most.
+  // How many events an async batch takes when the projection keeps up (a short transaction, a
+  // short wait for readers).
   std::size_t batch = 500;
+  // While a projection is behind, each full batch doubles the next one, up to this many events:
+  // fewer round trips and commits when catching up or starting on a long log. A fold holds a
+  // batch's events in memory; a set-based batch does not.
+  std::size_t max_batch = 100'000;
   // How often the worker looks without being woken (the safety net), and how often a standby
   // tries the lease.
   std::chrono::milliseconds poll{1000};
@@ -107,7 +112,7 @@ class projector {
   // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once), and refreshes
   // every materialized view that is behind; returns how many events were applied (to each
   // projection, summed).
-  std::size_t catch_up(std::size_t batch = 0);  // 0: the options' batch
+  std::size_t catch_up(std::size_t batch = 0);  // the first batch (0: the options'); then growing
 
   // An event whose handler kept failing, set aside so the projection could go on.
   struct dead_letter {
