@@ -3,6 +3,9 @@
 #include <array>
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
+
+#include <endian.h>
 
 #include <fmt/format.h>
 
@@ -29,6 +32,14 @@ std::int64_t result_set::affected() const {
   std::int64_t v = 0;
   std::from_chars(t.data(), t.data() + t.size(), v);
   return v;
+}
+
+std::uint64_t result_set::binary_u64(int row, int column) const {
+  auto t = text(row, column);
+  if (t.size() != 8) return 0;
+  std::uint64_t v = 0;
+  std::memcpy(&v, t.data(), 8);
+  return be64toh(v);
 }
 
 std::int64_t result_set::integer(int row, int column) const {
@@ -80,7 +91,7 @@ connection::~connection() {
   PQfinish(conn_);
 }
 
-void connection::fail(PGresult* r, std::string_view doing) {
+void connection::fail(PGresult* r, std::string_view verb, std::string_view sql) {
   const char* state_field = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
   const std::string state = state_field ? state_field : "";  // copied: PQclear frees it
   std::string why = r ? PQresultErrorMessage(r) : PQerrorMessage(conn_);
@@ -88,22 +99,22 @@ void connection::fail(PGresult* r, std::string_view doing) {
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
   const errc category =
       !state.empty() ? category_of(state) : (healthy() ? errc::internal : errc::unavailable);
-  throw error_exception({category, fmt::format("{}: {}", doing, why), {}});
+  throw error_exception({category, fmt::format("{} `{}`: {}", verb, sql.substr(0, 200), why), {}});
 }
 
-PGresult* connection::check(PGresult* r, std::string_view doing) {
+PGresult* connection::check(PGresult* r, std::string_view verb, std::string_view sql) {
   const auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
-  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail(r, doing);
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail(r, verb, sql);
   return r;
 }
 
-result_set connection::run(std::string_view sql, std::span<const sql_value> params) {
+result_set connection::run(std::string_view sql, std::span<const sql_value> params,
+                           result_format format) {
   auto it = prepared_.find(sql);
   if (it == prepared_.end()) {
     std::string name = fmt::format("cleave_{}", prepared_.size());
     std::string text(sql);
-    PQclear(check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr),
-                  fmt::format("preparing `{}`", sql)));
+    PQclear(check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr), "preparing", sql));
     it = prepared_.emplace(std::move(text), std::move(name)).first;
   }
   // Parameters travel as text; numbers are formatted into a small buffer each.
@@ -154,15 +165,15 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
       values[i] = copies.back().c_str();
     }
   }
-  return result_set(check(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(params.size()),
-                                         values, lengths, nullptr, 0),
-                          fmt::format("running `{}`", sql)));
+  return result_set(
+      check(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(params.size()), values,
+                           lengths, nullptr, format == result_format::binary ? 1 : 0),
+            "running", sql));
 }
 
 result_set connection::script(std::string_view sql) {
   std::string text(sql);
-  return result_set(
-      check(PQexec(conn_, text.c_str()), fmt::format("running `{}`", sql.substr(0, 200))));
+  return result_set(check(PQexec(conn_, text.c_str()), "running", sql));
 }
 
 }  // namespace cleave::postgres::detail

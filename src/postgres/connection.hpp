@@ -39,6 +39,8 @@ class result_set final : public row_view {
             static_cast<std::size_t>(PQgetlength(result_, row, column))};
   }
   std::int64_t integer(int row, int column) const;
+  // An 8-byte column of a binary result (int8, xid8, timestamptz), as sent: big-endian.
+  std::uint64_t binary_u64(int row, int column) const;
 
   std::size_t size() const override { return static_cast<std::size_t>(PQnfields(result_)); }
   sql_value get(std::size_t column) const override;
@@ -56,8 +58,11 @@ class connection {
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
 
-  // Runs one statement with `$1, $2, …` bound to params (prepared on first use).
-  result_set run(std::string_view sql, std::span<const sql_value> params = {});
+  // Runs one statement with `$1, $2, …` bound to params (prepared on first use). Binary results
+  // skip the server's text conversions; read them with text() (text columns) and binary_u64().
+  enum class result_format { text, binary };
+  result_set run(std::string_view sql, std::span<const sql_value> params = {},
+                 result_format format = result_format::text);
   // Runs statements without parameters (BEGIN, COMMIT, DDL); returns the last result.
   result_set script(std::string_view sql);
 
@@ -65,8 +70,9 @@ class connection {
   PGconn* handle() const noexcept { return conn_; }
 
  private:
-  [[noreturn]] void fail(PGresult* r, std::string_view doing);
-  PGresult* check(PGresult* r, std::string_view doing);
+  // Throws the error of a failed `verb` ("running", "preparing") of `sql`.
+  [[noreturn]] void fail(PGresult* r, std::string_view verb, std::string_view sql);
+  PGresult* check(PGresult* r, std::string_view verb, std::string_view sql);
 
   PGconn* conn_ = nullptr;
   std::unordered_map<std::string, std::string, cleave::detail::string_hash, std::equal_to<>>

@@ -65,9 +65,19 @@ constexpr migration own_migrations[] = {
 };
 
 // Gap-safe: only transactions older than every running one, in (transaction, position) order.
+// A binary timestamptz (microseconds since 2000-01-01 UTC) as Unix milliseconds, rounded half away
+// from zero as `(extract(epoch from t) * 1000)::bigint` does.
+std::int64_t unix_ms_of(std::int64_t pg_micros) {
+  constexpr std::int64_t unix_micros_at_2000 = 946'684'800'000'000;
+  const std::int64_t us = pg_micros + unix_micros_at_2000;
+  return us >= 0 ? (us + 500) / 1000 : -((-us + 500) / 1000);
+}
+
+// Read with binary results: the ids, numbers and time travel as 8 bytes, without the server's text
+// conversions (text columns are the same bytes either way).
 constexpr std::string_view select_events =
-    "select transaction_id::text, position, stream, stream_version, type, payload::text, "
-    "command_id, correlation_id, (extract(epoch from recorded_at) * 1000)::bigint "
+    "select transaction_id, position, stream, stream_version, type, payload::text, "
+    "command_id, correlation_id, recorded_at "
     "from cleave_events "
     "where (transaction_id, position) > ($1::text::xid8, $2) "
     "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
@@ -592,20 +602,19 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
     const std::string xid = std::to_string(after.transaction());
     const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
                                 static_cast<std::int64_t>(limit)};
-    auto r = conn.run(select_events, params);
+    auto r = conn.run(select_events, params, connection::result_format::binary);
     std::vector<stored_event> out;
     out.reserve(static_cast<std::size_t>(r.rows()));
     for (int i = 0; i < r.rows(); ++i) {
       stored_event e;
-      e.position =
-          position_token(parse_u64(r.text(i, 0)), static_cast<std::uint64_t>(r.integer(i, 1)));
+      e.position = position_token(r.binary_u64(i, 0), r.binary_u64(i, 1));
       e.stream = r.text(i, 2);
-      e.stream_version = static_cast<std::uint64_t>(r.integer(i, 3));
+      e.stream_version = r.binary_u64(i, 3);
       e.type = r.text(i, 4);
       e.payload = event_payload::from_text(std::string(r.text(i, 5)));
       e.command_id = r.text(i, 6);
       e.correlation_id = r.text(i, 7);
-      e.recorded_at_ms = r.integer(i, 8);
+      e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(i, 8)));
       out.push_back(std::move(e));
     }
     return out;

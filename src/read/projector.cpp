@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <limits>
 
 #include <fmt/format.h>
@@ -285,14 +286,38 @@ memory_view_base* projector::find_memory(std::string_view name) const {
   return nullptr;
 }
 
+std::size_t projector::stream_batches(position_token from, std::size_t batch, std::size_t max,
+                                      function_ref<bool(std::vector<stored_event>&)> apply) {
+  std::size_t applied = 0;
+  auto events = db_.read_events(from, batch);
+  while (!events.empty()) {
+    // A full batch: the log goes on, so the next (larger) one is read while this one is applied.
+    const bool full = events.size() == batch;
+    std::future<std::vector<stored_event>> next;
+    if (full) {
+      batch = std::max(batch, std::min(batch * 2, max));
+      next = std::async(std::launch::async, [this, at = events.back().position, batch] {
+        return db_.read_events(at, batch);
+      });
+    }
+    const auto n = events.size();
+    if (!apply(events)) return applied;  // (next's destructor waits for its read)
+    applied += n;
+    if (!full) return applied;
+    events = next.get();
+  }
+  return applied;
+}
+
 std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch) {
-  auto events = db_.read_events(view.checkpoint(), batch);
-  if (events.empty()) return 0;
-  if (rewrites_)
-    for (auto& e : events) rewrites_->apply(e.type, e.payload);
-  view.apply(events);
-  announce_progress();
-  return events.size();
+  return stream_batches(view.checkpoint(), batch, opts_.max_batch,
+                        [&](std::vector<stored_event>& events) {
+                          if (rewrites_)
+                            for (auto& e : events) rewrites_->apply(e.type, e.payload);
+                          view.apply(events);
+                          announce_progress();
+                          return true;
+                        });
 }
 
 session_source& projector::source() noexcept {
@@ -438,38 +463,46 @@ void projector::apply_set_based(const entry& p, write_transaction& tx, std::stri
       params);
 }
 
-std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
-  const auto& name = p.def.name();
-  const auto from = checkpoint(name);
-  const bool set_based = !p.def.batch_sql_text().empty();
-  std::vector<stored_event> events;
-  position_token to;
-  std::size_t count = 0;
-  if (set_based) {
-    const auto span = db_.read_span(from, batch);
-    if (span.events == 0) return 0;
-    to = span.last;
-    count = span.events;
-  } else {
-    events = db_.read_events(from, batch);
-    if (events.empty()) return 0;
-    to = events.back().position;
-    count = events.size();
-  }
+bool projector::commit_batch(const entry& p, position_token from, position_token to,
+                             function_ref<void(write_transaction&)> apply) {
   const bool moved = writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
-    if (set_based)
-      apply_set_based(p, tx, p.def.table(), from, to);
-    else
-      apply_batch(p, tx, p.def.table(), events, name, max_attempts_);
+    apply(tx);
     // Another projector that moved the checkpoint first wins: its batch stands, this one not.
     return ctx.exec(
                "update cleave_checkpoints set transaction_id = $2, position = $3 "
                "where name = $1 and transaction_id = $4 and position = $5",
-               name, tx_of(to), pos_of(to), tx_of(from), pos_of(from)) == 1;
+               p.def.name(), tx_of(to), pos_of(to), tx_of(from), pos_of(from)) == 1;
   });
-  if (!moved) return 0;
-  announce_progress();
-  return count;
+  if (moved) announce_progress();
+  return moved;
+}
+
+std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
+  auto from = checkpoint(p.def.name());
+  if (p.def.batch_sql_text().empty()) {
+    return stream_batches(from, batch, opts_.max_batch, [&](std::vector<stored_event>& events) {
+      const auto to = events.back().position;
+      if (!commit_batch(p, from, to, [&](write_transaction& tx) {
+            apply_batch(p, tx, p.def.table(), events, p.def.name(), max_attempts_);
+          }))
+        return false;
+      from = to;
+      return true;
+    });
+  }
+  // Set-based: one statement per batch, growing while they come back full.
+  std::size_t applied = 0;
+  for (;;) {
+    const auto span = db_.read_span(from, batch);
+    if (span.events == 0 || !commit_batch(p, from, span.last, [&](write_transaction& tx) {
+          apply_set_based(p, tx, p.def.table(), from, span.last);
+        }))
+      return applied;
+    applied += span.events;
+    if (span.events < batch) return applied;
+    from = span.last;
+    batch = std::max(batch, std::min(batch * 2, opts_.max_batch));
+  }
 }
 
 std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
@@ -582,17 +615,9 @@ std::size_t projector::catch_up(std::size_t batch) {
 std::size_t projector::catch_up_async(std::size_t batch) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
-  // Full batches mean the projection is behind: the next one is twice as large.
-  const auto run = [&](auto&& one) {
-    for (auto size = batch; const auto n = one(size);) {
-      applied += n;
-      if (n == size) size = std::max(size, std::min(size * 2, opts_.max_batch));
-    }
-  };
   for (const auto& p : projections_)
-    if (p.def.mode() == projection_mode::async)
-      run([&](std::size_t size) { return catch_up_one(p, size); });
-  for (auto* m : memory_views_) run([&](std::size_t size) { return catch_up_memory(*m, size); });
+    if (p.def.mode() == projection_mode::async) applied += catch_up_one(p, batch);
+  for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;
 }
 
@@ -683,39 +708,44 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   report();
 
   // Chunks: each applies events into the shadow and moves the rebuild's own position.
+  // One chunk: applied to the shadow with the rebuild's own position moved from `at` to `to`.
+  auto commit_chunk = [&](std::size_t count, position_token to,
+                          function_ref<void(write_transaction&)> apply) {
+    const bool moved = writing(views, [&](write_transaction& tx, write_context& ctx) {
+      apply(tx);
+      return ctx.exec(
+                 "update cleave_rebuilds set transaction_id = $2, position = $3 where name = $1 "
+                 "and transaction_id = $4 and position = $5",
+                 name, tx_of(to), pos_of(to), tx_of(at), pos_of(at)) == 1;
+    });
+    if (!moved)
+      throw error_exception(
+          {errc::conflict, fmt::format("another rebuild of '{}' is running", name), {}});
+    progress.applied += count;
+    at = to;
+    report();
+  };
+  // Chunks up to `until` (empty: the log's end).
   auto fill = [&](position_token until) {
-    for (;;) {
-      const bool set_based = !p.def.batch_sql_text().empty();
-      std::vector<stored_event> events;
-      log_span span;
-      if (set_based) {
-        span = db_.read_span(at, chunk, until);
-      } else {
-        events = db_.read_events(at, chunk);
-        if (!until.empty())
-          std::erase_if(events, [&](const stored_event& e) { return until < e.position; });
-        span.events = events.size();
-        if (!events.empty()) span.last = events.back().position;
+    if (!p.def.batch_sql_text().empty()) {
+      for (;;) {
+        const auto span = db_.read_span(at, chunk, until);
+        if (span.events == 0) return;
+        commit_chunk(span.events, span.last, [&](write_transaction& tx) {
+          apply_set_based(p, tx, state.shadow, at, span.last);
+        });
       }
-      if (span.events == 0) return;
-      const auto to = span.last;
-      const bool moved = writing(views, [&](write_transaction& tx, write_context& ctx) {
-        if (set_based)
-          apply_set_based(p, tx, state.shadow, at, to);
-        else
-          apply_batch(p, tx, state.shadow, events, state.shadow, 1);
-        return ctx.exec(
-                   "update cleave_rebuilds set transaction_id = $2, position = $3 where name = $1 "
-                   "and transaction_id = $4 and position = $5",
-                   name, tx_of(to), pos_of(to), tx_of(at), pos_of(at)) == 1;
-      });
-      if (!moved)
-        throw error_exception(
-            {errc::conflict, fmt::format("another rebuild of '{}' is running", name), {}});
-      progress.applied += span.events;
-      at = to;
-      report();
     }
+    stream_batches(at, chunk, chunk, [&](std::vector<stored_event>& events) {
+      const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
+                                            return until < e.position;
+                                          }) > 0;
+      if (events.empty()) return false;
+      commit_chunk(events.size(), events.back().position, [&](write_transaction& tx) {
+        apply_batch(p, tx, state.shadow, events, state.shadow, 1);
+      });
+      return !past;
+    });
   };
   fill({});
 

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include <cleave/core/function_ref.hpp>
 #include <cleave/read/memory_view.hpp>
 #include <cleave/read/projection.hpp>
 #include <cleave/store/store.hpp>
@@ -164,7 +165,18 @@ class projector {
     projection def;
     store* views;
   };
+  // Catches `p` up from its checkpoint in batches that grow from `batch` while full; returns the
+  // events applied.
   std::size_t catch_up_one(const entry& p, std::size_t batch);
+  // Applies `apply` and moves p's checkpoint from `from` to `to` in one transaction; false when
+  // another projector moved it first (nothing changed).
+  bool commit_batch(const entry& p, position_token from, position_token to,
+                    function_ref<void(write_transaction&)> apply);
+  // Reads the log after `from` in batches, growing from `batch` up to `max` while they come back
+  // full, and hands each to `apply` (false: stop); while one batch is applied the next is read
+  // on another thread. Returns the events applied.
+  std::size_t stream_batches(position_token from, std::size_t batch, std::size_t max,
+                             function_ref<bool(std::vector<stored_event>&)> apply);
   std::size_t catch_up_async(std::size_t batch = 0);
   void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
                        position_token from, position_token to);
