@@ -104,6 +104,29 @@ TEST_F(replica_reads, at_least_is_served_by_the_standby_once_it_has_replayed_the
   EXPECT_EQ(s->replicas().at(0).reads, 20u);
 }
 
+TEST_F(replica_reads, a_retried_commands_token_is_served_by_the_standby_too) {
+  auto s = open(true);
+  cleave::command_bus commands{s.get()};
+  cleave::query_bus queries{s.get()};
+  wire(commands, queries);
+  cleave::request_meta once;
+  once.command_id = "retried-1";
+  auto first = commands.send(add_note{"r1", "again"}, once);
+  ASSERT_TRUE(first) << first.error().describe();
+  // The retry gets the remembered outcome, with a token a standby can honour.
+  auto retry = commands.send(add_note{"r1", "again"}, once);
+  ASSERT_TRUE(retry) << retry.error().describe();
+  EXPECT_EQ(retry->position.position(), first->position.position());
+  ASSERT_GE(retry->position.lsn(), first->position.lsn());
+  const auto before = s->replicas().at(0).reads;
+  cleave::request_meta meta;
+  meta.consistency = cleave::at_least(retry->position);
+  auto seen = queries.ask(note_by_id{"r1"}, meta);
+  ASSERT_TRUE(seen) << seen.error().describe();
+  EXPECT_EQ(*seen, "again");
+  EXPECT_EQ(s->replicas().at(0).reads, before + 1) << "the retry's read went to the primary";
+}
+
 TEST_F(replica_reads, a_lagging_standby_is_waited_for_then_left_for_the_primary_or_refused) {
   auto fallback = open(true);
   auto strict = open(false);

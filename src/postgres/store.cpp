@@ -233,7 +233,10 @@ struct store::impl {
       const auto keep = retention_interval(owner->opts.outcome_retention);
       const sql_value key[] = {std::string_view(command_id), std::string_view(keep)};
       auto r = conn->run(
-          "select command_type, outcome::text, transaction_id::text, position, lsn::text "
+          // The commit's LSN is not known inside its transaction; the primary's WAL position now
+          // is past it, so a standby that has replayed that much has the command's effects.
+          "select command_type, outcome::text, transaction_id::text, position, "
+          "coalesce(lsn, pg_current_wal_lsn())::text "
           "from cleave_commands where command_id = $1 and recorded_at >= now() - $2::interval",
           key);
       if (r.rows() == 0) return std::nullopt;
