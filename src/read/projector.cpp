@@ -288,25 +288,26 @@ memory_view_base* projector::find_memory(std::string_view name) const {
 
 std::size_t projector::stream_batches(position_token from, std::size_t batch, std::size_t max,
                                       function_ref<bool(std::vector<stored_event>&)> apply) {
+  // From a server (PostgreSQL) the next batch is read on another thread while this one is
+  // applied. A local file (SQLite) reads faster on this thread once this batch's memory is free
+  // for the next (measured: both batches alive at once cost more than the overlap saves).
+  const bool read_ahead = db_.dialect() == "postgresql";
   std::size_t applied = 0;
-  auto events = db_.read_events(from, batch);
-  while (!events.empty()) {
-    // A full batch: the log goes on, so the next (larger) one is read while this one is applied.
-    const bool full = events.size() == batch;
-    std::future<std::vector<stored_event>> next;
-    if (full) {
-      batch = std::max(batch, std::min(batch * 2, max));
-      next = std::async(std::launch::async, [this, at = events.back().position, batch] {
-        return db_.read_events(at, batch);
-      });
-    }
+  std::future<std::vector<stored_event>> ahead;
+  for (;;) {
+    auto events = ahead.valid() ? ahead.get() : db_.read_events(from, batch);
+    if (events.empty()) return applied;
+    const bool full = events.size() == batch;  // the log goes on: the next batch is larger
+    if (full) batch = std::max(batch, std::min(batch * 2, max));
+    from = events.back().position;
+    if (full && read_ahead)
+      ahead = std::async(std::launch::async,
+                         [this, from, batch] { return db_.read_events(from, batch); });
     const auto n = events.size();
-    if (!apply(events)) return applied;  // (next's destructor waits for its read)
+    if (!apply(events)) return applied;  // (ahead's destructor waits for its read)
     applied += n;
     if (!full) return applied;
-    events = next.get();
   }
-  return applied;
 }
 
 std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch) {
