@@ -609,7 +609,7 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
     std::vector<stored_event> out;
     out.reserve(static_cast<std::size_t>(r.rows()));
     for (int i = 0; i < r.rows(); ++i) {
-      stored_event e;
+      auto& e = out.emplace_back();
       e.position = position_token(r.binary_u64(i, 0), r.binary_u64(i, 1));
       e.stream = r.text(i, 2);
       e.stream_version = r.binary_u64(i, 3);
@@ -618,7 +618,6 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
       e.command_id = r.text(i, 6);
       e.correlation_id = r.text(i, 7);
       e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(i, 8)));
-      out.push_back(std::move(e));
     }
     return out;
   });

@@ -438,8 +438,9 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
                                 static_cast<std::int64_t>(limit)};
     auto& s = conn.prepare(select_events, params);
     reset_on_exit guard{s};
+    out.reserve(std::min<std::size_t>(limit, 1 << 16));
     while (s.step()) {
-      stored_event e;
+      auto& e = out.emplace_back();
       e.position = position_token(0, static_cast<std::uint64_t>(s.int_at(0)));
       e.stream = s.text_at(1);
       e.stream_version = static_cast<std::uint64_t>(s.int_at(2));
@@ -448,7 +449,6 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
       e.command_id = s.text_at(5);
       e.correlation_id = s.text_at(6);
       e.recorded_at_ms = s.int_at(7);
-      out.push_back(std::move(e));
     }
     return out;
   });
