@@ -39,11 +39,15 @@ TEST(shop_with_a_replica, reads_its_writes_from_the_standby_and_reports_its_lag)
   ASSERT_EQ(replicas.size(), 1u);
   EXPECT_GE(replicas[0]["reads"].get<std::uint64_t>(), 1u);
   EXPECT_TRUE(replicas[0].contains("lag_seconds"));
-  // A query that reads an async view waits for it and then reads it on the primary.
+  // A query that reads an async view waits for it on the primary, then reads it on the standby
+  // once that has replayed the view's batch.
   app.start_workers();
+  const auto before = cleave::replicas_json(app.store())[0]["reads"].get<std::uint64_t>();
   auto summary = app.queries().ask(shop::order_summary{"o1"}, fresh);
   ASSERT_TRUE(summary) << summary.error().describe();
   EXPECT_EQ(summary->lines.at(0).quantity, 2);
+  EXPECT_EQ(cleave::replicas_json(app.store())[0]["reads"].get<std::uint64_t>(), before + 1)
+      << "the view was read on the primary";
   app.stop_workers();
 }
 

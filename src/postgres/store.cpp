@@ -626,10 +626,11 @@ std::vector<stored_event> store::read_events(position_token after, std::size_t l
 position_token store::head() {
   return impl_->read([](connection& conn) {
     auto r = conn.run(
-        "select transaction_id::text, position from cleave_events "
+        "select transaction_id::text, position, pg_current_wal_lsn()::text from cleave_events "
         "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
     if (r.rows() == 0) return position_token{};
-    return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
+    return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
+                          parse_lsn(r.text(0, 2)));
   });
 }
 

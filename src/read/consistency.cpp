@@ -4,6 +4,18 @@
 
 namespace cleave {
 
+// The views waited for are current on the primary. With standbys, the read may go to one that has
+// replayed every commit made so far (the head's LSN, past the views' batches); else the primary.
+void read_your_writes::read_views_now(const request_meta& meta) {
+  auto& log = projector_.log();
+  if (!log.replicas().empty())
+    if (const auto now = log.head(); now.lsn() != 0) {
+      meta.consistency = at_least(now);
+      return;
+    }
+  meta.consistency = strong();
+}
+
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,
                                       next_step next) {
   const auto& wanted = meta.consistency;
@@ -21,7 +33,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                                 "allowed; try again",
                                 name, stale.count(), wanted.max_staleness.count()));
     }
-    meta.consistency = strong();  // the views waited for are current on the primary
+    read_views_now(meta);
     return next();
   }
   // at_least(token), or strong: at least every commit before this query.
@@ -38,7 +50,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                               name, at.to_string(), behind, token.to_string()));
     }
   }
-  meta.consistency = strong();  // the views waited for are current on the primary
+  read_views_now(meta);
   return next();
 }
 

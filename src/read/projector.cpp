@@ -69,7 +69,14 @@ std::int64_t unix_ms() {
 // Runs `body` with a read-only context on `db`, always ending the transaction.
 template <class F>
 auto reading(store& db, F&& body) {
-  auto& tx = db.begin_read({});
+  // The primary, never a standby: a checkpoint read behind the truth would make batches fail
+  // their compare-and-set and waits last until the standby caught up.
+  static const request_meta on_primary = [] {
+    request_meta meta;
+    meta.consistency = strong();
+    return meta;
+  }();
+  auto& tx = db.begin_read(on_primary);
   try {
     read_context ctx(&tx, detail::no_meta);
     auto out = body(ctx);

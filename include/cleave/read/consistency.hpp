@@ -39,6 +39,8 @@ class read_your_writes final : public behavior {
                       next_step next) override;
 
  private:
+  void read_views_now(const request_meta& meta);
+
   projector& projector_;
   std::chrono::milliseconds budget_;
   std::map<std::string, std::vector<std::string>, std::less<>> reads_;

@@ -132,7 +132,9 @@ class store : public session_source {
                              position_token until = {}) = 0;
 
   // The position of the newest committed event (the empty token for an empty log). A reader of
-  // the log gets there once every transaction that was running when it committed has ended.
+  // the log gets there once every transaction that was running when it committed has ended. On
+  // PostgreSQL its LSN is the primary's WAL position now: a standby that has replayed that much
+  // has every commit made so far (views included).
   virtual position_token head() = 0;
 
   // Applies the migrations of `component` (cleave's own, an application's, a projection's) that
