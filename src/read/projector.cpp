@@ -498,18 +498,36 @@ std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
       return true;
     });
   }
-  // Set-based: one statement per batch, growing while they come back full.
-  std::size_t applied = 0;
-  for (;;) {
-    const auto span = db_.read_span(from, batch);
-    if (span.events == 0 || !commit_batch(p, from, span.last, [&](write_transaction& tx) {
+  // Set-based: one statement per batch.
+  return stream_spans(from, batch, opts_.max_batch, {}, [&](const log_span& span) {
+    if (!commit_batch(p, from, span.last, [&](write_transaction& tx) {
           apply_set_based(p, tx, p.def.table(), from, span.last);
         }))
-      return applied;
-    applied += span.events;
-    if (span.events < batch) return applied;
+      return false;
     from = span.last;
-    batch = std::max(batch, std::min(batch * 2, opts_.max_batch));
+    return true;
+  });
+}
+
+std::size_t projector::stream_spans(position_token from, std::size_t batch, std::size_t max,
+                                    position_token until,
+                                    function_ref<bool(const log_span&)> apply) {
+  // As stream_batches: on PostgreSQL the next span is counted while this one is applied.
+  const bool read_ahead = db_.dialect() == "postgresql";
+  std::size_t applied = 0;
+  std::future<log_span> ahead;
+  for (;;) {
+    const auto span = ahead.valid() ? ahead.get() : db_.read_span(from, batch, until);
+    if (span.events == 0) return applied;
+    const bool full = span.events == batch;
+    if (full) batch = std::max(batch, std::min(batch * 2, max));
+    from = span.last;
+    if (full && read_ahead)
+      ahead = std::async(std::launch::async,
+                         [this, from, batch, until] { return db_.read_span(from, batch, until); });
+    if (!apply(span)) return applied;  // (ahead's destructor waits for its read)
+    applied += span.events;
+    if (!full) return applied;
   }
 }
 
@@ -736,13 +754,13 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   // Chunks up to `until` (empty: the log's end).
   auto fill = [&](position_token until) {
     if (!p.def.batch_sql_text().empty()) {
-      for (;;) {
-        const auto span = db_.read_span(at, chunk, until);
-        if (span.events == 0) return;
+      stream_spans(at, chunk, chunk, until, [&](const log_span& span) {
         commit_chunk(span.events, span.last, [&](write_transaction& tx) {
           apply_set_based(p, tx, state.shadow, at, span.last);
         });
-      }
+        return true;
+      });
+      return;
     }
     stream_batches(at, chunk, chunk, [&](std::vector<stored_event>& events) {
       const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {

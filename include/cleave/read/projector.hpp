@@ -177,6 +177,10 @@ class projector {
   // on another thread. Returns the events applied.
   std::size_t stream_batches(position_token from, std::size_t batch, std::size_t max,
                              function_ref<bool(std::vector<stored_event>&)> apply);
+  // The same for set-based work: spans of the log (up to `until`, unless empty) instead of its
+  // events.
+  std::size_t stream_spans(position_token from, std::size_t batch, std::size_t max,
+                           position_token until, function_ref<bool(const log_span&)> apply);
   std::size_t catch_up_async(std::size_t batch = 0);
   void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
                        position_token from, position_token to);
