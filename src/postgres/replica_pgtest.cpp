@@ -80,51 +80,55 @@ void wire(cleave::command_bus& commands, cleave::query_bus& queries) {
   });
 }
 
+// A store and the buses wired to it.
+struct wired_store {
+  std::unique_ptr<cleave::postgres::store> db;
+  cleave::command_bus commands{db.get()};
+  cleave::query_bus queries{db.get()};
+  explicit wired_store(std::unique_ptr<cleave::postgres::store> s) : db(std::move(s)) {
+    wire(commands, queries);
+  }
+};
+
 TEST_F(replica_reads, at_least_is_served_by_the_standby_once_it_has_replayed_the_commit) {
-  auto s = open(true);
-  cleave::command_bus commands{s.get()};
-  cleave::query_bus queries{s.get()};
-  wire(commands, queries);
+  wired_store w{open(true)};
   for (int i = 0; i < 20; ++i) {
     const std::string id = "n" + std::to_string(i);
-    auto done = commands.send(add_note{id, "hello"});
+    auto done = w.commands.send(add_note{id, "hello"});
     ASSERT_TRUE(done) << done.error().describe();
     ASSERT_GT(done->position.lsn(), 0u);
     cleave::request_meta meta;
     meta.consistency = cleave::at_least(done->position);
-    auto seen = queries.ask(note_by_id{id}, meta);
+    auto seen = w.queries.ask(note_by_id{id}, meta);
     ASSERT_TRUE(seen) << seen.error().describe() << " (read your write " << i << ")";
     EXPECT_EQ(*seen, "hello");
   }
-  EXPECT_EQ(s->replicas().at(0).reads, 20u) << "the standby served none of them";
+  EXPECT_EQ(w.db->replicas().at(0).reads, 20u) << "the standby served none of them";
   // strong always reads the primary.
   cleave::request_meta strong;
   strong.consistency = cleave::strong();
-  ASSERT_TRUE(queries.ask(note_by_id{"n0"}, strong));
-  EXPECT_EQ(s->replicas().at(0).reads, 20u);
+  ASSERT_TRUE(w.queries.ask(note_by_id{"n0"}, strong));
+  EXPECT_EQ(w.db->replicas().at(0).reads, 20u);
 }
 
 TEST_F(replica_reads, a_retried_commands_token_is_served_by_the_standby_too) {
-  auto s = open(true);
-  cleave::command_bus commands{s.get()};
-  cleave::query_bus queries{s.get()};
-  wire(commands, queries);
+  wired_store w{open(true)};
   cleave::request_meta once;
   once.command_id = "retried-1";
-  auto first = commands.send(add_note{"r1", "again"}, once);
+  auto first = w.commands.send(add_note{"r1", "again"}, once);
   ASSERT_TRUE(first) << first.error().describe();
   // The retry gets the remembered outcome, with a token a standby can honour.
-  auto retry = commands.send(add_note{"r1", "again"}, once);
+  auto retry = w.commands.send(add_note{"r1", "again"}, once);
   ASSERT_TRUE(retry) << retry.error().describe();
   EXPECT_EQ(retry->position.position(), first->position.position());
   ASSERT_GE(retry->position.lsn(), first->position.lsn());
-  const auto before = s->replicas().at(0).reads;
+  const auto before = w.db->replicas().at(0).reads;
   cleave::request_meta meta;
   meta.consistency = cleave::at_least(retry->position);
-  auto seen = queries.ask(note_by_id{"r1"}, meta);
+  auto seen = w.queries.ask(note_by_id{"r1"}, meta);
   ASSERT_TRUE(seen) << seen.error().describe();
   EXPECT_EQ(*seen, "again");
-  EXPECT_EQ(s->replicas().at(0).reads, before + 1) << "the retry's read went to the primary";
+  EXPECT_EQ(w.db->replicas().at(0).reads, before + 1) << "the retry's read went to the primary";
 }
 
 TEST_F(replica_reads, a_lagging_standby_is_waited_for_then_left_for_the_primary_or_refused) {
@@ -163,24 +167,21 @@ TEST_F(replica_reads, a_lagging_standby_is_waited_for_then_left_for_the_primary_
 }
 
 TEST_F(replica_reads, once_replay_resumes_the_standby_catches_up_and_serves_again) {
-  auto s = open(false);
-  cleave::command_bus commands{s.get()};
-  cleave::query_bus queries{s.get()};
-  wire(commands, queries);
+  wired_store w{open(false)};
   cleave::position_token last;
   {
     paused_replay pause{cleave::testing::standby_url()};
-    last = commands.send(add_note{"p", "paused"}).value().position;
+    last = w.commands.send(add_note{"p", "paused"}).value().position;
   }
   cleave::request_meta meta;
   meta.consistency = cleave::at_least(last);
-  auto seen = queries.ask(note_by_id{"p"}, meta);  // waits (up to 300 ms) for the replay
+  auto seen = w.queries.ask(note_by_id{"p"}, meta);  // waits (up to 300 ms) for the replay
   ASSERT_TRUE(seen) << seen.error().describe();
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (s->replicas().at(0).lag_bytes > 0 && std::chrono::steady_clock::now() < until)
+  while (w.db->replicas().at(0).lag_bytes > 0 && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  EXPECT_EQ(s->replicas().at(0).lag_bytes, 0u);
-  EXPECT_FALSE(s->replicas().at(0).set_aside);
+  EXPECT_EQ(w.db->replicas().at(0).lag_bytes, 0u);
+  EXPECT_FALSE(w.db->replicas().at(0).set_aside);
 }
 
 }  // namespace
