@@ -209,16 +209,25 @@ void metrics::record_message(std::string_view kind, std::string_view name,
   ++messages_[{std::string(kind), std::string(name), std::string(outcome)}];
 }
 
+namespace {
+
+// The HELP and TYPE lines that open a Prometheus metric family.
+void metric_family(std::string& out, std::string_view name, std::string_view type,
+                   std::string_view help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+}  // namespace
+
 std::string metrics::render() const {
   std::lock_guard lock(mutex_);
   std::string out;
-  out += "# HELP cleave_http_requests_total HTTP requests by route and status.\n";
-  out += "# TYPE cleave_http_requests_total counter\n";
+  metric_family(out, "cleave_http_requests_total", "counter", "HTTP requests by route and status.");
   for (const auto& [key, n] : requests_)
     out += fmt::format("cleave_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first,
                        key.second, n);
-  out += "# HELP cleave_http_request_duration_seconds HTTP request latency by route.\n";
-  out += "# TYPE cleave_http_request_duration_seconds histogram\n";
+  metric_family(out, "cleave_http_request_duration_seconds", "histogram",
+                "HTTP request latency by route.");
   for (const auto& [route, h] : latency_) {
     for (std::size_t i = 0; i < std::size(buckets); ++i)
       out +=
@@ -232,8 +241,8 @@ std::string metrics::render() const {
     out += fmt::format("cleave_http_request_duration_seconds_count{{route=\"{}\"}} {}\n", route,
                        h.count);
   }
-  out += "# HELP cleave_messages_total Commands and queries by name and outcome.\n";
-  out += "# TYPE cleave_messages_total counter\n";
+  metric_family(out, "cleave_messages_total", "counter",
+                "Commands and queries by name and outcome.");
   for (const auto& [key, n] : messages_)
     out += fmt::format("cleave_messages_total{{kind=\"{}\",name=\"{}\",outcome=\"{}\"}} {}\n",
                        std::get<0>(key), std::get<1>(key), std::get<2>(key), n);
@@ -410,43 +419,37 @@ response router::static_file(const std::string& path) const {
 
 namespace {
 
-// The read side's lag as Prometheus gauges, per projection.
+// The read side's lag as Prometheus gauges, per projection and per replica.
 std::string lag_metrics(app& a) {
   std::string out;
-  out +=
-      "# HELP cleave_projection_lag_events Events committed that a projection has not applied.\n";
-  out += "# TYPE cleave_projection_lag_events gauge\n";
   const auto all = projections_json(a.projections());
-  for (const auto& p : all)
-    out += fmt::format("cleave_projection_lag_events{{projection=\"{}\"}} {}\n",
-                       p["name"].get<std::string>(), p["lag_events"].get<std::uint64_t>());
-  out +=
-      "# HELP cleave_projection_lag_seconds Age of the oldest event a projection has not "
-      "applied.\n";
-  out += "# TYPE cleave_projection_lag_seconds gauge\n";
-  for (const auto& p : all)
-    out += fmt::format("cleave_projection_lag_seconds{{projection=\"{}\"}} {}\n",
-                       p["name"].get<std::string>(), p["lag_seconds"].get<double>());
-  out += "# HELP cleave_projection_dead_letters Events parked because their handler failed.\n";
-  out += "# TYPE cleave_projection_dead_letters gauge\n";
-  for (const auto& p : all)
-    out += fmt::format("cleave_projection_dead_letters{{projection=\"{}\"}} {}\n",
-                       p["name"].get<std::string>(), p["dead_letters"].get<std::uint64_t>());
+  auto per_projection = [&](std::string_view name, std::string_view help, const char* field) {
+    metric_family(out, name, "gauge", help);
+    for (const auto& p : all) {
+      const auto& v = p[field];
+      out += fmt::format("{}{{projection=\"{}\"}} {}\n", name, p["name"].get<std::string>(),
+                         v.is_number_float() ? fmt::format("{}", v.get<double>()) : v.dump());
+    }
+  };
+  per_projection("cleave_projection_lag_events",
+                 "Events committed that a projection has not applied.", "lag_events");
+  per_projection("cleave_projection_lag_seconds",
+                 "Age of the oldest event a projection has not applied.", "lag_seconds");
+  per_projection("cleave_projection_dead_letters", "Events parked because their handler failed.",
+                 "dead_letters");
   const auto replicas = a.store().replicas();
-  if (!replicas.empty()) {
-    out +=
-        "# HELP cleave_replica_lag_seconds How long ago the primary wrote the oldest WAL a replica "
-        "lacks.\n";
-    out += "# TYPE cleave_replica_lag_seconds gauge\n";
+  if (replicas.empty()) return out;
+  auto per_replica = [&](std::string_view name, std::string_view help, auto value) {
+    metric_family(out, name, "gauge", help);
     for (const auto& r : replicas)
-      out += fmt::format("cleave_replica_lag_seconds{{replica=\"{}\"}} {}\n", r.url, r.lag_seconds);
-    out +=
-        "# HELP cleave_replica_lag_bytes WAL the primary has written that a replica has not "
-        "replayed.\n";
-    out += "# TYPE cleave_replica_lag_bytes gauge\n";
-    for (const auto& r : replicas)
-      out += fmt::format("cleave_replica_lag_bytes{{replica=\"{}\"}} {}\n", r.url, r.lag_bytes);
-  }
+      out += fmt::format("{}{{replica=\"{}\"}} {}\n", name, r.url, value(r));
+  };
+  per_replica("cleave_replica_lag_seconds",
+              "How long ago the primary wrote the oldest WAL a replica lacks.",
+              [](const replica_status& r) { return r.lag_seconds; });
+  per_replica("cleave_replica_lag_bytes",
+              "WAL the primary has written that a replica has not replayed.",
+              [](const replica_status& r) { return r.lag_bytes; });
   return out;
 }
 

@@ -50,21 +50,7 @@
 #include <cleave/read/projector.hpp>
 #include <cleave/sqlite/store.hpp>
 
-namespace bench {
-
-struct place_item {
-  std::string id;
-  std::int64_t quantity = 0;
-};
-CLEAVE_COMMAND(place_item, "bench.place_item", id, quantity)
-
-struct item_placed {
-  std::string id;
-  std::int64_t quantity = 0;
-};
-CLEAVE_EVENT(item_placed, "bench.item_placed", id, quantity)
-
-}  // namespace bench
+#include "../store/bench_messages.hpp"
 
 namespace {
 
