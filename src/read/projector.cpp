@@ -184,7 +184,7 @@ class projector::inline_source final : public session_source {
           stored.payload = e.payload;
         }
         view_context view(*inner_, p.table(), stored);
-        (*handler)(e.payload, view);
+        (*handler)(stored.payload, view);  // the payload converted once, for every handler
       }
       return version;
     }
