@@ -698,36 +698,45 @@ log_span store::read_span(position_token after, std::size_t limit, position_toke
                                 until.empty() ? std::numeric_limits<std::int64_t>::max()
                                               : static_cast<std::int64_t>(until.position()),
                                 static_cast<std::int64_t>(limit)};
-    constexpr std::string_view span =
+    constexpr std::string_view range =
         "from cleave_events "
         "where (transaction_id, position) > ($1::text::xid8, $2) "
         "  and (transaction_id, position) <= ($3::text::xid8, $4) "
         "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
-        "order by cleave_events.transaction_id, cleave_events.position ";
+        "order by cleave_events.transaction_id {0}, cleave_events.position {0} ";
+    const std::string span = fmt::format(range, "asc");
     log_span out;
-    auto last = [&](const result_set& r) {
-      out.last =
-          position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
+    const auto token = [](const result_set& r) {
+      return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)));
     };
     // A whole span: its last event is the limit-th (an index-only scan that skips the others).
-    if (auto r = conn.run(
-            fmt::format("select transaction_id::text, position {} limit 1 offset $5 - 1", span),
-            params);
-        r.rows() == 1) {
-      out.events = limit;
-      last(r);
-      return out;
-    }
-    // A shorter one, at the log's end: numbered in the database, only the last row comes back.
-    auto r = conn.run(fmt::format("select transaction_id::text, position, n from (select *, "
-                                  "row_number() over () as n from (select transaction_id, "
-                                  "position {} limit $5) as span) as numbered order by n desc "
-                                  "limit 1",
-                                  span),
-                      params);
+    const auto whole = [&] {
+      auto r = conn.run(
+          fmt::format("select transaction_id::text, position {} limit 1 offset $5 - 1", span),
+          params);
+      if (r.rows() == 1) out = {limit, token(r)};
+      return r.rows() == 1;
+    };
+    // The last event in range (a backward index scan that stops at the first row).
+    auto r = conn.run(
+        fmt::format("select transaction_id::text, position {} limit 1", fmt::format(range, "desc")),
+        std::span(params).first(4));
     if (r.rows() == 0) return out;
-    out.events = static_cast<std::uint64_t>(r.integer(0, 2));
-    last(r);
+    const auto end = token(r);
+    // Positions come from one sequence, so their difference tells which of the two counts is
+    // likely to answer; the other one follows only when that guess was wrong.
+    const bool likely_whole = end.position() >= after.position() + limit;
+    if (likely_whole && whole()) return out;
+    // Up to the last event: counted (an index-only scan), unless there are `limit` of them.
+    const std::string end_xid = std::to_string(end.transaction());
+    const sql_value upto[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
+                              std::string_view(end_xid), static_cast<std::int64_t>(end.position()),
+                              static_cast<std::int64_t>(limit)};
+    const auto n = static_cast<std::uint64_t>(
+        conn.run(fmt::format("select count(*) from (select 1 {} limit $5) as span", span), upto)
+            .integer(0, 0));
+    if (n < limit) return log_span{n, end};
+    whole();  // (a second try sees at least the `limit` events just counted: they have committed)
     return out;
   });
 }

@@ -568,6 +568,25 @@ TYPED_TEST_P(projections, a_set_based_projection_applies_a_batch_in_one_statemen
   EXPECT_EQ(rebuilt.differences, 0);
   EXPECT_EQ(rebuilt.applied, 10u);
   EXPECT_EQ(count("x"), 6);
+  // Its batches grow as a fold's do, up to their own limit.
+  cleave::projector_options growing;
+  growing.batch = 1;
+  growing.max_set_based_batch = 4;
+  cleave::projector grows(*this->db, nullptr, growing);
+  cleave::projection sizes{"batch_sizes"};
+  sizes.schema("create table {view}(batch bigint primary key, n bigint not null)")
+      .batch_sql(
+          "insert into {view}(batch, n) select (select count(*) from {view}) + 1, count(*) "
+          "from {events}");
+  grows.add(std::move(sizes));
+  EXPECT_EQ(grows.catch_up(), 10u);
+  std::vector<std::int64_t> batch_sizes;
+  auto& tx = this->db->begin_read({});
+  tx.query("select n from batch_sizes order by batch", {}, [&](const cleave::row_view& r) {
+    batch_sizes.push_back(std::get<std::int64_t>(r.get(0)));
+  });
+  tx.finish();
+  EXPECT_EQ(batch_sizes, (std::vector<std::int64_t>{1, 2, 4, 3}));
   auto views = this->backend.open();
   cleave::projection elsewhere{"elsewhere_set_based"};
   elsewhere.schema("create table {view}(n bigint)").batch_sql("insert into {view} select 1");

@@ -389,6 +389,35 @@ TYPED_TEST_P(store_conformance, distance_counts_the_events_after_a_position) {
   EXPECT_EQ(this->db->distance(this->db->head()).events, 0u);
 }
 
+TYPED_TEST_P(store_conformance, a_span_counts_what_read_events_returns) {
+  // Twelve events with gaps: each failed command's append rolls back (on PostgreSQL its position
+  // is used up), so positions alone overstate how many events lie between two of them.
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(this->commands.send(register_customer{"c" + std::to_string(i), "n"}));
+    for (int k = 0; i % 4 == 1 && k < 5; ++k)
+      ASSERT_FALSE(
+          this->commands.send(register_customer{"x" + std::to_string(i * 10 + k), "boom"}));
+  }
+  const auto all = this->db->read_events({}, 100);
+  ASSERT_EQ(all.size(), 12u);
+  std::vector<cleave::position_token> afters{{}};
+  for (const auto& e : all) afters.push_back(e.position);
+  for (const auto& after : afters)
+    for (const std::size_t limit : {1, 2, 3, 5, 8, 13, 100})
+      for (const auto& until : {cleave::position_token{}, all[6].position, all.back().position}) {
+        std::vector<cleave::position_token> in_span;
+        for (const auto& e : all)
+          if (after < e.position && (until.empty() || !(until < e.position)) &&
+              in_span.size() < limit)
+            in_span.push_back(e.position);
+        const auto span = this->db->read_span(after, limit, until);
+        const auto where = "after " + after.to_string() + ", limit " + std::to_string(limit) +
+                           ", until " + until.to_string();
+        EXPECT_EQ(span.events, in_span.size()) << where;
+        EXPECT_EQ(span.last, in_span.empty() ? cleave::position_token{} : in_span.back()) << where;
+      }
+}
+
 TYPED_TEST_P(store_conformance, a_commit_in_another_process_wakes_a_watch) {
   auto other = this->backend.open();
   cleave::command_bus other_commands{other.get()};
@@ -432,8 +461,8 @@ TYPED_TEST_P(store_conformance, a_lease_has_one_holder_until_it_is_released) {
 
 REGISTER_TYPED_TEST_SUITE_P(
     store_conformance, distance_counts_the_events_after_a_position,
-    a_commit_in_another_process_wakes_a_watch, a_lease_has_one_holder_until_it_is_released,
-    a_command_commits_its_state_and_its_event_together,
+    a_span_counts_what_read_events_returns, a_commit_in_another_process_wakes_a_watch,
+    a_lease_has_one_holder_until_it_is_released, a_command_commits_its_state_and_its_event_together,
     a_rejected_or_failing_command_leaves_nothing_behind, a_unique_violation_is_a_conflict,
     a_query_cannot_write_even_through_raw_sql, placeholders_bind_by_number_in_any_order,
     expected_stream_version_guards_concurrent_changes,

@@ -42,6 +42,9 @@ struct projector_options {
   // fewer round trips and commits when catching up or starting on a long log. A fold holds a
   // batch's events in memory; a set-based batch does not.
   std::size_t max_batch = 100'000;
+  // The same for set-based projections, whose batches the database runs as one statement (no
+  // events held in memory): larger, so a long catch-up is a few scans of the log.
+  std::size_t max_set_based_batch = 1'000'000;
   // How often the worker looks without being woken (the safety net), and how often a standby
   // tries the lease.
   std::chrono::milliseconds poll{1000};
