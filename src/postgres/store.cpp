@@ -600,26 +600,28 @@ std::vector<replica_status> store::replicas() {
   return out;
 }
 
-std::vector<stored_event> store::read_events(position_token after, std::size_t limit) {
-  return impl_->read([&](connection& conn) {
+void store::read_events_into(position_token after, std::size_t limit,
+                             std::vector<stored_event>& out) {
+  impl_->read([&](connection& conn) {
     const std::string xid = std::to_string(after.transaction());
     const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
                                 static_cast<std::int64_t>(limit)};
     auto r = conn.run(select_events, params, connection::result_format::binary);
-    std::vector<stored_event> out;
-    out.reserve(static_cast<std::size_t>(r.rows()));
-    for (int i = 0; i < r.rows(); ++i) {
-      auto& e = out.emplace_back();
-      e.position = position_token(r.binary_u64(i, 0), r.binary_u64(i, 1));
-      e.stream = r.text(i, 2);
-      e.stream_version = r.binary_u64(i, 3);
-      e.type = r.text(i, 4);
-      e.payload = event_payload::from_text(std::string(r.text(i, 5)));
-      e.command_id = r.text(i, 6);
-      e.correlation_id = r.text(i, 7);
-      e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(i, 8)));
+    const auto rows = static_cast<std::size_t>(r.rows());
+    out.resize(rows);
+    for (std::size_t i = 0; i < rows; ++i) {
+      auto& e = out[i];
+      const int row = static_cast<int>(i);
+      e.position = position_token(r.binary_u64(row, 0), r.binary_u64(row, 1));
+      e.stream.assign(r.text(row, 2));
+      e.stream_version = r.binary_u64(row, 3);
+      e.type.assign(r.text(row, 4));
+      e.payload.assign_text(r.text(row, 5));
+      e.command_id.assign(r.text(row, 6));
+      e.correlation_id.assign(r.text(row, 7));
+      e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(row, 8)));
     }
-    return out;
+    return 0;
   });
 }
 

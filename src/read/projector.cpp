@@ -1,6 +1,7 @@
 #include <cleave/read/projector.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <future>
 #include <limits>
@@ -295,21 +296,28 @@ memory_view_base* projector::find_memory(std::string_view name) const {
 
 std::size_t projector::stream_batches(position_token from, std::size_t batch, std::size_t max,
                                       function_ref<bool(std::vector<stored_event>&)> apply) {
-  // From a server (PostgreSQL) the next batch is read on another thread while this one is
-  // applied. A local file (SQLite) reads faster on this thread once this batch's memory is free
-  // for the next (measured: both batches alive at once cost more than the overlap saves).
-  const bool read_ahead = db_.dialect() == "postgresql";
+  // While a batch is applied the next one is read on another thread (into the other buffer).
   std::size_t applied = 0;
-  std::future<std::vector<stored_event>> ahead;
+  // This batch and the next, each read into again and again: their strings are reused.
+  std::array<std::vector<stored_event>, 2> buffers;
+  std::size_t current = 0;
+  std::future<void> ahead;
   for (;;) {
-    auto events = ahead.valid() ? ahead.get() : db_.read_events(from, batch);
+    auto& events = buffers[current];
+    if (ahead.valid())
+      ahead.get();
+    else
+      db_.read_events_into(from, batch, events);
     if (events.empty()) return applied;
     const bool full = events.size() == batch;  // the log goes on: the next batch is larger
     if (full) batch = std::max(batch, std::min(batch * 2, max));
     from = events.back().position;
-    if (full && read_ahead)
-      ahead = std::async(std::launch::async,
-                         [this, from, batch] { return db_.read_events(from, batch); });
+    if (full) {
+      current = 1 - current;
+      ahead = std::async(std::launch::async, [this, from, batch, &next = buffers[current]] {
+        db_.read_events_into(from, batch, next);
+      });
+    }
     const auto n = events.size();
     if (!apply(events)) return applied;  // (ahead's destructor waits for its read)
     applied += n;
@@ -518,8 +526,7 @@ std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
 std::size_t projector::stream_spans(position_token from, std::size_t batch, std::size_t max,
                                     position_token until,
                                     function_ref<bool(const log_span&)> apply) {
-  // As stream_batches: on PostgreSQL the next span is counted while this one is applied.
-  const bool read_ahead = db_.dialect() == "postgresql";
+  // As stream_batches: the next span is counted while this one is applied.
   std::size_t applied = 0;
   std::future<log_span> ahead;
   for (;;) {
@@ -528,7 +535,7 @@ std::size_t projector::stream_spans(position_token from, std::size_t batch, std:
     const bool full = span.events == batch;
     if (full) batch = std::max(batch, std::min(batch * 2, max));
     from = span.last;
-    if (full && read_ahead)
+    if (full)
       ahead = std::async(std::launch::async,
                          [this, from, batch, until] { return db_.read_span(from, batch, until); });
     if (!apply(span)) return applied;  // (ahead's destructor waits for its read)

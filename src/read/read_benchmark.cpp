@@ -184,8 +184,9 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
   // batches of max_batch, nothing decoded or written).
   const auto read0 = clock_type::now();
   cleave::position_token at;
+  std::vector<cleave::stored_event> events;
   for (;;) {
-    auto events = db.read_events(at, opts.max_batch);
+    db.read_events_into(at, opts.max_batch, events);
     if (events.empty()) break;
     at = events.back().position;
   }
@@ -194,8 +195,8 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
                baseline = static_cast<double>(n) / baseline_s;
   line(fmt::format(
       R"({{"bench":"read","case":"projection_{}","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"streams":{},"batch":{},"max_batch":{},"log_read_only":{:.0f},"log_read_only_ratio":{:.3f},"baseline_is":"INSERT … SELECT … GROUP BY"}})",
-      backend, value, baseline, value / baseline, n, streams, opts.batch, opts.max_batch,
-      read_only, read_only / baseline));
+      backend, value, baseline, value / baseline, n, streams, opts.batch, opts.max_batch, read_only,
+      read_only / baseline));
 
   // The same view as a set-based projection: one statement per batch over the log's rows.
   {
@@ -214,7 +215,8 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
     const double set_value = static_cast<double>(n) / set_took;
     line(fmt::format(
         R"({{"bench":"read","case":"projection_{}_set_based","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"streams":{},"batch":{},"max_batch":{},"baseline_is":"INSERT … SELECT … GROUP BY","projection_is":"batch_sql: one statement per batch of the log"}})",
-        backend, set_value, baseline, set_value / baseline, n, streams, opts.batch, opts.max_batch));
+        backend, set_value, baseline, set_value / baseline, n, streams, opts.batch,
+        opts.max_batch));
     cleave::rebuild_options ro;
     ro.chunk = 100000;
     const auto r0 = clock_type::now();

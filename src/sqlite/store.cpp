@@ -431,26 +431,29 @@ read_transaction& store::begin_read(const request_meta&) {
   return impl_->begin_read();
 }
 
-std::vector<stored_event> store::read_events(position_token after, std::size_t limit) {
-  return impl_->read([&](connection& conn) {
-    std::vector<stored_event> out;
+void store::read_events_into(position_token after, std::size_t limit,
+                             std::vector<stored_event>& out) {
+  impl_->read([&](connection& conn) {
     const sql_value params[] = {static_cast<std::int64_t>(after.position()),
                                 static_cast<std::int64_t>(limit)};
     auto& s = conn.prepare(select_events, params);
     reset_on_exit guard{s};
     out.reserve(std::min<std::size_t>(limit, 1 << 16));
+    std::size_t n = 0;
     while (s.step()) {
-      auto& e = out.emplace_back();
+      auto& e = n < out.size() ? out[n] : out.emplace_back();
+      ++n;
       e.position = position_token(0, static_cast<std::uint64_t>(s.int_at(0)));
-      e.stream = s.text_at(1);
+      e.stream.assign(s.text_at(1));
       e.stream_version = static_cast<std::uint64_t>(s.int_at(2));
-      e.type = s.text_at(3);
-      e.payload = event_payload::from_text(std::string(s.text_at(4)));
-      e.command_id = s.text_at(5);
-      e.correlation_id = s.text_at(6);
+      e.type.assign(s.text_at(3));
+      e.payload.assign_text(s.text_at(4));
+      e.command_id.assign(s.text_at(5));
+      e.correlation_id.assign(s.text_at(6));
       e.recorded_at_ms = s.int_at(7);
     }
-    return out;
+    out.resize(n);
+    return 0;
   });
 }
 

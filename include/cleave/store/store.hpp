@@ -29,6 +29,14 @@ class event_payload {
     out.text_ = std::move(text);
     return out;
   }
+  // Makes this the payload of stored `text`, in the buffer this one already has.
+  void assign_text(std::string_view text) {
+    text_.assign(text);
+    if (parsed_) {
+      value_ = json();
+      parsed_ = false;
+    }
+  }
 
   // The payload as a json value, parsed on first use (a malformed text throws error_exception
   // with errc::validation). The first use must not race another on the same payload.
@@ -123,7 +131,15 @@ class store : public session_source {
  public:
   // Up to `limit` committed events after `after`, in the order the log is read. Gap-safe: never
   // returns an event past one that a still-running transaction may yet commit before it.
-  virtual std::vector<stored_event> read_events(position_token after, std::size_t limit) = 0;
+  std::vector<stored_event> read_events(position_token after, std::size_t limit) {
+    std::vector<stored_event> out;
+    read_events_into(after, limit, out);
+    return out;
+  }
+  // As read_events(), into `out` (what it held is replaced). The events it holds are reused,
+  // strings and all: a reader that keeps one vector for its batches allocates little per event.
+  virtual void read_events_into(position_token after, std::size_t limit,
+                                std::vector<stored_event>& out) = 0;
 
   // The span of up to `limit` committed events after `after` (and at or before `until`, unless
   // it is empty), gap-safe like read_events(): how many and the last one's position, counted in
