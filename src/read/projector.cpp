@@ -717,10 +717,18 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
          {}});
   store& views = *p.views;
   rebuild_progress progress;
-  const std::size_t chunk = std::max<std::size_t>(1, options.chunk);
-  std::future<std::uint64_t> total;  // counted beside the first chunk; the first report waits
-  auto report = [&] {
-    if (total.valid()) progress.total = total.get();
+  const bool set_based = !p.def.batch_sql_text().empty();
+  const std::size_t first_chunk = options.chunk ? options.chunk
+                                  : set_based   ? opts_.max_set_based_batch
+                                                : opts_.batch,
+                    max_chunk = options.chunk ? options.chunk
+                                : set_based   ? opts_.max_set_based_batch
+                                              : opts_.max_batch;
+  // The total is counted beside the first chunks; the first report waits for it (and with no
+  // one to report to, the rebuild's end).
+  std::future<std::uint64_t> total;
+  auto report = [&](bool last = false) {
+    if (total.valid() && (options.on_progress || last)) progress.total = total.get();
     if (options.on_progress) options.on_progress(progress);
   };
 
@@ -745,7 +753,9 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     });
   }
   auto at = token_of(state.transaction_id, state.position);
-  total = std::async(std::launch::async, [this, at] { return db_.distance(at).events; });
+  total = std::async(std::launch::async, [this, at] {
+    return db_.read_span(at, std::numeric_limits<std::int64_t>::max()).events;
+  });
 
   // Chunks: each applies events into the shadow and moves the rebuild's own position.
   // One chunk: applied to the shadow with the rebuild's own position moved from `at` to `to`.
@@ -767,8 +777,8 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   };
   // Chunks up to `until` (empty: the log's end).
   auto fill = [&](position_token until) {
-    if (!p.def.batch_sql_text().empty()) {
-      stream_spans(at, chunk, chunk, until, [&](const log_span& span) {
+    if (set_based) {
+      stream_spans(at, first_chunk, max_chunk, until, [&](const log_span& span) {
         commit_chunk(span.events, span.last, [&](write_transaction& tx) {
           apply_set_based(p, tx, state.shadow, at, span.last);
         });
@@ -776,7 +786,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
       });
       return;
     }
-    stream_batches(at, chunk, chunk, [&](std::vector<stored_event>& events) {
+    stream_batches(at, first_chunk, max_chunk, [&](std::vector<stored_event>& events) {
       const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
                                             return until < e.position;
                                           }) > 0;
@@ -803,7 +813,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     }
     // Verify: bring a copy of the live view's position to the shadow's, then compare.
     std::vector<stored_event> live_gap;
-    if (options.verify && live_at < at && p.def.batch_sql_text().empty()) {
+    if (options.verify && live_at < at && !set_based) {
       live_gap = db_.read_events(live_at, std::numeric_limits<std::int32_t>::max());
       std::erase_if(live_gap, [&](const stored_event& e) { return at < e.position; });
     }
@@ -814,7 +824,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
                    name, tx_of(at), pos_of(at), tx_of(live_at), pos_of(live_at)) != 1)
         return false;  // the live view moved meanwhile: look again
       if (options.verify) {
-        if (!p.def.batch_sql_text().empty())
+        if (set_based)
           apply_set_based(p, tx, p.def.table(), live_at, at);
         else
           apply_batch(p, tx, p.def.table(), live_gap, name, 1);
@@ -843,7 +853,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     if (differs) {
       spdlog::warn("projection {}: rebuild differs from the live view in {} rows; not swapped",
                    name, progress.differences);
-      report();
+      report(true);
       return progress;
     }
     if (swapped) break;
@@ -854,7 +864,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   }
   progress.swapped = true;
   announce_progress();
-  report();
+  report(true);
   return progress;
 }
 

@@ -72,7 +72,10 @@ struct rebuild_progress {
 };
 
 struct rebuild_options {
-  std::size_t chunk = 5000;  // events per committed chunk (keeps transactions short)
+  // Events per committed chunk (keeps transactions short). 0: a fold's chunks grow as a
+  // catch-up's batches do (from projector_options::batch, doubling up to max_batch); a
+  // set-based projection's are max_set_based_batch each.
+  std::size_t chunk = 0;
   // Compare the shadow with the live view (both brought to the same position) before the
   // swap; when they differ the shadow is left in place and not swapped in.
   bool verify = false;
