@@ -72,9 +72,9 @@ struct rebuild_progress {
 };
 
 struct rebuild_options {
-  // Events per committed chunk (keeps transactions short). 0: a fold's chunks grow as a
-  // catch-up's batches do (from projector_options::batch, doubling up to max_batch); a
-  // set-based projection's are max_set_based_batch each.
+  // Events per committed chunk (keeps transactions short). 0: a fold's grow as a catch-up's
+  // batches do (from projector_options::batch, doubling up to max_batch); a set-based
+  // projection's are max_set_based_batch each (the log is counted beside the first one).
   std::size_t chunk = 0;
   // Compare the shadow with the live view (both brought to the same position) before the
   // swap; when they differ the shadow is left in place and not swapped in.
@@ -187,6 +187,8 @@ class projector {
   // events.
   std::size_t stream_spans(position_token from, std::size_t batch, std::size_t max,
                            position_token until, function_ref<bool(const log_span&)> apply);
+  // The first span of a set-based catch-up whose batch is `batch`.
+  std::size_t first_set_based_span(std::size_t batch) const;
   std::size_t catch_up_async(std::size_t batch = 0);
   void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
                        position_token from, position_token to);
