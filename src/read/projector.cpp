@@ -728,16 +728,17 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   rebuild_progress progress;
   const bool set_based = !p.def.batch_sql_text().empty();
   const std::size_t first_chunk = options.chunk ? options.chunk
-                                  : set_based   ? opts_.max_set_based_batch
+                                  : set_based   ? first_set_based_span(opts_.batch)
                                                 : opts_.batch,
                     max_chunk = options.chunk ? options.chunk
                                 : set_based   ? opts_.max_set_based_batch
                                               : opts_.max_batch;
-  // The total is counted beside the first chunks; the first report waits for it (and with no
-  // one to report to, the rebuild's end).
+  // The total is counted beside the first chunks, for a progress callback: its first report
+  // waits for it.
   std::future<std::uint64_t> total;
   auto report = [&](bool last = false) {
-    if (total.valid() && (options.on_progress || last)) progress.total = total.get();
+    if (total.valid()) progress.total = total.get();
+    if (last && !options.on_progress) progress.total = progress.applied;
     if (options.on_progress) options.on_progress(progress);
   };
 
@@ -762,9 +763,10 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     });
   }
   auto at = token_of(state.transaction_id, state.position);
-  total = std::async(std::launch::async, [this, at] {
-    return db_.read_span(at, std::numeric_limits<std::int64_t>::max()).events;
-  });
+  if (options.on_progress)
+    total = std::async(std::launch::async, [this, at] {
+      return db_.read_span(at, std::numeric_limits<std::int64_t>::max()).events;
+    });
 
   // Chunks: each applies events into the shadow and moves the rebuild's own position.
   // One chunk: applied to the shadow with the rebuild's own position moved from `at` to `to`.

@@ -64,17 +64,18 @@ struct projection_status {
 
 // How a rebuild is going; handed to the progress callback after each chunk.
 struct rebuild_progress {
-  std::uint64_t applied = 0;      // events applied into the shadow table so far (this run)
-  std::uint64_t total = 0;        // events to apply, as counted when this run began
+  std::uint64_t applied = 0;  // events applied into the shadow table so far (this run)
+  // Events to apply, as counted when this run began (beside its first chunks). Counted only for
+  // an on_progress callback; without one, the events applied, in the result.
+  std::uint64_t total = 0;
   bool swapped = false;           // the shadow is now the live view
   bool resumed = false;           // an interrupted rebuild was picked up
   std::int64_t differences = -1;  // rows that differ from the live view (verify mode), else -1
 };
 
 struct rebuild_options {
-  // Events per committed chunk (keeps transactions short). 0: a fold's grow as a catch-up's
-  // batches do (from projector_options::batch, doubling up to max_batch); a set-based
-  // projection's are max_set_based_batch each (the log is counted beside the first one).
+  // Events per committed chunk (keeps transactions short). 0: as a catch-up's batches, which
+  // double while the log goes on, up to max_batch (a fold) or max_set_based_batch (set-based).
   std::size_t chunk = 0;
   // Compare the shadow with the live view (both brought to the same position) before the
   // swap; when they differ the shadow is left in place and not swapped in.
