@@ -465,11 +465,9 @@ void projector::apply_set_based(const entry& p, write_transaction& tx, std::stri
   // Spelled out rather than as row comparisons ((transaction_id, position) > (…)): PostgreSQL
   // estimates those at one row (a sort-based aggregate that spills to disk) and does not end the
   // index scan at the upper one. A bulk load is one transaction: the first form.
-  // Planned for these bounds, not generically: a prepared statement's generic plan assumes a
-  // small range where a long catch-up is best served by a sequential scan. And without plain
-  // index scans: PostgreSQL's cost model prefers one for a range of the log (its rows lie in
-  // position order), where a bitmap scan reads the same rows ~25% faster. Both settings last
-  // until this batch commits.
+  // Planned for these bounds, not generically (until this batch commits): a prepared
+  // statement's generic plan assumes a small range, an index scan, where a long catch-up is
+  // best served by a sequential scan.
   tx.exec("select set_config('plan_cache_mode', 'force_custom_plan', true)", {});
   const std::string from_tx = std::to_string(from.transaction()),
                     to_tx = std::to_string(to.transaction());
