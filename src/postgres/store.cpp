@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/log_read.hpp>
 
 #include "connection.hpp"
 
@@ -26,6 +27,7 @@ namespace cleave::postgres {
 
 namespace {
 
+using cleave::detail::json_array_of;
 using cleave::detail::next_stream_version;
 using cleave::detail::stream_version_sql;
 using cleave::detail::text_or_null;
@@ -82,6 +84,16 @@ constexpr std::string_view select_events =
     "where (transaction_id, position) > ($1::text::xid8, $2) "
     "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
     // Qualified: the output column `transaction_id` is text, and would sort as text.
+    "order by cleave_events.transaction_id, cleave_events.position limit $3";
+// The same, of some types ($6, a JSON array) and up to a position ($4, $5): a gap-safe end found
+// first, so the bound holds whatever commits meanwhile.
+constexpr std::string_view select_events_of =
+    "select transaction_id, position, stream, stream_version, type, payload::text, "
+    "command_id, correlation_id, recorded_at "
+    "from cleave_events "
+    "where (transaction_id, position) > ($1::text::xid8, $2) "
+    "  and (transaction_id, position) <= ($4::text::xid8, $5) "
+    "  and type in (select jsonb_array_elements_text($6::jsonb)) "
     "order by cleave_events.transaction_id, cleave_events.position limit $3";
 
 constexpr std::uint64_t purge_every = 1024;
@@ -600,13 +612,25 @@ std::vector<replica_status> store::replicas() {
   return out;
 }
 
-void store::read_events_into(position_token after, std::size_t limit,
-                             std::vector<stored_event>& out) {
-  impl_->read([&](connection& conn) {
-    const std::string xid = std::to_string(after.transaction());
-    const sql_value params[] = {std::string_view(xid), static_cast<std::int64_t>(after.position()),
-                                static_cast<std::int64_t>(limit)};
-    auto r = conn.run(select_events, params, connection::result_format::binary);
+position_token store::read_events_into(position_token after, std::size_t limit,
+                                       std::vector<stored_event>& out,
+                                       std::span<const std::string> types) {
+  // Of some types: first the newest event a gap-safe reader sees (every event up to it has
+  // committed; later commits come after it), then the events up to it.
+  const auto end = types.empty() ? position_token{} : readable_head();
+  return impl_->read([&](connection& conn) {
+    const std::string xid = std::to_string(after.transaction()),
+                      end_xid = std::to_string(end.transaction()),
+                      type_list = types.empty() ? std::string() : json_array_of(types);
+    const sql_value params[] = {std::string_view(xid),
+                                static_cast<std::int64_t>(after.position()),
+                                static_cast<std::int64_t>(limit),
+                                std::string_view(end_xid),
+                                static_cast<std::int64_t>(end.position()),
+                                std::string_view(type_list)};
+    auto r = types.empty() ? conn.run(select_events, std::span(params).first(3),
+                                      connection::result_format::binary)
+                           : conn.run(select_events_of, params, connection::result_format::binary);
     const auto rows = static_cast<std::size_t>(r.rows());
     out.resize(rows);
     for (std::size_t i = 0; i < rows; ++i) {
@@ -621,7 +645,9 @@ void store::read_events_into(position_token after, std::size_t limit,
       e.correlation_id.assign(r.text(row, 7));
       e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(row, 8)));
     }
-    return 0;
+    if (rows > 0 && (rows == limit || types.empty())) return out.back().position;
+    if (types.empty() || limit == 0) return after;
+    return std::max(after, end);
   });
 }
 

@@ -173,7 +173,7 @@ class projector::inline_source final : public session_source {
     std::uint64_t append(const pending_event& e) override {
       const auto version = inner_->append(e);
       stored_event stored;
-      for (const auto& [p, views] : owner.owner_.projections_) {
+      for (const auto& [p, views, read_types] : owner.owner_.projections_) {
         if (p.mode() != projection_mode::inline_) continue;
         const auto* handler = p.handler_for(e.type);
         if (!handler) continue;
@@ -266,7 +266,9 @@ void projector::add(projection p, store* views) {
         p.name());
     return true;
   });
-  projections_.push_back({std::move(p), views});
+  auto types = p.event_types();
+  if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
+  projections_.push_back({std::move(p), views, std::move(types)});
 }
 
 void projector::add(memory_view_base& view) {
@@ -294,40 +296,39 @@ memory_view_base* projector::find_memory(std::string_view name) const {
   return nullptr;
 }
 
-std::size_t projector::stream_batches(position_token from, std::size_t batch, std::size_t max,
-                                      function_ref<bool(std::vector<stored_event>&)> apply) {
+std::size_t projector::stream_batches(
+    position_token from, std::size_t batch, std::size_t max, std::span<const std::string> types,
+    function_ref<bool(std::vector<stored_event>&, position_token)> apply) {
   // While a batch is applied the next one is read on another thread (into the other buffer).
   std::size_t applied = 0;
   // This batch and the next, each read into again and again: their strings are reused.
   std::array<std::vector<stored_event>, 2> buffers;
   std::size_t current = 0;
-  std::future<void> ahead;
+  std::future<position_token> ahead;
   for (;;) {
     auto& events = buffers[current];
-    if (ahead.valid())
-      ahead.get();
-    else
-      db_.read_events_into(from, batch, events);
-    if (events.empty()) return applied;
+    const auto through =
+        ahead.valid() ? ahead.get() : db_.read_events_into(from, batch, events, types);
+    if (!(from < through)) return applied;
     const bool full = events.size() == batch;  // the log goes on: the next batch is larger
     if (full) batch = std::max(batch, std::min(batch * 2, max));
-    from = events.back().position;
+    from = through;
     if (full) {
       current = 1 - current;
-      ahead = std::async(std::launch::async, [this, from, batch, &next = buffers[current]] {
-        db_.read_events_into(from, batch, next);
+      ahead = std::async(std::launch::async, [this, from, batch, types, &next = buffers[current]] {
+        return db_.read_events_into(from, batch, next, types);
       });
     }
     const auto n = events.size();
-    if (!apply(events)) return applied;  // (ahead's destructor waits for its read)
+    if (!apply(events, through)) return applied;  // (ahead's destructor waits for its read)
     applied += n;
     if (!full) return applied;
   }
 }
 
 std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch) {
-  return stream_batches(view.checkpoint(), batch, opts_.max_batch,
-                        [&](std::vector<stored_event>& events) {
+  return stream_batches(view.checkpoint(), batch, opts_.max_batch, {},
+                        [&](std::vector<stored_event>& events, position_token) {
                           if (rewrites_)
                             for (auto& e : events) rewrites_->apply(e.type, e.payload);
                           view.apply(events);
@@ -500,15 +501,17 @@ bool projector::commit_batch(const entry& p, position_token from, position_token
 std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
   auto from = checkpoint(p.def.name());
   if (p.def.batch_sql_text().empty()) {
-    return stream_batches(from, batch, opts_.max_batch, [&](std::vector<stored_event>& events) {
-      const auto to = events.back().position;
-      if (!commit_batch(p, from, to, [&](write_transaction& tx) {
-            apply_batch(p, tx, p.def.table(), events, p.def.name(), max_attempts_);
-          }))
-        return false;
-      from = to;
-      return true;
-    });
+    // Only the types it handles are read; the checkpoint moves past the others all the same.
+    return stream_batches(from, batch, opts_.max_batch, p.read_types,
+                          [&](std::vector<stored_event>& events, position_token to) {
+                            if (!commit_batch(p, from, to, [&](write_transaction& tx) {
+                                  apply_batch(p, tx, p.def.table(), events, p.def.name(),
+                                              max_attempts_);
+                                }))
+                              return false;
+                            from = to;
+                            return true;
+                          });
   }
   // Set-based: one statement per batch.
   return stream_spans(from, first_set_based_span(batch), opts_.max_set_based_batch, {},
@@ -795,16 +798,18 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
       });
       return;
     }
-    stream_batches(at, first_chunk, max_chunk, [&](std::vector<stored_event>& events) {
-      const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
-                                            return until < e.position;
-                                          }) > 0;
-      if (events.empty()) return false;
-      commit_chunk(events.size(), events.back().position, [&](write_transaction& tx) {
-        apply_batch(p, tx, state.shadow, events, state.shadow, 1);
-      });
-      return !past;
-    });
+    // Every event (not only the handled types): progress counts events against the log's.
+    stream_batches(
+        at, first_chunk, max_chunk, {}, [&](std::vector<stored_event>& events, position_token) {
+          const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
+                                                return until < e.position;
+                                              }) > 0;
+          if (events.empty()) return false;
+          commit_chunk(events.size(), events.back().position, [&](write_transaction& tx) {
+            apply_batch(p, tx, state.shadow, events, state.shadow, 1);
+          });
+          return !past;
+        });
   };
   fill({});
 

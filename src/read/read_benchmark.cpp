@@ -121,23 +121,26 @@ std::int64_t scalar(cleave::store& db, const std::string& sql) {
   return out;
 }
 
-// Appends n events over 1,000 streams with set-based SQL (the log's own format).
-void seed(cleave::store& db, bool postgres, std::int64_t n) {
+// Appends n events over 1,000 streams with set-based SQL (the log's own format): item_placed,
+// or with `one_in` > 1 one item_placed in that many and item_viewed the others.
+void seed(cleave::store& db, bool postgres, std::int64_t n, int one_in = 1) {
   const auto t0 = clock_type::now();
   if (postgres)
     exec(db, fmt::format("insert into cleave_events(stream, stream_version, type, payload) "
-                         "select 's' || (i % {0}), i / {0} + 1, 'bench.item_placed', "
+                         "select 's' || (i % {0}), i / {0} + 1, case when i % {2} = 0 then "
+                         "'bench.item_placed' else 'bench.item_viewed' end, "
                          "jsonb_build_object('id', 's' || (i % {0}), 'quantity', 1) "
                          "from generate_series(0, {1} - 1) as i",
-                         streams, n));
+                         streams, n, one_in));
   else
     exec(db,
          fmt::format(
              "with recursive i(v) as (select 0 union all select v + 1 from i where v + 1 < {1}) "
              "insert into cleave_events(stream, stream_version, type, payload, recorded_at) "
-             "select 's' || (v % {0}), v / {0} + 1, 'bench.item_placed', "
+             "select 's' || (v % {0}), v / {0} + 1, case when v % {2} = 0 then "
+             "'bench.item_placed' else 'bench.item_viewed' end, "
              "json_object('id', 's' || (v % {0}), 'quantity', 1), 0 from i",
-             streams, n));
+             streams, n, one_in));
   std::fprintf(stderr, "seeded %lld events in %.1f s\n", static_cast<long long>(n),
                seconds_since(t0));
 }
@@ -162,8 +165,9 @@ double set_based(cleave::store& db, const std::string& table) {
     exec(db, fmt::format("drop table if exists {}", table));
     exec(db, fmt::format("create table {}(stream text primary key, n bigint not null)", table));
     const auto t0 = clock_type::now();
-    exec(db, fmt::format(
-                 "insert into {} select stream, count(*) from cleave_events group by stream", table));
+    exec(db,
+         fmt::format("insert into {} select stream, count(*) from cleave_events group by stream",
+                     table));
     run = seconds_since(t0);
   }
   std::sort(runs.begin(), runs.end());
@@ -193,9 +197,8 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
   cleave::position_token at;
   std::vector<cleave::stored_event> events;
   for (;;) {
-    db.read_events_into(at, opts.max_batch, events);
+    at = db.read_events_into(at, opts.max_batch, events, {});
     if (events.empty()) break;
-    at = events.back().position;
   }
   const double read_only = static_cast<double>(n) / seconds_since(read0);
   const double value = static_cast<double>(n) / took,
@@ -254,6 +257,31 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
   line(fmt::format(
       R"({{"bench":"read","case":"rebuild_{}","unit":"s","value":{:.3f},"baseline":{:.3f},"ratio":{:.3f},"events":{},"max_chunk":{}{},"baseline_is":"INSERT … SELECT … GROUP BY"}})",
       backend, rebuild_s, baseline_s, baseline_s / rebuild_s, n, opts.max_batch, extra));
+}
+
+// A fold that handles one event type in ten: its catch-up reads only that type from the log,
+// against the same fold made to read every event (a fold, doing nothing, for the other).
+// Seeds the log itself (`n` events, one in ten of the fold's type).
+void one_type_in_ten_case(cleave::store& db, const char* backend, std::int64_t n) {
+  auto catch_up = [&](const std::string& name, bool read_all) {
+    auto fold = counter(name);
+    if (read_all) fold.fold([](const std::vector<bench::item_viewed>&, cleave::view_context&) {});
+    cleave::projector p(db);
+    p.add(std::move(fold));
+    const auto t0 = clock_type::now();
+    p.catch_up();
+    const double took = seconds_since(t0);
+    if (scalar(db, fmt::format("select cast(coalesce(sum(n), 0) as bigint) from {}", name)) !=
+        (n + 9) / 10)
+      std::fprintf(stderr, "%s: wrong counts\n", name.c_str());
+    return took;
+  };
+  const double all_s = catch_up("counts_all_types", true);
+  const double some_s = catch_up("counts_one_type", false);
+  const double value = static_cast<double>(n) / some_s, baseline = static_cast<double>(n) / all_s;
+  line(fmt::format(
+      R"({{"bench":"read","case":"projection_{}_one_type_in_ten","unit":"log events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"handled":{},"baseline_is":"the same fold reading every event"}})",
+      backend, value, baseline, value / baseline, n, (n + 9) / 10));
 }
 
 void memory_case(cleave::store& db, const std::string& path, std::int64_t n) {
@@ -544,6 +572,12 @@ int main(int argc, char** argv) {
       projection_case(db, "sqlite", n);
       memory_case(db, path, n);
     }
+    if (wanted("sqlite_types")) {
+      cleave::sqlite::store db(
+          {.path = (dir / "types.db").string(), .sync = cleave::sqlite::durability::normal});
+      seed(db, false, n, 10);
+      one_type_in_ten_case(db, "sqlite", n);
+    }
     if (wanted("lag_inprocess")) lag_inprocess((dir / "lag.db").string());
     if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
       if (wanted("postgres")) {
@@ -557,6 +591,18 @@ int main(int argc, char** argv) {
         seed(db, true, n);
         vacuum_log(url);
         projection_case(db, "postgres", n);
+      }
+      if (wanted("postgres_types")) {
+        cleave::postgres::store db({.url = url});
+        { cleave::projector tables(db); }
+        exec(db, "truncate cleave_events");
+        for (const auto* t : {"counts_all_types", "counts_one_type"})
+          exec(db, fmt::format("drop table if exists {}", t));
+        exec(db, "delete from cleave_checkpoints");
+        exec(db, "delete from cleave_migrations where component like 'projection:%'");
+        seed(db, true, n, 10);
+        vacuum_log(url);
+        one_type_in_ten_case(db, "postgres", n);
       }
       if (wanted("lag_postgres")) lag_postgres_crossprocess(url, argv[0]);
       if (const char* standby = std::getenv("CLEAVE_BENCH_PG_STANDBY_URL"); standby && *standby) {

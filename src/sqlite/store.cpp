@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/log_read.hpp>
 
 #include "connection.hpp"
 
@@ -25,6 +26,7 @@ namespace cleave::sqlite {
 
 namespace {
 
+using cleave::detail::json_array_of;
 using cleave::detail::next_stream_version;
 using cleave::detail::stream_version_sql;
 using cleave::detail::text_or_null;
@@ -67,6 +69,11 @@ constexpr std::uint64_t purge_every = 1024;
 constexpr std::string_view select_events =
     "select position, stream, stream_version, type, payload, command_id, correlation_id, "
     "recorded_at from cleave_events where position > $1 order by position limit $2";
+// The same, of some types ($4, a JSON array) and up to a position ($3).
+constexpr std::string_view select_events_of =
+    "select position, stream, stream_version, type, payload, command_id, correlation_id, "
+    "recorded_at from cleave_events where position > $1 and position <= $3 "
+    "and type in (select value from json_each($4)) order by position limit $2";
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -431,12 +438,21 @@ read_transaction& store::begin_read(const request_meta&) {
   return impl_->begin_read();
 }
 
-void store::read_events_into(position_token after, std::size_t limit,
-                             std::vector<stored_event>& out) {
-  impl_->read([&](connection& conn) {
+position_token store::read_events_into(position_token after, std::size_t limit,
+                                       std::vector<stored_event>& out,
+                                       std::span<const std::string> types) {
+  return impl_->read([&](connection& conn) {
+    // Of some types: up to the head as this read transaction sees it (one writer at a time, so
+    // every event up to it has committed).
+    const auto end = types.empty() ? 0
+                                   : scalar(conn,
+                                            "select coalesce(max(position), 0) from "
+                                            "cleave_events");
+    const std::string type_list = types.empty() ? std::string() : json_array_of(types);
     const sql_value params[] = {static_cast<std::int64_t>(after.position()),
-                                static_cast<std::int64_t>(limit)};
-    auto& s = conn.prepare(select_events, params);
+                                static_cast<std::int64_t>(limit), end, std::string_view(type_list)};
+    auto& s = types.empty() ? conn.prepare(select_events, std::span(params).first(2))
+                            : conn.prepare(select_events_of, params);
     reset_on_exit guard{s};
     out.reserve(std::min<std::size_t>(limit, 1 << 16));
     std::size_t n = 0;
@@ -453,7 +469,9 @@ void store::read_events_into(position_token after, std::size_t limit,
       e.recorded_at_ms = s.int_at(7);
     }
     out.resize(n);
-    return 0;
+    if (n > 0 && (n == limit || types.empty())) return out.back().position;
+    if (types.empty() || limit == 0) return after;
+    return std::max(after, position_token(0, static_cast<std::uint64_t>(end)));
   });
 }
 

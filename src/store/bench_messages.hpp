@@ -20,4 +20,10 @@ struct item_placed {
 };
 CLEAVE_EVENT(item_placed, "bench.item_placed", id, quantity)
 
+// Another event on the same streams, for a log of more than one type.
+struct item_viewed {
+  std::string id;
+};
+CLEAVE_EVENT(item_viewed, "bench.item_viewed", id)
+
 }  // namespace bench

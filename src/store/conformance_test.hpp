@@ -418,6 +418,48 @@ TYPED_TEST_P(store_conformance, a_span_counts_what_read_events_returns) {
       }
 }
 
+TYPED_TEST_P(store_conformance, a_read_of_some_types_skips_the_others_and_says_how_far_it_got) {
+  auto emit_ticks = [&](int n) {
+    auto& tx = this->db->begin_write({});
+    cleave::write_context ctx(&tx, cleave::detail::no_meta);
+    for (int i = 0; i < n; ++i) ctx.emit(tick{0, i});
+    tx.commit();
+  };
+  ASSERT_TRUE(this->commands.send(register_customer{"c1", "Ada"}));
+  emit_ticks(3);
+  ASSERT_TRUE(this->commands.send(register_customer{"c2", "Grace"}));
+  emit_ticks(2);
+  const auto all = this->db->read_events({}, 100);
+  ASSERT_EQ(all.size(), 7u);
+  const std::vector<std::string> customers{"conformance.customer_registered"};
+  std::vector<cleave::stored_event> out;
+  // Fewer than the limit: all of them, and the log read to its end.
+  auto through = this->db->read_events_into({}, 10, out, customers);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].payload.value()["id"], "c1");
+  EXPECT_EQ(out[1].payload.value()["id"], "c2");
+  EXPECT_EQ(through, all.back().position);
+  // As many as the limit: read as far as the last of them.
+  through = this->db->read_events_into({}, 1, out, customers);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(through, all[0].position);
+  through = this->db->read_events_into(through, 1, out, customers);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].position, all[4].position);
+  EXPECT_EQ(through, all[4].position);
+  // None left of the type, ticks after: read past them.
+  through = this->db->read_events_into(through, 1, out, customers);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(through, all.back().position);
+  // Nothing new: where it started.
+  EXPECT_EQ(this->db->read_events_into(through, 10, out, customers), through);
+  EXPECT_TRUE(out.empty());
+  // No types: every event.
+  EXPECT_EQ(this->db->read_events_into({}, 100, out, {}), all.back().position);
+  ASSERT_EQ(out.size(), 7u);
+  EXPECT_EQ(out[6].type, "conformance.tick");
+}
+
 TYPED_TEST_P(store_conformance, a_commit_in_another_process_wakes_a_watch) {
   auto other = this->backend.open();
   cleave::command_bus other_commands{other.get()};
@@ -461,8 +503,10 @@ TYPED_TEST_P(store_conformance, a_lease_has_one_holder_until_it_is_released) {
 
 REGISTER_TYPED_TEST_SUITE_P(
     store_conformance, distance_counts_the_events_after_a_position,
-    a_span_counts_what_read_events_returns, a_commit_in_another_process_wakes_a_watch,
-    a_lease_has_one_holder_until_it_is_released, a_command_commits_its_state_and_its_event_together,
+    a_span_counts_what_read_events_returns,
+    a_read_of_some_types_skips_the_others_and_says_how_far_it_got,
+    a_commit_in_another_process_wakes_a_watch, a_lease_has_one_holder_until_it_is_released,
+    a_command_commits_its_state_and_its_event_together,
     a_rejected_or_failing_command_leaves_nothing_behind, a_unique_violation_is_a_conflict,
     a_query_cannot_write_even_through_raw_sql, placeholders_bind_by_number_in_any_order,
     expected_stream_version_guards_concurrent_changes,

@@ -1,5 +1,6 @@
 #include <cleave/store/upcasting.hpp>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -28,6 +29,20 @@ void upcasters::apply(std::string& type, event_payload& payload) const {
     type = it->second.to;
   }
   throw error_exception({errc::internal, fmt::format("upcasters for '{}' form a cycle", type), {}});
+}
+
+std::vector<std::string> upcasters::stored_as(std::span<const std::string> types) const {
+  std::vector<std::string> out(types.begin(), types.end());
+  for (const auto& [from, first] : steps_) {
+    const std::string* type = &first.to;
+    for (std::size_t hops = 0; hops <= steps_.size(); ++hops) {
+      auto it = steps_.find(*type);
+      if (it == steps_.end()) break;
+      type = &it->second.to;
+    }
+    if (std::find(types.begin(), types.end(), *type) != types.end()) out.push_back(from);
+  }
+  return out;
 }
 
 }  // namespace cleave

@@ -195,6 +195,14 @@ class projection {
     return it == handlers_.end() ? nullptr : &it->second;
   }
   const std::map<std::string, fold_fn, std::less<>>& folds() const noexcept { return folds_; }
+  // The stored type names it has a handler or a fold for.
+  std::vector<std::string> event_types() const {
+    std::vector<std::string> out;
+    for (const auto& [type, handler] : handlers_) out.push_back(type);
+    for (const auto& [type, fold] : folds_)
+      if (!handlers_.contains(type)) out.push_back(type);
+    return out;
+  }
 
  private:
   std::string name_, table_, schema_, select_, key_, batch_sql_;

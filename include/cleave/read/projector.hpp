@@ -171,6 +171,7 @@ class projector {
   struct entry {
     projection def;
     store* views;
+    std::vector<std::string> read_types;  // the stored types it reads (empty: all)
   };
   // Catches `p` up from its checkpoint in batches that grow from `batch` while full; returns the
   // events applied.
@@ -179,11 +180,13 @@ class projector {
   // another projector moved it first (nothing changed).
   bool commit_batch(const entry& p, position_token from, position_token to,
                     function_ref<void(write_transaction&)> apply);
-  // Reads the log after `from` in batches, growing from `batch` up to `max` while they come back
-  // full, and hands each to `apply` (false: stop); while one batch is applied the next is read
-  // on another thread. Returns the events applied.
+  // Reads the log after `from` in batches — only events of `types`, unless empty — growing
+  // from `batch` up to `max` while they come back full, and hands each to `apply` with the
+  // position it reaches (false: stop); while one batch is applied the next is read on another
+  // thread. Returns the events applied.
   std::size_t stream_batches(position_token from, std::size_t batch, std::size_t max,
-                             function_ref<bool(std::vector<stored_event>&)> apply);
+                             std::span<const std::string> types,
+                             function_ref<bool(std::vector<stored_event>&, position_token)> apply);
   // The same for set-based work: spans of the log (up to `until`, unless empty) instead of its
   // events.
   std::size_t stream_spans(position_token from, std::size_t batch, std::size_t max,

@@ -41,8 +41,9 @@ class store final : public cleave::store {
 
   write_transaction& begin_write(const request_meta& meta) override;
   read_transaction& begin_read(const request_meta& meta) override;
-  void read_events_into(position_token after, std::size_t limit,
-                        std::vector<stored_event>& out) override;
+  position_token read_events_into(position_token after, std::size_t limit,
+                                  std::vector<stored_event>& out,
+                                  std::span<const std::string> types) override;
   log_span read_span(position_token after, std::size_t limit, position_token until) override;
   position_token head() override;
   void migrate(std::string_view component, std::span<const migration> migrations) override;

@@ -133,13 +133,19 @@ class store : public session_source {
   // returns an event past one that a still-running transaction may yet commit before it.
   std::vector<stored_event> read_events(position_token after, std::size_t limit) {
     std::vector<stored_event> out;
-    read_events_into(after, limit, out);
+    read_events_into(after, limit, out, {});
     return out;
   }
-  // As read_events(), into `out` (what it held is replaced). The events it holds are reused,
-  // strings and all: a reader that keeps one vector for its batches allocates little per event.
-  virtual void read_events_into(position_token after, std::size_t limit,
-                                std::vector<stored_event>& out) = 0;
+  // As read_events(), into `out` (what it held is replaced), and only the events whose stored
+  // type is one of `types`, unless that is empty: the others are skipped in the database. The
+  // events `out` holds are reused, strings and all: a reader that keeps one vector for its
+  // batches allocates little per event. Returns the position the log has been read through:
+  // every event of `types` after `after` and up to it is in `out` — with `limit` events, the
+  // last one; else the end of what a gap-safe reader can see, which may lie past the last event
+  // in `out` (or `after` when nothing is new).
+  virtual position_token read_events_into(position_token after, std::size_t limit,
+                                          std::vector<stored_event>& out,
+                                          std::span<const std::string> types) = 0;
 
   // The span of up to `limit` committed events after `after` (and at or before `until`, unless
   // it is empty), gap-safe like read_events(): how many and the last one's position, counted in

@@ -4,8 +4,10 @@
 
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <cleave/core/error.hpp>
 #include <cleave/core/json.hpp>
@@ -29,6 +31,9 @@ class upcasters {
   void apply(std::string& type, json& payload) const;
   // The same for a stored payload, parsed only when a rewrite has to change it.
   void apply(std::string& type, event_payload& payload) const;
+  // The stored type names read as one of `types`, `types` included: what a reader that handles
+  // `types` must fetch from the log.
+  std::vector<std::string> stored_as(std::span<const std::string> types) const;
 
  private:
   struct step {
