@@ -401,20 +401,19 @@ projection_status projector::status(std::string_view name) {
   return out;
 }
 
-// Applies `events` to table `table` of projection `p` inside `tx`, each in a savepoint. A failing
-// event is retried by failing the whole batch until it has failed max_attempts_ times (or at once
-// when `park_as` is a rebuild's shadow), then parked as a dead letter under `park_as`.
-void projector::apply_batch(const entry& p, write_transaction& tx, std::string_view table,
-                            std::vector<stored_event>& events, std::string_view park_as,
-                            int attempts) {
+// The handlers of `events`, each in a savepoint: a failing event is retried by failing the
+// whole batch until it has failed `attempts` times, then parked as a dead letter under
+// `park_as`.
+void projector::apply_one_by_one(
+    const entry& p, write_transaction& tx, std::vector<stored_event>& events,
+    std::string_view park_as, int attempts,
+    function_ref<void(const stored_event&, const projection::apply_fn&)> run) {
   for (auto& e : events) {
-    if (rewrites_) rewrites_->apply(e.type, e.payload);
     const auto* handler = p.def.handler_for(e.type);
     if (!handler) continue;
     tx.exec("savepoint cleave_event", {});
     try {
-      view_context view(tx, table, e);
-      (*handler)(e.payload, view);
+      run(e, *handler);
       tx.exec("release savepoint cleave_event", {});
     } catch (const std::exception& failure) {
       tx.exec("rollback to savepoint cleave_event", {});
@@ -436,6 +435,32 @@ void projector::apply_batch(const entry& p, write_transaction& tx, std::string_v
       spdlog::warn("projection {}: parked {} at {}: {}", p.def.name(), e.type,
                    e.position.to_string(), why);
     }
+  }
+}
+
+// Applies `events` to table `table` of projection `p` inside `tx`: the handlers (a failing
+// event retried, then parked under `park_as`: apply_one_by_one), then the folds.
+void projector::apply_batch(const entry& p, write_transaction& tx, std::string_view table,
+                            std::vector<stored_event>& events, std::string_view park_as,
+                            int attempts) {
+  for (auto& e : events)
+    if (rewrites_) rewrites_->apply(e.type, e.payload);
+  const auto run = [&](const stored_event& e, const projection::apply_fn& handler) {
+    view_context view(tx, table, e);
+    handler(e.payload, view);
+  };
+  // First the whole batch in one savepoint; only when a handler fails is it run again with a
+  // savepoint per event, to find the failing one (three statements per event, on PostgreSQL
+  // three round trips).
+  tx.exec("savepoint cleave_batch", {});
+  try {
+    for (const auto& e : events)
+      if (const auto* handler = p.def.handler_for(e.type)) run(e, *handler);
+    tx.exec("release savepoint cleave_batch", {});
+  } catch (const std::exception&) {
+    tx.exec("rollback to savepoint cleave_batch", {});
+    tx.exec("release savepoint cleave_batch", {});
+    apply_one_by_one(p, tx, events, park_as, attempts, run);
   }
   if (p.def.folds().empty() || events.empty()) return;
   std::vector<const stored_event*> of_type;

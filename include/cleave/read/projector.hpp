@@ -202,6 +202,9 @@ class projector {
   std::chrono::milliseconds next_wait() const;
   void apply_batch(const entry& p, write_transaction& tx, std::string_view table,
                    std::vector<stored_event>& events, std::string_view park_as, int attempts);
+  void apply_one_by_one(const entry& p, write_transaction& tx, std::vector<stored_event>& events,
+                        std::string_view park_as, int attempts,
+                        function_ref<void(const stored_event&, const projection::apply_fn&)> run);
   const entry& find(std::string_view name) const;
   memory_view_base* find_memory(std::string_view name) const;
   projection_mode mode_of(std::string_view name) const;
