@@ -93,7 +93,7 @@ constexpr std::string_view select_events_of =
     "from cleave_events "
     "where (transaction_id, position) > ($1::text::xid8, $2) "
     "  and (transaction_id, position) <= ($4::text::xid8, $5) "
-    "  and type in (select jsonb_array_elements_text($6::jsonb)) "
+    "  and type = any(array(select jsonb_array_elements_text($6::jsonb))) "
     "order by cleave_events.transaction_id, cleave_events.position limit $3";
 
 constexpr std::uint64_t purge_every = 1024;

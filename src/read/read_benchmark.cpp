@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -143,6 +144,16 @@ void seed(cleave::store& db, bool postgres, std::int64_t n, int one_in = 1) {
              streams, n, one_in));
   std::fprintf(stderr, "seeded %lld events in %.1f s\n", static_cast<long long>(n),
                seconds_since(t0));
+}
+
+// An empty log on a PostgreSQL cluster that earlier runs may have used: no events, no
+// checkpoints, and none of `views`.
+void empty_log(cleave::store& db, std::initializer_list<const char*> views) {
+  { cleave::projector tables(db); }  // cleave's projector tables, for a fresh cluster
+  exec(db, "truncate cleave_events");
+  for (const auto* view : views) exec(db, fmt::format("drop table if exists {}", view));
+  exec(db, "delete from cleave_checkpoints");
+  exec(db, "delete from cleave_migrations where component like 'projection:%'");
 }
 
 // What autovacuum does soon after a bulk load (the visibility map, statistics), so that neither
@@ -582,24 +593,14 @@ int main(int argc, char** argv) {
     if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
       if (wanted("postgres")) {
         cleave::postgres::store db({.url = url});
-        { cleave::projector tables(db); }  // cleave's projector tables, for a fresh cluster
-        exec(db, "truncate cleave_events");
-        for (const auto* t : {"counts", "counts_sql", "counts_set_based"})
-          exec(db, fmt::format("drop table if exists {}", t));
-        exec(db, "delete from cleave_checkpoints");
-        exec(db, "delete from cleave_migrations where component like 'projection:%'");
+        empty_log(db, {"counts", "counts_sql", "counts_set_based"});
         seed(db, true, n);
         vacuum_log(url);
         projection_case(db, "postgres", n);
       }
       if (wanted("postgres_types")) {
         cleave::postgres::store db({.url = url});
-        { cleave::projector tables(db); }
-        exec(db, "truncate cleave_events");
-        for (const auto* t : {"counts_all_types", "counts_one_type"})
-          exec(db, fmt::format("drop table if exists {}", t));
-        exec(db, "delete from cleave_checkpoints");
-        exec(db, "delete from cleave_migrations where component like 'projection:%'");
+        empty_log(db, {"counts_all_types", "counts_one_type"});
         seed(db, true, n, 10);
         vacuum_log(url);
         one_type_in_ten_case(db, "postgres", n);
