@@ -286,15 +286,15 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
       backend, rebuild_s, baseline_s, baseline_s / rebuild_s, n, opts.max_batch, extra));
 }
 
-// A fold that handles one event type in ten: its catch-up reads only that type from the log,
-// against the same fold made to read every event (a fold, doing nothing, for the other).
-// Seeds the log itself (`n` events, one in ten of the fold's type).
+// On a log of `n` events, one in ten of them item_placed (seed(…, 10)): a fold that handles
+// that type catches up reading only it, against the same fold made to read every event (a fold,
+// doing nothing, for the other type). And the same view by a handler per event (one upsert
+// each), against the fold: what a projection written event by event costs
+// (`projection_{}_handler`, events handled per second).
 void one_type_in_ten_case(cleave::store& db, const char* backend, std::int64_t n) {
-  auto catch_up = [&](const std::string& name, bool read_all) {
-    auto fold = counter(name);
-    if (read_all) fold.fold([](const std::vector<bench::item_viewed>&, cleave::view_context&) {});
+  auto catch_up_with = [&](const std::string& name, cleave::projection projection) {
     cleave::projector p(db);
-    p.add(std::move(fold));
+    p.add(std::move(projection));
     const auto t0 = clock_type::now();
     p.catch_up();
     const double took = seconds_since(t0);
@@ -303,12 +303,29 @@ void one_type_in_ten_case(cleave::store& db, const char* backend, std::int64_t n
       std::fprintf(stderr, "%s: wrong counts\n", name.c_str());
     return took;
   };
-  const double all_s = catch_up("counts_all_types", true);
-  const double some_s = catch_up("counts_one_type", false);
+  auto reading_all = counter("counts_all_types");
+  reading_all.fold([](const std::vector<bench::item_viewed>&, cleave::view_context&) {});
+  const double all_s = catch_up_with("counts_all_types", std::move(reading_all));
+  const double some_s = catch_up_with("counts_one_type", counter("counts_one_type"));
   const double value = static_cast<double>(n) / some_s, baseline = static_cast<double>(n) / all_s;
+  const auto handled = (n + 9) / 10;
   line(fmt::format(
       R"({{"bench":"read","case":"projection_{}_one_type_in_ten","unit":"log events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"handled":{},"baseline_is":"the same fold reading every event"}})",
-      backend, value, baseline, value / baseline, n, (n + 9) / 10));
+      backend, value, baseline, value / baseline, n, handled));
+  cleave::projection by_handler{"counts_by_handler"};
+  by_handler.schema("create table {view}(stream text primary key, n bigint not null)")
+      .on([](const bench::item_placed& e, cleave::view_context& v) {
+        v.exec(
+            "insert into {view}(stream, n) values ($1, 1) on conflict(stream) do update set n = "
+            "{view}.n + 1",
+            e.id);
+      });
+  const double handler_s = catch_up_with("counts_by_handler", std::move(by_handler));
+  const double per_s = static_cast<double>(handled) / handler_s,
+               fold_per_s = static_cast<double>(handled) / some_s;
+  line(fmt::format(
+      R"({{"bench":"read","case":"projection_{}_handler","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"baseline_is":"the same view by a fold"}})",
+      backend, per_s, fold_per_s, per_s / fold_per_s, handled));
 }
 
 void memory_case(cleave::store& db, const std::string& path, std::int64_t n) {
@@ -617,7 +634,7 @@ int main(int argc, char** argv) {
       }
       if (wanted("postgres_types")) {
         cleave::postgres::store db({.url = url});
-        empty_log(db, {"counts_all_types", "counts_one_type"});
+        empty_log(db, {"counts_all_types", "counts_one_type", "counts_by_handler"});
         seed(db, true, n, 10);
         vacuum_log(url);
         one_type_in_ten_case(db, "postgres", n);
