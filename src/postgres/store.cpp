@@ -19,7 +19,6 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
-#include <cleave/store/detail/log_read.hpp>
 
 #include "connection.hpp"
 
@@ -27,7 +26,6 @@ namespace cleave::postgres {
 
 namespace {
 
-using cleave::detail::json_array_of;
 using cleave::detail::next_stream_version;
 using cleave::detail::stream_version_sql;
 using cleave::detail::text_or_null;
@@ -66,7 +64,6 @@ constexpr migration own_migrations[] = {
      "  state text not null);"},
 };
 
-// Gap-safe: only transactions older than every running one, in (transaction, position) order.
 // A binary timestamptz (microseconds since 2000-01-01 UTC) as Unix milliseconds, rounded half away
 // from zero as `(extract(epoch from t) * 1000)::bigint` does.
 std::int64_t unix_ms_of(std::int64_t pg_micros) {
@@ -75,6 +72,7 @@ std::int64_t unix_ms_of(std::int64_t pg_micros) {
   return us >= 0 ? (us + 500) / 1000 : -((-us + 500) / 1000);
 }
 
+// Gap-safe: only transactions older than every running one, in (transaction, position) order.
 // Read with binary results: the ids, numbers and time travel as 8 bytes, without the server's text
 // conversions (text columns are the same bytes either way).
 constexpr std::string_view select_events =
@@ -97,6 +95,13 @@ constexpr std::string_view select_events_of =
     "order by cleave_events.transaction_id, cleave_events.position limit $3";
 
 constexpr std::uint64_t purge_every = 1024;
+
+// The event types a read is limited to, as the JSON array select_events_of takes apart.
+std::string json_array_of(std::span<const std::string> types) {
+  json out = json::array();
+  for (const auto& type : types) out.push_back(type);
+  return out.dump();
+}
 
 std::uint64_t parse_u64(std::string_view text) {
   std::uint64_t v = 0;

@@ -173,7 +173,8 @@ class projector::inline_source final : public session_source {
     std::uint64_t append(const pending_event& e) override {
       const auto version = inner_->append(e);
       stored_event stored;
-      for (const auto& [p, views, read_types] : owner.owner_.projections_) {
+      for (const auto& entry : owner.owner_.projections_) {
+        const auto& p = entry.def;
         if (p.mode() != projection_mode::inline_) continue;
         const auto* handler = p.handler_for(e.type);
         if (!handler) continue;
@@ -443,8 +444,8 @@ void projector::apply_one_by_one(
 void projector::apply_batch(const entry& p, write_transaction& tx, std::string_view table,
                             std::vector<stored_event>& events, std::string_view park_as,
                             int attempts) {
-  for (auto& e : events)
-    if (rewrites_) rewrites_->apply(e.type, e.payload);
+  if (rewrites_)
+    for (auto& e : events) rewrites_->apply(e.type, e.payload);
   const auto run = [&](const stored_event& e, const projection::apply_fn& handler) {
     view_context view(tx, table, e);
     handler(e.payload, view);

@@ -219,8 +219,8 @@ void projection_case(cleave::store& db, const char* backend, std::int64_t n) {
   if (check != n)
     std::fprintf(stderr, "projection_%s: the view counts %lld events, expected %lld\n", backend,
                  static_cast<long long>(check), static_cast<long long>(n));
-  // The ceiling of any fold outside the database: reading the log alone (store::read_events in
-  // batches of max_batch, nothing decoded or written).
+  // The ceiling of any fold outside the database: reading the log alone
+  // (store::read_events_into in batches of max_batch, nothing decoded or written).
   const auto read0 = clock_type::now();
   cleave::position_token at;
   std::vector<cleave::stored_event> events;
