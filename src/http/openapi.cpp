@@ -59,7 +59,9 @@ constexpr problem_response problem_responses[] = {
 // Problems every route may answer, before it is routed or while it runs.
 constexpr int any_route[] = {400, 405, 413, 431, 500, 503};
 
-json string_schema() { return {{"type", "string"}}; }
+json string_schema() {
+  return {{"type", "string"}};
+}
 
 json header(std::string_view description, json schema = string_schema()) {
   return {{"description", description}, {"schema", std::move(schema)}};
@@ -67,7 +69,9 @@ json header(std::string_view description, json schema = string_schema()) {
 
 json header_parameter(std::string_view name, std::string_view description,
                       json schema = string_schema()) {
-  return {{"name", name}, {"in", "header"}, {"description", description},
+  return {{"name", name},
+          {"in", "header"},
+          {"description", description},
           {"schema", std::move(schema)}};
 }
 
@@ -88,7 +92,8 @@ json components(bool with_tokens) {
            {{"type", "object"},
             {"properties", {{"path", string_schema()}, {"message", string_schema()}}},
             {"required", {"path", "message"}}}}}},
-        {"correlation_id", {{"type", "string"}, {"description", "Names the request in the log."}}}}},
+        {"correlation_id",
+         {{"type", "string"}, {"description", "Names the request in the log."}}}}},
       {"required", {"type", "title", "status"}}};
   c["headers"] = {
       {"Cleave-Position",
@@ -115,11 +120,11 @@ json components(bool with_tokens) {
                         "this position token (a command's Cleave-Position); the same as "
                         "Cleave-Consistency: at_least=<token>.")},
       {"Cleave-Consistency",
-       header_parameter("Cleave-Consistency",
-                        "eventual (the default), strong, bounded=<milliseconds> or "
-                        "at_least=<token>; a 503 when it cannot be met in time.",
-                        {{"type", "string"},
-                         {"pattern", "^(eventual|strong|bounded=[0-9]+|at_least=.+)$"}})},
+       header_parameter(
+           "Cleave-Consistency",
+           "eventual (the default), strong, bounded=<milliseconds> or "
+           "at_least=<token>; a 503 when it cannot be met in time.",
+           {{"type", "string"}, {"pattern", "^(eventual|strong|bounded=[0-9]+|at_least=.+)$"}})},
       {"X-Correlation-Id",
        header_parameter("X-Correlation-Id",
                         "Names the request in the server's log (one is made when absent).")}};
@@ -127,14 +132,13 @@ json components(bool with_tokens) {
     std::set<std::string> types;
     for (auto category : p.categories) types.emplace(problem_type(p.status, category));
     if (p.status == 422) types.insert("/problems/idempotency-key-reused");
-    json response{
-        {"description", p.description},
-        {"content",
-         {{"application/problem+json",
-           {{"schema",
-             {{"$ref", "#/components/schemas/problem"},
-              {"properties",
-               {{"type", {{"enum", types}}}, {"status", {{"const", p.status}}}}}}}}}}}};
+    json response{{"description", p.description},
+                  {"content",
+                   {{"application/problem+json",
+                     {{"schema",
+                       {{"$ref", "#/components/schemas/problem"},
+                        {"properties",
+                         {{"type", {{"enum", types}}}, {"status", {{"const", p.status}}}}}}}}}}}};
     if (!p.header.empty()) response["headers"][std::string(p.header)] = ref("headers", p.header);
     c["responses"][std::string(p.name)] = std::move(response);
   }
@@ -143,8 +147,7 @@ json components(bool with_tokens) {
 }
 
 // An operation answering `ok` or one of `problems` (beyond those of any route).
-json operation(std::string id, std::string summary, json ok,
-               std::initializer_list<int> problems) {
+json operation(std::string id, std::string summary, json ok, std::initializer_list<int> problems) {
   json op{{"operationId", std::move(id)}, {"summary", std::move(summary)}};
   op["responses"] = json::object();
   std::set<int> statuses(std::begin(any_route), std::end(any_route));
@@ -165,7 +168,7 @@ json success(std::string_view status, std::string_view description, json content
   return {{status, {{"description", description}, {"content", std::move(content)}}}};
 }
 
-// A closed object whose members are all required.
+// An object whose members are all required.
 json object_of(json properties) {
   json required = json::array();
   for (const auto& [name, schema] : properties.items()) required.push_back(name);
@@ -219,9 +222,9 @@ response router::openapi() const {
   auto add_message = [&](const message_ops& ops, bool command) {
     const auto& info = *ops.info;
     const std::string name(info.wire_name);
-    json ok = success(
-        "200", "The handler's response and the log position.",
-        json_content(object_of({{"result", ops.response_schema()}, {"position", string_schema()}})));
+    json ok = success("200", "The handler's response and the log position.",
+                      json_content(object_of(
+                          {{"result", ops.response_schema()}, {"position", string_schema()}})));
     ok["200"]["headers"] = {{"Cleave-Position", ref("headers", "Cleave-Position")},
                             {"X-Correlation-Id", ref("headers", "X-Correlation-Id")}};
     json parameters = json::array({ref("parameters", "X-Correlation-Id")});
@@ -232,8 +235,7 @@ response router::openapi() const {
       parameters.push_back(ref("parameters", "Cleave-Consistency"));
       parameters.push_back(ref("parameters", "Cleave-Min-Position"));
     }
-    const std::string summary =
-        fmt::format("{} {}", command ? "command" : "query", info.type_name);
+    const std::string summary = fmt::format("{} {}", command ? "command" : "query", info.type_name);
     const auto message = [&](std::string id) {
       auto op = guarded(operation(std::move(id), summary, ok, {404, 409, 422}), role_of(name));
       op["tags"] = {command ? "commands" : "queries"};
@@ -243,7 +245,10 @@ response router::openapi() const {
     auto& path = paths[fmt::format("/{}/{}", command ? "commands" : "queries", name)];
     path["post"] = message(name);
     path["post"]["responses"]["415"] = ref("responses", "unsupported_media_type");
-    path["post"]["requestBody"] = {{"required", true}, {"content", json_content(ops.schema())}};
+    // An empty body reads as {}: it is enough for a message whose members are all optional.
+    const json body = ops.schema();
+    path["post"]["requestBody"] = {{"required", !body.value("required", json::array()).empty()},
+                                   {"content", json_content(body)}};
     if (command) return;
     // The rule dispatch() applies: GET only when a query string can carry every member.
     const json& schema = query_schemas_.at(&ops);
@@ -265,18 +270,18 @@ response router::openapi() const {
       success("200", "Up.",
               json_content(object_of({{"status", {{"const", "ok"}}}, {"head", string_schema()}}))),
       {}));
-  paths["/metrics"]["get"] = open_route(operation(
-      "metrics", "Prometheus metrics: requests, messages, projection and replica lag",
-      success("200", "Prometheus text format 0.0.4.",
-              {{"text/plain", {{"schema", string_schema()}}}}),
-      {}));
-  paths["/openapi.json"]["get"] = open_route(
-      operation("openapi", "This document",
-                success("200", "OpenAPI 3.1.", json_content({{"type", "object"}})), {}));
+  paths["/metrics"]["get"] = open_route(
+      operation("metrics", "Prometheus metrics: requests, messages, projection and replica lag",
+                success("200", "Prometheus text format 0.0.4.",
+                        {{"text/plain", {{"schema", string_schema()}}}}),
+                {}));
+  paths["/openapi.json"]["get"] =
+      open_route(operation("openapi", "This document",
+                           success("200", "OpenAPI 3.1.", json_content({{"type", "object"}})), {}));
 
   // The admin API: the read side's projections.
-  json projection_name{{"name", "name"}, {"in", "path"}, {"required", true},
-                       {"schema", string_schema()}};
+  json projection_name{
+      {"name", "name"}, {"in", "path"}, {"required", true}, {"schema", string_schema()}};
   if (const auto names = app_.projections().names(); !names.empty())
     projection_name["schema"]["enum"] = names;
   const auto admin = [&](std::string id, std::string summary, json ok,
@@ -300,26 +305,26 @@ response router::openapi() const {
                                       {"error", string_schema()}});
   paths["/admin/projections/{name}/dead-letters"]["get"] = admin(
       "admin.dead_letters", "The events parked because the projection's handler failed",
-      success("200", "The dead letters.",
-              json_content(object_of(
-                  {{"dead_letters", {{"type", "array"}, {"items", dead_letter}}}}))),
+      success(
+          "200", "The dead letters.",
+          json_content(object_of({{"dead_letters", {{"type", "array"}, {"items", dead_letter}}}}))),
       {403, 404});
-  paths["/admin/projections/{name}/replay-dead-letters"]["post"] = admin(
-      "admin.replay_dead_letters", "Runs the parked events through the projection again",
-      success("200", "How many were applied, and how many are still parked.",
-              json_content(object_of({{"replayed", {{"type", "integer"}}},
-                                      {"still_parked", {{"type", "integer"}}}}))),
-      {403, 404});
-  auto rebuild = admin(
-      "admin.rebuild", "Rebuilds the projection's view in the background",
-      success("202", "Started; its progress shows in GET /admin/projections.",
-              json_content(object_of({{"started", string_schema()}}))),
-      {403, 404, 409});
+  paths["/admin/projections/{name}/replay-dead-letters"]["post"] =
+      admin("admin.replay_dead_letters", "Runs the parked events through the projection again",
+            success("200", "How many were applied, and how many are still parked.",
+                    json_content(object_of({{"replayed", {{"type", "integer"}}},
+                                            {"still_parked", {{"type", "integer"}}}}))),
+            {403, 404});
+  auto rebuild = admin("admin.rebuild", "Rebuilds the projection's view in the background",
+                       success("202", "Started; its progress shows in GET /admin/projections.",
+                               json_content(object_of({{"started", string_schema()}}))),
+                       {403, 404, 409});
   rebuild["parameters"].push_back(
       {{"name", "verify"},
        {"in", "query"},
-       {"description", "Compare the rebuilt view with the live one first; keep the live one "
-                       "when they differ."},
+       {"description",
+        "Compare the rebuilt view with the live one first; keep the live one "
+        "when they differ."},
        {"schema", {{"type", "boolean"}}}});
   paths["/admin/projections/{name}/rebuild"]["post"] = std::move(rebuild);
 

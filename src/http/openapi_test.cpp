@@ -72,10 +72,13 @@ struct openapi_doc : testing::Test {
       tx.emit(c.product_id, restocked{c.product_id, c.quantity});
       return {};
     });
-    app->queries().add([](const stock_by_id& q, const cleave::read_context&)
-                           -> cleave::result<stock> { return stock{q.product_id, 1}; });
-    app->queries().add([](const stocks_by_ids&, const cleave::read_context&)
-                           -> cleave::result<std::vector<stock>> { return {}; });
+    app->queries().add(
+        [](const stock_by_id& q, const cleave::read_context&) -> cleave::result<stock> {
+          return stock{q.product_id, 1};
+        });
+    app->queries().add(
+        [](const stocks_by_ids&,
+           const cleave::read_context&) -> cleave::result<std::vector<stock>> { return {}; });
     cleave::projection p{"stock_view"};
     p.schema("create table {view}(product_id text primary key, quantity bigint not null)")
         .on([](const restocked& e, cleave::view_context& v) {
@@ -91,8 +94,8 @@ struct openapi_doc : testing::Test {
     return json::parse(r.body);
   }
 
-  cleave::http::detail::response call(std::string method, std::string target,
-                                      std::string body = {}, std::string token = {}) {
+  cleave::http::detail::response call(std::string method, std::string target, std::string body = {},
+                                      std::string token = {}) {
     request r;
     r.method = std::move(method);
     r.target = std::move(target);
@@ -142,8 +145,8 @@ TEST_F(openapi_doc, a_query_whose_members_are_all_scalars_can_be_sent_with_get) 
   EXPECT_EQ(query_parameters["exact"]["schema"]["type"], "boolean");
   EXPECT_TRUE(doc["paths"]["/queries/test.stock_by_id"].contains("post"));
   EXPECT_TRUE(doc["paths"]["/queries/test.stock_by_id"].contains("head"));
-  EXPECT_EQ(get["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
-               ["result"]["properties"]["quantity"]["type"],
+  EXPECT_EQ(get["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["result"]
+               ["properties"]["quantity"]["type"],
             "integer");
 
   // A member a query string cannot carry: POST only, as the router answers.
@@ -192,8 +195,8 @@ TEST_F(openapi_doc, every_problem_response_has_its_status_and_the_shared_problem
   auto& command = doc["paths"]["/commands/test.restock"]["post"];
   std::vector<std::string> statuses;
   for (const auto& [status, response] : command["responses"].items()) statuses.push_back(status);
-  EXPECT_THAT(statuses, testing::ElementsAre("200", "400", "404", "405", "409", "413", "415",
-                                             "422", "431", "500", "503"));
+  EXPECT_THAT(statuses, testing::ElementsAre("200", "400", "404", "405", "409", "413", "415", "422",
+                                             "431", "500", "503"));
   EXPECT_FALSE(command["responses"].contains("default"));
   auto& components = doc["components"]["responses"];
   for (const auto& [status, response] : command["responses"].items()) {
@@ -210,8 +213,7 @@ TEST_F(openapi_doc, every_problem_response_has_its_status_and_the_shared_problem
   EXPECT_EQ(components["not_found"]["content"]["application/problem+json"]["schema"]["properties"]
                       ["type"]["enum"],
             (json{"/problems/not-found", "/problems/unknown-message"}));
-  EXPECT_EQ(doc["components"]["schemas"]["problem"]["required"],
-            (json{"type", "title", "status"}));
+  EXPECT_EQ(doc["components"]["schemas"]["problem"]["required"], (json{"type", "title", "status"}));
   // What the router answers agrees with the document.
   const auto refused = call("POST", "/commands/test.restock", R"({"product_id":"p"})");
   EXPECT_EQ(refused.status, 400);
@@ -251,17 +253,16 @@ TEST_F(openapi_doc, every_documented_operation_is_one_the_router_answers) {
   for (const auto& [path, item] : doc["paths"].items())
     for (const auto& [method, op] : item.items()) documented.push_back(method + " " + path);
   EXPECT_THAT(documented,
-              testing::IsSupersetOf({"get /health", "get /metrics", "get /openapi.json",
-                                     "head /health", "get /admin/projections",
-                                     "get /admin/projections/{name}/dead-letters",
-                                     "post /admin/projections/{name}/replay-dead-letters",
-                                     "post /admin/projections/{name}/rebuild",
-                                     "post /commands/test.restock", "get /queries/test.stock_by_id",
-                                     "post /queries/test.stock_by_id",
-                                     "post /queries/test.stocks_by_ids"}));
-  EXPECT_EQ(doc["paths"]["/admin/projections/{name}/rebuild"]["post"]["parameters"][1]["schema"]
-               ["enum"],
-            json{"stock_view"});
+              testing::IsSupersetOf(
+                  {"get /health", "get /metrics", "get /openapi.json", "head /health",
+                   "get /admin/projections", "get /admin/projections/{name}/dead-letters",
+                   "post /admin/projections/{name}/replay-dead-letters",
+                   "post /admin/projections/{name}/rebuild", "post /commands/test.restock",
+                   "get /queries/test.stock_by_id", "post /queries/test.stock_by_id",
+                   "post /queries/test.stocks_by_ids"}));
+  EXPECT_EQ(
+      doc["paths"]["/admin/projections/{name}/rebuild"]["post"]["parameters"][1]["schema"]["enum"],
+      json{"stock_view"});
 
   for (const auto& [path, item] : doc["paths"].items()) {
     for (const auto& [method, op] : item.items()) {
