@@ -91,6 +91,10 @@ async function validatedDocument(config) {
                 `${at} is not JSON Schema 2020-12: ${ajv.errorsText(ajv.errors)}`);
     }
     assert.ok(count > 10, `only ${count} schemas found`);
+
+    const ids = Object.values(doc.paths).flatMap((item) => Object.values(item))
+      .map((op) => op.operationId);
+    assert.deepEqual(ids.filter((id, i) => ids.indexOf(id) !== i), [], "operationIds repeat");
     return doc;
   } finally {
     shop.kill("SIGTERM");
