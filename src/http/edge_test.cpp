@@ -84,11 +84,10 @@ struct edge_server : testing::Test {
           tx.exec("insert into notes(id, amount) values ($1, $2)", c.id, c.amount);
           return {};
         });
-    app->queries().add(
-        [](const edge::total& q, const cleave::read_context& db) -> cleave::result<std::int64_t> {
-          return db.one<std::int64_t>("select coalesce(sum(amount), 0) from notes where id = $1",
-                                      q.id);
-        });
+    app->queries().add([](const edge::total& q,
+                          const cleave::read_context& db) -> cleave::result<std::int64_t> {
+      return db.one<std::int64_t>("select coalesce(sum(amount), 0) from notes where id = $1", q.id);
+    });
     server = std::make_unique<cleave::http::server>(*app);
     server->start();
     port = server->port();
@@ -120,8 +119,8 @@ TEST_F(edge_server, static_files_never_come_from_outside_the_root) {
   start();
   const std::string outside = (dir.path() / "secret.txt").string();  // absolute: /tmp/…
   const std::string hostile[] = {
-      "/" + outside,                                        // //tmp/…/secret.txt
-      "/%2F" + outside.substr(1),                           // the same, the slash encoded
+      "/" + outside,               // //tmp/…/secret.txt
+      "/%2F" + outside.substr(1),  // the same, the slash encoded
       "/%2f%2f" + outside.substr(1),
       "/../secret.txt",
       "/%2e%2e/secret.txt",
@@ -136,8 +135,8 @@ TEST_F(edge_server, static_files_never_come_from_outside_the_root) {
       "/..\\secret.txt",
       "/..%5csecret.txt",
       "/%5c..%5csecret.txt",
-      "/leak.txt",                                          // a symlink to the secret
-      "/up/secret.txt",                                     // a directory symlink leading out
+      "/leak.txt",       // a symlink to the secret
+      "/up/secret.txt",  // a directory symlink leading out
       "/index.html%00.png",
       "/%00",
       "/.",
@@ -257,11 +256,11 @@ TEST_F(edge_server, authentication_comes_before_anything_is_parsed_on_a_protecte
                    "/problems/unauthorized", "unknown command " + auth);
     expect_problem(http(port, "GET", "/queries/edge.no_such", "", headers), 401,
                    "/problems/unauthorized", "unknown query " + auth);
-    expect_problem(http(port, "POST", "/commands/edge.note_down", "x=1",
-                        auth.empty() ? std::map<std::string, std::string>{{"Content-Type",
-                                                                           "text/plain"}}
-                                     : with({{"Content-Type", "text/plain"}}, auth)),
-                   401, "/problems/unauthorized", "not JSON " + auth);
+    expect_problem(
+        http(port, "POST", "/commands/edge.note_down", "x=1",
+             auth.empty() ? std::map<std::string, std::string>{{"Content-Type", "text/plain"}}
+                          : with({{"Content-Type", "text/plain"}}, auth)),
+        401, "/problems/unauthorized", "not JSON " + auth);
     expect_problem(http(port, "GET", "/admin/projections", "", headers), 401,
                    "/problems/unauthorized", "admin " + auth);
   }
@@ -277,11 +276,15 @@ TEST_F(edge_server, authentication_comes_before_anything_is_parsed_on_a_protecte
 TEST_F(edge_server, every_problem_and_every_answer_carries_a_correlation_id) {
   cleave::app_config cfg;
   cfg.max_body_bytes = 64;
+  cfg.max_header_bytes = 4096;
   start(cfg);
+  expect_problem(http(port, "GET", "/health", "", {{"X-Padding", std::string(8000, 'a')}}), 431,
+                 "/problems/headers-too-large", "431");
   auto put = http(port, "PUT", "/commands/edge.note_down", "{}");
   expect_problem(put, 405, "/problems/method-not-allowed", "405");
   EXPECT_EQ(put.headers["allow"], "POST");
-  expect_problem(http(port, "DELETE", "/health"), 405, "/problems/method-not-allowed", "405 health");
+  expect_problem(http(port, "DELETE", "/health"), 405, "/problems/method-not-allowed",
+                 "405 health");
   expect_problem(http(port, "GET", "/nothing-here"), 404, "/problems/not-found", "static 404");
   expect_problem(http(port, "GET", "/."), 404, "/problems/not-found", "/.");
   expect_problem(http(port, "POST", "/elsewhere", "{}"), 404, "/problems/unknown-message",
@@ -291,10 +294,10 @@ TEST_F(edge_server, every_problem_and_every_answer_carries_a_correlation_id) {
   expect_problem(http(port, "POST", "/commands/edge.note_down", R"({"id":"taken","amount":1})"),
                  409, "/problems/conflict", "409");
   // The router adds nothing to a conflict's message: only what the handler said.
-  EXPECT_EQ(json::parse(http(port, "POST", "/commands/edge.note_down",
-                             R"({"id":"taken","amount":1})")
-                            .body)["detail"],
-            "a note with this id exists already");
+  EXPECT_EQ(
+      json::parse(http(port, "POST", "/commands/edge.note_down", R"({"id":"taken","amount":1})")
+                      .body)["detail"],
+      "a note with this id exists already");
   // A client's own id is kept, in the problem and on success.
   auto mine = http(port, "GET", "/nothing-here", "", {{"X-Correlation-Id", "req-42"}});
   expect_problem(mine, 404, "/problems/not-found", "client id");
@@ -307,8 +310,7 @@ TEST_F(edge_server, every_problem_and_every_answer_carries_a_correlation_id) {
 
 TEST_F(edge_server, head_is_answered_wherever_get_is_with_the_same_headers_and_no_body) {
   start();
-  ASSERT_EQ(http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":5})").status,
-            200);
+  ASSERT_EQ(http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":5})").status, 200);
   for (const auto* target : {"/health", "/", "/docs/guide.html", "/openapi.json",
                              "/queries/edge.total?id=a", "/admin/projections"}) {
     auto get = http(port, "GET", target);
@@ -323,8 +325,9 @@ TEST_F(edge_server, head_is_answered_wherever_get_is_with_the_same_headers_and_n
   // On a kept-alive connection the next answer follows the headers at once: read_reply, waiting
   // for the Content-Length bytes the HEAD answer announces, finds the next answer there instead.
   http_connection c(port);
-  c.send_raw("HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /queries/edge.total?id=a HTTP/1.1\r\n"
-             "Host: x\r\n\r\n");
+  c.send_raw(
+      "HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /queries/edge.total?id=a HTTP/1.1\r\n"
+      "Host: x\r\n\r\n");
   auto head = c.read_reply();
   EXPECT_EQ(head.status, 200);
   EXPECT_THAT(head.body, testing::StartsWith("HTTP/1.1 200"));

@@ -100,7 +100,8 @@ std::string_view title_of(int status) {
 
 bool iequals(std::string_view a, std::string_view b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
-    return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
   });
 }
 
@@ -303,8 +304,7 @@ response router::problem(int status, const error& e, const std::string& correlat
   return r;
 }
 
-response router::refuse(int status, errc category, std::string detail,
-                        std::string correlation_id) {
+response router::refuse(int status, errc category, std::string detail, std::string correlation_id) {
   if (correlation_id.empty()) correlation_id = new_correlation_id();
   return problem(status, error{category, std::move(detail), {}}, correlation_id);
 }
@@ -437,8 +437,7 @@ response router::openapi() const {
   return {200, "application/json", doc.dump(), {}};
 }
 
-response router::static_file(const std::string& path,
-                             const std::string& correlation_id) const {
+response router::static_file(const std::string& path, const std::string& correlation_id) const {
   const auto file = resolve_static(app_.config().static_dir, path);
   if (!file) return problem(404, {errc::not_found, "no such page", {}}, correlation_id);
   std::ifstream in(*file, std::ios::binary);

@@ -23,8 +23,8 @@ struct request {
   std::string authorization;
   std::string correlation_id;  // X-Correlation-Id; empty for a fresh one
   std::string peer;            // the client's IP address ("127.0.0.1", "::1"); empty if unknown
-  std::string min_position;  // Cleave-Min-Position
-  std::string consistency;   // Cleave-Consistency
+  std::string min_position;    // Cleave-Min-Position
+  std::string consistency;     // Cleave-Consistency
   std::string body;
 };
 
@@ -77,6 +77,7 @@ class router {
   response problem(int status, const error& e, const std::string& correlation_id) const;
   // 401 unless tokens are off or `r` carries a valid one, whose principal goes into `meta`.
   std::optional<response> authenticate(const request& r, request_meta& meta) const;
+  // 403 when tokens are on and the principal in `meta` lacks the role `name` requires.
   std::optional<response> authorize(std::string_view name, request_meta& meta) const;
 
   app& app_;

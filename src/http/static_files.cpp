@@ -51,7 +51,8 @@ std::optional<fs::path> resolve_static(const fs::path& root, std::string_view pa
   const auto real_root = fs::canonical(root, ec);
   if (ec) return std::nullopt;
   auto found = existing_inside(real_root, real_root / relative);
-  if (found && fs::is_directory(*found, ec)) found = existing_inside(real_root, *found / "index.html");
+  if (found && fs::is_directory(*found, ec))
+    found = existing_inside(real_root, *found / "index.html");
   if (!found || !fs::is_regular_file(*found, ec)) return std::nullopt;
   return found;
 }
