@@ -331,17 +331,6 @@ std::optional<response> router::authenticate(const request& r, request_meta& met
   return std::nullopt;
 }
 
-std::optional<response> router::authorize(std::string_view name, request_meta& meta) const {
-  const auto& cfg = app_.config();
-  if (cfg.tokens.empty()) return std::nullopt;
-  if (auto role = cfg.roles.find(std::string(name));
-      role != cfg.roles.end() && !meta.principal.has_role(role->second))
-    return problem(
-        403, {errc::forbidden, fmt::format("'{}' requires the role '{}'", name, role->second), {}},
-        meta.correlation_id);
-  return std::nullopt;
-}
-
 response router::dispatch(const request& r, request_meta meta, std::string_view kind,
                           std::string_view name, std::string_view query_string) {
   const bool is_command = kind == "commands";
@@ -379,7 +368,7 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
     if (!parsed) return problem(400, parsed.error(), meta.correlation_id);
     body = std::move(*parsed);
   }
-  if (auto denied = authorize(name, meta)) return *denied;
+  // Roles are checked by the buses (cleave::authorization), as for every other caller.
   if (!r.consistency.empty()) {
     // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for
     // them (cleave::read_your_writes); one reading the write tables is current already.

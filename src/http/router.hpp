@@ -77,8 +77,6 @@ class router {
   response problem(int status, const error& e, const std::string& correlation_id) const;
   // 401 unless tokens are off or `r` carries a valid one, whose principal goes into `meta`.
   std::optional<response> authenticate(const request& r, request_meta& meta) const;
-  // 403 when tokens are on and the principal in `meta` lacks the role `name` requires.
-  std::optional<response> authorize(std::string_view name, request_meta& meta) const;
 
   app& app_;
   metrics metrics_;
