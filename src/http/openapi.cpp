@@ -139,6 +139,7 @@ json components(bool with_tokens) {
                        {{"$ref", "#/components/schemas/problem"},
                         {"properties",
                          {{"type", {{"enum", types}}}, {"status", {{"const", p.status}}}}}}}}}}}};
+    response["headers"]["X-Correlation-Id"] = ref("headers", "X-Correlation-Id");
     if (!p.header.empty()) response["headers"][std::string(p.header)] = ref("headers", p.header);
     c["responses"][std::string(p.name)] = std::move(response);
   }
@@ -146,9 +147,12 @@ json components(bool with_tokens) {
   return c;
 }
 
-// An operation answering `ok` or one of `problems` (beyond those of any route).
+// An operation answering `ok` or one of `problems` (beyond those of any route); every answer
+// carries X-Correlation-Id.
 json operation(std::string id, std::string summary, json ok, std::initializer_list<int> problems) {
   json op{{"operationId", std::move(id)}, {"summary", std::move(summary)}};
+  for (auto& [status, response] : ok.items())
+    response["headers"]["X-Correlation-Id"] = ref("headers", "X-Correlation-Id");
   op["responses"] = json::object();
   std::set<int> statuses(std::begin(any_route), std::end(any_route));
   statuses.insert(problems);
@@ -225,8 +229,7 @@ response router::openapi() const {
     json ok = success("200", "The handler's response and the log position.",
                       json_content(object_of(
                           {{"result", ops.response_schema()}, {"position", string_schema()}})));
-    ok["200"]["headers"] = {{"Cleave-Position", ref("headers", "Cleave-Position")},
-                            {"X-Correlation-Id", ref("headers", "X-Correlation-Id")}};
+    ok["200"]["headers"]["Cleave-Position"] = ref("headers", "Cleave-Position");
     json parameters = json::array({ref("parameters", "X-Correlation-Id")});
     if (command) {
       ok["200"]["headers"]["Idempotent-Replayed"] = ref("headers", "Idempotent-Replayed");

@@ -136,11 +136,11 @@ class command_bus {
   // Runs the command through the pipeline and its handler. Never throws: failures of every kind
   // come back as an error (no handler is errc::not_found naming the type).
   template <class C>
-  auto send(const C& command_message, const request_meta& meta = detail::no_meta);
+  [[nodiscard]] auto send(const C& command_message, const request_meta& meta = detail::no_meta);
 
   // Dispatch by wire name with a JSON body, decoded strictly (what HTTP and the CLI use).
   // An unknown name is errc::not_found; a body that does not decode is errc::validation.
-  result<json_outcome> send_json(std::string_view wire_name, const json& body,
+  [[nodiscard]] result<json_outcome> send_json(std::string_view wire_name, const json& body,
                                  const request_meta& meta = detail::no_meta);
 
   // Every command type with a handler here, in registration order.
@@ -154,7 +154,7 @@ class command_bus {
   // Declared commands (CLEAVE_COMMAND anywhere in the program) that have no handler here.
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
   // An error listing every declared command without a handler; for a check at start-up.
-  result<void> check_complete() const { return core_.check_complete(); }
+  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
   bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
 
  private:
@@ -200,10 +200,10 @@ class query_bus {
 
   // Runs the query through the pipeline and its handler. Never throws.
   template <class Q>
-  auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
+  [[nodiscard]] auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
 
   // Dispatch by wire name with a JSON body, decoded strictly.
-  result<json_outcome> ask_json(std::string_view wire_name, const json& body,
+  [[nodiscard]] result<json_outcome> ask_json(std::string_view wire_name, const json& body,
                                 const request_meta& meta = detail::no_meta);
 
   std::vector<const message_info*> handled() const { return core_.handled(); }
@@ -213,7 +213,7 @@ class query_bus {
     return e ? e->ops : nullptr;
   }
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
-  result<void> check_complete() const { return core_.check_complete(); }
+  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
   bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
 
  private:

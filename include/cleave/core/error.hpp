@@ -1,5 +1,5 @@
 #pragma once
-// Expected outcomes as values: cleave::result<T> is std::expected<T, cleave::error>.
+// Expected outcomes as values: cleave::result<T> is a std::expected<T, cleave::error>.
 
 #include <expected>
 #include <optional>
@@ -45,8 +45,16 @@ struct error {
   std::string describe() const;
 };
 
+// A T or the error that stopped it: std::expected<T, cleave::error>, marked [[nodiscard]] so that
+// a dropped outcome (a send, an ask, a check) is a warning where it is dropped.
 template <class T>
-using result = std::expected<T, error>;
+class [[nodiscard]] result : public std::expected<T, error> {
+ public:
+  using std::expected<T, error>::expected;
+  result() = default;
+  result(const std::expected<T, error>& other) : std::expected<T, error>(other) {}  // NOLINT
+  result(std::expected<T, error>&& other) : std::expected<T, error>(std::move(other)) {}  // NOLINT
+};
 
 // Shorthands for handlers: `return cleave::rejected("stock is short");`
 inline std::unexpected<error> fail(errc category, std::string message,
