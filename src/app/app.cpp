@@ -29,6 +29,11 @@ struct principal_entry {
 };
 CLEAVE_RECORD(principal_entry, subject, roles)
 
+struct openapi_entry {
+  std::optional<std::string> title, version;
+};
+CLEAVE_RECORD(openapi_entry, title, version)
+
 struct config_file {
   std::optional<std::string> database, listen, log_level, static_dir;
   std::optional<std::int64_t> max_body_bytes, max_header_bytes, max_json_depth, max_connections,
@@ -39,10 +44,11 @@ struct config_file {
   std::optional<bool> run_projector;
   std::optional<std::vector<std::string>> replicas;
   std::optional<std::int64_t> replica_max_lag_ms;
+  std::optional<openapi_entry> openapi;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms)
+              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi)
 
 void print_json(const json& j) {
   std::cout << j.dump(2) << std::endl;
@@ -94,6 +100,8 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.roles) c.roles = *f.roles;
     if (f.cli_principal) c.cli_principal = {f.cli_principal->subject, f.cli_principal->roles};
     if (f.run_projector) c.run_projector = *f.run_projector;
+    if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
+    if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;
     if (f.replica_max_lag_ms) {
       if (*f.replica_max_lag_ms <= 0) return invalid("replica_max_lag_ms", "must be positive");
@@ -393,8 +401,13 @@ app::app(app_config config)
 
 app::~app() {
   stop_workers();
-  std::lock_guard lock(jobs_mutex_);
-  for (auto& [name, t] : job_threads_)
+  // Joined without the lock, which a rebuild still running takes to record how it ended.
+  std::map<std::string, std::thread> threads;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    threads.swap(job_threads_);
+  }
+  for (auto& [name, t] : threads)
     if (t.joinable()) t.join();
 }
 

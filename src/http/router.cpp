@@ -347,15 +347,12 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
       return problem(405, {errc::validation, "commands are sent with POST", {}},
                      meta.correlation_id);
     const json& schema = query_schemas_.at(ops);
-    for (const auto& [member, s] : schema["properties"].items()) {
-      const auto type = s.value("type", "");
-      if (type == "array" || type == "object" || !s.contains("type"))
-        return problem(405,
-                       {errc::validation,
-                        fmt::format("'{}' has a non-scalar member '{}': use POST", name, member),
-                        {}},
-                       meta.correlation_id);
-    }
+    if (auto member = non_scalar_member(schema))
+      return problem(405,
+                     {errc::validation,
+                      fmt::format("'{}' has a non-scalar member '{}': use POST", name, *member),
+                      {}},
+                     meta.correlation_id);
     auto q = query_to_json(query_string, schema);
     if (!q) return problem(400, q.error(), meta.correlation_id);
     body = std::move(*q);
@@ -395,35 +392,6 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
                {}};
   if (!position.empty()) res.headers.emplace_back("Cleave-Position", position);
   return res;
-}
-
-response router::openapi() const {
-  json paths = json::object();
-  auto add = [&](const message_ops& ops, bool command) {
-    const auto& info = *ops.info;
-    json ok_schema{
-        {"type", "object"},
-        {"properties", {{"result", ops.response_schema()}, {"position", {{"type", "string"}}}}},
-        {"required", {"result", "position"}}};
-    json op;
-    op["operationId"] = std::string(info.wire_name);
-    op["summary"] = fmt::format("{} {}", command ? "command" : "query", info.type_name);
-    op["requestBody"]["required"] = true;
-    op["requestBody"]["content"]["application/json"]["schema"] = ops.schema();
-    op["responses"]["200"]["description"] = "the handler's response and the log position";
-    op["responses"]["200"]["content"]["application/json"]["schema"] = ok_schema;
-    op["responses"]["default"]["description"] = "a problem (RFC 9457)";
-    op["responses"]["default"]["content"]["application/problem+json"]["schema"] = {
-        {"type", "object"}};
-    paths[fmt::format("/{}/{}", command ? "commands" : "queries", info.wire_name)]["post"] =
-        std::move(op);
-  };
-  for (const auto* ops : app_.commands().handled_ops()) add(*ops, true);
-  for (const auto* ops : app_.queries().handled_ops()) add(*ops, false);
-  json doc{{"openapi", "3.1.0"},
-           {"info", {{"title", "cleave application"}, {"version", "1"}}},
-           {"paths", paths}};
-  return {200, "application/json", doc.dump(), {}};
 }
 
 response router::static_file(const std::string& path, const std::string& correlation_id) const {

@@ -71,7 +71,7 @@ class router {
  private:
   response dispatch(const request& r, request_meta meta, std::string_view kind,
                     std::string_view name, std::string_view query_string);
-  response openapi() const;
+  response openapi() const;  // in openapi.cpp
   response admin(const request& r, const std::string& path, request_meta& meta);
   response static_file(const std::string& path, const std::string& correlation_id) const;
   response problem(int status, const error& e, const std::string& correlation_id) const;
@@ -90,6 +90,10 @@ result<json> parse_limited(std::string_view text, int max_depth);
 // numbers and booleans must parse whole. A member the schema does not list stays a string (the
 // strict decoder then names it).
 result<json> query_to_json(std::string_view query, const json& schema);
+
+// The first member of a query's JSON Schema that a query string cannot carry (an array, an
+// object, or a member of any type), if any: GET on such a query is a 405 (POST it instead).
+std::optional<std::string> non_scalar_member(const json& schema);
 
 // A fresh correlation id (16 hex digits).
 std::string new_correlation_id();

@@ -57,6 +57,9 @@ struct app_config {
   // separate `project` process keeps the views (CLEAVE_PROJECTOR=off).
   bool run_projector = true;
   std::filesystem::path static_dir;  // files served at / (a web UI); empty for none
+  // The API's name and version in /openapi.json (the file's "openapi": {"title", "version"}).
+  std::string api_title = "cleave application";
+  std::string api_version = "1";
 };
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
