@@ -79,6 +79,7 @@ class recording_source final : public cleave::session_source {
       owner->log.push_back("exec " + std::string(sql) + " with " + std::to_string(params.size()));
       return 1;
     }
+    void script(std::string_view sql) override { owner->log.push_back("script " + std::string(sql)); }
     std::uint64_t append(const cleave::pending_event& e) override {
       owner->log.push_back("append " + std::string(e.type) + " " + e.payload.dump());
       return 1;
@@ -95,7 +96,8 @@ class recording_source final : public cleave::session_source {
     void finish() noexcept override { owner->log.push_back("finish"); }
   };
 
-  cleave::write_transaction& begin_write(const cleave::request_meta&) override {
+  cleave::write_transaction& begin_write(const cleave::request_meta&,
+                                         cleave::isolation) override {
     log.push_back("begin write");
     return tx_;
   }

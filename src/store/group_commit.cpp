@@ -127,14 +127,14 @@ group_commit::group_commit(store& inner, std::size_t max_group, std::size_t lane
 
 group_commit::~group_commit() = default;
 
-write_transaction& group_commit::begin_write(const request_meta& meta) {
+write_transaction& group_commit::begin_write(const request_meta& meta, isolation) {
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
   ++l.waiting;
   l.mutex.lock();
   --l.waiting;
   try {
     if (!l.shared) {
-      l.shared = &inner_.begin_write(meta);
+      l.shared = &inner_.begin_write(meta, isolation::serializable);
       ++l.group;
       l.members = 0;
     }
