@@ -45,8 +45,7 @@ plain plain_of(db_failure kind) {
               "one statement per exec or query: run each statement on its own (migrations and "
               "view schemas may hold several)"};
     case db_failure::placeholders:
-      return {errc::internal,
-              "a statement's placeholders are $1, $2, … and each needs a value"};
+      return {errc::internal, "a statement's placeholders are $1, $2, … and each needs a value"};
     case db_failure::other:
       break;
   }
@@ -59,10 +58,10 @@ void throw_db_failure(db_failure kind, std::string_view detail, std::string_view
                       std::string_view raised) {
   const auto [category, message] = plain_of(kind);
   const bool transient = kind == db_failure::serialization || kind == db_failure::deadlock;
-  const auto level = transient                         ? spdlog::level::debug
-                     : category == errc::internal      ? spdlog::level::err
-                     : category == errc::unavailable   ? spdlog::level::warn
-                                                       : spdlog::level::info;
+  const auto level = transient                       ? spdlog::level::debug
+                     : category == errc::internal    ? spdlog::level::err
+                     : category == errc::unavailable ? spdlog::level::warn
+                                                     : spdlog::level::info;
   spdlog::log(level, "database: {} [correlation {}]", detail, correlation_id);
   std::string text(kind == db_failure::raised && !raised.empty() ? raised : message);
   if (category == errc::internal && !correlation_id.empty())
