@@ -28,9 +28,8 @@ TEST(postgres_store, commands_run_serializable_unless_their_type_opts_down) {
   cleave::testing::postgres_backend backend;
   auto db = backend.open();
   cleave::command_bus commands{db.get()};
-  commands.add([](const isolation_in_use&, cleave::write_context& tx) {
-    return current_isolation(tx);
-  });
+  commands.add(
+      [](const isolation_in_use&, cleave::write_context& tx) { return current_isolation(tx); });
   commands.add([](const isolation_in_use_loosely&, cleave::write_context& tx) {
     return current_isolation(tx);
   });
