@@ -448,9 +448,9 @@ TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
   this->db->migrate("bookings", booking_schema);
   // Two lanes (two shared transactions side by side) where the backend runs writers at once.
   cleave::group_commit grouped(*this->db, 32, this->db->dialect() == "sqlite" ? 1 : 2);
-  cleave::command_bus commands{&grouped};
-  commands.add(book_slot_handler);
-  book_concurrently(commands, *this->db);
+  cleave::command_bus grouped_commands{&grouped};
+  grouped_commands.add(book_slot_handler);
+  book_concurrently(grouped_commands, *this->db);
 }
 
 TYPED_TEST_P(store_conformance, one_statement_per_exec) {

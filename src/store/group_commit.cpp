@@ -79,6 +79,21 @@ class group_commit::member final : public detail::forwarding_transaction {
   // Begins this member's turn in the lane's shared transaction.
   void join() noexcept { inner_ = lane_.shared; }
 
+ private:
+  // Runs a call into the shared transaction, noting a transient failure: PostgreSQL fails every
+  // later statement of a transaction it gave up to keep others serializable, so the whole group
+  // must end, and its members run again (the bus retries them).
+  template <class F>
+  auto dooming(F&& call) {
+    try {
+      return call();
+    } catch (const transient_error&) {
+      doomed_ = std::current_exception();
+      throw;
+    }
+  }
+
+ public:
   void query(std::string_view sql, std::span<const sql_value> params,
              row_callback on_row) override {
     dooming([&] { inner_->query(sql, params, on_row); });
@@ -117,19 +132,6 @@ class group_commit::member final : public detail::forwarding_transaction {
   }
 
  private:
-  // Runs a call into the shared transaction, noting a transient failure: PostgreSQL fails every
-  // later statement of a transaction it gave up to keep others serializable, so the whole group
-  // must end, and its members run again (the bus retries them).
-  template <class F>
-  auto dooming(F&& call) {
-    try {
-      return call();
-    } catch (const transient_error&) {
-      doomed_ = std::current_exception();
-      throw;
-    }
-  }
-
   // Ends this member's turn without keeping its work: back to its savepoint, or, when the shared
   // transaction is doomed, the whole group.
   void end() noexcept {
