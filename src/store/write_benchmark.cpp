@@ -26,6 +26,8 @@
 
 #include <fmt/format.h>
 #include <libpq-fe.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
 #include <cleave/cleave.hpp>
@@ -360,6 +362,7 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
 int main(int argc, char** argv) {
   // --quick: short slices, for a smoke run.
   const bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
+  spdlog::set_default_logger(spdlog::stderr_color_mt("bench"));  // stdout is for the JSON lines
   const auto slice = quick ? 200ms : 1500ms;
   std::fprintf(stderr,
                "cleave_bench_write: %s slices of %lld ms, alternating baseline and framework\n",

@@ -92,9 +92,9 @@ struct command_step {
 // Runs a command in a write transaction from `source` (or with no store when null): commits on
 // success, rolls back on failure or exception; exceptions become errors. A command with an id
 // (request_meta::command_id) runs at most once: a retry gets the first outcome. A transient
-// failure (cleave::transient_error) runs the whole command again, up to 5 times in all, after a
-// jittered pause doubling from 1–2 ms, never past the request's deadline; after that it is
-// errc::conflict.
+// failure (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after
+// a jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
+// that it is errc::conflict.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
