@@ -182,10 +182,10 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
     if (auto* s = std::get_if<std::string_view>(&params[i]); s && values[i]) {
       // libpq would end the text at the NUL and store the rest silently cut off.
       if (s->find('\0') != std::string_view::npos)
-        throw_db_failure(db_failure::nul_character,
-                         fmt::format("parameter ${} of `{}` contains U+0000", i + 1,
-                                     sql.substr(0, 200)),
-                         correlation_id_);
+        throw_db_failure(
+            db_failure::nul_character,
+            fmt::format("parameter ${} of `{}` contains U+0000", i + 1, sql.substr(0, 200)),
+            correlation_id_);
       copies.emplace_back(*s);
       values[i] = copies.back().c_str();
     }

@@ -72,8 +72,7 @@ statement::statement(sqlite3* db, std::string_view sql, const std::string& corre
     if (n <= 0) {
       sqlite3_finalize(std::exchange(stmt_, nullptr));
       throw_db_failure(db_failure::placeholders,
-                       fmt::format("`{}`: placeholder {} is not $<number>", sql,
-                                   name ? name : "?"),
+                       fmt::format("`{}`: placeholder {} is not $<number>", sql, name ? name : "?"),
                        correlation_id_);
     }
     if (slots_.size() < static_cast<std::size_t>(n)) slots_.resize(static_cast<std::size_t>(n), 0);

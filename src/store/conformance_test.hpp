@@ -642,9 +642,8 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_retried_rejection_stays_rejected_even_when_it_would_now_succeed,
     a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_a_conflict,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
-    a_count_then_insert_rule_holds_under_concurrent_commands,
-    the_rule_holds_under_group_commit_too, one_statement_per_exec,
-    a_unique_violation_says_so_without_sql_names_or_values,
+    a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
+    one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
     a_nul_in_a_message_is_refused_at_decoding);
 
 // Writers on their own store handles commit batches of ticks with random delays and about 1%
