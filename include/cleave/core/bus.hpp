@@ -86,11 +86,15 @@ struct command_step {
   function_ref<result<void>(write_context&)> run;  // runs the handler, keeps its response
   function_ref<json()> response;                   // the kept response as JSON
   function_ref<result<void>(const json&)> replay;  // keeps a remembered response instead
+  isolation level;                                 // of the command's transaction
 };
 
 // Runs a command in a write transaction from `source` (or with no store when null): commits on
 // success, rolls back on failure or exception; exceptions become errors. A command with an id
-// (request_meta::command_id) runs at most once: a retry gets the first outcome.
+// (request_meta::command_id) runs at most once: a retry gets the first outcome. A transient
+// failure (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after
+// a jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
+// that it is errc::conflict.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
@@ -98,6 +102,28 @@ result<void> run_read(session_source* source, const message_info& info, const re
                       function_ref<result<void>(read_context&)> body);
 
 }  // namespace detail
+
+// The isolation of command C's transaction. Commands run serializable: a rule the handler checks
+// by reading (count, then insert; read a balance, then update) holds under concurrent commands on
+// every backend, and the bus retries what the database gives up to keep it so. A command may opt
+// down inside its struct:
+//
+//   static constexpr auto isolation = cleave::isolation::read_committed;
+//
+// which is safe only when no decision of its handler depends on what it read: plain inserts keyed
+// by the command (a unique key turns a duplicate into errc::conflict), or updates whose guard sits
+// in the same statement (`update stock set n = n - $2 where id = $1 and n >= $2`).
+template <command C>
+constexpr isolation isolation_of() {
+  if constexpr (requires { C::isolation; }) {
+    static_assert(std::is_same_v<std::remove_cv_t<decltype(C::isolation)>, isolation>,
+                  "a command's `isolation` member is a cleave::isolation: write "
+                  "`static constexpr auto isolation = cleave::isolation::read_committed;`");
+    return C::isolation;
+  } else {
+    return isolation::serializable;
+  }
+}
 
 // Dispatches commands to their handlers, each in one write transaction.
 class command_bus {
@@ -331,7 +357,7 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
     }
     return {};
   };
-  const detail::command_step step{body, encode, replay};
+  const detail::command_step step{body, encode, replay, isolation_of<C>()};
   auto innermost = [&]() -> result<void> {
     return detail::run_write(source_, info_of<C>(), meta, position, step);
   };

@@ -86,4 +86,12 @@ class error_exception : public std::runtime_error {
   cleave::error error_;
 };
 
+// A failure that says nothing about the command itself: the database gave up this transaction to
+// keep concurrent ones serializable (a serialization failure, a deadlock). Its category is
+// errc::conflict. The command bus runs the whole command again, a few times, before passing it on.
+class transient_error : public error_exception {
+ public:
+  using error_exception::error_exception;
+};
+
 }  // namespace cleave
