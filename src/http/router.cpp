@@ -116,8 +116,6 @@ bool is_json(std::string_view content_type) {
   return iequals(trim(content_type.substr(0, content_type.find(';'))), "application/json");
 }
 
-struct depth_exceeded {};
-
 }  // namespace
 
 std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
@@ -156,21 +154,6 @@ bool is_loopback(const std::string& address) {
   constexpr unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   if (std::equal(v6, v6 + 12, mapped)) return v6[12] == 127;
   return std::all_of(v6, v6 + 15, [](unsigned char b) { return b == 0; }) && v6[15] == 1;
-}
-
-result<json> parse_limited(std::string_view text, int max_depth) {
-  try {
-    return json::parse(text, [&](int depth, json::parse_event_t, json&) {
-      if (depth > max_depth) throw depth_exceeded{};
-      return true;
-    });
-  } catch (const depth_exceeded&) {
-    return fail(errc::validation, fmt::format("JSON nested deeper than {} levels", max_depth));
-  } catch (const json::parse_error& e) {
-    return fail(errc::validation, fmt::format("malformed JSON at byte {}", e.byte));
-  } catch (const json::exception&) {  // a number too large for a double (found by fuzzing)
-    return fail(errc::validation, "malformed JSON: a number is out of range");
-  }
 }
 
 result<json> query_to_json(std::string_view query, const json& schema) {
@@ -361,7 +344,7 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
       return problem(415, {errc::validation, "the body must be application/json", {}},
                      meta.correlation_id);
     auto parsed = r.body.empty() ? result<json>(json::object())
-                                 : parse_limited(r.body, app_.config().max_json_depth);
+                                 : parse_json_strict(r.body, app_.config().max_json_depth);
     if (!parsed) return problem(400, parsed.error(), meta.correlation_id);
     body = std::move(*parsed);
   }

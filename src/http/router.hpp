@@ -83,8 +83,6 @@ class router {
   std::map<const message_ops*, json> query_schemas_;  // the JSON Schema of each query
 };
 
-// Parses JSON no deeper than max_depth; malformed or too deep text is a validation error.
-result<json> parse_limited(std::string_view text, int max_depth);
 
 // Decodes a URL query string into a JSON object, typed by the message's JSON Schema: integers,
 // numbers and booleans must parse whole. A member the schema does not list stays a string (the
