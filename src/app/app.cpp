@@ -239,12 +239,22 @@ app::app(app_config config)
   });
   spdlog::set_level(spdlog::level::from_str(config_.log_level));
   consistency_ = &queries_.use<read_your_writes>(*projector_);
-  add_verb("send", "send NAME JSON      run a command through this application's handlers",
+  add_verb("send",
+           "send NAME JSON [--id KEY]\n"
+           "                      run a command through this application's handlers; a retry\n"
+           "                      with the same KEY prints the first outcome and has no effect",
            [](app& a, std::span<const std::string> args) {
-             if (args.size() != 2) return report({errc::validation, "usage: send NAME JSON", {}});
+             if (args.size() != 2 && !(args.size() == 4 && args[2] == "--id"))
+               return report({errc::validation, "usage: send NAME JSON [--id KEY]", {}});
              auto body = parse_json(args[1]);
              if (!body) return report(body.error());
-             auto r = a.commands().send_json(args[0], *body);
+             request_meta meta;
+             if (args.size() == 4) {
+               auto id = command_id_for(meta.principal, args[3]);
+               if (!id) return report(id.error());
+               meta.command_id = std::move(*id);
+             }
+             auto r = a.commands().send_json(args[0], *body, meta);
              if (!r) return report(r.error());
              print_json({{"result", r->result}, {"position", r->position.to_string()}});
              return 0;

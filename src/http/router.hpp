@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,6 +23,7 @@ struct request {
   std::string correlation_id;
   std::string min_position;  // Cleave-Min-Position
   std::string consistency;   // Cleave-Consistency
+  std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
   std::string body;
 };
 
@@ -88,5 +90,9 @@ result<json> query_to_json(std::string_view query, const json& schema);
 
 // A fresh correlation id (16 hex digits).
 std::string new_correlation_id();
+
+// The key an Idempotency-Key field carries, bare or as a structured-field string ("\"…\"",
+// RFC 8941); malformed quoting is a validation error. command_id_for() checks the key itself.
+result<std::string> parse_idempotency_key(std::string_view field);
 
 }  // namespace cleave::http::detail

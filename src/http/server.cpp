@@ -137,6 +137,9 @@ struct server::impl {
       r.correlation_id = std::string(req["X-Correlation-Id"]);
       r.min_position = std::string(req["Cleave-Min-Position"]);
       r.consistency = std::string(req["Cleave-Consistency"]);
+      for (auto [it, end] = req.equal_range("Idempotency-Key"); it != end; ++it)
+        r.idempotency_key = r.idempotency_key ? *r.idempotency_key + ", " + std::string(it->value())
+                                              : std::string(it->value());
       r.body = std::move(req.body());
       // Database work runs on the workers, never on the I/O thread.
       auto res = co_await net::co_spawn(

@@ -86,11 +86,13 @@ struct command_step {
   function_ref<result<void>(write_context&)> run;  // runs the handler, keeps its response
   function_ref<json()> response;                   // the kept response as JSON
   function_ref<result<void>(const json&)> replay;  // keeps a remembered response instead
+  function_ref<json()> message;                    // the command as JSON
 };
 
 // Runs a command in a write transaction from `source` (or with no store when null): commits on
 // success, rolls back on failure or exception; exceptions become errors. A command with an id
-// (request_meta::command_id) runs at most once: a retry gets the first outcome.
+// (request_meta::command_id) runs at most once: a retry gets the first outcome; the id used for
+// another type or payload is errc::idempotency_key_reused.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
@@ -331,7 +333,8 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
     }
     return {};
   };
-  const detail::command_step step{body, encode, replay};
+  auto message = [&]() -> json { return to_json(command_message); };
+  const detail::command_step step{body, encode, replay, message};
   auto innermost = [&]() -> result<void> {
     return detail::run_write(source_, info_of<C>(), meta, position, step);
   };
