@@ -49,7 +49,10 @@ void print_json(const json& j) {
 
 int report(const error& e) {
   std::cerr << "error: " << e.describe() << std::endl;
-  return e.category == errc::validation || e.category == errc::not_found ? 2 : 1;
+  return e.category == errc::validation || e.category == errc::not_found ||
+                 e.category == errc::idempotency_key_reused
+             ? 2
+             : 1;
 }
 
 }  // namespace
