@@ -1,8 +1,14 @@
 // The shop on PostgreSQL: the same handlers, given a postgresql:// URL instead of a file.
 
+#include <future>
+#include <vector>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cleave/http/server.hpp>
+
+#include "http_client.hpp"
 #include "pg_database.hpp"
 #include "shop.hpp"
 
@@ -46,6 +52,36 @@ TEST(shop_on_postgres, places_summarizes_ranks_and_cancels_orders) {
   strong.consistency = cleave::strong();
   EXPECT_EQ(app.queries().ask(shop::customer_orders{"ada"}, strong).value().at(0).status,
             "cancelled");
+}
+
+TEST(shop_on_postgres, concurrent_http_requests_with_one_key_have_one_effect_and_one_answer) {
+  cleave::testing::pg_database db;
+  cleave::app_config cfg;
+  cfg.database = db.url();
+  cfg.listen = "127.0.0.1:0";
+  cleave::app app{cfg};
+  shop::install(app);
+  app.migrate();
+  shop::seed_demo_data(app);
+  cleave::http::server server{app};
+  server.start();
+  const auto before = app.queries().ask(shop::product_stock{"mug"}).value().stock;
+  constexpr int clients = 8;
+  std::vector<std::future<cleave::testing::http_reply>> replies;
+  for (int i = 0; i < clients; ++i)
+    replies.push_back(std::async(std::launch::async, [&] {
+      return cleave::testing::http(
+          server.port(), "POST", "/commands/shop.restock", R"({"product_id":"mug","quantity":1})",
+          {{"Content-Type", "application/json"}, {"Idempotency-Key", "one-click"}});
+    }));
+  std::vector<cleave::testing::http_reply> answers;
+  for (auto& r : replies) answers.push_back(r.get());
+  server.stop();
+  for (const auto& a : answers) {
+    EXPECT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.body, answers[0].body);
+  }
+  EXPECT_EQ(app.queries().ask(shop::product_stock{"mug"}).value().stock, before + 1);
 }
 
 }  // namespace
