@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <numeric>
 
 #include <fmt/format.h>
 
@@ -47,11 +48,14 @@ cleave::result<void> on_add_product(const add_product& c, cleave::write_context&
 }
 
 cleave::result<std::int64_t> on_restock(const restock& c, cleave::write_context& tx) {
-  if (tx.exec("update products set stock = stock + $2 where id = $1", c.product_id, c.quantity) ==
-      0)
-    return cleave::not_found(fmt::format("no product '{}'", c.product_id));
+  auto stock = tx.one<std::int64_t>("select stock from products where id = $1", c.product_id);
+  if (!stock) return cleave::not_found(fmt::format("no product '{}'", c.product_id));
+  if (*stock > max_stock - c.quantity)
+    return cleave::rejected(fmt::format("'{}' would hold more than {} in stock", c.product_id,
+                                        max_stock));
+  tx.exec("update products set stock = stock + $2 where id = $1", c.product_id, c.quantity);
   tx.emit(c.product_id, product_restocked{c.product_id, c.quantity});
-  return tx.one<std::int64_t>("select stock from products where id = $1", c.product_id);
+  return *stock + c.quantity;
 }
 
 // A rule across aggregates: every line's product must have the stock, or nothing is placed.
@@ -59,18 +63,30 @@ cleave::result<placed_order> on_place_order(const place_order& c, cleave::write_
   auto buyer =
       tx.one<customer>("select id, name, email from customers where id = $1", c.customer_id);
   if (!buyer) return cleave::not_found(fmt::format("no customer '{}'", c.customer_id));
+  // Product rows are locked in one order (by id) whatever the order of the lines, so that two
+  // orders over the same products never wait for each other in a cycle (a deadlock).
+  std::vector<std::size_t> by_product(c.lines.size());
+  std::iota(by_product.begin(), by_product.end(), std::size_t{0});
+  std::sort(by_product.begin(), by_product.end(), [&](std::size_t a, std::size_t b) {
+    return c.lines[a].product_id < c.lines[b].product_id;
+  });
   std::int64_t total = 0;
-  std::vector<placed_line> lines;
-  for (const auto& line : c.lines) {
+  std::vector<placed_line> lines(c.lines.size());
+  for (const std::size_t i : by_product) {
+    const auto& line = c.lines[i];
     auto p = tx.one<product>("select id, name, price_cents, stock from products where id = $1",
                              line.product_id);
     if (!p) return cleave::not_found(fmt::format("no product '{}'", line.product_id));
     if (p->stock < line.quantity)
       return cleave::rejected(fmt::format("not enough stock of '{}': {} left, {} wanted", p->name,
                                           p->stock, line.quantity));
+    std::int64_t line_total = 0;
+    if (__builtin_mul_overflow(p->price_cents, line.quantity, &line_total) ||
+        __builtin_add_overflow(total, line_total, &total))
+      return cleave::invalid(fmt::format("lines[{}].quantity", i),
+                             "the order's total would be larger than the shop can count");
     tx.exec("update products set stock = stock - $2 where id = $1", line.product_id, line.quantity);
-    lines.push_back({p->id, p->name, line.quantity, p->price_cents});
-    total += p->price_cents * line.quantity;
+    lines[i] = {p->id, p->name, line.quantity, p->price_cents};
   }
   const auto placed_at = now_ms();
   tx.exec(
@@ -215,22 +231,28 @@ cleave::result<void> register_customer::validate() const {
 
 cleave::result<void> add_product::validate() const {
   if (id.empty()) return cleave::invalid("id", "must not be empty");
-  if (price_cents < 0) return cleave::invalid("price_cents", "must not be negative");
-  if (stock < 0) return cleave::invalid("stock", "must not be negative");
+  if (price_cents < 0 || price_cents > max_price_cents)
+    return cleave::invalid("price_cents", fmt::format("must be from 0 to {}", max_price_cents));
+  if (stock < 0 || stock > max_stock)
+    return cleave::invalid("stock", fmt::format("must be from 0 to {}", max_stock));
   return {};
 }
 
 cleave::result<void> restock::validate() const {
-  if (quantity <= 0) return cleave::invalid("quantity", "must be positive");
+  if (quantity <= 0 || quantity > max_quantity)
+    return cleave::invalid("quantity", fmt::format("must be from 1 to {}", max_quantity));
   return {};
 }
 
 cleave::result<void> place_order::validate() const {
   if (order_id.empty()) return cleave::invalid("order_id", "must not be empty");
   if (lines.empty()) return cleave::invalid("lines", "an order needs at least one line");
+  if (lines.size() > max_order_lines)
+    return cleave::invalid("lines", fmt::format("an order has at most {} lines", max_order_lines));
   for (std::size_t i = 0; i < lines.size(); ++i) {
-    if (lines[i].quantity <= 0)
-      return cleave::invalid(fmt::format("lines[{}].quantity", i), "must be positive");
+    if (lines[i].quantity <= 0 || lines[i].quantity > max_quantity)
+      return cleave::invalid(fmt::format("lines[{}].quantity", i),
+                             fmt::format("must be from 1 to {}", max_quantity));
     for (std::size_t j = 0; j < i; ++j)
       if (lines[j].product_id == lines[i].product_id)
         return cleave::invalid(fmt::format("lines[{}].product_id", i),

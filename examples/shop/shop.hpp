@@ -14,6 +14,13 @@
 
 namespace shop {
 
+// The shop's bounds, checked by validate(): with them an order's total (at most
+// max_order_lines * max_quantity * max_price_cents) fits an int64 with room to spare.
+inline constexpr std::int64_t max_price_cents = 1'000'000'000;  // ten million in money
+inline constexpr std::int64_t max_quantity = 1'000'000;         // of one product in one command
+inline constexpr std::int64_t max_stock = 1'000'000'000'000;
+inline constexpr std::size_t max_order_lines = 100;
+
 // ---- commands ----
 struct register_customer {
   std::string id;

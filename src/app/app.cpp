@@ -29,19 +29,26 @@ struct principal_entry {
 };
 CLEAVE_RECORD(principal_entry, subject, roles)
 
+struct openapi_entry {
+  std::optional<std::string> title, version;
+};
+CLEAVE_RECORD(openapi_entry, title, version)
+
 struct config_file {
   std::optional<std::string> database, listen, log_level, static_dir;
   std::optional<std::int64_t> max_body_bytes, max_header_bytes, max_json_depth, max_connections,
       idle_timeout_seconds, workers;
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
+  std::optional<principal_entry> cli_principal;
   std::optional<bool> run_projector;
   std::optional<std::vector<std::string>> replicas;
   std::optional<std::int64_t> replica_max_lag_ms;
+  std::optional<openapi_entry> openapi;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles, run_projector, replicas, replica_max_lag_ms)
+              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi)
 
 void print_json(const json& j) {
   std::cout << j.dump(2) << std::endl;
@@ -94,7 +101,10 @@ result<app_config> load_config(const std::filesystem::path& file) {
       for (const auto& [token, who] : *f.tokens)
         c.tokens[token] = principal{who.subject, who.roles};
     if (f.roles) c.roles = *f.roles;
+    if (f.cli_principal) c.cli_principal = {f.cli_principal->subject, f.cli_principal->roles};
     if (f.run_projector) c.run_projector = *f.run_projector;
+    if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
+    if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;
     if (f.replica_max_lag_ms) {
       if (*f.replica_max_lag_ms <= 0) return invalid("replica_max_lag_ms", "must be positive");
@@ -241,6 +251,13 @@ app::app(app_config config)
         "cleave", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   });
   spdlog::set_level(spdlog::level::from_str(config_.log_level));
+  if (!config_.roles.empty()) {
+    // First on both buses: nothing else runs for a caller without the role.
+    const std::map<std::string, std::string, std::less<>> roles(config_.roles.begin(),
+                                                               config_.roles.end());
+    commands_.use<authorization>(roles);
+    queries_.use<authorization>(roles);
+  }
   consistency_ = &queries_.use<read_your_writes>(*projector_);
   add_verb("send",
            "send NAME JSON [--id KEY]\n"
@@ -252,6 +269,7 @@ app::app(app_config config)
              auto body = parse_json(args[1]);
              if (!body) return report(body.error());
              request_meta meta;
+             meta.principal = a.config().cli_principal;
              if (args.size() == 4) {
                auto id = command_id_for(meta.principal, args[3]);
                if (!id) return report(id.error());
@@ -274,6 +292,7 @@ app::app(app_config config)
              auto body = parse_json(args[1]);
              if (!body) return report(body.error());
              request_meta meta;
+             meta.principal = a.config().cli_principal;
              if (args.size() == 4) {
                auto wanted = parse_consistency(args[3]);
                if (!wanted) return report(wanted.error());
@@ -394,8 +413,13 @@ app::app(app_config config)
 
 app::~app() {
   stop_workers();
-  std::lock_guard lock(jobs_mutex_);
-  for (auto& [name, t] : job_threads_)
+  // Joined without the lock, which a rebuild still running takes to record how it ended.
+  std::map<std::string, std::thread> threads;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    threads.swap(job_threads_);
+  }
+  for (auto& [name, t] : threads)
     if (t.joinable()) t.join();
 }
 
@@ -455,6 +479,7 @@ void app::migrate() {
   for (const auto& [component, steps] : migrations_) store_->migrate(component, steps);
   for (auto& [p, views] : std::exchange(pending_projections_, {}))
     projector_->add(std::move(p), views);
+  if (auto wiring = consistency_->check(queries_); !wiring) throw error_exception(wiring.error());
 }
 
 void app::add_projection(projection p, cleave::store* views) {

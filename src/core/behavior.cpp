@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace cleave {
@@ -65,6 +66,24 @@ std::optional<timing::figures> timing::figures_for(std::string_view wire_name) c
     }
   }
   return std::nullopt;
+}
+
+void authorization::on_register(const message_info& info, std::size_t slot) {
+  if (role_by_slot_.size() <= slot) role_by_slot_.resize(slot + 1, nullptr);
+  auto it = role_by_message_.find(info.wire_name);
+  role_by_slot_[slot] = it == role_by_message_.end() ? nullptr : &it->second;
+}
+
+result<void> authorization::handle(const message_ref& message, const request_meta& meta,
+                                   next_step next) {
+  const std::string* role =
+      message.slot() < role_by_slot_.size() ? role_by_slot_[message.slot()] : nullptr;
+  if (!role || meta.principal.has_role(*role)) return next();
+  const auto& name = message.info().wire_name;
+  if (meta.principal.subject.empty())
+    return fail(errc::unauthorized,
+                fmt::format("'{}' requires the role '{}'; the caller is anonymous", name, *role));
+  return fail(errc::forbidden, fmt::format("'{}' requires the role '{}'", name, *role));
 }
 
 result<void> retry_on_conflict::handle(const message_ref&, const request_meta& meta,

@@ -1,6 +1,7 @@
 #include <cleave/core/behavior.hpp>
 #include <cleave/core/bus.hpp>
 
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -128,6 +129,37 @@ TEST(retry_on_conflict, gives_up_after_max_attempts_and_never_retries_other_erro
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().category, errc::rejected);
   EXPECT_EQ(calls, 1);
+}
+
+TEST(authorization, holds_the_same_rule_for_every_caller_of_both_buses) {
+  cleave::command_bus commands;
+  cleave::query_bus queries;
+  int reserved = 0;
+  const std::map<std::string, std::string, std::less<>> roles{{"stock.reserve", "clerk"},
+                                                              {"stock.level", "viewer"}};
+  commands.use<cleave::authorization>(roles);
+  queries.use<cleave::authorization>(roles);
+  commands.add([&](const stock::reserve&) -> cleave::result<void> {
+    ++reserved;
+    return {};
+  });
+  queries.add([](const stock::level&) -> cleave::result<int> { return 7; });
+
+  auto anonymous = commands.send(stock::reserve{"tea", 1});
+  ASSERT_FALSE(anonymous);
+  EXPECT_EQ(anonymous.error().category, errc::unauthorized);
+  cleave::request_meta clerk;
+  clerk.principal = {"ann", {"clerk"}};
+  auto by_name = commands.send_json("stock.reserve", {{"sku", "tea"}, {"quantity", 1}}, clerk);
+  EXPECT_TRUE(by_name) << by_name.error().describe();
+  auto wrong_role = queries.ask(stock::level{"tea"}, clerk);
+  ASSERT_FALSE(wrong_role);
+  EXPECT_EQ(wrong_role.error().category, errc::forbidden);
+  EXPECT_THAT(wrong_role.error().message, HasSubstr("requires the role 'viewer'"));
+  cleave::request_meta viewer;
+  viewer.principal = {"bob", {"viewer"}};
+  EXPECT_EQ(queries.ask(stock::level{"tea"}, viewer).value(), 7);
+  EXPECT_EQ(reserved, 1);
 }
 
 TEST(timing, counts_calls_and_failures_per_message_type) {

@@ -1,6 +1,8 @@
 #include <cleave/core/bus.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -79,12 +81,19 @@ class recording_source final : public cleave::session_source {
       owner->log.push_back("exec " + std::string(sql) + " with " + std::to_string(params.size()));
       return 1;
     }
+    void script(std::string_view sql) override {
+      owner->log.push_back("script " + std::string(sql));
+    }
     std::uint64_t append(const cleave::pending_event& e) override {
       owner->log.push_back("append " + std::string(e.type) + " " + e.payload.dump());
       return 1;
     }
     cleave::position_token commit() override {
       owner->log.push_back("commit");
+      if (owner->transient_commits > 0) {
+        --owner->transient_commits;
+        throw cleave::transient_error({errc::conflict, "a concurrent command won", {}});
+      }
       return cleave::position_token(0, static_cast<std::uint64_t>(++owner->position));
     }
     void rollback() noexcept override { owner->log.push_back("rollback"); }
@@ -95,8 +104,10 @@ class recording_source final : public cleave::session_source {
     void finish() noexcept override { owner->log.push_back("finish"); }
   };
 
-  cleave::write_transaction& begin_write(const cleave::request_meta&) override {
+  cleave::write_transaction& begin_write(const cleave::request_meta&,
+                                         cleave::isolation level) override {
     log.push_back("begin write");
+    levels.push_back(level);
     return tx_;
   }
   cleave::read_transaction& begin_read(const cleave::request_meta&) override {
@@ -107,6 +118,8 @@ class recording_source final : public cleave::session_source {
   std::vector<std::string> log;
   std::vector<row> rows;
   int position = 0;
+  int transient_commits = 0;  // commits that fail as a serialization failure would
+  std::vector<cleave::isolation> levels;
 
  private:
   tx tx_ = make_tx();
@@ -211,6 +224,67 @@ TEST(command_bus, sql_without_a_store_is_unavailable_and_says_why) {
   EXPECT_THAT(done.error().message, HasSubstr("no store is configured"));
 }
 
+TEST(command_bus, a_transient_failure_runs_the_whole_command_again) {
+  recording_source store;
+  store.transient_commits = 2;
+  cleave::command_bus commands{&store};
+  int runs = 0;
+  commands.add([&](const bank::open_account& c, cleave::write_context& ctx) {
+    ++runs;
+    return open(c, ctx);
+  });
+  auto done = commands.send(bank::open_account{"a1", 5});
+  ASSERT_TRUE(done) << done.error().describe();
+  EXPECT_EQ(done->value, 5);
+  EXPECT_EQ(runs, 3);
+  EXPECT_EQ(std::count(store.log.begin(), store.log.end(), "begin write"), 3);
+}
+
+TEST(command_bus, transient_failures_become_a_conflict_after_ten_attempts) {
+  recording_source store;
+  store.transient_commits = 100;
+  cleave::command_bus commands{&store};
+  commands.add(open);
+  const auto start = cleave::clock::now();
+  auto done = commands.send(bank::open_account{"a1", 5});
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().category, errc::conflict);
+  EXPECT_EQ(done.error().message, "a concurrent command won");
+  EXPECT_EQ(store.transient_commits, 90);
+  // Pauses of at least 1, 2, 4, 8, 16 and then 32 ms between the ten attempts.
+  EXPECT_GE(cleave::clock::now() - start, std::chrono::milliseconds(159));
+}
+
+TEST(command_bus, retries_stop_at_the_deadline) {
+  recording_source store;
+  store.transient_commits = 100;
+  cleave::command_bus commands{&store};
+  commands.add(open);
+  cleave::request_meta meta;
+  meta.deadline = cleave::clock::now() + std::chrono::milliseconds(2);
+  auto done = commands.send(bank::open_account{"a1", 5}, meta);
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().category, errc::conflict);
+  EXPECT_GE(store.transient_commits, 97);  // one or two attempts, not ten
+}
+
+struct audit {
+  std::string line;
+  static constexpr auto isolation = cleave::isolation::read_committed;
+};
+CLEAVE_COMMAND(audit, "bank.audit", line)
+
+TEST(command_bus, commands_run_serializable_unless_their_type_opts_down) {
+  recording_source store;
+  cleave::command_bus commands{&store};
+  commands.add(open);
+  commands.add([](const audit&, cleave::write_context&) -> cleave::result<void> { return {}; });
+  ASSERT_TRUE(commands.send(bank::open_account{"a1", 5}));
+  ASSERT_TRUE(commands.send_json("bank.audit", json{{"line", "x"}}));
+  EXPECT_THAT(store.levels, testing::ElementsAre(cleave::isolation::serializable,
+                                                 cleave::isolation::read_committed));
+}
+
 TEST(command_bus, a_second_handler_for_a_type_is_refused_naming_it) {
   cleave::command_bus commands;
   commands.add(open);
@@ -233,6 +307,7 @@ TEST(command_bus, send_without_a_handler_names_the_type) {
 TEST(command_bus, start_up_check_lists_every_declared_command_without_a_handler) {
   cleave::command_bus commands;
   commands.add(open);
+  commands.add([](const audit&) -> cleave::result<void> { return {}; });
   std::vector<std::string> missing;
   for (const auto* info : commands.unhandled()) missing.emplace_back(info->wire_name);
   EXPECT_THAT(missing, testing::UnorderedElementsAre("bank.close_account", "bank.never_handled"));
@@ -405,7 +480,7 @@ TEST(idempotency_keys, a_key_is_scoped_to_its_principal_and_checked) {
   // A subject that looks like a subject and part of a key does not meet another's key.
   EXPECT_NE(cleave::command_id_for({"a", {}}, "b:c").value(),
             cleave::command_id_for({"a:b", {}}, "c").value());
-  for (const std::string bad : {std::string(), std::string("a b"), std::string(256, 'k'),
+  for (const std::string& bad : {std::string(), std::string("a b"), std::string(256, 'k'),
                                 std::string("tab\there"), std::string("caf\xc3\xa9")}) {
     auto r = cleave::command_id_for({}, bad);
     ASSERT_FALSE(r) << bad;

@@ -16,3 +16,11 @@ void throw_row_mismatch(std::string_view column, std::string_view why) {
 }
 
 }  // namespace cleave::detail
+
+namespace cleave {
+
+std::string_view to_string(isolation level) noexcept {
+  return level == isolation::serializable ? "serializable" : "read_committed";
+}
+
+}  // namespace cleave

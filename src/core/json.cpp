@@ -1,6 +1,9 @@
 #include <cleave/core/json.hpp>
 
 #include <charconv>
+#include <functional>
+#include <set>
+#include <vector>
 
 namespace cleave {
 
@@ -36,9 +39,104 @@ result<json> parse_json(std::string_view text) {
   }
 }
 
+namespace {
+
+struct nested_too_deep {};
+struct repeated_member {
+  std::string path;
+};
+
+// Where the parser is, for naming a repeated member: one frame per open object or array.
+class member_tracker {
+ public:
+  explicit member_tracker(int max_depth) : max_depth_(max_depth) {}
+
+  bool operator()(int depth, json::parse_event_t event, json& parsed) {
+    using e = json::parse_event_t;
+    if (max_depth_ > 0 && depth > max_depth_) throw nested_too_deep{};
+    switch (event) {
+      case e::object_start:
+      case e::array_start:
+        element_begins();
+        frames_.push_back({event == e::object_start, {}, {}, 0});
+        break;
+      case e::object_end:
+      case e::array_end:
+        frames_.pop_back();
+        break;
+      case e::value:
+        element_begins();
+        break;
+      case e::key: {
+        auto& top = frames_.back();
+        top.key = parsed.get<std::string>();
+        if (!top.keys.insert(top.key).second) throw repeated_member{path()};
+        break;
+      }
+    }
+    return true;
+  }
+
+ private:
+  struct frame {
+    bool object;
+    std::set<std::string, std::less<>> keys;
+    std::string key;    // the member being read (objects)
+    std::size_t count;  // elements begun so far (arrays)
+  };
+  void element_begins() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().count;
+  }
+  // As json_decoder names members: `lines[0].sku`.
+  std::string path() const {
+    std::string out;
+    for (const auto& f : frames_) {
+      if (f.object) {
+        if (!out.empty()) out += '.';
+        out += f.key;
+      } else {
+        out += fmt::format("[{}]", f.count - 1);
+      }
+    }
+    return out;
+  }
+
+  int max_depth_;
+  std::vector<frame> frames_;
+};
+
+}  // namespace
+
+result<json> parse_json_strict(std::string_view text, int max_depth) {
+  member_tracker tracker(max_depth);
+  try {
+    return json::parse(text, std::ref(tracker));
+  } catch (const nested_too_deep&) {
+    return fail(errc::validation, fmt::format("JSON nested deeper than {} levels", max_depth));
+  } catch (const repeated_member& r) {
+    return invalid(r.path, "given more than once");
+  } catch (const json::parse_error& e) {
+    return fail(errc::validation, fmt::format("malformed JSON at byte {}", e.byte));
+  } catch (const json::exception&) {
+    return fail(errc::validation, "malformed JSON: a number is out of range");
+  }
+}
+
 }  // namespace cleave
 
 namespace cleave::detail {
+
+bool nul_in_json(const json& j) {
+  if (j.is_string()) return j.get_ref<const std::string&>().find('\0') != std::string::npos;
+  if (j.is_object()) {
+    for (const auto& [key, value] : j.items())
+      if (key.find('\0') != std::string::npos || nul_in_json(value)) return true;
+  } else if (j.is_array()) {
+    for (const auto& value : j)
+      if (nul_in_json(value)) return true;
+  }
+  return false;
+}
 
 void json_decoder::read_record(const json& j, void* out, std::span<const field_codec> fields) {
   if (!j.is_object()) return expected("an object", j);

@@ -74,6 +74,57 @@ TEST(json_decode, reads_every_supported_member_kind) {
   EXPECT_FALSE(r->coupon);
 }
 
+TEST(json_decode, a_nul_in_a_string_is_refused_naming_the_member) {
+  auto j = valid_order();
+  j["lines"][0]["note"] = std::string("gift\0wrap", 9);
+  EXPECT_EQ(only_problem(j), "lines[0].note: must not contain U+0000 (NUL)");
+  auto r = cleave::from_json_text<shop::place_order>(
+      R"({"order_id": "o\u0000", "lines": [], "box": "small", "gift": false, "tip": 0,
+          "priority": 0})");
+  ASSERT_FALSE(r);
+  ASSERT_EQ(r.error().fields.size(), 1u);
+  EXPECT_EQ(r.error().fields[0].path, "order_id");
+  // Stored events decode as they were written.
+  auto e = cleave::from_json_text<shop::order_placed>(R"({"order_id": "o\u00001", "total": 1})",
+                                                      cleave::decode_mode::tolerant);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->order_id, std::string("o\0"
+                                     "1",
+                                     3));
+}
+
+TEST(json_decode, a_member_given_twice_is_refused_naming_it) {
+  auto r = cleave::from_json_text<shop::place_order>(
+      R"({"order_id": "o1", "lines": [{"product_id": "p1", "quantity": 1},
+          {"product_id": "p2", "quantity": 1, "quantity": 9}], "box": "small", "gift": false,
+          "tip": 0, "priority": 0})");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().category, errc::validation);
+  ASSERT_EQ(r.error().fields.size(), 1u);
+  EXPECT_EQ(r.error().fields[0].path, "lines[1].quantity");
+  EXPECT_EQ(r.error().fields[0].message, "given more than once");
+  auto top = cleave::from_json_text<shop::place_order>(
+      R"({"order_id": "o1", "order_id": "o2", "lines": [], "box": "small", "gift": false,
+          "tip": 0, "priority": 0})");
+  ASSERT_FALSE(top);
+  EXPECT_EQ(top.error().message, "order_id: given more than once");
+  // The same name in different objects is no repetition.
+  EXPECT_TRUE(cleave::parse_json_strict(R"({"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]})"));
+  // Stored events keep the last, as they always did.
+  auto e = cleave::from_json_text<shop::order_placed>(
+      R"({"order_id": "o1", "total": 1, "total": 2})", cleave::decode_mode::tolerant);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->total, 2);
+}
+
+TEST(json_decode, strict_parsing_bounds_the_nesting) {
+  EXPECT_TRUE(cleave::parse_json_strict("[[[1]]]", 3));
+  auto deep = cleave::parse_json_strict("[[[[1]]]]", 3);
+  ASSERT_FALSE(deep);
+  EXPECT_EQ(deep.error().message, "JSON nested deeper than 3 levels");
+  EXPECT_FALSE(cleave::parse_json_strict("{\"a\": "));
+}
+
 TEST(json_decode, missing_required_member_is_named) {
   auto j = valid_order();
   j.erase("order_id");

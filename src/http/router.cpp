@@ -2,6 +2,9 @@
 
 #include <cleave/http/server.hpp>
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <random>
@@ -98,23 +101,39 @@ std::string_view title_of(int status) {
   }
 }
 
-std::string percent_decode(std::string_view s, bool& ok) {
+bool iequals(std::string_view a, std::string_view b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Media types are case-insensitive (RFC 9110 8.3.1).
+bool is_json(std::string_view content_type) {
+  return iequals(trim(content_type.substr(0, content_type.find(';'))), "application/json");
+}
+
+struct depth_exceeded {};
+
+}  // namespace
+
+std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space) {
   std::string out;
-  ok = true;
+  out.reserve(s.size());
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
+    if (s[i] == '+' && plus_is_space) {
       out += ' ';
     } else if (s[i] == '%') {
       unsigned v = 0;
-      if (i + 2 >= s.size()) {
-        ok = false;
-        return out;
-      }
+      if (i + 2 >= s.size()) return std::nullopt;
       auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-      if (ec != std::errc{} || p != s.data() + i + 3) {
-        ok = false;
-        return out;
-      }
+      if (ec != std::errc{} || p != s.data() + i + 3) return std::nullopt;
       out += static_cast<char>(v);
       i += 2;
     } else {
@@ -124,16 +143,23 @@ std::string percent_decode(std::string_view s, bool& ok) {
   return out;
 }
 
-bool is_json(std::string_view content_type) {
-  const auto semi = content_type.find(';');
-  auto media = content_type.substr(0, semi);
-  while (!media.empty() && media.back() == ' ') media.remove_suffix(1);
-  return media == "application/json";
+bool same_secret(std::string_view given, std::string_view secret) noexcept {
+  if (secret.empty()) return given.empty();
+  unsigned diff = given.size() != secret.size() ? 1u : 0u;
+  for (std::size_t i = 0; i < given.size(); ++i)
+    diff |= static_cast<unsigned char>(given[i]) ^
+            static_cast<unsigned char>(secret[i % secret.size()]);
+  return diff == 0;
 }
 
-struct depth_exceeded {};
-
-}  // namespace
+bool is_loopback(const std::string& address) {
+  unsigned char v4[4], v6[16];
+  if (::inet_pton(AF_INET, address.c_str(), v4) == 1) return v4[0] == 127;
+  if (::inet_pton(AF_INET6, address.c_str(), v6) != 1) return false;
+  constexpr unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::equal(v6, v6 + 12, mapped)) return v6[12] == 127;
+  return std::all_of(v6, v6 + 15, [](unsigned char b) { return b == 0; }) && v6[15] == 1;
+}
 
 result<json> parse_limited(std::string_view text, int max_depth) {
   try {
@@ -159,12 +185,13 @@ result<json> query_to_json(std::string_view query, const json& schema) {
     query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
     if (pair.empty()) continue;
     const auto eq = pair.find('=');
-    bool ok_key = true, ok_value = true;
-    const std::string key = percent_decode(pair.substr(0, eq), ok_key);
-    const std::string value = eq == std::string_view::npos
-                                  ? std::string{}
-                                  : percent_decode(pair.substr(eq + 1), ok_value);
-    if (!ok_key || !ok_value) return invalid(key, "malformed percent-encoding");
+    const auto decoded_key = percent_decode(pair.substr(0, eq), true);
+    const auto decoded_value = eq == std::string_view::npos
+                                   ? std::optional<std::string>(std::string{})
+                                   : percent_decode(pair.substr(eq + 1), true);
+    const std::string key = decoded_key.value_or(std::string(pair.substr(0, eq)));
+    if (!decoded_key || !decoded_value) return invalid(key, "malformed percent-encoding");
+    const std::string& value = *decoded_value;
     if (out.contains(key)) return invalid(key, "given more than once");
     const std::string type = properties.contains(key) ? properties[key].value("type", "") : "";
     if (type == "integer") {
@@ -289,42 +316,43 @@ response router::problem(int status, const error& e, const std::string& correlat
     for (const auto& f : e.fields) errors.push_back({{"path", f.path}, {"message", f.message}});
     body["errors"] = std::move(errors);
   }
-  if (!correlation_id.empty()) body["correlation_id"] = correlation_id;
+  body["correlation_id"] = correlation_id;
   response r{status, "application/problem+json", body.dump(), {}};
+  r.headers.emplace_back("X-Correlation-Id", correlation_id);
   if (status == 503) r.headers.emplace_back("Retry-After", "1");
   if (status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer");
   return r;
 }
 
-response router::refuse(int status, errc category, std::string detail) {
-  return problem(status, error{category, std::move(detail), {}}, {});
+response router::refuse(int status, errc category, std::string detail, std::string correlation_id) {
+  if (correlation_id.empty()) correlation_id = new_correlation_id();
+  return problem(status, error{category, std::move(detail), {}}, correlation_id);
 }
 
-std::optional<response> router::authorize(const request& r, std::string_view name,
-                                          request_meta& meta) const {
+std::optional<response> router::authenticate(const request& r, request_meta& meta) const {
   const auto& cfg = app_.config();
   if (cfg.tokens.empty()) return std::nullopt;
-  constexpr std::string_view bearer = "Bearer ";
-  if (!r.authorization.starts_with(bearer))
+  // The scheme is case-insensitive (RFC 9110 11.1).
+  const std::string_view credentials = trim(r.authorization);
+  const auto space = credentials.find(' ');
+  if (space == std::string_view::npos || !iequals(credentials.substr(0, space), "bearer"))
     return problem(401, {errc::unauthorized, "a bearer token is required", {}},
                    meta.correlation_id);
-  auto it = cfg.tokens.find(r.authorization.substr(bearer.size()));
-  if (it == cfg.tokens.end())
+  const std::string_view token = trim(credentials.substr(space + 1));
+  // Every configured token is compared, each in constant time: a map lookup keyed by the secret
+  // would leak through its timing how much of a guess was right.
+  const principal* found = nullptr;
+  for (const auto& [secret, who] : cfg.tokens)
+    if (same_secret(token, secret)) found = &who;
+  if (!found)
     return problem(401, {errc::unauthorized, "the bearer token is not valid", {}},
                    meta.correlation_id);
-  meta.principal = it->second;
-  if (auto role = cfg.roles.find(std::string(name));
-      role != cfg.roles.end() && !meta.principal.has_role(role->second))
-    return problem(
-        403, {errc::forbidden, fmt::format("'{}' requires the role '{}'", name, role->second), {}},
-        meta.correlation_id);
+  meta.principal = *found;
   return std::nullopt;
 }
 
-response router::dispatch(const request& r, std::string_view kind, std::string_view name,
-                          std::string_view query_string) {
-  request_meta meta;
-  meta.correlation_id = r.correlation_id.empty() ? new_correlation_id() : r.correlation_id;
+response router::dispatch(const request& r, request_meta meta, std::string_view kind,
+                          std::string_view name, std::string_view query_string) {
   const bool is_command = kind == "commands";
   const message_ops* ops = is_command ? app_.commands().find(name) : app_.queries().find(name);
   if (!ops)
@@ -339,15 +367,12 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
       return problem(405, {errc::validation, "commands are sent with POST", {}},
                      meta.correlation_id);
     const json& schema = query_schemas_.at(ops);
-    for (const auto& [member, s] : schema["properties"].items()) {
-      const auto type = s.value("type", "");
-      if (type == "array" || type == "object" || !s.contains("type"))
-        return problem(405,
-                       {errc::validation,
-                        fmt::format("'{}' has a non-scalar member '{}': use POST", name, member),
-                        {}},
-                       meta.correlation_id);
-    }
+    if (auto member = non_scalar_member(schema))
+      return problem(405,
+                     {errc::validation,
+                      fmt::format("'{}' has a non-scalar member '{}': use POST", name, *member),
+                      {}},
+                     meta.correlation_id);
     auto q = query_to_json(query_string, schema);
     if (!q) return problem(400, q.error(), meta.correlation_id);
     body = std::move(*q);
@@ -360,7 +385,8 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
     if (!parsed) return problem(400, parsed.error(), meta.correlation_id);
     body = std::move(*parsed);
   }
-  if (auto denied = authorize(r, name, meta)) return *denied;
+  // Roles are checked by the buses (cleave::authorization), as for every other caller.
+
   // A query has no effect to repeat: its Idempotency-Key is ignored.
   if (is_command && r.idempotency_key) {
     auto key = parse_idempotency_key(*r.idempotency_key);
@@ -385,7 +411,7 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
                           outcome ? "ok" : to_string(outcome.error().category));
-  // A replay answers as the first request did, with that request's correlation id.
+  // A replay answers as the first request did: a refusal with that request's correlation id.
   if (meta.replay_of && !meta.replay_of->empty()) meta.correlation_id = *meta.replay_of;
   auto res = [&] {
     if (!outcome)
@@ -396,58 +422,19 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
                 json{{"result", outcome->result}, {"position", position}}.dump(),
                 {}};
     if (!position.empty()) ok.headers.emplace_back("Cleave-Position", position);
-    ok.headers.emplace_back("X-Correlation-Id", meta.correlation_id);
     return ok;
   }();
   if (meta.replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
   return res;
 }
 
-response router::openapi() const {
-  json paths = json::object();
-  auto add = [&](const message_ops& ops, bool command) {
-    const auto& info = *ops.info;
-    json ok_schema{
-        {"type", "object"},
-        {"properties", {{"result", ops.response_schema()}, {"position", {{"type", "string"}}}}},
-        {"required", {"result", "position"}}};
-    json op;
-    op["operationId"] = std::string(info.wire_name);
-    op["summary"] = fmt::format("{} {}", command ? "command" : "query", info.type_name);
-    op["requestBody"]["required"] = true;
-    op["requestBody"]["content"]["application/json"]["schema"] = ops.schema();
-    op["responses"]["200"]["description"] = "the handler's response and the log position";
-    op["responses"]["200"]["content"]["application/json"]["schema"] = ok_schema;
-    op["responses"]["default"]["description"] = "a problem (RFC 9457)";
-    op["responses"]["default"]["content"]["application/problem+json"]["schema"] = {
-        {"type", "object"}};
-    paths[fmt::format("/{}/{}", command ? "commands" : "queries", info.wire_name)]["post"] =
-        std::move(op);
-  };
-  for (const auto* ops : app_.commands().handled_ops()) add(*ops, true);
-  for (const auto* ops : app_.queries().handled_ops()) add(*ops, false);
-  json doc{{"openapi", "3.1.0"},
-           {"info", {{"title", "cleave application"}, {"version", "1"}}},
-           {"paths", paths}};
-  return {200, "application/json", doc.dump(), {}};
-}
-
-response router::static_file(const std::string& path) const {
-  const auto& root = app_.config().static_dir;
-  std::string relative = path == "/" ? "index.html" : path.substr(1);
-  if (root.empty() || relative.find("..") != std::string::npos)
-    return problem(404, {errc::not_found, "no such page", {}}, {});
-  const auto file = root / relative;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return problem(404, {errc::not_found, "no such page", {}}, {});
+response router::static_file(const std::string& path, const std::string& correlation_id) const {
+  const auto file = resolve_static(app_.config().static_dir, path);
+  if (!file) return problem(404, {errc::not_found, "no such page", {}}, correlation_id);
+  std::ifstream in(*file, std::ios::binary);
+  if (!in) return problem(404, {errc::not_found, "no such page", {}}, correlation_id);
   std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto ext = file.extension().string();
-  const std::string type = ext == ".html"  ? "text/html; charset=utf-8"
-                           : ext == ".js"  ? "text/javascript; charset=utf-8"
-                           : ext == ".css" ? "text/css; charset=utf-8"
-                           : ext == ".png" ? "image/png"
-                                           : "application/octet-stream";
-  return {200, type, std::move(body), {}};
+  return {200, std::string(media_type_of(*file)), std::move(body), {}};
 }
 
 namespace {
@@ -550,30 +537,40 @@ response router::admin(const request& r, const std::string& path, request_meta& 
 }
 
 response router::handle(const request& r) {
+  if (r.method == "HEAD") {
+    request get = r;
+    get.method = "GET";
+    return handle(get);
+  }
   const auto start = std::chrono::steady_clock::now();
   const auto q = r.target.find('?');
   const std::string path = r.target.substr(0, q);
   const std::string_view query_string =
       q == std::string::npos ? std::string_view{} : std::string_view(r.target).substr(q + 1);
   std::string route = path;
+  request_meta meta;
+  meta.correlation_id = r.correlation_id.empty() ? new_correlation_id() : r.correlation_id;
+  const std::string& correlation_id = meta.correlation_id;
   response res;
   try {
     auto allow = [&](std::string_view methods) {
       res = problem(405, {errc::validation, fmt::format("{} is not allowed here", r.method), {}},
-                    r.correlation_id);
+                    correlation_id);
       res.headers.emplace_back("Allow", std::string(methods));
     };
     if (path.starts_with("/commands/") || path.starts_with("/queries/")) {
       const bool is_command = path.starts_with("/commands/");
       const std::string_view name = std::string_view(path).substr(is_command ? 10 : 9);
       route = is_command ? "/commands/{name}" : "/queries/{name}";
-      if (r.method == "POST" || (!is_command && r.method == "GET"))
-        res = dispatch(r, is_command ? "commands" : "queries", name, query_string);
+      if (r.method != "POST" && (is_command || r.method != "GET"))
+        allow(is_command ? "POST" : "GET, HEAD, POST");
+      else if (auto denied = authenticate(r, meta))  // before the name or the body is looked at
+        res = std::move(*denied);
       else
-        allow(is_command ? "POST" : "GET, POST");
+        res = dispatch(r, meta, is_command ? "commands" : "queries", name, query_string);
     } else if (path == "/health") {
       if (r.method != "GET")
-        allow("GET");
+        allow("GET, HEAD");
       else
         res = {200,
                "application/json",
@@ -581,37 +578,43 @@ response router::handle(const request& r) {
                {}};
     } else if (path == "/metrics") {
       if (r.method != "GET")
-        allow("GET");
+        allow("GET, HEAD");
       else
         res = {200, "text/plain; version=0.0.4", metrics_.render() + lag_metrics(app_), {}};
     } else if (path.starts_with("/admin/")) {
       route = "/admin";
-      request_meta meta;
-      meta.correlation_id = r.correlation_id;
-      if (auto denied = authorize(r, "admin", meta))
+      const bool open = app_.config().tokens.empty();
+      if (auto denied = authenticate(r, meta))
         res = std::move(*denied);
-      else if (!app_.config().tokens.empty() && !meta.principal.has_role("admin"))
+      else if (open && !is_loopback(r.peer))
+        res = problem(403,
+                      {errc::forbidden,
+                       "the admin API answers only loopback clients while no tokens are configured",
+                       {}},
+                      correlation_id);
+      else if (!open && !meta.principal.has_role("admin"))
         res = problem(403, {errc::forbidden, "the admin API requires the role 'admin'", {}},
-                      meta.correlation_id);
+                      correlation_id);
       else
         res = admin(r, path, meta);
     } else if (path == "/openapi.json") {
       if (r.method != "GET")
-        allow("GET");
+        allow("GET, HEAD");
       else
         res = openapi();
     } else if (r.method == "GET") {
       route = "static";
-      res = static_file(path);
+      res = static_file(path, correlation_id);
     } else {
       route = "other";
-      res = problem(404, {errc::validation, "no such route", {}}, r.correlation_id);
+      res = problem(404, {errc::validation, "no such route", {}}, correlation_id);
     }
   } catch (const error_exception& e) {
-    res = problem(status_of(e.error().category), e.error(), r.correlation_id);
+    res = problem(status_of(e.error().category), e.error(), correlation_id);
   } catch (const std::exception& e) {
-    res = problem(500, {errc::internal, e.what(), {}}, r.correlation_id);
+    res = problem(500, {errc::internal, e.what(), {}}, correlation_id);
   }
+  if (res.status < 400) res.headers.emplace_back("X-Correlation-Id", correlation_id);
   metrics_.record_request(route, res.status, std::chrono::steady_clock::now() - start);
   return res;
 }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -20,9 +21,10 @@ struct request {
   std::string target;  // path and query string
   std::string content_type;
   std::string authorization;
-  std::string correlation_id;
-  std::string min_position;  // Cleave-Min-Position
-  std::string consistency;   // Cleave-Consistency
+  std::string correlation_id;  // X-Correlation-Id; empty for a fresh one
+  std::string peer;            // the client's IP address ("127.0.0.1", "::1"); empty if unknown
+  std::string min_position;    // Cleave-Min-Position
+  std::string consistency;     // Cleave-Consistency
   std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
   std::string body;
 };
@@ -59,21 +61,23 @@ class router {
  public:
   // Register every handler on `a` before making its router.
   explicit router(app& a);
-  // The response to `r`; never throws.
+  // The response to `r`; never throws. HEAD is answered as GET would be, body included: the
+  // transport leaves the body out.
   response handle(const request& r);
-  // The response for a request refused before it was read whole (413, 431, 415, 400, 503).
-  response refuse(int status, errc category, std::string detail);
+  // The response for a request refused before it was read whole (413, 431, 415, 400, 503),
+  // under `correlation_id` or a fresh one.
+  response refuse(int status, errc category, std::string detail, std::string correlation_id = {});
   metrics& stats() noexcept { return metrics_; }
 
  private:
-  response dispatch(const request& r, std::string_view kind, std::string_view name,
-                    std::string_view query_string);
-  response openapi() const;
+  response dispatch(const request& r, request_meta meta, std::string_view kind,
+                    std::string_view name, std::string_view query_string);
+  response openapi() const;  // in openapi.cpp
   response admin(const request& r, const std::string& path, request_meta& meta);
-  response static_file(const std::string& path) const;
+  response static_file(const std::string& path, const std::string& correlation_id) const;
   response problem(int status, const error& e, const std::string& correlation_id) const;
-  std::optional<response> authorize(const request& r, std::string_view name,
-                                    request_meta& meta) const;
+  // 401 unless tokens are off or `r` carries a valid one, whose principal goes into `meta`.
+  std::optional<response> authenticate(const request& r, request_meta& meta) const;
 
   app& app_;
   metrics metrics_;
@@ -88,11 +92,35 @@ result<json> parse_limited(std::string_view text, int max_depth);
 // strict decoder then names it).
 result<json> query_to_json(std::string_view query, const json& schema);
 
+// The first member of a query's JSON Schema that a query string cannot carry (an array, an
+// object, or a member of any type), if any: GET on such a query is a 405 (POST it instead).
+std::optional<std::string> non_scalar_member(const json& schema);
+
 // A fresh correlation id (16 hex digits).
 std::string new_correlation_id();
 
 // The key an Idempotency-Key field carries, bare or as a structured-field string ("\"…\"",
 // RFC 8941); malformed quoting is a validation error. command_id_for() checks the key itself.
 result<std::string> parse_idempotency_key(std::string_view field);
+
+// `s` with %XX sequences decoded (and `+` as a space when `plus_is_space`, as in query
+// strings); empty when a % is not followed by two hex digits.
+std::optional<std::string> percent_decode(std::string_view s, bool plus_is_space);
+
+// Equality whose time depends only on the length of `given`, not on where it differs from
+// `secret`.
+bool same_secret(std::string_view given, std::string_view secret) noexcept;
+
+// True for an IPv4 or IPv6 loopback address (IPv4-mapped included) in text form.
+bool is_loopback(const std::string& address);
+
+// The file under `root` that the URL path `path` names: percent-decoded, then refused when it is
+// not under the root in every spelling (`//`, `.` and `..` segments, backslashes, NUL, symlinks
+// leading out); a directory names its index.html. Empty when there is no such file.
+std::optional<std::filesystem::path> resolve_static(const std::filesystem::path& root,
+                                                    std::string_view path);
+
+// The Content-Type of a static file, by its extension.
+std::string_view media_type_of(const std::filesystem::path& file);
 
 }  // namespace cleave::http::detail

@@ -63,6 +63,14 @@ struct server::impl {
     return res;
   }
 
+  // True when the client went away or went quiet: nobody is left to answer.
+  static bool gone(const beast::error_code& ec) {
+    return ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message ||
+           ec == net::error::eof || ec == beast::error::timeout ||
+           ec == net::error::operation_aborted || ec == net::error::connection_reset ||
+           ec == net::error::broken_pipe;
+  }
+
   awaitable<void> write_and_close(beast::tcp_stream& stream, const detail::response& r,
                                   unsigned version) {
     auto res = to_beast(r, version, false);
@@ -72,6 +80,8 @@ struct server::impl {
   }
 
   awaitable<void> session(tcp::socket socket) {
+    beast::error_code peer_ec;
+    const auto peer = socket.remote_endpoint(peer_ec);
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
     const auto& cfg = app_.config();
@@ -99,10 +109,7 @@ struct server::impl {
             stream, router_.refuse(431, errc::validation, "the request headers are too large"), 11);
         break;
       }
-      if (ec == bhttp::error::end_of_stream || ec == net::error::eof ||
-          ec == beast::error::timeout || ec == net::error::operation_aborted ||
-          ec == net::error::connection_reset)
-        break;
+      if (gone(ec)) break;
       if (ec) {
         co_await write_and_close(
             stream, router_.refuse(400, errc::validation, "a malformed HTTP request"), 11);
@@ -110,12 +117,14 @@ struct server::impl {
       }
       const auto& header = parser.get();
       const unsigned version = header.version();
+      const std::string correlation_id(header["X-Correlation-Id"]);
       if (auto length = parser.content_length(); length && *length > cfg.max_body_bytes) {
         // Refused from Content-Length, before a byte of the body is read.
         co_await write_and_close(stream,
                                  router_.refuse(413, errc::validation,
                                                 fmt::format("the body is {} bytes; the limit is {}",
-                                                            *length, cfg.max_body_bytes)),
+                                                            *length, cfg.max_body_bytes),
+                                                correlation_id),
                                  version);
         break;
       }
@@ -125,7 +134,14 @@ struct server::impl {
         end_request();
         if (ec == bhttp::error::body_limit)
           co_await write_and_close(
-              stream, router_.refuse(413, errc::validation, "the body is over the limit"), version);
+              stream,
+              router_.refuse(413, errc::validation, "the body is over the limit", correlation_id),
+              version);
+        else if (!gone(ec))  // a malformed body, chunked framing included
+          co_await write_and_close(
+              stream,
+              router_.refuse(400, errc::validation, "a malformed request body", correlation_id),
+              version);
         break;
       }
       auto req = parser.release();
@@ -134,7 +150,8 @@ struct server::impl {
       r.target = std::string(req.target());
       r.content_type = std::string(req[bhttp::field::content_type]);
       r.authorization = std::string(req[bhttp::field::authorization]);
-      r.correlation_id = std::string(req["X-Correlation-Id"]);
+      r.correlation_id = correlation_id;
+      if (!peer_ec) r.peer = peer.address().to_string();
       r.min_position = std::string(req["Cleave-Min-Position"]);
       r.consistency = std::string(req["Cleave-Consistency"]);
       for (auto [it, end] = req.equal_range("Idempotency-Key"); it != end; ++it)
@@ -147,7 +164,14 @@ struct server::impl {
           use_awaitable);
       const bool keep_alive = req.keep_alive() && !stopping_.load();
       auto out = to_beast(res, version, keep_alive);
-      co_await bhttp::async_write(stream, out, net::redirect_error(use_awaitable, ec));
+      if (req.method() == bhttp::verb::head) {
+        // The headers GET would send, Content-Length included, and no body.
+        bhttp::response_serializer<bhttp::string_body> serializer(out);
+        co_await bhttp::async_write_header(stream, serializer,
+                                           net::redirect_error(use_awaitable, ec));
+      } else {
+        co_await bhttp::async_write(stream, out, net::redirect_error(use_awaitable, ec));
+      }
       end_request();
       if (ec || !keep_alive) break;
     }
@@ -198,6 +222,10 @@ void server::start() {
     throw error_exception(
         {errc::unavailable, fmt::format("cannot listen on {}: {}", listen, e.what()), {}});
   }
+  if (s.app_.config().tokens.empty())
+    spdlog::warn(
+        "no bearer tokens are configured: the admin API (/admin/...) answers only clients on "
+        "loopback, and commands and queries need no authentication");
   net::co_spawn(s.io_, s.accept_loop(), net::detached);
   s.io_thread_ = std::thread([&s] { s.io_.run(); });
   s.started_ = true;

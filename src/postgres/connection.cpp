@@ -9,7 +9,12 @@
 
 #include <fmt/format.h>
 
+#include <cleave/store/detail/failure.hpp>
+
 namespace cleave::postgres::detail {
+
+using cleave::detail::db_failure;
+using cleave::detail::throw_db_failure;
 
 namespace {
 // Type OIDs (pg_type.h) read as numbers rather than text.
@@ -17,14 +22,20 @@ constexpr Oid bool_oid = 16, int8_oid = 20, int2_oid = 21, int4_oid = 23, float4
               float8_oid = 701, numeric_oid = 1700;
 }  // namespace
 
-errc category_of(std::string_view state) {
-  if (state == "23505" || state == "40001" || state == "40P01") return errc::conflict;
-  if (state == "25006") return errc::forbidden;  // read_only_sql_transaction
-  if (state == "23503" || state == "23514" || state == "P0001") return errc::rejected;
-  if (state.starts_with("08") || state.starts_with("53") || state.starts_with("57") ||
-      state == "55P03")
-    return errc::unavailable;
-  return errc::internal;
+db_failure failure_of(std::string_view state) {
+  if (state == "23505") return db_failure::unique;
+  if (state == "23503") return db_failure::foreign_key;
+  if (state == "23514") return db_failure::check;
+  if (state == "23502") return db_failure::not_null;
+  if (state == "P0001") return db_failure::raised;
+  if (state == "40001") return db_failure::serialization;
+  if (state == "40P01") return db_failure::deadlock;
+  if (state == "25006") return db_failure::read_only;
+  if (state == "55P03") return db_failure::busy;
+  if (state == "22P05" || state == "22021") return db_failure::nul_character;
+  if (state.starts_with("08") || state.starts_with("53") || state.starts_with("57"))
+    return db_failure::unavailable;
+  return db_failure::other;
 }
 
 std::int64_t result_set::affected() const {
@@ -92,14 +103,22 @@ connection::~connection() {
 }
 
 void connection::fail(PGresult* r, std::string_view verb, std::string_view sql) {
-  const char* state_field = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
-  const std::string state = state_field ? state_field : "";  // copied: PQclear frees it
+  const auto field = [&](int code) -> std::string {
+    const char* v = r ? PQresultErrorField(r, code) : nullptr;
+    return v ? v : "";  // copied: PQclear frees it
+  };
+  const std::string state = field(PG_DIAG_SQLSTATE), primary = field(PG_DIAG_MESSAGE_PRIMARY);
   std::string why = r ? PQresultErrorMessage(r) : PQerrorMessage(conn_);
   PQclear(r);
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
-  const errc category =
-      !state.empty() ? category_of(state) : (healthy() ? errc::internal : errc::unavailable);
-  throw error_exception({category, fmt::format("{} `{}`: {}", verb, sql.substr(0, 200), why), {}});
+  auto kind = !state.empty() ? failure_of(state)
+                             : (healthy() ? db_failure::other : db_failure::unavailable);
+  // PostgreSQL refuses a prepared statement of several commands as a syntax error.
+  if (state == "42601" && primary.starts_with("cannot insert multiple commands"))
+    kind = db_failure::multiple_statements;
+  throw_db_failure(kind,
+                   fmt::format("{} `{}`: {} (SQLSTATE {})", verb, sql.substr(0, 200), why, state),
+                   correlation_id_, primary);
 }
 
 PGresult* connection::check(PGresult* r, std::string_view verb, std::string_view sql) {
@@ -161,6 +180,12 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
   copies.reserve(params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
     if (auto* s = std::get_if<std::string_view>(&params[i]); s && values[i]) {
+      // libpq would end the text at the NUL and store the rest silently cut off.
+      if (s->find('\0') != std::string_view::npos)
+        throw_db_failure(
+            db_failure::nul_character,
+            fmt::format("parameter ${} of `{}` contains U+0000", i + 1, sql.substr(0, 200)),
+            correlation_id_);
       copies.emplace_back(*s);
       values[i] = copies.back().c_str();
     }

@@ -13,12 +13,12 @@
 #include <cleave/core/detail/string_hash.hpp>
 #include <cleave/core/error.hpp>
 #include <cleave/core/session.hpp>
+#include <cleave/store/detail/failure.hpp>
 
 namespace cleave::postgres::detail {
 
-// The cleave category of a SQLSTATE (unique violation: conflict; read-only transaction:
-// forbidden; connection failures: unavailable; ...).
-errc category_of(std::string_view sqlstate);
+// The kind of failure a SQLSTATE reports (unique violation, serialization failure, ...).
+cleave::detail::db_failure failure_of(std::string_view sqlstate);
 
 // An owned PGresult, readable as rows.
 class result_set final : public row_view {
@@ -67,14 +67,17 @@ class connection {
   result_set script(std::string_view sql);
 
   bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
+  // The request whose statements follow, named in the log when one fails.
+  void set_correlation_id(std::string_view id) { correlation_id_.assign(id); }
   PGconn* handle() const noexcept { return conn_; }
 
  private:
-  // Throws the error of a failed `verb` ("running", "preparing") of `sql`.
+  // Throws the plain error of a failed `verb` ("running", "preparing") of `sql`; logs the detail.
   [[noreturn]] void fail(PGresult* r, std::string_view verb, std::string_view sql);
   PGresult* check(PGresult* r, std::string_view verb, std::string_view sql);
 
   PGconn* conn_ = nullptr;
+  std::string correlation_id_;
   std::unordered_map<std::string, std::string, cleave::detail::string_hash, std::equal_to<>>
       prepared_;
 };

@@ -219,6 +219,7 @@ struct store::impl {
     std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
       return conn->run(sql, params).affected();
     }
+    void script(std::string_view sql) override { conn->script(sql); }
 
     std::uint64_t append(const pending_event& e) override {
       std::int64_t version = 0;
@@ -300,6 +301,7 @@ struct store::impl {
     void rebind(const request_meta& meta) override {
       command_id.assign(meta.command_id);
       correlation_id.assign(meta.correlation_id);
+      conn->set_correlation_id(meta.correlation_id);
     }
     position_token position_so_far() override {
       return position_token(transaction_id, last_position);
@@ -590,8 +592,10 @@ store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<i
 
 store::~store() = default;
 
-write_transaction& store::begin_write(const request_meta& meta) {
-  return impl_->acquire(meta, "begin");
+write_transaction& store::begin_write(const request_meta& meta, isolation level) {
+  return impl_->acquire(meta, level == isolation::serializable
+                                  ? "begin isolation level serializable"
+                                  : "begin isolation level read committed");
 }
 
 read_transaction& store::begin_read(const request_meta& meta) {

@@ -1,5 +1,7 @@
 #include <cleave/read/consistency.hpp>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace cleave {
@@ -14,6 +16,40 @@ void read_your_writes::read_views_now(const request_meta& meta) {
       return;
     }
   meta.consistency = strong();
+}
+
+namespace {
+
+// "'a', 'b'" — or "none" for no names.
+template <class Names, class Name>
+std::string quoted_list(const Names& names, Name name_of) {
+  std::string out;
+  for (const auto& n : names) out += fmt::format("{}'{}'", out.empty() ? "" : ", ", name_of(n));
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace
+
+result<void> read_your_writes::check(const query_bus& queries) const {
+  const auto projections = projector_.names();
+  std::vector<field_error> unknown;
+  for (const auto& [query, views] : reads_) {
+    if (!queries.handles(query))
+      unknown.push_back({query, fmt::format("no query named '{}' has a handler; the queries are {}",
+                                            query, quoted_list(queries.handled(), [](auto* info) {
+                                              return info->wire_name;
+                                            }))});
+    for (const auto& view : views)
+      if (std::find(projections.begin(), projections.end(), view) == projections.end())
+        unknown.push_back(
+            {query, fmt::format("reads '{}', which is no registered projection; the projections "
+                                "are {}",
+                                view, quoted_list(projections, [](const auto& n) { return n; }))});
+  }
+  if (unknown.empty()) return {};
+  std::string message = "reads() names what does not exist:";
+  for (const auto& u : unknown) message += fmt::format(" {}: {}.", u.path, u.message);
+  return fail(errc::validation, std::move(message), std::move(unknown));
 }
 
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,

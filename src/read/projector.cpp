@@ -92,7 +92,9 @@ auto reading(store& db, F&& body) {
 // Runs `body` with a write context on `db`; commits unless it returns false or throws.
 template <class F>
 bool writing(store& db, F&& body) {
-  auto& tx = db.begin_write({});
+  // Read committed: the projector is the only writer of its views and checkpoints, and a
+  // serializable batch could be given up for commands that merely append to the log.
+  auto& tx = db.begin_write({}, isolation::read_committed);
   try {
     write_context ctx(&tx, detail::no_meta);
     if (!body(tx, ctx)) {
@@ -147,8 +149,8 @@ class projector::inline_source final : public session_source {
  public:
   explicit inline_source(projector& owner) : owner_(owner) {}
 
-  write_transaction& begin_write(const request_meta& meta) override {
-    auto& inner = owner_.db_.begin_write(meta);
+  write_transaction& begin_write(const request_meta& meta, isolation level) override {
+    auto& inner = owner_.db_.begin_write(meta, level);
     std::lock_guard lock(mutex_);
     if (free_.empty()) {
       all_.push_back(std::make_unique<tx>(*this));
@@ -781,7 +783,7 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
   } else {
     state.shadow = fmt::format("{}_rebuild_{}", p.def.table(), unix_ms());
     writing(views, [&](write_transaction& tx, write_context& ctx) {
-      tx.exec(expand_view(p.def.schema_sql(), state.shadow), {});
+      tx.script(expand_view(p.def.schema_sql(), state.shadow));
       ctx.exec(
           "insert into cleave_rebuilds(name, shadow, transaction_id, position) values ($1, $2, 0, "
           "0)",

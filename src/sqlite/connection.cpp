@@ -1,59 +1,80 @@
 #include "connection.hpp"
 
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace cleave::sqlite::detail {
 
-void throw_error(sqlite3* db, int rc, std::string_view doing) {
+using cleave::detail::db_failure;
+using cleave::detail::throw_db_failure;
+
+void throw_error(sqlite3* db, int rc, std::string_view doing, std::string_view correlation_id) {
   const char* text = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  throw error_exception({category_of(rc), fmt::format("{}: {}", doing, text), {}});
+  throw_db_failure(failure_of(rc), fmt::format("{}: {}", doing, text), correlation_id, text);
 }
 
-errc category_of(int rc) {
+db_failure failure_of(int rc) {
   switch (rc) {
     case SQLITE_CONSTRAINT_UNIQUE:
     case SQLITE_CONSTRAINT_PRIMARYKEY:
-      return errc::conflict;
+      return db_failure::unique;
     case SQLITE_CONSTRAINT_CHECK:
+      return db_failure::check;
     case SQLITE_CONSTRAINT_FOREIGNKEY:
+      return db_failure::foreign_key;
+    case SQLITE_CONSTRAINT_NOTNULL:
+      return db_failure::not_null;
     case SQLITE_CONSTRAINT_TRIGGER:
-      return errc::rejected;  // a rule the schema enforces
+      return db_failure::raised;
     default:
       break;
   }
-  errc category = errc::internal;
   switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
+      return db_failure::busy;
     case SQLITE_IOERR:
     case SQLITE_FULL:
     case SQLITE_CANTOPEN:
     case SQLITE_PROTOCOL:
-      category = errc::unavailable;
-      break;
+      return db_failure::unavailable;
     case SQLITE_READONLY:
-      category = errc::forbidden;
-      break;
+      return db_failure::read_only;
     default:
-      break;
+      return db_failure::other;
   }
-  return category;
 }
 
-statement::statement(sqlite3* db, std::string_view sql) : db_(db), sql_(sql) {
+statement::statement(sqlite3* db, std::string_view sql, const std::string& correlation_id)
+    : db_(db), sql_(sql), correlation_id_(correlation_id) {
+  const char* tail = nullptr;
   int rc = sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
-                              SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
-  if (rc != SQLITE_OK) throw_error(db, rc, fmt::format("preparing `{}`", sql));
+                              SQLITE_PREPARE_PERSISTENT, &stmt_, &tail);
+  if (rc != SQLITE_OK) throw_error(db, rc, fmt::format("preparing `{}`", sql), correlation_id_);
+  // Anything but whitespace and comments after the first statement is a second one, which
+  // sqlite3_prepare would leave unrun.
+  const char* end = sql.data() + sql.size();
+  if (tail && tail < end) {
+    sqlite3_stmt* next = nullptr;
+    rc = sqlite3_prepare_v3(db, tail, static_cast<int>(end - tail), 0, &next, nullptr);
+    sqlite3_finalize(next);
+    if (rc != SQLITE_OK || next) {
+      sqlite3_finalize(std::exchange(stmt_, nullptr));
+      throw_db_failure(db_failure::multiple_statements,
+                       fmt::format("`{}` holds more than one statement", sql), correlation_id_);
+    }
+  }
   const int count = sqlite3_bind_parameter_count(stmt_);
   for (int i = 1; i <= count; ++i) {
     const char* name = sqlite3_bind_parameter_name(stmt_, i);
-    if (!name || name[0] != '$')
-      throw error_exception(
-          {errc::internal, fmt::format("`{}`: use $1, $2, ... placeholders", sql), {}});
-    const int n = std::atoi(name + 1);
-    if (n <= 0)
-      throw error_exception(
-          {errc::internal, fmt::format("`{}`: placeholder {} is not $<number>", sql, name), {}});
+    const int n = name && name[0] == '$' ? std::atoi(name + 1) : 0;
+    if (n <= 0) {
+      sqlite3_finalize(std::exchange(stmt_, nullptr));
+      throw_db_failure(db_failure::placeholders,
+                       fmt::format("`{}`: placeholder {} is not $<number>", sql, name ? name : "?"),
+                       correlation_id_);
+    }
     if (slots_.size() < static_cast<std::size_t>(n)) slots_.resize(static_cast<std::size_t>(n), 0);
     slots_[static_cast<std::size_t>(n - 1)] = i;
   }
@@ -65,10 +86,10 @@ statement::~statement() {
 
 void statement::bind(std::span<const sql_value> params) {
   if (params.size() < slots_.size())
-    throw error_exception({errc::internal,
-                           fmt::format("`{}` has ${} but was given {} parameter(s)", sql_,
-                                       slots_.size(), params.size()),
-                           {}});
+    throw_db_failure(db_failure::placeholders,
+                     fmt::format("`{}` has ${} but was given {} parameter(s)", sql_, slots_.size(),
+                                 params.size()),
+                     correlation_id_);
   for (std::size_t n = 0; n < slots_.size(); ++n) {
     const int slot = slots_[n];
     if (slot == 0) continue;
@@ -86,7 +107,7 @@ void statement::bind(std::span<const sql_value> params) {
       rc = sqlite3_bind_text64(stmt_, slot, s.data() ? s.data() : "", s.size(), SQLITE_STATIC,
                                SQLITE_UTF8);
     }
-    if (rc != SQLITE_OK) throw_error(db_, rc, "binding a parameter");
+    if (rc != SQLITE_OK) throw_error(db_, rc, "binding a parameter", correlation_id_);
   }
 }
 
@@ -94,7 +115,7 @@ bool statement::step() {
   const int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  throw_error(db_, rc, fmt::format("running `{}`", sql_));
+  throw_error(db_, rc, fmt::format("running `{}`", sql_), correlation_id_);
 }
 
 void statement::reset() noexcept {
@@ -155,16 +176,17 @@ void connection::script(std::string_view sql) {
   if (rc != SQLITE_OK) {
     std::string why = message ? message : sqlite3_errstr(rc);
     sqlite3_free(message);
-    throw error_exception({category_of(sqlite3_extended_errcode(db_)),
-                           fmt::format("running `{}`: {}", sql.substr(0, 200), why),
-                           {}});
+    throw_db_failure(failure_of(sqlite3_extended_errcode(db_)),
+                     fmt::format("running `{}`: {}", sql.substr(0, 200), why), correlation_id_,
+                     why);
   }
 }
 
 statement& connection::prepare(std::string_view sql, std::span<const sql_value> params) {
   auto it = cache_.find(sql);
   if (it == cache_.end())
-    it = cache_.emplace(std::string(sql), std::make_unique<statement>(db_, sql)).first;
+    it = cache_.emplace(std::string(sql), std::make_unique<statement>(db_, sql, correlation_id_))
+             .first;
   auto& s = *it->second;
   s.reset();
   s.bind(params);

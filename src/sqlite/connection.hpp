@@ -14,20 +14,24 @@
 #include <cleave/core/detail/string_hash.hpp>
 #include <cleave/core/error.hpp>
 #include <cleave/core/session.hpp>
+#include <cleave/store/detail/failure.hpp>
 
 namespace cleave::sqlite::detail {
 
-// Throws an error_exception for a failed sqlite3 call, mapped onto cleave's categories
-// (constraint violations are conflicts, busy and I/O failures unavailable, writes on a
-// read-only connection forbidden).
-[[noreturn]] void throw_error(sqlite3* db, int rc, std::string_view doing);
-// The cleave category of an (extended) sqlite3 result code.
-errc category_of(int rc);
+// Throws the plain error of a failed sqlite3 call (a unique violation is a conflict, busy and
+// I/O failures unavailable, a write on a read-only connection forbidden, ...); the log gets
+// `doing` and SQLite's message.
+[[noreturn]] void throw_error(sqlite3* db, int rc, std::string_view doing,
+                              std::string_view correlation_id);
+// The kind of failure an (extended) sqlite3 result code reports.
+cleave::detail::db_failure failure_of(int rc);
 
-// A prepared statement whose `$1, $2, …` placeholders are bound by number.
+// A prepared statement whose `$1, $2, …` placeholders are bound by number. One statement: text
+// after it other than whitespace and comments is an error (db_failure::multiple_statements).
 class statement final : public row_view {
  public:
-  statement(sqlite3* db, std::string_view sql);
+  // `correlation_id` (the connection's) is named in the log when the statement fails.
+  statement(sqlite3* db, std::string_view sql, const std::string& correlation_id);
   ~statement();
   statement(const statement&) = delete;
   statement& operator=(const statement&) = delete;
@@ -49,6 +53,7 @@ class statement final : public row_view {
   sqlite3_stmt* stmt_ = nullptr;
   std::vector<int> slots_;  // slots_[n-1]: the bind index of $n, 0 when unused
   std::string sql_;
+  const std::string& correlation_id_;
 };
 
 class connection {
@@ -66,9 +71,12 @@ class connection {
   std::int64_t exec(std::string_view sql, std::span<const sql_value> params);
 
   sqlite3* handle() const noexcept { return db_; }
+  // The request whose statements follow, named in the log when one fails.
+  void set_correlation_id(std::string_view id) { correlation_id_.assign(id); }
 
  private:
   sqlite3* db_ = nullptr;
+  std::string correlation_id_;
   std::unordered_map<std::string, std::unique_ptr<statement>, cleave::detail::string_hash,
                      std::equal_to<>>
       cache_;

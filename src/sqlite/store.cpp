@@ -201,6 +201,7 @@ struct store::impl {
     std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
       return owner->write_conn->exec(sql, params);
     }
+    void script(std::string_view sql) override { owner->write_conn->script(sql); }
     std::uint64_t append(const pending_event& e) override {
       auto& conn = *owner->write_conn;
       std::int64_t version = 0;
@@ -266,6 +267,7 @@ struct store::impl {
     void rebind(const request_meta& meta) override {
       command_id.assign(meta.command_id);
       correlation_id.assign(meta.correlation_id);
+      owner->write_conn->set_correlation_id(meta.correlation_id);
     }
     position_token position_so_far() override {
       if (last_position == 0)
@@ -434,7 +436,8 @@ store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<i
 
 store::~store() = default;
 
-write_transaction& store::begin_write(const request_meta& meta) {
+// One writer at a time: every level is serializable here.
+write_transaction& store::begin_write(const request_meta& meta, isolation) {
   return impl_->begin_write(meta);
 }
 

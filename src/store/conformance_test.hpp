@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -117,6 +118,39 @@ inline cleave::result<std::int64_t> withdraw_handler(const withdraw& c, cleave::
   if (balance < c.amount) return cleave::rejected("insufficient funds");
   tx.exec("update accounts set balance = balance - $2 where id = $1", c.account, c.amount);
   return balance - c.amount;
+}
+
+// A rule written the plain way: count, then insert when there is room. It holds under concurrent
+// commands only if the transaction is serializable.
+struct book_slot {
+  std::string id;
+  std::string slot;
+};
+CLEAVE_COMMAND(book_slot, "conformance.book_slot", id, slot)
+
+inline constexpr int slot_capacity = 3;
+
+inline constexpr cleave::migration booking_schema[] = {
+    {1, "bookings", "create table bookings(id text primary key, slot text not null)"}};
+
+inline cleave::result<void> book_slot_handler(const book_slot& c, cleave::write_context& tx) {
+  const auto taken =
+      tx.one<std::int64_t>("select count(*) from bookings where slot = $1", c.slot).value_or(0);
+  // Widens the window between the read and the write, as a slower handler would.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (taken >= slot_capacity) return cleave::rejected("the slot is full");
+  tx.exec("insert into bookings(id, slot) values ($1, $2)", c.id, c.slot);
+  return {};
+}
+
+struct run_sql {
+  std::string sql;
+};
+CLEAVE_COMMAND(run_sql, "conformance.run_sql", sql)
+
+inline cleave::result<void> run_sql_handler(const run_sql& c, cleave::write_context& tx) {
+  tx.exec(c.sql);
+  return {};
 }
 
 inline cleave::request_meta with_id(std::string id) {
@@ -406,6 +440,97 @@ TYPED_TEST_P(store_conformance, racing_retries_from_two_processes_have_exactly_o
   EXPECT_EQ(this->commands.send(deposit{"race", 0}).value().value, rounds);
 }
 
+// Sends six bookings of one slot at once, each on a thread of its own, through `commands`.
+inline void book_concurrently(cleave::command_bus& commands, cleave::store& db) {
+  constexpr int clients = 6;
+  std::latch start(clients);
+  std::vector<cleave::result<cleave::sent<void>>> outcomes(clients);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      outcomes[static_cast<std::size_t>(i)] =
+          commands.send(book_slot{"b" + std::to_string(i), "monday-9am"});
+    });
+  for (auto& t : threads) t.join();
+  int booked = 0, refused = 0;
+  for (const auto& o : outcomes) {
+    if (o)
+      ++booked;
+    else if (o.error().category == errc::rejected)
+      ++refused;
+    else
+      ADD_FAILURE() << "neither booked nor refused: " << o.error().describe();
+  }
+  EXPECT_EQ(booked, slot_capacity);
+  EXPECT_EQ(refused, clients - slot_capacity);
+  EXPECT_EQ(count_rows(db, "bookings"), slot_capacity);
+}
+
+TYPED_TEST_P(store_conformance, a_count_then_insert_rule_holds_under_concurrent_commands) {
+  this->db->migrate("bookings", booking_schema);
+  this->commands.add(book_slot_handler);
+  book_concurrently(this->commands, *this->db);
+}
+
+TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
+  this->db->migrate("bookings", booking_schema);
+  // Two lanes (two shared transactions side by side) where the backend runs writers at once.
+  cleave::group_commit grouped(*this->db, 32, this->db->dialect() == "sqlite" ? 1 : 2);
+  cleave::command_bus grouped_commands{&grouped};
+  grouped_commands.add(book_slot_handler);
+  book_concurrently(grouped_commands, *this->db);
+}
+
+TYPED_TEST_P(store_conformance, one_statement_per_exec) {
+  this->db->migrate("bookings", booking_schema);
+  this->commands.add(run_sql_handler);
+  auto two = this->commands.send(run_sql{
+      "insert into bookings(id, slot) values ('a', 's'); insert into bookings(id, slot) values "
+      "('b', 's')"});
+  ASSERT_FALSE(two);
+  EXPECT_EQ(two.error().category, errc::internal);
+  EXPECT_THAT(two.error().message, HasSubstr("one statement per exec"));
+  EXPECT_THAT(two.error().message, testing::Not(HasSubstr("insert")));
+  EXPECT_EQ(count_rows(*this->db, "bookings"), 0);
+  // A closing semicolon, blanks and comments are no second statement.
+  EXPECT_TRUE(this->commands.send(
+      run_sql{"insert into bookings(id, slot) values ('c', 's');  -- the only one\n"}));
+  EXPECT_EQ(count_rows(*this->db, "bookings"), 1);
+  // Scripts (migrations, view schemas) still run several.
+  constexpr cleave::migration two_steps[] = {
+      {1, "two tables", "create table t1(x integer); create table t2(x integer);"}};
+  this->db->migrate("scripted", two_steps);
+  EXPECT_EQ(count_rows(*this->db, "t2"), 0);
+  auto& tx = this->db->begin_write({});
+  tx.script("create table t3(x integer); insert into t3 values (1); insert into t3 values (2)");
+  tx.commit();
+  EXPECT_EQ(count_rows(*this->db, "t3"), 2);
+}
+
+TYPED_TEST_P(store_conformance, a_unique_violation_says_so_without_sql_names_or_values) {
+  ASSERT_TRUE(this->commands.send(register_customer{"ada-1815", "Ada"}));
+  auto again = this->commands.send(register_customer{"ada-1815", "Ada"});
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().category, errc::conflict);
+  EXPECT_EQ(again.error().message, "a row with this key already exists");
+  EXPECT_TRUE(again.error().fields.empty());
+}
+
+TYPED_TEST_P(store_conformance, a_nul_in_a_message_is_refused_at_decoding) {
+  auto nul = this->commands.send_json("conformance.register_customer",
+                                      cleave::json{{"id", "c1"}, {"name", std::string("A\0B", 3)}});
+  ASSERT_FALSE(nul);
+  EXPECT_EQ(nul.error().category, errc::validation);
+  ASSERT_EQ(nul.error().fields.size(), 1u);
+  EXPECT_EQ(nul.error().fields[0].path, "name");
+  auto asked = this->queries.ask_json("conformance.customer_by_id",
+                                      cleave::json{{"id", std::string("c\0", 2)}});
+  ASSERT_FALSE(asked);
+  EXPECT_EQ(asked.error().category, errc::validation);
+  EXPECT_EQ(count_rows(*this->db, "customers"), 0);
+}
+
 TYPED_TEST_P(store_conformance, distance_counts_the_events_after_a_position) {
   EXPECT_EQ(this->db->distance({}).events, 0u);
   auto first = this->commands.send(register_customer{"c1", "Ada"});
@@ -546,6 +671,9 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_retried_rejection_stays_rejected_even_when_it_would_now_succeed,
     a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_refused,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
+    a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
+    one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
+    a_nul_in_a_message_is_refused_at_decoding,
     reusing_an_id_with_another_payload_is_refused_and_has_no_effect,
     a_replay_names_the_request_that_ran_the_command);
 

@@ -1,6 +1,7 @@
 #include <cleave/store/group_commit.hpp>
 
 #include <stdexcept>
+#include <utility>
 
 #include <cleave/store/detail/forwarding.hpp>
 
@@ -53,7 +54,7 @@ struct group_commit::lane {
   void abandon(std::exception_ptr why) noexcept {
     if (!shared) return;
     std::exchange(shared, nullptr)->rollback();
-    ended_groups[group] = {std::move(why), 0, members};
+    if (members > 0) ended_groups[group] = {std::move(why), 0, members};
     members = 0;
     ended_cv.notify_all();
   }
@@ -78,17 +79,46 @@ class group_commit::member final : public detail::forwarding_transaction {
   // Begins this member's turn in the lane's shared transaction.
   void join() noexcept { inner_ = lane_.shared; }
 
+ private:
+  // Runs a call into the shared transaction, noting a transient failure: PostgreSQL fails every
+  // later statement of a transaction it gave up to keep others serializable, so the whole group
+  // must end, and its members run again (the bus retries them).
+  template <class F>
+  auto dooming(F&& call) {
+    try {
+      return call();
+    } catch (const transient_error&) {
+      doomed_ = std::current_exception();
+      throw;
+    }
+  }
+
+ public:
+  void query(std::string_view sql, std::span<const sql_value> params,
+             row_callback on_row) override {
+    dooming([&] { inner_->query(sql, params, on_row); });
+  }
+  std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+    return dooming([&] { return inner_->exec(sql, params); });
+  }
+  std::uint64_t append(const pending_event& e) override {
+    return dooming([&] { return inner_->append(e); });
+  }
+  void remember(const remembered_outcome& o) override {
+    dooming([&] { inner_->remember(o); });
+  }
+
   position_token commit() override {
     std::unique_lock turn(lane_.mutex, std::adopt_lock);  // taken in begin_write
     const std::uint64_t group = lane_.group;
     position_token mine;
     try {
-      lane_.shared->exec("release savepoint cleave_member", {});
+      if (doomed_) std::rethrow_exception(doomed_);
+      dooming([&] { lane_.shared->exec("release savepoint cleave_member", {}); });
       mine = lane_.shared->position_so_far();
       ++lane_.members;
     } catch (...) {
-      undo();
-      lane_.end_turn();
+      end();
       throw;
     }
     lane_.end_turn();
@@ -98,11 +128,20 @@ class group_commit::member final : public detail::forwarding_transaction {
 
   void rollback() noexcept override {
     std::unique_lock turn(lane_.mutex, std::adopt_lock);
-    undo();
-    lane_.end_turn();
+    end();
   }
 
  private:
+  // Ends this member's turn without keeping its work: back to its savepoint, or, when the shared
+  // transaction is doomed, the whole group.
+  void end() noexcept {
+    if (auto why = std::exchange(doomed_, nullptr))
+      lane_.abandon(std::move(why));
+    else
+      undo();
+    lane_.end_turn();
+  }
+
   // Rolls this member's work back to its savepoint; if even that fails, the shared transaction
   // cannot go on and the group fails with it.
   void undo() noexcept {
@@ -115,6 +154,7 @@ class group_commit::member final : public detail::forwarding_transaction {
   }
 
   lane& lane_;
+  std::exception_ptr doomed_;  // the transient failure that doomed the shared transaction
 };
 
 group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<member>(*this)) {}
@@ -127,14 +167,14 @@ group_commit::group_commit(store& inner, std::size_t max_group, std::size_t lane
 
 group_commit::~group_commit() = default;
 
-write_transaction& group_commit::begin_write(const request_meta& meta) {
+write_transaction& group_commit::begin_write(const request_meta& meta, isolation) {
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
   ++l.waiting;
   l.mutex.lock();
   --l.waiting;
   try {
     if (!l.shared) {
-      l.shared = &inner_.begin_write(meta);
+      l.shared = &inner_.begin_write(meta, isolation::serializable);
       ++l.group;
       l.members = 0;
     }

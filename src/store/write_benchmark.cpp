@@ -4,8 +4,10 @@
 //
 // Each command inserts a state row and appends one event to its stream. The baseline issues what
 // the framework issues for it: BEGIN, the state insert, the stream-version read, the event insert
-// (returning its position), COMMIT (on PostgreSQL with the commit LSN in the same round trip).
-// Framework and baseline alternate in slices so drift on a shared machine hits both alike.
+// (returning its position), COMMIT (on PostgreSQL with the commit LSN in the same round trip), at
+// the same isolation — and on PostgreSQL at serializable runs a transaction again when the server
+// gives it up, as the bus does. Framework and baseline alternate in slices so drift on a shared
+// machine hits both alike. Each line states the isolation (SQLite's single writer is serializable).
 //
 // PostgreSQL cases run when CLEAVE_BENCH_PG_URL names a server (make bench starts one).
 
@@ -16,6 +18,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -23,6 +26,8 @@
 
 #include <fmt/format.h>
 #include <libpq-fe.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
 #include <cleave/cleave.hpp>
@@ -40,10 +45,40 @@ using namespace std::chrono_literals;
 constexpr cleave::migration schema[] = {
     {1, "items", "create table items(id text primary key, quantity bigint not null)"}};
 
-cleave::result<void> place(const bench::place_item& c, cleave::write_context& tx) {
+}  // namespace
+
+namespace bench {
+// The same command, opted down to read committed (a plain insert keyed by the command).
+struct place_item_read_committed {
+  std::string id;
+  std::int64_t quantity = 0;
+  static constexpr auto isolation = cleave::isolation::read_committed;
+};
+CLEAVE_COMMAND(place_item_read_committed, "bench.place_item_read_committed", id, quantity)
+}  // namespace bench
+
+namespace {
+
+template <class C>
+cleave::result<void> place(const C& c, cleave::write_context& tx) {
   tx.exec("insert into items(id, quantity) values ($1, $2)", c.id, c.quantity);
   tx.emit(c.id, bench::item_placed{c.id, c.quantity});
   return {};
+}
+
+// Sends one command; a conflict left after the bus's own retries is counted, anything else ends
+// the run.
+template <class C>
+void send_or_exit(cleave::command_bus& bus, const char* side, const C& command,
+                  std::atomic<std::uint64_t>& conflicts) {
+  auto r = bus.send(command);
+  if (r) return;
+  if (r.error().category == cleave::errc::conflict) {
+    ++conflicts;
+    return;
+  }
+  std::fprintf(stderr, "%s: %s\n", side, r.error().describe().c_str());
+  std::exit(1);
 }
 
 // Runs `clients` threads calling op(client, n) for `slice`; returns operations done.
@@ -167,21 +202,18 @@ void sqlite_case(std::string_view name, cleave::sqlite::durability sync,
   cleave::sqlite::store db{{.path = path, .sync = sync}};
   db.migrate("bench", schema);
   cleave::command_bus commands{&db};
-  commands.add(place);
+  commands.add(&place<bench::place_item>);
   sqlite_baseline raw(path, sync == cleave::sqlite::durability::full);
+  std::atomic<std::uint64_t> conflicts{0};
   auto m = compare(
       1, 3, slice,
       [&](int c, std::uint64_t n) {
-        auto r = commands.send(bench::place_item{unique_id("f", c, n), 1});
-        if (!r) {
-          std::fprintf(stderr, "framework: %s\n", r.error().describe().c_str());
-          std::exit(1);
-        }
+        send_or_exit(commands, "framework", bench::place_item{unique_id("f", c, n), 1}, conflicts);
       },
       [&](int c, std::uint64_t n) { raw.command(unique_id("b", c, n), 1); });
   report(name, m, 1,
-         sync == cleave::sqlite::durability::full ? ",\"synchronous\":\"full\""
-                                                  : ",\"synchronous\":\"normal\"");
+         fmt::format(",\"isolation\":\"serializable\",\"synchronous\":\"{}\"",
+                     sync == cleave::sqlite::durability::full ? "full" : "normal"));
   std::filesystem::remove_all(dir);
 }
 
@@ -189,7 +221,10 @@ void sqlite_case(std::string_view name, cleave::sqlite::durability sync,
 
 class pg_baseline {
  public:
-  explicit pg_baseline(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+  pg_baseline(const std::string& url, cleave::isolation level)
+      : conn_(PQconnectdb(url.c_str())),
+        begin_(level == cleave::isolation::serializable ? "begin isolation level serializable"
+                                                        : "begin isolation level read committed") {
     prepare("state", "insert into items(id, quantity) values ($1, $2)");
     prepare("version",
             "select coalesce(max(stream_version), 0) from cleave_events where stream = $1 and "
@@ -201,8 +236,25 @@ class pg_baseline {
   }
   ~pg_baseline() { PQfinish(conn_); }
 
+  // Runs a command, again while the server gives it up (serialization failure or deadlock).
   void command(const std::string& id, std::int64_t quantity) {
-    exec("begin");
+    for (;;) {
+      try {
+        attempt(id, quantity);
+        return;
+      } catch (const given_up&) {
+        exec("rollback");
+        ++retries;
+      }
+    }
+  }
+  std::uint64_t retries = 0;
+
+ private:
+  struct given_up {};
+
+  void attempt(const std::string& id, std::int64_t quantity) {
+    exec(begin_);
     const std::string q = std::to_string(quantity);
     run("state", {id.c_str(), q.c_str()});
     PGresult* v = run("version", {id.c_str()}, true);
@@ -217,7 +269,6 @@ class pg_baseline {
     exec("commit; select pg_current_wal_lsn()::text");
   }
 
- private:
   void prepare(const char* name, const char* sql) {
     PQclear(PQprepare(conn_, name, sql, 0, nullptr));
   }
@@ -239,34 +290,45 @@ class pg_baseline {
   void check(PGresult* r) {
     auto s = PQresultStatus(r);
     if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+      const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      if (state && (std::string_view(state) == "40001" || std::string_view(state) == "40P01")) {
+        PQclear(r);
+        throw given_up{};
+      }
       std::fprintf(stderr, "baseline: %s\n", PQresultErrorMessage(r));
       std::exit(1);
     }
   }
   PGconn* conn_;
+  const char* begin_;
 };
 
+// C is the command: bench::place_item (serializable, the default) or one that opts down.
+template <class C>
 void postgres_case(std::string_view name, const std::string& url, int clients,
                    std::chrono::milliseconds slice) {
+  constexpr auto level = cleave::isolation_of<C>();
   cleave::postgres::store db{{.url = url, .pool_size = static_cast<std::size_t>(clients)}};
   db.migrate("bench", schema);
   cleave::command_bus commands{&db};
-  commands.add(place);
+  commands.add(&place<C>);
   std::vector<std::unique_ptr<pg_baseline>> raw;
-  for (int c = 0; c < clients; ++c) raw.push_back(std::make_unique<pg_baseline>(url));
+  for (int c = 0; c < clients; ++c) raw.push_back(std::make_unique<pg_baseline>(url, level));
+  std::atomic<std::uint64_t> conflicts{0};
   auto m = compare(
       clients, 3, slice,
       [&](int c, std::uint64_t n) {
-        auto r = commands.send(bench::place_item{unique_id("f", c, n), 1});
-        if (!r) {
-          std::fprintf(stderr, "framework: %s\n", r.error().describe().c_str());
-          std::exit(1);
-        }
+        send_or_exit(commands, "framework", C{unique_id("f", c, n), 1}, conflicts);
       },
       [&](int c, std::uint64_t n) {
         raw[static_cast<std::size_t>(c)]->command(unique_id("b", c, n), 1);
       });
-  report(name, m, clients, ",\"synchronous_commit\":\"on\"");
+  std::uint64_t baseline_retries = 0;
+  for (const auto& r : raw) baseline_retries += r->retries;
+  report(name, m, clients,
+         fmt::format(",\"isolation\":\"{}\",\"synchronous_commit\":\"on\","
+                     "\"conflicts\":{},\"baseline_retries\":{}",
+                     cleave::to_string(level), conflicts.load(), baseline_retries));
 }
 
 // Up to 32 in-flight commands sharing one transaction (a savepoint each) against one
@@ -277,14 +339,11 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
   cleave::group_commit grouped(db, 32, lanes);
   cleave::command_bus plain{&db};
   cleave::command_bus shared{&grouped};
-  plain.add(place);
-  shared.add(place);
-  auto send = [](cleave::command_bus& bus, const char* side, int c, std::uint64_t n) {
-    auto r = bus.send(bench::place_item{unique_id(side, c, n), 1});
-    if (!r) {
-      std::fprintf(stderr, "%s: %s\n", side, r.error().describe().c_str());
-      std::exit(1);
-    }
+  plain.add(&place<bench::place_item>);
+  shared.add(&place<bench::place_item>);
+  std::atomic<std::uint64_t> conflicts{0};
+  auto send = [&](cleave::command_bus& bus, const char* side, int c, std::uint64_t n) {
+    send_or_exit(bus, side, bench::place_item{unique_id(side, c, n), 1}, conflicts);
   };
   auto m = compare(
       clients, 3, slice, [&](int c, std::uint64_t n) { send(shared, "g", c, n); },
@@ -293,7 +352,9 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
       static_cast<double>(grouped.commands_committed()) /
       static_cast<double>(std::max<std::uint64_t>(1, grouped.groups_committed()));
   report(name, m, clients,
-         fmt::format(",\"max_group\":32,\"commands_per_commit\":{:.1f}", per_group));
+         fmt::format(",\"isolation\":\"serializable\",\"max_group\":32,"
+                     "\"commands_per_commit\":{:.1f},\"conflicts\":{}",
+                     per_group, conflicts.load()));
 }
 
 }  // namespace
@@ -301,6 +362,7 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
 int main(int argc, char** argv) {
   // --quick: short slices, for a smoke run.
   const bool quick = argc > 1 && std::string_view(argv[1]) == "--quick";
+  spdlog::set_default_logger(spdlog::stderr_color_mt("bench"));  // stdout is for the JSON lines
   const auto slice = quick ? 200ms : 1500ms;
   std::fprintf(stderr,
                "cleave_bench_write: %s slices of %lld ms, alternating baseline and framework\n",
@@ -315,8 +377,10 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(dir);
   }
   if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
-    postgres_case("postgres_1client", url, 1, slice);
-    postgres_case("postgres_16clients", url, 16, slice);
+    postgres_case<bench::place_item>("postgres_1client", url, 1, slice);
+    postgres_case<bench::place_item>("postgres_16clients", url, 16, slice);
+    postgres_case<bench::place_item_read_committed>("postgres_16clients_read_committed", url, 16,
+                                                    slice);
     cleave::postgres::store db{{.url = url, .pool_size = 32}};
     group_commit_case("postgres_group_commit_32", db, 32, 4, slice);
   } else {

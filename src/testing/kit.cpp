@@ -18,7 +18,7 @@ command_kit::command_kit(std::span<const migration> migrations, std::string_view
 void detail::run_sql(session_source& source, std::string_view sql) {
   auto& tx = source.begin_write({});
   try {
-    tx.exec(sql, {});
+    tx.script(sql);  // test data: several statements are welcome
   } catch (...) {
     tx.rollback();
     throw;

@@ -23,12 +23,14 @@ struct http_reply {
 
 class http_connection {
  public:
-  explicit http_connection(std::uint16_t port) {
+  // Connects to `port` on `address` (an IPv4 address; loopback by default).
+  explicit http_connection(std::uint16_t port, const std::string& address = "127.0.0.1") {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1)
+      throw std::runtime_error("not an IPv4 address: " + address);
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
       throw std::runtime_error("cannot connect");
     timeval tv{10, 0};

@@ -47,13 +47,19 @@ struct app_config {
   std::size_t workers = 4;  // threads that run handlers (database work), apart from I/O
   // Bearer tokens and who they stand for; empty means no authentication.
   std::map<std::string, principal> tokens;
-  // The role a command or query requires, by wire name (only with tokens).
+  // The role a command or query requires, by wire name: enforced by cleave::authorization on
+  // both buses, for every caller (HTTP, the CLI verbs, in-process sends that carry a principal).
   std::map<std::string, std::string> roles;
+  // Who the `send` and `ask` verbs run as (config file: "cli_principal": {"subject", "roles"}).
+  principal cli_principal{"cli", {}};
   std::string log_level = "info";
   // Whether `serve` (and `send`/`ask`) run the projector's worker in-process. Off when a
   // separate `project` process keeps the views (CLEAVE_PROJECTOR=off).
   bool run_projector = true;
   std::filesystem::path static_dir;  // files served at / (a web UI); empty for none
+  // The API's name and version in /openapi.json (the file's "openapi": {"title", "version"}).
+  std::string api_title = "cleave application";
+  std::string api_version = "1";
 };
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
@@ -105,7 +111,9 @@ class app {
   // Registers the application's own migrations, applied by migrate() (and the `migrate` verb).
   // The span must outlive the app (a constexpr array, typically).
   void add_migrations(std::string component, std::span<const migration> steps);
-  // Applies every registered migration, then creates the registered projections' views.
+  // Applies every registered migration, then creates the registered projections' views, then
+  // checks the reads() declarations (throws error_exception, errc::validation, naming an unknown
+  // query or projection and the known ones).
   void migrate();
 
   // Adds (or replaces) a verb.

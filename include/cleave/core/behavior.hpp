@@ -8,9 +8,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include <cleave/core/error.hpp>
 #include <cleave/core/function_ref.hpp>
@@ -125,6 +128,25 @@ class timing final : public behavior {
     std::atomic<std::uint64_t> count{0}, failures{0}, total_ns{0}, max_ns{0};
   };
   std::deque<counters> slots_;  // deque: growing it never moves the atomics
+};
+
+// Refuses a message whose type requires a role the caller's principal (request_meta::principal)
+// lacks: errc::unauthorized for an anonymous caller (no subject), errc::forbidden for one without
+// the role. The same rule then holds for every transport and for in-process callers. Roles are
+// given by wire name; a type not named is open to everyone. Add it first, so that nothing else
+// runs for a refused caller.
+class authorization final : public behavior {
+ public:
+  static constexpr applies_to scope = applies_to::both;
+  explicit authorization(std::map<std::string, std::string, std::less<>> role_by_message)
+      : role_by_message_(std::move(role_by_message)) {}
+  void on_register(const message_info& info, std::size_t slot) override;
+  result<void> handle(const message_ref& message, const request_meta& meta,
+                      next_step next) override;
+
+ private:
+  std::map<std::string, std::string, std::less<>> role_by_message_;
+  std::vector<const std::string*> role_by_slot_;  // null: no role required
 };
 
 // Runs a command again when it fails with errc::conflict (a concurrent change won), up to

@@ -87,12 +87,16 @@ struct command_step {
   function_ref<json()> response;                   // the kept response as JSON
   function_ref<result<void>(const json&)> replay;  // keeps a remembered response instead
   function_ref<json()> message;                    // the command as JSON
+  isolation level;                                 // of the command's transaction
 };
 
 // Runs a command in a write transaction from `source` (or with no store when null): commits on
 // success, rolls back on failure or exception; exceptions become errors. A command with an id
 // (request_meta::command_id) runs at most once: a retry gets the first outcome; the id used for
-// another type or payload is errc::idempotency_key_reused.
+// another type or payload is errc::idempotency_key_reused. A transient failure
+// (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after a
+// jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
+// that it is errc::conflict.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
@@ -100,6 +104,28 @@ result<void> run_read(session_source* source, const message_info& info, const re
                       function_ref<result<void>(read_context&)> body);
 
 }  // namespace detail
+
+// The isolation of command C's transaction. Commands run serializable: a rule the handler checks
+// by reading (count, then insert; read a balance, then update) holds under concurrent commands on
+// every backend, and the bus retries what the database gives up to keep it so. A command may opt
+// down inside its struct:
+//
+//   static constexpr auto isolation = cleave::isolation::read_committed;
+//
+// which is safe only when no decision of its handler depends on what it read: plain inserts keyed
+// by the command (a unique key turns a duplicate into errc::conflict), or updates whose guard sits
+// in the same statement (`update stock set n = n - $2 where id = $1 and n >= $2`).
+template <command C>
+constexpr isolation isolation_of() {
+  if constexpr (requires { C::isolation; }) {
+    static_assert(std::is_same_v<std::remove_cv_t<decltype(C::isolation)>, isolation>,
+                  "a command's `isolation` member is a cleave::isolation: write "
+                  "`static constexpr auto isolation = cleave::isolation::read_committed;`");
+    return C::isolation;
+  } else {
+    return isolation::serializable;
+  }
+}
 
 // Dispatches commands to their handlers, each in one write transaction.
 class command_bus {
@@ -138,11 +164,11 @@ class command_bus {
   // Runs the command through the pipeline and its handler. Never throws: failures of every kind
   // come back as an error (no handler is errc::not_found naming the type).
   template <class C>
-  auto send(const C& command_message, const request_meta& meta = detail::no_meta);
+  [[nodiscard]] auto send(const C& command_message, const request_meta& meta = detail::no_meta);
 
   // Dispatch by wire name with a JSON body, decoded strictly (what HTTP and the CLI use).
   // An unknown name is errc::not_found; a body that does not decode is errc::validation.
-  result<json_outcome> send_json(std::string_view wire_name, const json& body,
+  [[nodiscard]] result<json_outcome> send_json(std::string_view wire_name, const json& body,
                                  const request_meta& meta = detail::no_meta);
 
   // Every command type with a handler here, in registration order.
@@ -156,7 +182,7 @@ class command_bus {
   // Declared commands (CLEAVE_COMMAND anywhere in the program) that have no handler here.
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
   // An error listing every declared command without a handler; for a check at start-up.
-  result<void> check_complete() const { return core_.check_complete(); }
+  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
   bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
 
  private:
@@ -202,10 +228,10 @@ class query_bus {
 
   // Runs the query through the pipeline and its handler. Never throws.
   template <class Q>
-  auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
+  [[nodiscard]] auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
 
   // Dispatch by wire name with a JSON body, decoded strictly.
-  result<json_outcome> ask_json(std::string_view wire_name, const json& body,
+  [[nodiscard]] result<json_outcome> ask_json(std::string_view wire_name, const json& body,
                                 const request_meta& meta = detail::no_meta);
 
   std::vector<const message_info*> handled() const { return core_.handled(); }
@@ -215,7 +241,7 @@ class query_bus {
     return e ? e->ops : nullptr;
   }
   std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
-  result<void> check_complete() const { return core_.check_complete(); }
+  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
   bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
 
  private:
@@ -334,7 +360,7 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
     return {};
   };
   auto message = [&]() -> json { return to_json(command_message); };
-  const detail::command_step step{body, encode, replay, message};
+  const detail::command_step step{body, encode, replay, message, isolation_of<C>()};
   auto innermost = [&]() -> result<void> {
     return detail::run_write(source_, info_of<C>(), meta, position, step);
   };

@@ -1,5 +1,5 @@
 #pragma once
-// Expected outcomes as values: cleave::result<T> is std::expected<T, cleave::error>.
+// Expected outcomes as values: cleave::result<T> is a std::expected<T, cleave::error>.
 
 #include <expected>
 #include <optional>
@@ -48,8 +48,16 @@ struct error {
   std::string describe() const;
 };
 
+// A T or the error that stopped it: std::expected<T, cleave::error>, marked [[nodiscard]] so that
+// a dropped outcome (a send, an ask, a check) is a warning where it is dropped.
 template <class T>
-using result = std::expected<T, error>;
+class [[nodiscard]] result : public std::expected<T, error> {
+ public:
+  using std::expected<T, error>::expected;
+  result() = default;
+  result(const std::expected<T, error>& other) : std::expected<T, error>(other) {}  // NOLINT
+  result(std::expected<T, error>&& other) : std::expected<T, error>(std::move(other)) {}  // NOLINT
+};
 
 // Shorthands for handlers: `return cleave::rejected("stock is short");`
 inline std::unexpected<error> fail(errc category, std::string message,
@@ -79,6 +87,14 @@ class error_exception : public std::runtime_error {
 
  private:
   cleave::error error_;
+};
+
+// A failure that says nothing about the command itself: the database gave up this transaction to
+// keep concurrent ones serializable (a serialization failure, a deadlock). Its category is
+// errc::conflict. The command bus runs the whole command again, a few times, before passing it on.
+class transient_error : public error_exception {
+ public:
+  using error_exception::error_exception;
 };
 
 }  // namespace cleave

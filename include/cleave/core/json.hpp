@@ -2,9 +2,11 @@
 // JSON for declared messages and records (nlohmann-json).
 //
 // Commands and queries decode strictly: an unknown member, a missing required member, a fraction
-// or a string where an integer belongs, an out-of-range number or an unknown enum name is a
-// validation error naming the member's JSON path; nothing is converted silently. Stored events
-// decode tolerantly: missing members keep their defaults and unknown members are ignored.
+// or a string where an integer belongs, an out-of-range number, an unknown enum name or a string
+// holding U+0000 (NUL, which databases cut off or refuse) is a validation error naming the
+// member's JSON path; nothing is converted silently. Text decoded strictly (from_json_text,
+// parse_json_strict) also refuses a member given twice in one object. Stored events decode
+// tolerantly: missing members keep their defaults and unknown members are ignored.
 
 #include <cstdint>
 #include <limits>
@@ -28,6 +30,15 @@ using json = nlohmann::json;
 
 enum class decode_mode { strict, tolerant };
 
+// Parses text as JSON; malformed text is a validation error that says where it broke. A member
+// given twice in one object keeps the last value.
+result<json> parse_json(std::string_view text);
+
+// Parses text as JSON for strict decoding (commands, queries, request bodies): as parse_json, and
+// a member given twice in one object is a validation error naming its path (`lines[0].sku`), and
+// nesting deeper than max_depth levels (0: no limit) is one too.
+result<json> parse_json_strict(std::string_view text, int max_depth = 0);
+
 namespace detail {
 
 template <class T>
@@ -40,6 +51,12 @@ template <class T>
 struct is_string_map<std::map<std::string, T>> : std::true_type {};
 
 std::string_view json_type_name(const json& j) noexcept;
+
+// Whether a string anywhere in `j`, or a member's name, holds U+0000.
+bool nul_in_json(const json& j);
+inline bool nul_in_text(std::string_view s) noexcept {
+  return s.find('\0') != std::string_view::npos;
+}
 
 class json_decoder;
 class text_reader;
@@ -79,6 +96,8 @@ class json_decoder {
   void expected(std::string_view what, const json& j) {
     fail(fmt::format("expected {}, got {}", what, json_type_name(j)));
   }
+  bool refuses_nul() const noexcept { return mode_ == decode_mode::strict; }
+  void nul() { fail("must not contain U+0000 (NUL)"); }
   template <class T>
   void read_integer(const json& j, T& out);
 
@@ -179,11 +198,18 @@ bool text_reader::read(T& out) {
     out = static_cast<T>(v);
     return true;
   } else if constexpr (std::is_same_v<T, std::string>) {
-    return string(out);
+    return string(out) && !(mode_ == decode_mode::strict && nul_in_text(out));
   } else if constexpr (std::is_same_v<T, json>) {
     skip_space();
     const char* start = p_;
     if (!skip_value()) return false;
+    if (mode_ == decode_mode::strict) {
+      auto parsed =
+          parse_json_strict(std::string_view(start, static_cast<std::size_t>(p_ - start)));
+      if (!parsed || nul_in_json(*parsed)) return false;
+      out = std::move(*parsed);
+      return true;
+    }
     try {
       out = json::parse(start, p_);
     } catch (const json::exception&) {
@@ -222,6 +248,7 @@ bool text_reader::read(T& out) {
     do {
       std::string key;
       if (!string(key) || !consume(':')) return false;
+      if (mode_ == decode_mode::strict && nul_in_text(key)) return false;
       auto [at, fresh] = out.try_emplace(std::move(key));
       if (!fresh || !read(at->second)) return false;  // a repeated key: the json path decides
     } while (consume(','));
@@ -281,8 +308,10 @@ void json_decoder::read(const json& j, T& out) {
   } else if constexpr (std::is_same_v<T, std::string>) {
     if (!j.is_string()) return expected("a string", j);
     out = j.get_ref<const std::string&>();
+    if (refuses_nul() && nul_in_text(out)) nul();
   } else if constexpr (std::is_same_v<T, json>) {
     out = j;
+    if (refuses_nul() && nul_in_json(j)) nul();
   } else if constexpr (described_enum<T>) {
     if (!j.is_string()) return expected("a string", j);
     const auto& s = j.get_ref<const std::string&>();
@@ -317,6 +346,10 @@ void json_decoder::read(const json& j, T& out) {
     out.clear();
     const auto base = path_.size();
     for (const auto& [key, value] : j.items()) {
+      if (refuses_nul() && nul_in_text(key)) {
+        fail("a member name must not contain U+0000 (NUL)");
+        continue;
+      }
       path_ += base == 0 ? key : "." + key;
       read(value, out[key]);
       path_.resize(base);
@@ -344,9 +377,6 @@ result<T> from_json(const json& j, decode_mode mode = decode_mode::strict) {
   return out;
 }
 
-// Parses text as JSON; malformed text is a validation error that says where it broke.
-result<json> parse_json(std::string_view text);
-
 // Parses and decodes in one step.
 template <described T>
 result<T> from_json_text(std::string_view text, decode_mode mode = decode_mode::strict) {
@@ -355,7 +385,7 @@ result<T> from_json_text(std::string_view text, decode_mode mode = decode_mode::
     detail::text_reader fast(text, mode);
     if (fast.read(out) && fast.at_end()) return out;
   }
-  auto j = parse_json(text);
+  auto j = mode == decode_mode::strict ? parse_json_strict(text) : parse_json(text);
   if (!j) return std::unexpected(std::move(j.error()));
   return from_json<T>(*j, mode);
 }

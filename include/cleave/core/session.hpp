@@ -109,6 +109,7 @@ class read_session {
  public:
   virtual ~read_session() = default;
   // Runs one statement with `$1, $2, …` bound to params, calling on_row for each result row.
+  // A second statement in `sql` is an error (errc::internal).
   virtual void query(std::string_view sql, std::span<const sql_value> params,
                      row_callback on_row) = 0;
 };
@@ -116,8 +117,11 @@ class read_session {
 // One write transaction. Implementations throw cleave::error_exception on failure.
 class write_session : public read_session {
  public:
-  // Runs one statement; returns the number of rows it changed.
+  // Runs one statement; returns the number of rows it changed. A second statement in `sql` is
+  // an error (errc::internal), on every backend: run statements one by one.
   virtual std::int64_t exec(std::string_view sql, std::span<const sql_value> params) = 0;
+  // Runs statements without parameters, any number separated by `;` (a view's schema).
+  virtual void script(std::string_view sql) = 0;
   // Appends an event to the log inside this transaction; returns the stream's version after it
   // (0 for an event without a stream). Throws an error_exception with errc::conflict when the
   // expected version does not match.
@@ -173,12 +177,31 @@ class read_transaction : public read_session {
   virtual void finish() noexcept = 0;
 };
 
+// How far a write transaction is kept apart from concurrent ones.
+enum class isolation {
+  // As if write transactions ran one at a time: what a transaction read still holds when it
+  // commits, or it fails with a cleave::transient_error (which the command bus retries).
+  serializable,
+  // Each statement sees what had committed when it began; a rule checked by reading first and
+  // writing after may be broken by a concurrent transaction. Only where a backend has it
+  // (PostgreSQL); SQLite's single writer is serializable either way.
+  read_committed,
+};
+
+// The stable lower-case name of a level ("serializable", "read_committed").
+std::string_view to_string(isolation level) noexcept;
+
 // Where the buses get their transactions. Lending does not allocate in a pooled implementation.
 // The transaction copies what it needs of `meta`, which need not outlive the call. Thread-safe.
 class session_source {
  public:
   virtual ~session_source() = default;
-  virtual write_transaction& begin_write(const request_meta& meta) = 0;
+  // A write transaction at `level` (at least: a backend may give a stronger one).
+  virtual write_transaction& begin_write(const request_meta& meta, isolation level) = 0;
+  // A write transaction at isolation::serializable.
+  write_transaction& begin_write(const request_meta& meta) {
+    return begin_write(meta, isolation::serializable);
+  }
   virtual read_transaction& begin_read(const request_meta& meta) = 0;
 };
 

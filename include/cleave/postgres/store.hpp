@@ -31,7 +31,9 @@ struct options {
   bool replica_fallback_to_primary = true;
 };
 
-// A PostgreSQL database as a cleave store. Write transactions run concurrently; the event log is
+// A PostgreSQL database as a cleave store. Write transactions run concurrently, SERIALIZABLE
+// unless begun at isolation::read_committed; a serialization failure or deadlock throws a
+// cleave::transient_error (retried by the command bus). The event log is
 // read gap-safely by (transaction id, position) below the oldest running transaction. Position
 // tokens carry the writer's xid8, the position and the commit LSN. Applies cleave's own
 // migrations when opened. Thread-safe.
@@ -43,7 +45,8 @@ class store final : public cleave::store {
   store(const store&) = delete;
   store& operator=(const store&) = delete;
 
-  write_transaction& begin_write(const request_meta& meta) override;
+  using session_source::begin_write;
+  write_transaction& begin_write(const request_meta& meta, isolation level) override;
   read_transaction& begin_read(const request_meta& meta) override;
   position_token read_events_into(position_token after, std::size_t limit,
                                   std::vector<stored_event>& out,

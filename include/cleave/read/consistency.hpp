@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <cleave/core/behavior.hpp>
+#include <cleave/core/bus.hpp>
 #include <cleave/read/projector.hpp>
 
 namespace cleave {
@@ -34,6 +35,12 @@ class read_your_writes final : public behavior {
     reads_[std::move(wire_name)] = std::move(projections);
     return *this;
   }
+
+  // Checks the declarations made with reads(): every query must have a handler on `queries` and
+  // every projection must be registered on the projector. The error names each unknown name and
+  // the known ones (a misspelt name would otherwise make reads quietly not wait). Call it once
+  // every handler and projection is registered (cleave::app does, in migrate()).
+  [[nodiscard]] result<void> check(const query_bus& queries) const;
 
   result<void> handle(const message_ref& message, const request_meta& meta,
                       next_step next) override;

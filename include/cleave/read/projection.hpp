@@ -124,11 +124,28 @@ class projection {
   template <class F>
   projection& fold(F&& f) {
     using H = std::decay_t<F>;
-    using V = std::remove_cvref_t<typename detail::message_param<H>::type>;
-    using E = typename V::value_type;
+    using E =
+        typename fold_element<std::remove_cvref_t<typename detail::message_param<H>::type>>::type;
     static_assert(event<E>,
                   "a fold takes (const std::vector<Event>&, cleave::view_context&) with the event "
                   "declared by CLEAVE_EVENT");
+    if constexpr (event<E>) add_fold<E>(std::forward<F>(f));
+    return *this;
+  }
+
+ private:
+  // The event type of a fold's first parameter, std::vector<E>; void for anything else.
+  template <class V>
+  struct fold_element {
+    using type = void;
+  };
+  template <class E, class A>
+  struct fold_element<std::vector<E, A>> {
+    using type = E;
+  };
+  template <class E, class F>
+  void add_fold(F&& f) {
+    using H = std::decay_t<F>;
     folds_[std::string(info_of<E>().wire_name)] = [h = H(std::forward<F>(f))](
                                                       std::span<const stored_event* const> events,
                                                       view_context& view) mutable {
@@ -141,9 +158,9 @@ class projection {
       }
       h(decoded, view);
     };
-    return *this;
   }
 
+ public:
   // Set-based instead of handlers: one SQL statement applies a whole batch, `{events}` standing
   // for the batch's rows of the log as a subquery named `events` (columns position, stream,
   // stream_version, type, payload, …; `payload->>'field'` reads a member on both backends) and

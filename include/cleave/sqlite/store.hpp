@@ -39,7 +39,8 @@ class store final : public cleave::store {
   store(const store&) = delete;
   store& operator=(const store&) = delete;
 
-  write_transaction& begin_write(const request_meta& meta) override;
+  using session_source::begin_write;
+  write_transaction& begin_write(const request_meta& meta, isolation level) override;
   read_transaction& begin_read(const request_meta& meta) override;
   position_token read_events_into(position_token after, std::size_t limit,
                                   std::vector<stored_event>& out,

@@ -31,7 +31,9 @@ class group_commit final : public session_source {
   explicit group_commit(store& inner, std::size_t max_group = 32, std::size_t lanes = 1);
   ~group_commit() override;
 
-  write_transaction& begin_write(const request_meta& meta) override;
+  using session_source::begin_write;
+  // Every group runs serializable (the strongest level a member may ask for), whatever `level`.
+  write_transaction& begin_write(const request_meta& meta, isolation level) override;
   read_transaction& begin_read(const request_meta& meta) override;
 
   // Groups committed so far, and the commands they held (for metrics and tests).

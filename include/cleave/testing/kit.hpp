@@ -78,7 +78,7 @@ class command_kit {
     detail::append_events(store_, stream, events...);
     return *this;
   }
-  // Given: any state, written by SQL.
+  // Given: any state, written by SQL (one statement or several, separated by `;`).
   command_kit& given_sql(std::string_view sql) {
     detail::run_sql(store_, sql);
     return *this;

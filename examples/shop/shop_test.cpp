@@ -1,0 +1,91 @@
+// The shop's own rules on SQLite: bounds on money and quantities, checked arithmetic, and what a
+// refused command leaves behind (nothing).
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <limits>
+
+#include "shop.hpp"
+
+namespace {
+
+struct shop_on_sqlite : ::testing::Test {
+  cleave::app app{[] {
+    cleave::app_config cfg;
+    cfg.database = ":memory:";
+    cfg.run_projector = false;
+    return cfg;
+  }()};
+  void SetUp() override {
+    shop::install(app);
+    app.migrate();
+    shop::seed_demo_data(app);
+  }
+  std::int64_t stock(const std::string& id) {
+    return app.queries().ask(shop::product_stock{id}).value().stock;
+  }
+  // A product written straight into the table, past what add_product allows (a row from before
+  // the bounds, or from another tool).
+  void put_product(const std::string& id, std::int64_t price_cents, std::int64_t stock) {
+    auto& tx = app.store().begin_write({});
+    tx.exec("insert into products(id, name, price_cents, stock) values ($1, $1, $2, $3)",
+            std::array<cleave::sql_value, 3>{std::string_view(id), price_cents, stock});
+    (void)tx.commit();
+  }
+};
+
+TEST_F(shop_on_sqlite, an_order_whose_total_would_overflow_is_refused_and_leaves_nothing) {
+  put_product("gold", std::numeric_limits<std::int64_t>::max() / 2, 10);
+  auto placed = app.commands().send(shop::place_order{"o1", "ada", {{"mug", 1}, {"gold", 3}}});
+  ASSERT_FALSE(placed) << "total " << placed->value.total_cents;
+  EXPECT_EQ(placed.error().category, cleave::errc::validation);
+  ASSERT_EQ(placed.error().fields.size(), 1u);
+  EXPECT_EQ(placed.error().fields[0].path, "lines[1].quantity");
+  EXPECT_EQ(stock("gold"), 10);
+  EXPECT_EQ(stock("mug"), 40);
+}
+
+TEST_F(shop_on_sqlite, money_and_quantities_are_bounded_by_validate) {
+  auto price = app.commands().send(shop::add_product{"yacht", "Yacht", shop::max_price_cents + 1, 1});
+  ASSERT_FALSE(price);
+  EXPECT_EQ(price.error().fields.at(0).path, "price_cents");
+  auto huge = app.commands().send(shop::restock{"mug", std::int64_t{1} << 62});
+  ASSERT_FALSE(huge);
+  EXPECT_EQ(huge.error().category, cleave::errc::validation);
+  EXPECT_EQ(huge.error().fields.at(0).path, "quantity");
+  auto line = app.commands().send(shop::place_order{"o1", "ada", {{"mug", shop::max_quantity + 1}}});
+  ASSERT_FALSE(line);
+  EXPECT_EQ(line.error().fields.at(0).path, "lines[0].quantity");
+  EXPECT_EQ(stock("mug"), 40);
+}
+
+TEST_F(shop_on_sqlite, a_restock_past_the_most_stock_is_rejected_not_an_internal_error) {
+  put_product("sand", 1, shop::max_stock - 5);
+  auto over = app.commands().send(shop::restock{"sand", 6});
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().category, cleave::errc::rejected);
+  EXPECT_EQ(stock("sand"), shop::max_stock - 5);
+  auto to_the_top = app.commands().send(shop::restock{"sand", 5});
+  ASSERT_TRUE(to_the_top) << to_the_top.error().describe();
+  EXPECT_EQ(to_the_top->value, shop::max_stock);
+}
+
+TEST_F(shop_on_sqlite, an_order_answers_its_lines_in_the_order_given_whatever_order_rows_are_locked) {
+  auto placed =
+      app.commands().send(shop::place_order{"o1", "ada", {{"tea", 1}, {"cosy", 1}, {"mug", 2}}});
+  ASSERT_TRUE(placed) << placed.error().describe();
+  EXPECT_EQ(placed->value.total_cents, 899 + 1299 + 2 * 599);
+  auto events = app.store().read_events({}, 1000);
+  ASSERT_FALSE(events.empty());
+  const auto& last = events.back();
+  ASSERT_EQ(last.type, "shop.order_placed");
+  auto order = cleave::decode_event<shop::order_placed>(last, nullptr);
+  ASSERT_TRUE(order);
+  ASSERT_EQ(order->lines.size(), 3u);
+  EXPECT_EQ(order->lines[0].product_id, "tea");
+  EXPECT_EQ(order->lines[1].product_id, "cosy");
+  EXPECT_EQ(order->lines[2].product_id, "mug");
+}
+
+}  // namespace
