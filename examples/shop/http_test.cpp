@@ -76,6 +76,15 @@ struct shop_server : testing::Test {
         http(port, "GET", "/queries/shop.product_stock?product_id=" + id))["result"]["stock"];
   }
   std::string head() { return body(http(port, "GET", "/health"))["head"]; }
+  // Runs one of the application's verbs as `shop args...` would: its exit code and stdout.
+  std::pair<int, std::string> run_verb(std::vector<std::string> args) {
+    args.insert(args.begin(), "shop");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    testing::internal::CaptureStdout();
+    const int code = app->main(static_cast<int>(argv.size()), argv.data());
+    return {code, testing::internal::GetCapturedStdout()};
+  }
 
   // Asserts the reply is a problem with this status and type.
   void expect_problem(cleave::testing::http_reply r, int status, const std::string& type) {
@@ -384,14 +393,7 @@ TEST_F(shop_server, the_admin_api_needs_the_admin_role_when_tokens_are_set) {
 
 TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
   start();
-  auto verb = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), "shop");
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    testing::internal::CaptureStdout();
-    const int code = app->main(static_cast<int>(argv.size()), argv.data());
-    return std::make_pair(code, testing::internal::GetCapturedStdout());
-  };
+  auto verb = [&](std::vector<std::string> args) { return run_verb(std::move(args)); };
   auto [code, out] = verb({"send", "shop.restock", R"({"product_id":"tea","quantity":5})"});
   EXPECT_EQ(code, 0);
   EXPECT_EQ(json::parse(out)["result"], 30);
@@ -418,6 +420,147 @@ TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
   EXPECT_TRUE(json::parse(strong)["result"].is_array());
   EXPECT_EQ(verb({"ask", "shop.customer_orders", "{}", "--consistency", "bogus"}).first, 2);
   EXPECT_EQ(verb({"no-such-verb"}).first, 2);
+}
+
+TEST_F(shop_server, an_idempotency_key_replays_the_first_outcome_and_has_one_effect) {
+  start();
+  auto with_key = [](std::string key) {
+    return std::map<std::string, std::string>{{"Content-Type", "application/json"},
+                                              {"Idempotency-Key", std::move(key)}};
+  };
+  const std::string restock = R"({"product_id":"mug","quantity":5})";
+  const auto before = stock("mug");
+  auto first = http(port, "POST", "/commands/shop.restock", restock, with_key("k-1"));
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_FALSE(first.headers.contains("idempotent-replayed"));
+  auto retry = http(port, "POST", "/commands/shop.restock", restock, with_key("k-1"));
+  EXPECT_EQ(retry.status, 200);
+  EXPECT_EQ(retry.body, first.body);
+  EXPECT_EQ(retry.headers["idempotent-replayed"], "true");
+  EXPECT_EQ(retry.headers["cleave-position"], first.headers["cleave-position"]);
+  // The key as a structured-field string is the same key.
+  EXPECT_EQ(http(port, "POST", "/commands/shop.restock", restock, with_key(R"("k-1")")).body,
+            first.body);
+  EXPECT_EQ(stock("mug"), before + 5);
+
+  // The key reused for another payload or another command: refused, and nothing happens.
+  auto other_payload = http(port, "POST", "/commands/shop.restock",
+                            R"({"product_id":"mug","quantity":6})", with_key("k-1"));
+  expect_problem(other_payload, 422, "/problems/idempotency-key-reused");
+  EXPECT_FALSE(other_payload.headers.contains("idempotent-replayed"));
+  expect_problem(http(port, "POST", "/commands/shop.cancel_order", R"({"order_id":"o1"})",
+                      with_key("k-1")),
+                 422, "/problems/idempotency-key-reused");
+  EXPECT_EQ(stock("mug"), before + 5);
+
+  // A refusal replays as it was first answered, even after it would now succeed.
+  const std::string order =
+      R"({"order_id":"big","customer_id":"ada","lines":[{"product_id":"cosy","quantity":100}]})";
+  auto refused = http(port, "POST", "/commands/shop.place_order", order, with_key("k-2"));
+  expect_problem(refused, 422, "/problems/rejected");
+  ASSERT_EQ(http(port, "POST", "/commands/shop.restock", R"({"product_id":"cosy","quantity":500})")
+                .status,
+            200);
+  auto refused_again = http(port, "POST", "/commands/shop.place_order", order, with_key("k-2"));
+  EXPECT_EQ(refused_again.status, 422);
+  EXPECT_EQ(refused_again.body, refused.body);
+  EXPECT_EQ(refused_again.headers["idempotent-replayed"], "true");
+
+  // Malformed keys are refused before anything runs; a query ignores the header.
+  for (const std::string& bad : std::vector<std::string>{"", "two words", std::string(256, 'k'), "caf\xc3\xa9", R"("open)",
+                                R"("a\b")"})
+    expect_problem(http(port, "POST", "/commands/shop.restock", restock, with_key(bad)), 400,
+                   "/problems/validation");
+  EXPECT_EQ(stock("mug"), before + 5);
+  EXPECT_EQ(http(port, "POST", "/queries/shop.product_stock", R"({"product_id":"mug"})",
+                 with_key("k-1"))
+                .status,
+            200);
+}
+
+TEST_F(shop_server, concurrent_requests_with_one_key_have_one_effect_and_identical_answers) {
+  start();
+  const auto before = stock("tea");
+  constexpr int clients = 8;
+  std::vector<std::future<cleave::testing::http_reply>> replies;
+  for (int i = 0; i < clients; ++i)
+    replies.push_back(std::async(std::launch::async, [&] {
+      return http(port, "POST", "/commands/test.slow_restock",
+                  R"({"product_id":"tea","millis":100})",
+                  {{"Content-Type", "application/json"}, {"Idempotency-Key", "same-click"}});
+    }));
+  std::vector<cleave::testing::http_reply> answers;
+  for (auto& r : replies) answers.push_back(r.get());
+  int replayed = 0;
+  for (const auto& a : answers) {
+    EXPECT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.body, answers[0].body);
+    replayed += a.headers.contains("idempotent-replayed") ? 1 : 0;
+  }
+  EXPECT_EQ(replayed, clients - 1);
+  EXPECT_EQ(stock("tea"), before + 1);
+}
+
+TEST_F(shop_server, idempotency_keys_are_scoped_to_the_principal) {
+  cleave::app_config cfg;
+  cfg.tokens["t-ann"] = cleave::principal{"ann", {"staff"}};
+  cfg.tokens["t-bob"] = cleave::principal{"bob", {"staff"}};
+  start(cfg);
+  auto as = [](std::string token) {
+    return std::map<std::string, std::string>{{"Content-Type", "application/json"},
+                                              {"Authorization", "Bearer " + token},
+                                              {"Idempotency-Key", "restock-1"}};
+  };
+  auto stock_of_kettle = [&] {
+    return body(http(port, "POST", "/queries/shop.product_stock", R"({"product_id":"kettle"})",
+                     {{"Content-Type", "application/json"}, {"Authorization", "Bearer t-ann"}}))
+        ["result"]["stock"]
+            .get<std::int64_t>();
+  };
+  const auto before = stock_of_kettle();
+  const std::string restock = R"({"product_id":"kettle","quantity":1})";
+  auto ann = http(port, "POST", "/commands/shop.restock", restock, as("t-ann"));
+  auto bob = http(port, "POST", "/commands/shop.restock", restock, as("t-bob"));
+  ASSERT_EQ(ann.status, 200) << ann.body;
+  ASSERT_EQ(bob.status, 200) << bob.body;
+  EXPECT_FALSE(bob.headers.contains("idempotent-replayed"));
+  EXPECT_EQ(http(port, "POST", "/commands/shop.restock", restock, as("t-ann"))
+                .headers["idempotent-replayed"],
+            "true");
+  EXPECT_EQ(stock_of_kettle(), before + 2);
+}
+
+TEST_F(shop_server, the_cleave_tool_and_the_send_verb_take_an_idempotency_key) {
+  start();
+  const std::string cli =
+      std::string(CLEAVE_CLI) + " --url http://127.0.0.1:" + std::to_string(port);
+  const auto before = stock("mug");
+  const std::string send = cli + R"( send shop.restock '{"product_id":"mug","quantity":5}' --id r-1)";
+  auto [code, out] = run(send);
+  auto [again_code, again] = run(send);
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(again_code, 0);
+  EXPECT_EQ(again, out);
+  EXPECT_EQ(stock("mug"), before + 5);
+  EXPECT_EQ(run(cli + R"( send shop.restock '{"product_id":"mug","quantity":6}' --id r-1 2>&1)")
+                .first,
+            2);
+
+  auto verb = [&](std::vector<std::string> args) { return run_verb(std::move(args)); };
+  const std::vector<std::string> restock{"send", "shop.restock",
+                                         R"({"product_id":"mug","quantity":2})", "--id", "v-1"};
+  auto first = verb(restock);
+  auto retry = verb(restock);
+  EXPECT_EQ(first.first, 0);
+  EXPECT_EQ(retry, first);
+  EXPECT_EQ(stock("mug"), before + 7);
+  EXPECT_EQ(verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", "v-1"})
+                .first,
+            2);
+  EXPECT_EQ(verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", ""})
+                .first,
+            2);
+  EXPECT_EQ(stock("mug"), before + 7);
 }
 
 }  // namespace

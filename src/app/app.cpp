@@ -56,7 +56,10 @@ void print_json(const json& j) {
 
 int report(const error& e) {
   std::cerr << "error: " << e.describe() << std::endl;
-  return e.category == errc::validation || e.category == errc::not_found ? 2 : 1;
+  return e.category == errc::validation || e.category == errc::not_found ||
+                 e.category == errc::idempotency_key_reused
+             ? 2
+             : 1;
 }
 
 }  // namespace
@@ -256,13 +259,22 @@ app::app(app_config config)
     queries_.use<authorization>(roles);
   }
   consistency_ = &queries_.use<read_your_writes>(*projector_);
-  add_verb("send", "send NAME JSON      run a command through this application's handlers",
+  add_verb("send",
+           "send NAME JSON [--id KEY]\n"
+           "                      run a command through this application's handlers; a retry\n"
+           "                      with the same KEY prints the first outcome and has no effect",
            [](app& a, std::span<const std::string> args) {
-             if (args.size() != 2) return report({errc::validation, "usage: send NAME JSON", {}});
+             if (args.size() != 2 && !(args.size() == 4 && args[2] == "--id"))
+               return report({errc::validation, "usage: send NAME JSON [--id KEY]", {}});
              auto body = parse_json(args[1]);
              if (!body) return report(body.error());
              request_meta meta;
              meta.principal = a.config().cli_principal;
+             if (args.size() == 4) {
+               auto id = command_id_for(meta.principal, args[3]);
+               if (!id) return report(id.error());
+               meta.command_id = std::move(*id);
+             }
              auto r = a.commands().send_json(args[0], *body, meta);
              if (!r) return report(r.error());
              print_json({{"result", r->result}, {"position", r->position.to_string()}});

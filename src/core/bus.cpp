@@ -20,13 +20,47 @@ bool remembered_failure(errc category) {
   return category == errc::rejected || category == errc::validation || category == errc::not_found;
 }
 
-// Replays an outcome recorded for the command's id.
+// The command's type and payload as 16 hex digits: FNV-1a (64 bits) over the wire name and the
+// canonical JSON (members sorted). It tells a retry from a reuse of the id by mistake, within one
+// principal's keys, so it need not resist forgery (which would bring a crypto library into core).
+std::string fingerprint(const message_info& info, const command_step& step) {
+  std::uint64_t h = 14695981039346656037ull;
+  auto mix = [&](std::string_view bytes) {
+    for (const char c : bytes) {
+      h ^= static_cast<unsigned char>(c);
+      h *= 1099511628211ull;
+    }
+  };
+  mix(info.wire_name);
+  mix(std::string_view("\0", 1));
+  mix(step.message().dump());
+  return fmt::format("{:016x}", h);
+}
+
+// The record of a command's first outcome under its id.
+remembered_outcome first_outcome(const message_info& info, const request_meta& meta,
+                                 const command_step& step, std::optional<error> failure) {
+  json response = failure ? json(nullptr) : step.response();
+  return {std::string(info.wire_name), std::move(failure), std::move(response), {},
+          fingerprint(info, step), meta.correlation_id};
+}
+
+// Replays an outcome recorded for the command's id, unless the id was recorded for another
+// command type or payload.
 result<void> replay(const remembered_outcome& prior, const message_info& info,
                     const request_meta& meta, position_token& position, const command_step& step) {
+  // The key is the caller's own: naming it (not the other payload) tells them which one.
   if (prior.command_type != info.wire_name)
-    return fail(errc::conflict, fmt::format("command id '{}' was already used for '{}'",
-                                            meta.command_id, prior.command_type));
+    return fail(errc::idempotency_key_reused,
+                fmt::format("the idempotency key '{}' was already used for '{}'",
+                            meta.command_id, prior.command_type));
+  if (!prior.fingerprint.empty() && prior.fingerprint != fingerprint(info, step))
+    return fail(errc::idempotency_key_reused,
+                fmt::format("the idempotency key '{}' was already used for '{}' with another "
+                            "payload",
+                            meta.command_id, prior.command_type));
   position = prior.position;
+  meta.replay_of = prior.correlation_id;
   if (prior.failure) return std::unexpected(*prior.failure);
   return step.replay(prior.response);
 }
@@ -48,14 +82,14 @@ std::optional<remembered_outcome> look_up(session_source& source, const request_
 // Best effort: when recording the refusal fails, the caller still gets the refusal, and a retry
 // runs the command again.
 void remember_failure(session_source& source, const message_info& info, const request_meta& meta,
-                      const error& failure) noexcept {
+                      const command_step& step, const error& failure) noexcept {
   try {
     auto& tx = source.begin_write(meta);
     bool record = false;
     try {
       // A racing retry may have recorded the first outcome meanwhile.
       record = !tx.remembered();
-      if (record) tx.remember({std::string(info.wire_name), failure, json(nullptr), {}});
+      if (record) tx.remember(first_outcome(info, meta, step, failure));
     } catch (...) {
       tx.rollback();
       throw;
@@ -96,12 +130,12 @@ result<void> write_once(session_source* source, const message_info& info, const 
     if (!outcome) {
       ending->rollback();
       if (idempotent && remembered_failure(outcome.error().category))
-        remember_failure(*source, info, meta, outcome.error());
+        remember_failure(*source, info, meta, step, outcome.error());
       return outcome;
     }
     if (idempotent) {
       try {
-        ending->remember({std::string(info.wire_name), std::nullopt, step.response(), {}});
+        ending->remember(first_outcome(info, meta, step, std::nullopt));
       } catch (const error_exception& e) {
         // Two retries raced (possible where writers run concurrently): the loser's record of
         // the id collides; its effects are rolled back and it returns the winner's outcome.
@@ -190,20 +224,39 @@ result<json_outcome> query_bus::ask_json(std::string_view wire_name, const json&
   return detail::dispatch_by_name(core_, this, message_kind::query, wire_name, body, meta);
 }
 
+result<std::string> command_id_for(const principal& who, std::string_view key) {
+  constexpr std::size_t max_key = 255;
+  bool visible = !key.empty() && key.size() <= max_key;
+  for (const char c : key) visible = visible && c >= '!' && c <= '~';
+  if (!visible)
+    return fail(errc::validation,
+                fmt::format("an idempotency key is 1 to {} visible ASCII characters", max_key));
+  // A key has no space, so the last space splits a scoped id unambiguously and an anonymous key
+  // never equals one.
+  if (who.subject.empty()) return std::string(key);
+  return fmt::format("{} {}", who.subject, key);
+}
+
 json outcome_to_json(const remembered_outcome& outcome) {
-  if (!outcome.failure) return json{{"response", outcome.response}};
+  json out{{"fingerprint", outcome.fingerprint}, {"correlation_id", outcome.correlation_id}};
+  if (!outcome.failure) {
+    out["response"] = outcome.response;
+    return out;
+  }
   json fields = json::array();
   for (const auto& f : outcome.failure->fields)
     fields.push_back({{"path", f.path}, {"message", f.message}});
-  return json{{"error",
-               {{"category", to_string(outcome.failure->category)},
-                {"message", outcome.failure->message},
-                {"fields", std::move(fields)}}}};
+  out["error"] = {{"category", to_string(outcome.failure->category)},
+                  {"message", outcome.failure->message},
+                  {"fields", std::move(fields)}};
+  return out;
 }
 
 result<remembered_outcome> outcome_from_json(const json& stored) {
   remembered_outcome out;
   try {
+    out.fingerprint = stored.value("fingerprint", "");
+    out.correlation_id = stored.value("correlation_id", "");
     if (auto it = stored.find("response"); it != stored.end()) {
       out.response = *it;
       return out;

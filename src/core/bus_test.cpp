@@ -468,3 +468,43 @@ TEST(position_token, text_form_round_trips_and_orders_by_transaction_then_positi
 }
 
 }  // namespace
+
+namespace {
+
+TEST(idempotency_keys, a_key_is_scoped_to_its_principal_and_checked) {
+  EXPECT_EQ(cleave::command_id_for({}, "k-1").value(), "k-1");
+  const auto ann = cleave::command_id_for({"ann", {}}, "k-1").value();
+  const auto bob = cleave::command_id_for({"bob", {}}, "k-1").value();
+  EXPECT_NE(ann, bob);
+  EXPECT_NE(ann, "k-1");
+  // A subject that looks like a subject and part of a key does not meet another's key.
+  EXPECT_NE(cleave::command_id_for({"a", {}}, "b:c").value(),
+            cleave::command_id_for({"a:b", {}}, "c").value());
+  for (const std::string& bad : {std::string(), std::string("a b"), std::string(256, 'k'),
+                                std::string("tab\there"), std::string("caf\xc3\xa9")}) {
+    auto r = cleave::command_id_for({}, bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().category, errc::validation);
+  }
+  EXPECT_TRUE(cleave::command_id_for({}, std::string(255, 'k')));
+}
+
+TEST(idempotency_keys, a_stored_outcome_keeps_its_fingerprint_and_old_records_still_read) {
+  cleave::remembered_outcome o;
+  o.failure = cleave::error{errc::rejected, "no", {{"x", "bad"}}};
+  o.fingerprint = "00ff";
+  o.correlation_id = "c-1";
+  auto back = cleave::outcome_from_json(cleave::outcome_to_json(o));
+  ASSERT_TRUE(back) << back.error().describe();
+  EXPECT_EQ(back->fingerprint, "00ff");
+  EXPECT_EQ(back->correlation_id, "c-1");
+  EXPECT_EQ(back->failure->fields, o.failure->fields);
+  auto old = cleave::outcome_from_json(json{{"response", 5}});
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->response, 5);
+  EXPECT_TRUE(old->fingerprint.empty());  // matches any payload: recorded before fingerprints
+  EXPECT_EQ(cleave::errc_from_string(to_string(errc::idempotency_key_reused)),
+            errc::idempotency_key_reused);
+}
+
+}  // namespace

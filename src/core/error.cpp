@@ -20,13 +20,16 @@ std::string_view to_string(errc category) noexcept {
       return "forbidden";
     case errc::internal:
       return "internal";
+    case errc::idempotency_key_reused:
+      return "idempotency_key_reused";
   }
   return "internal";
 }
 
 std::optional<errc> errc_from_string(std::string_view name) noexcept {
   for (auto c : {errc::validation, errc::not_found, errc::conflict, errc::rejected,
-                 errc::unavailable, errc::unauthorized, errc::forbidden, errc::internal})
+                 errc::unavailable, errc::unauthorized, errc::forbidden, errc::internal,
+                 errc::idempotency_key_reused})
     if (to_string(c) == name) return c;
   return std::nullopt;
 }

@@ -33,7 +33,8 @@ std::string_view problem_type(int status, errc category) {
     case 415:
       return "/problems/unsupported-media-type";
     case 422:
-      return "/problems/rejected";
+      return category == errc::idempotency_key_reused ? "/problems/idempotency-key-reused"
+                                                      : "/problems/rejected";
     case 431:
       return "/problems/headers-too-large";
     case 503:
@@ -65,6 +66,8 @@ int status_of(errc category) {
       return 403;
     case errc::internal:
       return 500;
+    case errc::idempotency_key_reused:
+      return 422;
   }
   return 500;
 }
@@ -195,6 +198,23 @@ result<json> query_to_json(std::string_view query, const json& schema) {
     }
   }
   return out;
+}
+
+result<std::string> parse_idempotency_key(std::string_view field) {
+  if (!field.starts_with('"')) return std::string(field);
+  const auto malformed = [] {
+    return fail(errc::validation, "the Idempotency-Key header is not a well-formed string");
+  };
+  if (field.size() < 2 || !field.ends_with('"')) return malformed();
+  const auto inner = field.substr(1, field.size() - 2);
+  std::string key;
+  for (std::size_t i = 0; i < inner.size(); ++i) {
+    if (inner[i] == '"') return malformed();
+    if (inner[i] == '\\' && (++i == inner.size() || (inner[i] != '"' && inner[i] != '\\')))
+      return malformed();
+    key += inner[i];
+  }
+  return key;
 }
 
 std::string new_correlation_id() {
@@ -349,6 +369,14 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
     body = std::move(*parsed);
   }
   // Roles are checked by the buses (cleave::authorization), as for every other caller.
+
+  // A query has no effect to repeat: its Idempotency-Key is ignored.
+  if (is_command && r.idempotency_key) {
+    auto key = parse_idempotency_key(*r.idempotency_key);
+    auto id = key ? command_id_for(meta.principal, *key) : std::unexpected(key.error());
+    if (!id) return problem(400, id.error(), meta.correlation_id);
+    meta.command_id = std::move(*id);
+  }
   if (!r.consistency.empty()) {
     // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for
     // them (cleave::read_your_writes); one reading the write tables is current already.
@@ -366,14 +394,20 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
                           outcome ? "ok" : to_string(outcome.error().category));
-  if (!outcome)
-    return problem(status_of(outcome.error().category), outcome.error(), meta.correlation_id);
-  const std::string position = outcome->position.to_string();
-  response res{200,
-               "application/json",
-               json{{"result", outcome->result}, {"position", position}}.dump(),
-               {}};
-  if (!position.empty()) res.headers.emplace_back("Cleave-Position", position);
+  // A replay answers as the first request did: a refusal with that request's correlation id.
+  if (meta.replay_of && !meta.replay_of->empty()) meta.correlation_id = *meta.replay_of;
+  auto res = [&] {
+    if (!outcome)
+      return problem(status_of(outcome.error().category), outcome.error(), meta.correlation_id);
+    const std::string position = outcome->position.to_string();
+    response ok{200,
+                "application/json",
+                json{{"result", outcome->result}, {"position", position}}.dump(),
+                {}};
+    if (!position.empty()) ok.headers.emplace_back("Cleave-Position", position);
+    return ok;
+  }();
+  if (meta.replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
   return res;
 }
 

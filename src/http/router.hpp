@@ -25,6 +25,7 @@ struct request {
   std::string peer;            // the client's IP address ("127.0.0.1", "::1"); empty if unknown
   std::string min_position;    // Cleave-Min-Position
   std::string consistency;     // Cleave-Consistency
+  std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
   std::string body;
 };
 
@@ -95,6 +96,10 @@ std::optional<std::string> non_scalar_member(const json& schema);
 
 // A fresh correlation id (16 hex digits).
 std::string new_correlation_id();
+
+// The key an Idempotency-Key field carries, bare or as a structured-field string ("\"…\"",
+// RFC 8941); malformed quoting is a validation error. command_id_for() checks the key itself.
+result<std::string> parse_idempotency_key(std::string_view field);
 
 // `s` with %XX sequences decoded (and `+` as a space when `plus_is_space`, as in query
 // strings); empty when a % is not followed by two hex digits.

@@ -154,6 +154,9 @@ struct server::impl {
       if (!peer_ec) r.peer = peer.address().to_string();
       r.min_position = std::string(req["Cleave-Min-Position"]);
       r.consistency = std::string(req["Cleave-Consistency"]);
+      for (auto [it, end] = req.equal_range("Idempotency-Key"); it != end; ++it)
+        r.idempotency_key = r.idempotency_key ? *r.idempotency_key + ", " + std::string(it->value())
+                                              : std::string(it->value());
       r.body = std::move(req.body());
       // Database work runs on the workers, never on the I/O thread.
       auto res = co_await net::co_spawn(

@@ -368,12 +368,41 @@ TYPED_TEST_P(store_conformance, a_transient_failure_is_not_remembered) {
   EXPECT_EQ(retry->value, 7);
 }
 
-TYPED_TEST_P(store_conformance, reusing_an_id_for_another_command_is_a_conflict) {
+TYPED_TEST_P(store_conformance, reusing_an_id_for_another_command_is_refused) {
   ASSERT_TRUE(this->commands.send(deposit{"a", 10}, with_id("x-1")));
   auto other = this->commands.send(withdraw{"a", 1}, with_id("x-1"));
   ASSERT_FALSE(other);
-  EXPECT_EQ(other.error().category, errc::conflict);
+  EXPECT_EQ(other.error().category, errc::idempotency_key_reused);
   EXPECT_THAT(other.error().message, HasSubstr("already used for 'conformance.deposit'"));
+}
+
+TYPED_TEST_P(store_conformance, reusing_an_id_with_another_payload_is_refused_and_has_no_effect) {
+  ASSERT_TRUE(this->commands.send(deposit{"a", 10}, with_id("p-1")));
+  auto other = this->commands.send(deposit{"a", 11}, with_id("p-1"));
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().category, errc::idempotency_key_reused);
+  EXPECT_THAT(other.error().message, HasSubstr("another payload"));
+  EXPECT_EQ(deposit_runs, 1);
+  // A remembered refusal is guarded the same way, and the first payload still replays.
+  ASSERT_FALSE(this->commands.send(withdraw{"a", 50}, with_id("p-2")));
+  auto changed = this->commands.send(withdraw{"a", 5}, with_id("p-2"));
+  ASSERT_FALSE(changed);
+  EXPECT_EQ(changed.error().category, errc::idempotency_key_reused);
+  auto same = this->commands.send(deposit{"a", 10}, with_id("p-1"));
+  ASSERT_TRUE(same) << same.error().describe();
+  EXPECT_EQ(same->value, 10);
+  EXPECT_EQ(this->commands.send(deposit{"a", 0}).value().value, 10);
+}
+
+TYPED_TEST_P(store_conformance, a_replay_names_the_request_that_ran_the_command) {
+  auto first = with_id("c-1");
+  first.correlation_id = "first-request";
+  ASSERT_TRUE(this->commands.send(deposit{"a", 1}, first));
+  EXPECT_FALSE(first.replay_of);
+  auto retry = with_id("c-1");
+  retry.correlation_id = "second-request";
+  ASSERT_TRUE(this->commands.send(deposit{"a", 1}, retry));
+  EXPECT_EQ(retry.replay_of, "first-request");
 }
 
 TYPED_TEST_P(store_conformance, outcomes_expire_after_the_retention) {
@@ -640,11 +669,13 @@ REGISTER_TYPED_TEST_SUITE_P(
     old_events_decode_with_defaults_and_upcasters,
     a_retried_success_returns_the_first_outcome_and_has_one_effect,
     a_retried_rejection_stays_rejected_even_when_it_would_now_succeed,
-    a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_a_conflict,
+    a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_refused,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
     one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
-    a_nul_in_a_message_is_refused_at_decoding);
+    a_nul_in_a_message_is_refused_at_decoding,
+    reusing_an_id_with_another_payload_is_refused_and_has_no_effect,
+    a_replay_names_the_request_that_ran_the_command);
 
 // Writers on their own store handles commit batches of ticks with random delays and about 1%
 // rollbacks while a reader follows the log; the reader must see every committed tick exactly

@@ -30,15 +30,19 @@ async function startShop(dir) {
   return shop;
 }
 
-test("place an order in the UI and see it in the order view", async () => {
-  assert.ok(shopBin, "SHOP_BIN must name the shop executable");
-  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
-  const shop = await startShop(dir);
-  const browser = await chromium.launch({
+function launchBrowser() {
+  return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
+}
+
+test("place an order in the UI and see it in the order view", async () => {
+  assert.ok(shopBin, "SHOP_BIN must name the shop executable");
+  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
+  const shop = await startShop(dir);
+  const browser = await launchBrowser();
   try {
     const page = await browser.newPage();
     await page.goto(`http://127.0.0.1:${port}/`);
@@ -83,6 +87,54 @@ test("place an order in the UI and see it in the order view", async () => {
     await page.goto(`http://127.0.0.1:${port}/`);
     await page.selectOption("#customer", "grace");
     await page.waitForFunction(() => document.querySelector("#orders tbody tr .status")?.textContent === "cancelled");
+  } finally {
+    await browser.close();
+    shop.kill("SIGTERM");
+    await new Promise((resolve) => shop.on("exit", resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a retry after a lost answer and a double click place one order", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
+  const shop = await startShop(dir);
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    // The first order reaches the shop but its answer is lost; later ones answer slowly, so that
+    // a double click lands while the first click's request is still out.
+    let orders = 0;
+    await page.route("**/commands/shop.place_order", async (route) => {
+      if (++orders === 1) {
+        await route.fetch();
+        return route.abort("failed");
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return route.continue();
+    });
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.waitForSelector("#products tbody tr");
+    const stockBefore = Number(await page.textContent('#products tr[data-product="teapot"] .stock'));
+    await page.selectOption("#customer", "grace");
+    await page.fill('#products tr[data-product="teapot"] input', "1");
+    await page.click("#place");
+    await page.waitForSelector("#message.error");
+    await page.dblclick("#place");
+    await page.waitForSelector("#message.ok");
+    assert.equal(orders, 3);
+
+    const placed = await page.evaluate(async () => {
+      const res = await fetch("/queries/shop.customer_orders", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Cleave-Consistency": "strong" },
+        body: JSON.stringify({ customer_id: "grace" }),
+      });
+      return (await res.json()).result;
+    });
+    assert.equal(placed.length, 1, `orders placed: ${JSON.stringify(placed)}`);
+    await page.waitForFunction((expected) =>
+      Number(document.querySelector('#products tr[data-product="teapot"] .stock')?.textContent) === expected,
+      stockBefore - 1);
   } finally {
     await browser.close();
     shop.kill("SIGTERM");

@@ -1,6 +1,7 @@
 // cleave: the command-line tool for a running cleave application, over its HTTP API.
 //
 //   cleave --url http://127.0.0.1:8080 send shop.restock '{"product_id":"mug","quantity":5}'
+//   cleave send shop.restock '{"product_id":"mug","quantity":5}' --id restock-42   # retry-safe
 //   cleave ask shop.product_stock '{"product_id":"mug"}' [--min-position TOKEN]
 //   cleave health | metrics | openapi
 //
@@ -47,7 +48,8 @@ target parse_url(const std::string& url) {
 }
 
 int call(const target& t, bhttp::verb method, const std::string& path, const std::string& body,
-         const std::string& min_position, const std::string& token) {
+         const std::string& min_position, const std::string& token,
+         const std::string& idempotency_key = "") {
   boost::asio::io_context io;
   tcp::resolver resolver(io);
   beast::tcp_stream stream(io);
@@ -57,6 +59,7 @@ int call(const target& t, bhttp::verb method, const std::string& path, const std
   req.set(bhttp::field::user_agent, "cleave-cli");
   if (!min_position.empty()) req.set("Cleave-Min-Position", min_position);
   if (!token.empty()) req.set(bhttp::field::authorization, "Bearer " + token);
+  if (!idempotency_key.empty()) req.set("Idempotency-Key", idempotency_key);
   if (method == bhttp::verb::post) {
     req.set(bhttp::field::content_type, "application/json");
     req.body() = body;
@@ -85,12 +88,14 @@ int main(int argc, char** argv) {
   CLI::App cli{"cleave: talk to a running cleave application over HTTP"};
   const char* env_url = std::getenv("CLEAVE_URL");
   std::string url = env_url ? env_url : "http://127.0.0.1:8080";
-  std::string token, min_position, name, body = "{}";
+  std::string token, min_position, name, id, body = "{}";
   cli.add_option("--url", url, "the application's base URL (or CLEAVE_URL)");
   cli.add_option("--token", token, "a bearer token");
   auto* send = cli.add_subcommand("send", "send a command: send NAME [JSON]");
   send->add_option("name", name, "the command's wire name")->required();
   send->add_option("json", body, "the command as JSON");
+  send->add_option("--id", id,
+                   "an idempotency key: a retry with it gets the first outcome and has no effect");
   auto* ask = cli.add_subcommand("ask", "ask a query: ask NAME [JSON]");
   ask->add_option("name", name, "the query's wire name")->required();
   ask->add_option("json", body, "the query as JSON");
@@ -102,7 +107,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(cli, argc, argv);
   try {
     const auto t = parse_url(url);
-    if (*send) return call(t, bhttp::verb::post, "/commands/" + name, body, "", token);
+    if (*send) return call(t, bhttp::verb::post, "/commands/" + name, body, "", token, id);
     if (*ask) return call(t, bhttp::verb::post, "/queries/" + name, body, min_position, token);
     if (*health) return call(t, bhttp::verb::get, "/health", "", "", token);
     if (*metrics) return call(t, bhttp::verb::get, "/metrics", "", "", token);

@@ -1,17 +1,26 @@
 // The shop's UI: plain fetch() calls to cleave's HTTP API. Each command's Cleave-Position is
 // carried into the following queries as Cleave-Min-Position, so the page reads its own writes.
+// Every command carries an Idempotency-Key, one per user action, so that a double click or a
+// retry after a lost answer gets the first outcome again instead of a second effect.
 "use strict";
 
 let lastPosition = "";
 const $ = (id) => document.getElementById(id);
 const money = (cents) => (cents / 100).toFixed(2);
+// crypto.randomUUID() exists only in secure contexts; the shop may be served over plain http.
+const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+  (b) => b.toString(16).padStart(2, "0")).join("");
 
-async function call(kind, name, body) {
+// A refusal the server answered; any other error (the network) leaves the outcome unknown.
+class Refused extends Error {}
+
+async function call(kind, name, body, idempotencyKey) {
   const headers = { "Content-Type": "application/json" };
   if (kind === "queries" && lastPosition) headers["Cleave-Min-Position"] = lastPosition;
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   const res = await fetch(`/${kind}/${name}`, { method: "POST", headers, body: JSON.stringify(body || {}) });
   const json = await res.json();
-  if (!res.ok) throw new Error(json.detail || json.title);
+  if (!res.ok) throw new Refused(json.detail || json.title);
   if (kind === "commands" && json.position) {
     lastPosition = json.position;
     $("position").textContent = lastPosition;
@@ -65,18 +74,29 @@ async function refresh() {
   await loadOrders();
 }
 
+// The order being placed: its id and key stay the same for every click on the same choice until
+// the choice changes or the server refuses it, so clicking twice places it once.
+let placing = null;
+const forgetPlacing = () => { placing = null; };
+$("products").addEventListener("input", forgetPlacing);
+$("customer").addEventListener("change", forgetPlacing);
+
 $("place").addEventListener("click", async () => {
   const lines = [...document.querySelectorAll("#products tbody tr")]
     .map((tr) => ({ product_id: tr.dataset.product, quantity: Number(tr.querySelector("input").value) }))
     .filter((l) => l.quantity > 0);
   if (lines.length === 0) return say("Choose how many of something first.", false);
-  const orderId = "o-" + Date.now().toString(36);
+  const order = { customer_id: $("customer").value, lines };
+  const choice = JSON.stringify(order);
+  if (placing?.choice !== choice) placing = { choice, orderId: "o-" + Date.now().toString(36), key: newKey() };
+  const action = placing;
   try {
-    const placed = await call("commands", "shop.place_order", { order_id: orderId, customer_id: $("customer").value, lines });
+    const placed = await call("commands", "shop.place_order", { order_id: action.orderId, ...order }, action.key);
     say(`Placed ${placed.order_id}: ${money(placed.total_cents)}.`, true);
     await refresh();
     await showSummary(placed.order_id);
   } catch (e) {
+    if (e instanceof Refused && placing === action) placing = null;  // a new try is a new action
     say(e.message, false);
   }
 });
@@ -86,7 +106,8 @@ $("orders").addEventListener("click", async (event) => {
   const row = event.target.closest("tr[data-order]");
   try {
     if (cancel) {
-      await call("commands", "shop.cancel_order", { order_id: cancel.dataset.order });
+      // An order is cancelled once: its id makes the key, so a second click gets the same answer.
+      await call("commands", "shop.cancel_order", { order_id: cancel.dataset.order }, `cancel-${cancel.dataset.order}`);
       say(`Cancelled ${cancel.dataset.order}; its stock is back.`, true);
       await refresh();
       await showSummary(cancel.dataset.order);

@@ -86,14 +86,16 @@ struct command_step {
   function_ref<result<void>(write_context&)> run;  // runs the handler, keeps its response
   function_ref<json()> response;                   // the kept response as JSON
   function_ref<result<void>(const json&)> replay;  // keeps a remembered response instead
+  function_ref<json()> message;                    // the command as JSON
   isolation level;                                 // of the command's transaction
 };
 
 // Runs a command in a write transaction from `source` (or with no store when null): commits on
 // success, rolls back on failure or exception; exceptions become errors. A command with an id
-// (request_meta::command_id) runs at most once: a retry gets the first outcome. A transient
-// failure (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after
-// a jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
+// (request_meta::command_id) runs at most once: a retry gets the first outcome; the id used for
+// another type or payload is errc::idempotency_key_reused. A transient failure
+// (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after a
+// jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
 // that it is errc::conflict.
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        position_token& position, const command_step& step);
@@ -357,7 +359,8 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
     }
     return {};
   };
-  const detail::command_step step{body, encode, replay, isolation_of<C>()};
+  auto message = [&]() -> json { return to_json(command_message); };
+  const detail::command_step step{body, encode, replay, message, isolation_of<C>()};
   auto innermost = [&]() -> result<void> {
     return detail::run_write(source_, info_of<C>(), meta, position, step);
   };

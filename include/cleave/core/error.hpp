@@ -21,6 +21,9 @@ enum class errc {
   unauthorized,  // no or bad credentials
   forbidden,     // the principal may not do this
   internal,      // a bug or an unexpected failure; details go to the log, not the caller
+  // A command id (idempotency key) that was already used for another command type or another
+  // payload; retrying never succeeds (HTTP 422, /problems/idempotency-key-reused).
+  idempotency_key_reused,
 };
 
 // The stable lower-case name of a category ("validation", "not_found", ...).

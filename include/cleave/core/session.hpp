@@ -58,13 +58,25 @@ inline consistency strong() noexcept {
 
 struct request_meta {
   std::string correlation_id;  // ties together logs, events and outcomes of one request
-  std::string command_id;      // a command's idempotency key; empty when the caller gave none
+  // A command's idempotency key; empty when the caller gave none. A retry with the same id gets
+  // the first outcome again (success or refusal) without running the command; the same id with
+  // another command type or payload is errc::idempotency_key_reused. See command_id_for().
+  std::string command_id;
   cleave::principal principal;
   clock::time_point deadline = clock::time_point::max();
   // For queries. Mutable: a behavior may tighten it for the store (read_your_writes sends a
   // query that waited for its views to the primary, where those views are).
   mutable cleave::consistency consistency;
+  // Set by the command bus when it answered with the outcome remembered for command_id instead
+  // of running the command: the correlation id of the request that ran it (HTTP answers a replay
+  // with it and `Idempotent-Replayed: true`).
+  mutable std::optional<std::string> replay_of;
 };
+
+// The command id for an idempotency key a transport (HTTP, the CLI) received from `who`: the key
+// itself for an anonymous caller, else scoped to the subject, so that two principals' keys never
+// collide. A key is 1 to 255 visible ASCII characters (no spaces); else errc::validation.
+result<std::string> command_id_for(const principal& who, std::string_view key);
 
 // A value bound to a `$n` placeholder or read from a column: null, integer, real or text.
 using sql_value = std::variant<std::monostate, std::int64_t, double, std::string_view>;
@@ -122,9 +134,14 @@ struct remembered_outcome {
   std::optional<error> failure;  // set when the command was refused
   json response;                 // the handler's response as JSON (null for none)
   position_token position;
+  // Identifies the command's payload (a hash of its type and canonical JSON), so that the id
+  // reused with another payload is refused; empty in outcomes recorded before it existed.
+  std::string fingerprint;
+  std::string correlation_id;  // of the request that ran the command
 };
 
-// Encodes an outcome as stored: {"response": …} or {"error": {"category", "message", "fields"}}.
+// Encodes an outcome as stored: {"response": …} or {"error": {"category", "message", "fields"}},
+// with "fingerprint" and "correlation_id" beside.
 json outcome_to_json(const remembered_outcome& outcome);
 // Reads it back (type and position come from elsewhere); malformed input is errc::internal.
 result<remembered_outcome> outcome_from_json(const json& stored);
