@@ -130,6 +130,23 @@ bool is_json(std::string_view content_type) {
 
 struct depth_exceeded {};
 
+// The consistency the headers ask for (Cleave-Min-Position wins): nothing when neither is set,
+// a validation error when one is malformed.
+result<std::optional<consistency>> requested_consistency(const request& r) {
+  if (!r.min_position.empty()) {
+    // Read-your-writes: the same as Cleave-Consistency: at_least=<token>.
+    auto token = position_token::parse(r.min_position);
+    if (!token) return std::unexpected(token.error());
+    return at_least(*token);
+  }
+  if (r.consistency.empty()) return std::nullopt;
+  // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for them
+  // (cleave::read_your_writes); one reading the write tables is current already.
+  auto wanted = parse_consistency(r.consistency);
+  if (!wanted) return std::unexpected(wanted.error());
+  return *wanted;
+}
+
 }  // namespace
 
 result<json> parse_limited(std::string_view text, int max_depth) {
@@ -341,19 +358,10 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
     body = std::move(*parsed);
   }
   if (auto denied = authorize(r, name, meta)) return *denied;
-  if (!r.consistency.empty()) {
-    // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for
-    // them (cleave::read_your_writes); one reading the write tables is current already.
-    auto wanted = parse_consistency(r.consistency);
-    if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
-    meta.consistency = *wanted;
-  }
-  if (!r.min_position.empty()) {
-    // Read-your-writes: the same as Cleave-Consistency: at_least=<token>.
-    auto token = position_token::parse(r.min_position);
-    if (!token) return problem(400, token.error(), meta.correlation_id);
-    meta.consistency = at_least(*token);
-  }
+  auto wanted = requested_consistency(r);
+  if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
+  if (*wanted) meta.consistency = **wanted;
+  meta.deadline = r.deadline;
   auto outcome = is_command ? app_.commands().send_json(name, body, meta)
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
@@ -368,6 +376,20 @@ response router::dispatch(const request& r, std::string_view kind, std::string_v
   if (!position.empty()) res.headers.emplace_back("Cleave-Position", position);
   res.headers.emplace_back("X-Correlation-Id", meta.correlation_id);
   return res;
+}
+
+std::optional<consistent_read> router::consistent_read_of(const request& r) const {
+  constexpr std::string_view prefix = "/queries/";
+  auto path = std::string_view(r.target);
+  path = path.substr(0, path.find('?'));
+  if ((r.method != "GET" && r.method != "POST") || !path.starts_with(prefix)) return std::nullopt;
+  const auto name = path.substr(prefix.size());
+  request_meta meta;
+  if (authorize(r, name, meta)) return std::nullopt;
+  auto wanted = requested_consistency(r);
+  if (!wanted || !*wanted || (*wanted)->required == consistency::level::eventual)
+    return std::nullopt;
+  return consistent_read{std::string(name), **wanted};
 }
 
 response router::openapi() const {

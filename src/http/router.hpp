@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,6 +24,14 @@ struct request {
   std::string min_position;  // Cleave-Min-Position
   std::string consistency;   // Cleave-Consistency
   std::string body;
+  // When a query's wait for views ends (set by the server for a read it parked).
+  clock::time_point deadline = clock::time_point::max();
+};
+
+// What the server parks: a query that asks to read its writes (or fresh or strong views).
+struct consistent_read {
+  std::string name;  // the query's wire name
+  cleave::consistency wanted;
 };
 
 struct response {
@@ -61,6 +70,10 @@ class router {
   response handle(const request& r);
   // The response for a request refused before it was read whole (413, 431, 415, 400, 503).
   response refuse(int status, errc category, std::string detail);
+  // The query and consistency of `r` when it is an authorized query request whose consistency
+  // headers are well-formed and ask for more than `eventual`; else nothing (handle() answers
+  // it as it is). Reads no body and no database.
+  std::optional<consistent_read> consistent_read_of(const request& r) const;
   metrics& stats() noexcept { return metrics_; }
 
  private:
