@@ -510,6 +510,14 @@ struct store::impl {
       return pick([&](const replica& r) { return lag_of(r) <= opts.replica_max_lag; });
     if (lsn == 0) return nullptr;
     if (auto* r = pick([&](const replica& c) { return c.replay_lsn.load() >= lsn; })) return r;
+    // Before waiting for it: a commit the primary has not written yet was never issued here.
+    if (lsn > read([](connection& conn) {
+          return parse_lsn(conn.script("select pg_current_wal_lsn()::text").text(0, 0));
+        }))
+      throw error_exception({errc::validation,
+                             "the position token's commit LSN is past the primary's WAL: this "
+                             "store has not issued it",
+                             {}});
     const auto until = std::min(meta.deadline, clock::now() + opts.replica_wait);
     std::uint64_t closest = 0;
     for (;;) {
