@@ -349,7 +349,7 @@ class projector::waiting {
       // The safety net, as for blocking waiters: a wake-up lost (a dropped connection) costs
       // this much at most.
       const auto until = std::min(next, clock::now() + std::chrono::milliseconds(200));
-      if (!watch_) {
+      if (!watch_ || owner_.leading_) {  // leading: every batch is this process's own
         wake_.wait_until(lock, until, [&] { return stopping_ || poked_; });
         continue;
       }

@@ -52,6 +52,7 @@
 
 #include <cleave/cleave.hpp>
 #include <cleave/postgres/store.hpp>
+#include <cleave/read/consistency.hpp>
 #include <cleave/read/projector.hpp>
 #include <cleave/sqlite/store.hpp>
 
