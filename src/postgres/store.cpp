@@ -572,7 +572,12 @@ struct store::impl {
         sql += fmt::format("notify {};", progress_channel);
       lock.unlock();
       try {
-        if (!conn || !conn->healthy()) conn = std::make_unique<connection>(opts.url);
+        if (!conn || !conn->healthy()) {
+          conn = std::make_unique<connection>(opts.url);
+          // A wake-up needs no durability: its commit need not wait for a WAL flush (while
+          // holding the server's notification lock).
+          conn->script("set synchronous_commit = off");
+        }
         conn->script(sql);
       } catch (const error_exception&) {
         conn.reset();  // listeners fall back on their poll

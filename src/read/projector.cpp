@@ -261,20 +261,24 @@ class projector::waiting {
     std::lock_guard lock(mutex_);
     return count_;
   }
-  // A blocking waiter (wait_for, wait_fresh) begins / ends. The progress watch is made before
-  // it first looks, so no batch committed after that look goes unnoticed.
-  void enter() {
+  // A blocking waiter (wait_for, wait_fresh) on projection `name` begins / ends. The progress
+  // watch is made before it first looks, so no batch committed after that look goes unnoticed.
+  void enter(std::string_view name) {
     {
       std::lock_guard lock(mutex_);
       ++blocking_;
+      auto it = blocking_names_.find(name);
+      if (it == blocking_names_.end()) it = blocking_names_.emplace(name, 0).first;
+      ++it->second;
       start_locked();
     }
     wake_.notify_all();
     ensure_watch();
   }
-  void leave() {
+  void leave(std::string_view name) {
     std::lock_guard lock(mutex_);
     --blocking_;
+    if (auto it = blocking_names_.find(name); --it->second == 0) blocking_names_.erase(it);
   }
   // Something may have moved (a batch here, a new wait): look again.
   void poke() {
@@ -305,21 +309,25 @@ class projector::waiting {
     if (watch_) watch_->interrupt();
   }
   bool busy_locked() const { return count_ > 0 || blocking_ > 0; }
-  // Makes the progress watch unless this projector leads (then every batch is its own).
+  // Makes the progress watch unless this projector leads (then every batch is its own). One
+  // thread makes it (a connection, on PostgreSQL); the others wait for that one.
   void ensure_watch() {
-    {
-      std::lock_guard lock(mutex_);
-      if (watch_ || owner_.leading_) return;
-    }
+    std::unique_lock lock(mutex_);
+    wake_.wait(lock, [&] { return !making_watch_; });
+    if (watch_ || owner_.leading_) return;
+    making_watch_ = true;
+    lock.unlock();
     std::unique_ptr<commit_watch> made;
     try {
       made = owner_.db_.watch_progress();
     } catch (const std::exception& e) {
       spdlog::warn("projector: cannot watch for progress ({}); waiters poll", e.what());
-      return;
     }
-    std::lock_guard lock(mutex_);
-    if (!watch_) watch_ = std::move(made);
+    lock.lock();
+    making_watch_ = false;
+    watch_ = std::move(made);
+    lock.unlock();
+    wake_.notify_all();
   }
 
   void run() {
@@ -337,11 +345,18 @@ class projector::waiting {
       }
       poked_ = false;
       auto waits = std::exchange(parked_, {});
+      // Blocking waiters are woken here only for progress made elsewhere (this process's own
+      // batches wake them directly).
+      std::vector<std::string> blocked;
+      if (watch_ && !owner_.leading_)
+        for (const auto& [name, n] : blocking_names_) blocked.push_back(name);
       lock.unlock();
       ensure_watch();  // before the look: a batch committed after it wakes the watch
       std::vector<std::function<void()>> ready;
-      const auto next = evaluate(waits, ready);
+      std::map<std::string, position_token, std::less<>> at;
+      const auto next = evaluate(waits, ready, at);
       for (auto& r : ready) r();
+      if (moved(blocked, at)) owner_.wake_blocked();
       lock.lock();
       count_ -= ready.size();
       for (auto& w : waits) parked_.push_back(std::move(w));
@@ -356,21 +371,36 @@ class projector::waiting {
       lock.unlock();
       watch_->wait_until(until);  // (interrupted by poke() and by the destructor)
       lock.lock();
-      if (!stopping_ && !poked_ && clock::now() < until) {
-        // Woken from outside: another process's batch (on SQLite, any commit).
-        lock.unlock();
-        owner_.wake_waiters();
-        lock.lock();
-      }
+      // Woken from outside (another process's batch; on SQLite, any commit): look again.
+      if (clock::now() < until) poked_ = true;
     }
   }
 
+  // Whether any of the projections `names` is somewhere else than when last looked at (reads
+  // those `at` lacks into it).
+  bool moved(const std::vector<std::string>& names,
+             std::map<std::string, position_token, std::less<>>& at) {
+    bool any = false;
+    for (const auto& name : names) {
+      auto it = at.find(name);
+      try {
+        if (it == at.end()) it = at.emplace(name, owner_.checkpoint(name)).first;
+      } catch (const std::exception&) {
+        return true;  // the waiter's own look meets it
+      }
+      auto [seen, fresh] = last_seen_.try_emplace(name, it->second);
+      if (fresh || seen->second != it->second) any = true;
+      seen->second = it->second;
+    }
+    return any;
+  }
+
   // Keeps in `waits` those not done yet and moves the callbacks of the others to `ready`;
-  // returns the earliest deadline of those kept.
+  // returns the earliest deadline of those kept. The checkpoints read go into `at`.
   clock::time_point evaluate(std::vector<parked_wait>& waits,
-                             std::vector<std::function<void()>>& ready) {
+                             std::vector<std::function<void()>>& ready,
+                             std::map<std::string, position_token, std::less<>>& at) {
     const auto now = clock::now();
-    std::map<std::string, position_token, std::less<>> at;
     std::map<std::string, std::chrono::milliseconds, std::less<>> stale;
     std::optional<position_token> head;
     auto head_now = [&] {
@@ -437,7 +467,9 @@ class projector::waiting {
   std::vector<parked_wait> parked_;  // those not being evaluated now
   std::size_t count_ = 0;            // parked, including those being evaluated
   std::size_t blocking_ = 0;
-  bool poked_ = false, stopping_ = false;
+  std::map<std::string, std::size_t, std::less<>> blocking_names_;  // waiters per projection
+  std::map<std::string, position_token, std::less<>> last_seen_;   // the thread's alone
+  bool poked_ = false, stopping_ = false, making_watch_ = false;
   std::unique_ptr<commit_watch> watch_;
   std::thread thread_;
 };
@@ -863,21 +895,27 @@ void projector::announce_progress() {
 }
 
 void projector::wake_waiters() {
+  wake_blocked();
+  waiting_->poke();
+}
+
+void projector::wake_blocked() {
   {
     std::lock_guard lock(progress_mutex_);
     ++progress_count_;
   }
   progress_.notify_all();
-  waiting_->poke();
 }
 
 template <class Observe, class Done>
-auto projector::await_progress(Observe observe, Done done, clock::time_point deadline) {
-  waiting_->enter();
+auto projector::await_progress(std::string_view name, Observe observe, Done done,
+                               clock::time_point deadline) {
+  waiting_->enter(name);
   struct leave_on_exit {
     waiting& w;
-    ~leave_on_exit() { w.leave(); }
-  } leave{*waiting_};
+    std::string_view name;
+    ~leave_on_exit() { w.leave(name); }
+  } leave{*waiting_, name};
   for (;;) {
     std::uint64_t seen = 0;
     {
@@ -902,7 +940,7 @@ position_token projector::wait_for(std::string_view name, position_token token,
   if (mode == projection_mode::materialized)
     refresh_wanted_ = true;  // a reader waits: refresh now, not at the policy's pace
   bool head_checked = false;
-  return await_progress([&] { return checkpoint(name); },
+  return await_progress(name, [&] { return checkpoint(name); },
                         [&](position_token at) {
                           if (!(at < token)) return true;
                           // Behind: no use waiting for a token the log cannot have issued.
@@ -927,7 +965,7 @@ std::size_t projector::parked() const {
 std::chrono::milliseconds projector::wait_fresh(std::string_view name,
                                                 std::chrono::milliseconds max,
                                                 clock::time_point deadline) {
-  return await_progress([&] { return staleness(name); },
+  return await_progress(name, [&] { return staleness(name); },
                         [&](std::chrono::milliseconds stale) { return stale <= max; }, deadline);
 }
 

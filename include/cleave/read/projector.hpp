@@ -231,10 +231,14 @@ class projector {
   void announce_progress();
   // Wakes the waiters of wait_for / wait_fresh and the parked waits: a view may have moved.
   void wake_waiters();
-  // Re-reads `observe()` until `done(value)` or `deadline`, sleeping until the next committed
-  // batch between reads (or 200 ms, as a safety net); returns the last value read.
+  // Wakes the waiters of wait_for / wait_fresh only.
+  void wake_blocked();
+  // Re-reads `observe()` (of projection `name`) until `done(value)` or `deadline`, sleeping
+  // until the next committed batch between reads (or 200 ms, as a safety net); returns the last
+  // value read.
   template <class Observe, class Done>
-  auto await_progress(Observe observe, Done done, clock::time_point deadline);
+  auto await_progress(std::string_view name, Observe observe, Done done,
+                      clock::time_point deadline);
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
   class waiting;  // parked waits, and the store's progress watch while anyone waits
