@@ -233,6 +233,60 @@ TEST_F(shop_server, too_many_connections_are_turned_away_with_503) {
   EXPECT_EQ(r.headers["retry-after"], "1");
 }
 
+TEST_F(shop_server, waiting_reads_hold_no_worker_and_a_token_never_issued_is_refused_at_once) {
+  cleave::app_config cfg;
+  cfg.run_projector = false;  // the view stays behind until the projector starts below
+  cfg.max_parked_reads = 64;
+  start(cfg);
+  auto placed = http(port, "POST", "/commands/shop.place_order",
+                     R"({"order_id":"o1","customer_id":"ada",)"
+                     R"("lines":[{"product_id":"mug","quantity":1}]})");
+  ASSERT_EQ(placed.status, 200) << placed.body;
+  const auto token = placed.headers["cleave-position"];
+  auto read = [this](std::string position) {
+    return http(port, "POST", "/queries/shop.order_summary", R"({"order_id":"o1"})",
+                {{"Content-Type", "application/json"}, {"Cleave-Min-Position", position}});
+  };
+  std::vector<std::future<cleave::testing::http_reply>> never_issued, waiting;
+  auto wait_parked = [&](std::size_t n) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (app->projections().parked() < n && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return app->projections().parked();
+  };
+  // Reads of a position no command returned, and more reads waiting for the view than there
+  // are workers (4), all at once.
+  for (int i = 0; i < 32; ++i) {
+    waiting.push_back(std::async(std::launch::async, read, token));
+    if (i % 2) never_issued.push_back(std::async(std::launch::async, read, "0.ffffffff.0"));
+  }
+  for (auto& f : never_issued) {
+    const auto r = f.get();
+    expect_problem(r, 400, "/problems/validation");
+    EXPECT_THAT(r.body, HasSubstr("has not issued"));
+  }
+  ASSERT_EQ(wait_parked(32), 32u);
+  // Meanwhile the server answers everything else as usual.
+  for (const std::string target : {"/health", "/queries/shop.product_stock?product_id=mug"}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(http(port, "GET", target).status, 200) << target;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1)) << target;
+  }
+  // Past the bound on parked reads: turned away.
+  for (int i = 0; i < 32; ++i) waiting.push_back(std::async(std::launch::async, read, token));
+  ASSERT_EQ(wait_parked(64), 64u);
+  auto over = read(token);
+  expect_problem(over, 503, "/problems/unavailable");
+  EXPECT_EQ(over.headers["retry-after"], "1");
+  // The projector catches up: every parked read answers with the order.
+  app->projections().start();
+  for (auto& f : waiting) {
+    const auto r = f.get();
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(body(r)["result"]["order_id"], "o1");
+  }
+}
+
 TEST_F(shop_server, keep_alive_serves_several_requests_on_one_connection) {
   start();
   http_connection c(port);

@@ -37,7 +37,7 @@ CLEAVE_RECORD(openapi_entry, title, version)
 struct config_file {
   std::optional<std::string> database, listen, log_level, static_dir;
   std::optional<std::int64_t> max_body_bytes, max_header_bytes, max_json_depth, max_connections,
-      idle_timeout_seconds, workers;
+      idle_timeout_seconds, workers, max_parked_reads;
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<principal_entry> cli_principal;
@@ -48,7 +48,8 @@ struct config_file {
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi)
+              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
+              max_parked_reads)
 
 void print_json(const json& j) {
   std::cout << j.dump(2) << std::endl;
@@ -91,7 +92,8 @@ result<app_config> load_config(const std::filesystem::path& file) {
                    positive(f.max_header_bytes, c.max_header_bytes, "max_header_bytes"),
                    positive(f.max_json_depth, c.max_json_depth, "max_json_depth"),
                    positive(f.max_connections, c.max_connections, "max_connections"),
-                   positive(f.workers, c.workers, "workers")})
+                   positive(f.workers, c.workers, "workers"),
+                   positive(f.max_parked_reads, c.max_parked_reads, "max_parked_reads")})
       if (!r) return std::unexpected(r.error());
     if (f.idle_timeout_seconds) {
       if (*f.idle_timeout_seconds <= 0) return invalid("idle_timeout_seconds", "must be positive");

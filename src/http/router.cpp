@@ -159,6 +159,27 @@ bool is_loopback(const std::string& address) {
   return std::all_of(v6, v6 + 15, [](unsigned char b) { return b == 0; }) && v6[15] == 1;
 }
 
+namespace {
+
+// The consistency the headers ask for (Cleave-Min-Position wins): nothing when neither is set,
+// a validation error when one is malformed.
+result<std::optional<consistency>> requested_consistency(const request& r) {
+  if (!r.min_position.empty()) {
+    // Read-your-writes: the same as Cleave-Consistency: at_least=<token>.
+    auto token = position_token::parse(r.min_position);
+    if (!token) return std::unexpected(token.error());
+    return at_least(*token);
+  }
+  if (r.consistency.empty()) return std::nullopt;
+  // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for them
+  // (cleave::read_your_writes); one reading the write tables is current already.
+  auto wanted = parse_consistency(r.consistency);
+  if (!wanted) return std::unexpected(wanted.error());
+  return *wanted;
+}
+
+}  // namespace
+
 result<json> query_to_json(std::string_view query, const json& schema) {
   json out = json::object();
   const auto& properties = schema.contains("properties") ? schema["properties"] : json::object();
@@ -377,19 +398,10 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
     if (!id) return problem(400, id.error(), meta.correlation_id);
     meta.command_id = std::move(*id);
   }
-  if (!r.consistency.empty()) {
-    // eventual | strong | bounded=<ms> | at_least=<token>: a query reading views waits for
-    // them (cleave::read_your_writes); one reading the write tables is current already.
-    auto wanted = parse_consistency(r.consistency);
-    if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
-    meta.consistency = *wanted;
-  }
-  if (!r.min_position.empty()) {
-    // Read-your-writes: the same as Cleave-Consistency: at_least=<token>.
-    auto token = position_token::parse(r.min_position);
-    if (!token) return problem(400, token.error(), meta.correlation_id);
-    meta.consistency = at_least(*token);
-  }
+  auto wanted = requested_consistency(r);
+  if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
+  if (*wanted) meta.consistency = **wanted;
+  meta.deadline = r.deadline;
   auto outcome = is_command ? app_.commands().send_json(name, body, meta)
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
@@ -409,6 +421,21 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
   }();
   if (meta.replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
   return res;
+}
+
+std::optional<consistent_read> router::consistent_read_of(const request& r) const {
+  constexpr std::string_view prefix = "/queries/";
+  auto path = std::string_view(r.target);
+  path = path.substr(0, path.find('?'));
+  if ((r.method != "GET" && r.method != "HEAD" && r.method != "POST") || !path.starts_with(prefix))
+    return std::nullopt;
+  const auto name = path.substr(prefix.size());
+  request_meta meta;
+  if (authenticate(r, meta)) return std::nullopt;
+  auto wanted = requested_consistency(r);
+  if (!wanted || !*wanted || (*wanted)->required == consistency::level::eventual)
+    return std::nullopt;
+  return consistent_read{std::string(name), **wanted};
 }
 
 response router::static_file(const std::string& path, const std::string& correlation_id) const {

@@ -27,6 +27,14 @@ struct request {
   std::string consistency;     // Cleave-Consistency
   std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
   std::string body;
+  // When a query's wait for views ends (set by the server for a read it parked).
+  clock::time_point deadline = clock::time_point::max();
+};
+
+// What the server parks: a query that asks to read its writes (or fresh or strong views).
+struct consistent_read {
+  std::string name;  // the query's wire name
+  cleave::consistency wanted;
 };
 
 struct response {
@@ -67,6 +75,10 @@ class router {
   // The response for a request refused before it was read whole (413, 431, 415, 400, 503),
   // under `correlation_id` or a fresh one.
   response refuse(int status, errc category, std::string detail, std::string correlation_id = {});
+  // The query and consistency of `r` when it is an authenticated query request whose
+  // consistency headers are well-formed and ask for more than `eventual`; else nothing (handle()
+  // answers it as it is). Reads no body and no database.
+  std::optional<consistent_read> consistent_read_of(const request& r) const;
   metrics& stats() noexcept { return metrics_; }
 
  private:

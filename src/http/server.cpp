@@ -4,8 +4,11 @@
 #include <condition_variable>
 #include <csignal>
 #include <iostream>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -22,8 +25,33 @@ using tcp = net::ip::tcp;
 using net::awaitable;
 using net::use_awaitable;
 
+// Wakes parked reads from the projector's thread: posts to the I/O thread, which cancels the
+// timer a read waits on — once the server has stopped, nothing.
+struct park_relay {
+  explicit park_relay(net::io_context& context) : io(context) {}
+  std::mutex mutex;
+  bool open = true;  // under mutex
+  net::io_context& io;
+  std::unordered_map<std::uint64_t, net::steady_timer*> timers;  // the I/O thread's alone
+  std::uint64_t next_id = 0;                                      // the I/O thread's alone
+
+  static void wake(const std::shared_ptr<park_relay>& relay, std::uint64_t id) {
+    std::lock_guard lock(relay->mutex);
+    if (!relay->open) return;
+    net::post(relay->io, [relay, id] {
+      if (auto it = relay->timers.find(id); it != relay->timers.end()) it->second->cancel();
+    });
+  }
+  void close() {
+    std::lock_guard lock(mutex);
+    open = false;
+  }
+};
+
 struct server::impl {
-  explicit impl(app& a) : app_(a), router_(a), workers_(a.config().workers) {}
+  explicit impl(app& a)
+      : app_(a), router_(a), workers_(a.config().workers),
+        parked_(std::make_shared<park_relay>(io_)) {}
 
   app& app_;
   detail::router router_;
@@ -38,6 +66,35 @@ struct server::impl {
   std::size_t inflight_ = 0;
   std::uint16_t port_ = 0;
   bool started_ = false, stopped_ = false;
+  std::shared_ptr<park_relay> parked_;
+
+  // A query that must wait for views waits here, parked on the I/O thread, until they are
+  // there or its deadline passes: a worker would be held for the whole wait. Sets the
+  // request's deadline; returns the refusal when too many reads are parked.
+  awaitable<std::optional<detail::response>> park(detail::request& r) {
+    auto read = router_.consistent_read_of(r);
+    if (!read) co_return std::nullopt;
+    net::steady_timer timer(io_);
+    const auto id = parked_->next_id++;
+    parked_->timers.emplace(id, &timer);
+    // (Called on another thread; what it posts runs after this coroutine suspends below.)
+    auto ticket = app_.read_consistency().park(
+        read->name, read->wanted, [relay = parked_, id] { park_relay::wake(relay, id); },
+        app_.config().max_parked_reads);
+    using outcome = read_your_writes::parking::outcome;
+    if (ticket.state == outcome::parked) {
+      r.deadline = ticket.deadline;
+      // The projector calls back at the deadline too; the timer is the backstop.
+      timer.expires_at(ticket.deadline + std::chrono::milliseconds(100));
+      beast::error_code ec;
+      co_await timer.async_wait(net::redirect_error(use_awaitable, ec));
+    }
+    parked_->timers.erase(id);
+    if (ticket.state == outcome::full)
+      co_return router_.refuse(503, errc::unavailable,
+                               "too many reads are waiting for views; try again");
+    co_return std::nullopt;
+  }
 
   void begin_request() {
     std::lock_guard lock(inflight_mutex_);
@@ -158,10 +215,14 @@ struct server::impl {
         r.idempotency_key = r.idempotency_key ? *r.idempotency_key + ", " + std::string(it->value())
                                               : std::string(it->value());
       r.body = std::move(req.body());
-      // Database work runs on the workers, never on the I/O thread.
-      auto res = co_await net::co_spawn(
-          workers_, [&]() -> awaitable<detail::response> { co_return router_.handle(r); },
-          use_awaitable);
+      std::optional<detail::response> refused = co_await park(r);
+      detail::response res;
+      if (refused)
+        res = std::move(*refused);
+      else  // Database work runs on the workers, never on the I/O thread.
+        res = co_await net::co_spawn(
+            workers_, [&]() -> awaitable<detail::response> { co_return router_.handle(r); },
+            use_awaitable);
       const bool keep_alive = req.keep_alive() && !stopping_.load();
       auto out = to_beast(res, version, keep_alive);
       if (req.method() == bhttp::verb::head) {
@@ -249,6 +310,7 @@ void server::stop() {
     std::unique_lock lock(s.inflight_mutex_);
     s.inflight_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return s.inflight_ == 0; });
   }
+  s.parked_->close();
   s.io_.stop();
   s.io_thread_.join();
   s.workers_.join();

@@ -131,6 +131,20 @@ TEST_F(replica_reads, a_retried_commands_token_is_served_by_the_standby_too) {
   EXPECT_EQ(w.db->replicas().at(0).reads, before + 1) << "the retry's read went to the primary";
 }
 
+TEST_F(replica_reads, a_commit_lsn_past_the_primarys_wal_is_refused_at_once) {
+  wired_store w{open(true)};
+  auto done = w.commands.send(add_note{"f1", "from the future"});
+  ASSERT_TRUE(done) << done.error().describe();
+  const auto p = done->position;
+  cleave::request_meta meta;
+  meta.consistency = cleave::at_least(
+      cleave::position_token(p.transaction(), p.position(), p.lsn() + (std::uint64_t{1} << 40)));
+  auto seen = w.queries.ask(note_by_id{"f1"}, meta);
+  ASSERT_FALSE(seen) << "a token this store never issued was served";
+  EXPECT_EQ(seen.error().category, cleave::errc::validation);
+  EXPECT_THAT(seen.error().message, testing::HasSubstr("has not issued"));
+}
+
 TEST_F(replica_reads, a_lagging_standby_is_waited_for_then_left_for_the_primary_or_refused) {
   auto fallback = open(true);
   auto strict = open(false);

@@ -10,7 +10,9 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
+#include <utility>
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -124,14 +126,16 @@ std::string retention_interval(std::chrono::seconds s) {
 }
 
 constexpr std::string_view commit_channel = "cleave_commits";
+// Apart from commits, so that a projector's own batches do not wake projectors.
+constexpr std::string_view progress_channel = "cleave_progress";
 
-// LISTENs on a connection of its own; woken by the NOTIFY each writing process sends after its
-// commits (coalesced), or by interrupt() through an eventfd.
+// LISTENs to `channel` on a connection of its own; woken by the NOTIFY each process sends after
+// its commits or batches (coalesced), or by interrupt() through an eventfd.
 class notify_watch final : public commit_watch {
  public:
-  explicit notify_watch(const std::string& url)
+  notify_watch(const std::string& url, std::string_view channel)
       : conn_(url), interrupt_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    conn_.script(fmt::format("listen {}", commit_channel));
+    conn_.script(fmt::format("listen {}", channel));
   }
   ~notify_watch() override { ::close(interrupt_fd_); }
 
@@ -508,6 +512,14 @@ struct store::impl {
       return pick([&](const replica& r) { return lag_of(r) <= opts.replica_max_lag; });
     if (lsn == 0) return nullptr;
     if (auto* r = pick([&](const replica& c) { return c.replay_lsn.load() >= lsn; })) return r;
+    // Before waiting for it: a commit the primary has not written yet was never issued here.
+    if (lsn > read([](connection& conn) {
+          return parse_lsn(conn.script("select pg_current_wal_lsn()::text").text(0, 0));
+        }))
+      throw error_exception({errc::validation,
+                             "the position token's commit LSN is past the primary's WAL: this "
+                             "store has not issued it",
+                             {}});
     const auto until = std::min(meta.deadline, clock::now() + opts.replica_wait);
     std::uint64_t closest = 0;
     for (;;) {
@@ -535,14 +547,17 @@ struct store::impl {
          {}});
   }
 
-  // Wake-ups for other processes: one NOTIFY after any number of commits, sent by a thread of
-  // its own on a connection of its own, outside every command's transaction (a NOTIFY inside
-  // one would take a cluster-wide lock at its commit and serialize writers).
-  void announce_commit() {
+  // Wake-ups for other processes: one NOTIFY after any number of commits (or of a projector's
+  // batches), sent by a thread of its own on a connection of its own, outside every
+  // transaction (a NOTIFY inside one would take a cluster-wide lock at its commit and serialize
+  // writers).
+  void announce_commit() { announce(notify_pending); }
+  void announce_progress() { announce(progress_pending); }
+  void announce(bool& pending) {
     {
       std::lock_guard lock(notify_mutex);
       if (!notifier.joinable()) notifier = std::thread([this] { send_notifications(); });
-      notify_pending = true;
+      pending = true;
     }
     notify_wake.notify_one();
   }
@@ -550,13 +565,22 @@ struct store::impl {
     std::unique_ptr<connection> conn;
     std::unique_lock lock(notify_mutex);
     for (;;) {
-      notify_wake.wait(lock, [&] { return notify_pending || notify_stopping; });
+      notify_wake.wait(lock,
+                       [&] { return notify_pending || progress_pending || notify_stopping; });
       if (notify_stopping) return;
-      notify_pending = false;
+      std::string sql;
+      if (std::exchange(notify_pending, false)) sql = fmt::format("notify {};", commit_channel);
+      if (std::exchange(progress_pending, false))
+        sql += fmt::format("notify {};", progress_channel);
       lock.unlock();
       try {
-        if (!conn || !conn->healthy()) conn = std::make_unique<connection>(opts.url);
-        conn->script(fmt::format("notify {}", commit_channel));
+        if (!conn || !conn->healthy()) {
+          conn = std::make_unique<connection>(opts.url);
+          // A wake-up needs no durability: its commit need not wait for a WAL flush (while
+          // holding the server's notification lock).
+          conn->script("set synchronous_commit = off");
+        }
+        conn->script(sql);
       } catch (const error_exception&) {
         conn.reset();  // listeners fall back on their poll
       }
@@ -576,7 +600,7 @@ struct store::impl {
   options opts;
   std::mutex notify_mutex;
   std::condition_variable notify_wake;
-  bool notify_pending = false, notify_stopping = false;
+  bool notify_pending = false, progress_pending = false, notify_stopping = false;
   std::thread notifier;
   std::mutex mutex;
   std::condition_variable available;
@@ -802,7 +826,19 @@ log_distance store::distance(position_token after) {
 }
 
 std::unique_ptr<commit_watch> store::watch_commits() {
-  return std::make_unique<notify_watch>(options_.url);
+  return std::make_unique<notify_watch>(options_.url, commit_channel);
+}
+
+void store::announce_progress() noexcept {
+  try {
+    impl_->announce_progress();
+  } catch (const std::system_error&) {
+    // No thread to send it: listeners fall back on their poll.
+  }
+}
+
+std::unique_ptr<commit_watch> store::watch_progress() {
+  return std::make_unique<notify_watch>(options_.url, progress_channel);
 }
 
 std::unique_ptr<lease> store::try_lease(std::string_view name) {

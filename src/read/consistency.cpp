@@ -79,6 +79,11 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
   for (const auto& name : it->second) {
     const auto at = projector_.wait_for(name, token, deadline);
     if (at < token) {
+      if (!projector_.could_have_issued(token))
+        return fail(errc::validation,
+                    fmt::format("the position token '{}' is past the end of the log: this store "
+                                "has not issued it",
+                                token.to_string()));
       const auto behind = projector_.log().distance(at).events;
       return fail(errc::unavailable,
                   fmt::format("the view '{}' is at position {} ({} events behind the log), "
@@ -88,6 +93,21 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
   }
   read_views_now(meta);
   return next();
+}
+
+read_your_writes::parking read_your_writes::park(std::string_view wire_name,
+                                                 const consistency& wanted,
+                                                 std::function<void()> ready, std::size_t limit) {
+  parking out;
+  if (wanted.required == consistency::level::eventual) return out;
+  if (wanted.required == consistency::level::at_least && wanted.token.empty()) return out;
+  auto it = reads_.find(wire_name);
+  if (it == reads_.end()) return out;
+  out.deadline = clock::now() + budget_;
+  out.state = projector_.park(it->second, wanted, out.deadline, std::move(ready), limit)
+                  ? parking::outcome::parked
+                  : parking::outcome::full;
+  return out;
 }
 
 }  // namespace cleave

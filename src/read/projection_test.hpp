@@ -629,8 +629,115 @@ TYPED_TEST_P(projections, a_projection_reads_only_what_it_handles_and_still_reac
   EXPECT_EQ(projector.status("cards_of_some_types").lag_events, 0u);
 }
 
+// Polls `done()` every 2 ms for up to `limit`; returns its last value.
+template <class Done>
+bool eventually(Done done, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!done() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  return done();
+}
+
+TYPED_TEST_P(projections, a_reader_that_does_not_project_wakes_on_another_processes_progress) {
+  auto other = this->backend.open();  // the projector's own process
+  cleave::projector remote(*other, nullptr, slow_poll());
+  remote.add(cards("card_far"));
+  remote.start();
+  // This process writes and reads but does not project (CLEAVE_PROJECTOR=off).
+  cleave::projector local(*this->db, nullptr, slow_poll());
+  local.add(cards("card_far"));
+  cleave::command_bus commands{this->db.get()};
+  commands.add(register_handler);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 20; ++i) {
+    auto done = commands.send(register_customer{"c" + std::to_string(i), "n"});
+    ASSERT_TRUE(done);
+    const auto at = local.wait_for("card_far", done->position,
+                                   cleave::clock::now() + std::chrono::seconds(10));
+    EXPECT_FALSE(at < done->position);
+  }
+  // Noticed as the other process's batches commit: polling (every 200 ms) takes about 4 s.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  remote.stop();
+}
+
+TYPED_TEST_P(projections, a_parked_wait_holds_no_thread_and_is_called_back_when_it_can_end) {
+  cleave::projector projector(*this->db, nullptr, slow_poll());
+  projector.add(cards("card_parked"));
+  cleave::command_bus commands{&projector.source()};
+  commands.add(register_handler);
+  auto done = commands.send(register_customer{"c1", "Ada"});
+  ASSERT_TRUE(done);
+  const auto later = cleave::clock::now() + std::chrono::seconds(10);
+  std::atomic<int> reached{0};
+  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(done->position), later,
+                             [&] { ++reached; }, 100));
+  // A token past the log's head is called back at once, not at its deadline.
+  std::atomic<bool> refused{false};
+  const cleave::position_token future(done->position.transaction(),
+                                      done->position.position() + 1000);
+  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(future), later,
+                             [&] { refused = true; }, 100));
+  EXPECT_TRUE(eventually([&] { return refused.load(); }));
+  // A deadline passing calls back too.
+  std::atomic<bool> expired{false};
+  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(done->position),
+                             cleave::clock::now() + std::chrono::milliseconds(100),
+                             [&] { expired = true; }, 100));
+  EXPECT_TRUE(eventually([&] { return expired.load(); }));
+  // No worker runs: the first wait is still parked; the bound refuses another.
+  EXPECT_EQ(reached, 0);
+  EXPECT_EQ(projector.parked(), 1u);
+  EXPECT_FALSE(projector.park({"card_parked"}, cleave::at_least(done->position), later, [] {}, 1));
+  // The worker moves the view: called back, once.
+  projector.start();
+  EXPECT_TRUE(eventually([&] { return reached.load() > 0; }));
+  EXPECT_FALSE(projector.checkpoint("card_parked") < done->position);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(reached, 1);
+  EXPECT_EQ(projector.parked(), 0u);
+  projector.stop();
+}
+
+TYPED_TEST_P(projections, a_token_the_log_cannot_have_issued_is_refused_at_once) {
+  cleave::projector projector(*this->db, nullptr, slow_poll());
+  projector.add(cards("card_future"));
+  cleave::command_bus commands{&projector.source()};
+  cleave::query_bus queries{this->db.get()};
+  commands.add(register_handler);
+  queries.use<cleave::read_your_writes>(projector).reads("views.card_by_id", {"card_future"});
+  queries.add([](const card_by_id& q, const cleave::read_context& view) {
+    return view.one<card>("select id, name, visits from card_future where id = $1", q.id);
+  });
+  auto done = commands.send(register_customer{"c1", "Ada"});
+  ASSERT_TRUE(done);
+  const auto p = done->position;
+  // Past the head; and (PostgreSQL) a commit LSN past the WAL written so far.
+  for (const auto token : {cleave::position_token(p.transaction(), p.position() + 1000),
+                           cleave::position_token(p.transaction(), p.position(),
+                                                  p.lsn() + (std::uint64_t{1} << 40))}) {
+    cleave::request_meta meta;
+    meta.consistency = cleave::at_least(token);
+    meta.deadline = cleave::clock::now() + std::chrono::seconds(10);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto refused = queries.ask(card_by_id{"c1"}, meta);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().category, cleave::errc::validation) << refused.error().describe();
+    EXPECT_THAT(refused.error().message, testing::HasSubstr("has not issued"));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  }
+  // The token the command returned is one: the view is behind (no worker), not the token.
+  cleave::request_meta meta;
+  meta.consistency = cleave::at_least(p);
+  meta.deadline = cleave::clock::now() + std::chrono::milliseconds(200);
+  EXPECT_EQ(queries.ask(card_by_id{"c1"}, meta).error().category, cleave::errc::unavailable);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(
     projections, a_projection_reads_only_what_it_handles_and_still_reaches_the_head,
+    a_reader_that_does_not_project_wakes_on_another_processes_progress,
+    a_parked_wait_holds_no_thread_and_is_called_back_when_it_can_end,
+    a_token_the_log_cannot_have_issued_is_refused_at_once,
     bounded_and_strong_reads_wait_for_fresh_views,
     a_set_based_projection_applies_a_batch_in_one_statement,
     a_materialized_view_refreshes_when_a_read_waits_and_records_its_position,

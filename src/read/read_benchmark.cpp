@@ -16,11 +16,14 @@
 //   lag_inprocess (SQLite) and lag_postgres_crossprocess (projector in another process):
 //       commit -> visible in the view at half the maximum command rate; p50/p99 in ms; ratio
 //       against Emmett's measured p99 of 1,348 ms.
+//   ryw_separate_projector_sqlite / _postgres   16 sessions, each a command then an at_least read
+//       of an async view, in a process that does not project (the projector is a child
+//       process): the read's p50/p99, against the same with the projector in-process.
 //
 // N is CLEAVE_BENCH_READ_EVENTS (default 1,000,000). PostgreSQL cases run when
 // CLEAVE_BENCH_PG_URL names a server, the replica case when CLEAVE_BENCH_PG_STANDBY_URL names its
 // standby (make bench starts both). CLEAVE_BENCH_READ_CASES=sqlite,postgres,... runs some groups
-// only (sqlite, lag_inprocess, postgres, lag_postgres, replica).
+// only (sqlite, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres, replica).
 
 #include <algorithm>
 #include <array>
@@ -49,6 +52,7 @@
 
 #include <cleave/cleave.hpp>
 #include <cleave/postgres/store.hpp>
+#include <cleave/read/consistency.hpp>
 #include <cleave/read/projector.hpp>
 #include <cleave/sqlite/store.hpp>
 
@@ -465,15 +469,25 @@ void lag_inprocess(const std::string& path) {
   lag_line("lag_inprocess", r, "worker thread in the writing process (SQLite, synchronous=NORMAL)");
 }
 
-// The child process of lag_postgres_crossprocess: projects until SIGTERM.
-int project_until_terminated(const std::string& url) {
+// A store on `database`: a postgresql:// URL, else a SQLite file (synchronous=NORMAL).
+std::unique_ptr<cleave::store> open_store(const std::string& database, std::size_t pool = 8) {
+  if (database.starts_with("postgresql://") || database.starts_with("postgres://"))
+    return std::make_unique<cleave::postgres::store>(
+        cleave::postgres::options{.url = database, .pool_size = pool});
+  return std::make_unique<cleave::sqlite::store>(
+      cleave::sqlite::options{.path = database, .sync = cleave::sqlite::durability::normal});
+}
+
+// The child process of the cross-process cases: projects the counter view `view` on `database`
+// until SIGTERM.
+int project_until_terminated(const std::string& database, const std::string& view) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  cleave::postgres::store db({.url = url});
-  cleave::projector p(db);
-  p.add(counter("lag_counts"));
+  auto db = open_store(database);
+  cleave::projector p(*db);
+  p.add(counter(view));
   p.start();
   int sig = 0;
   sigwait(&set, &sig);
@@ -481,26 +495,42 @@ int project_until_terminated(const std::string& url) {
   return 0;
 }
 
-void lag_postgres_crossprocess(const std::string& url, const char* self) {
-  cleave::postgres::store db({.url = url});
-  exec(db, "drop table if exists lag_counts");
-  exec(db, "delete from cleave_migrations where component = 'projection:lag_counts'");
-  exec(db, "delete from cleave_checkpoints where name = 'lag_counts'");
-  {
-    // Start the view at the log's head, so the child does not catch up the seeded events.
-    cleave::projector setup(db);
-    setup.add(counter("lag_counts"));
-    const auto head = db.head();
-    exec(db, fmt::format("update cleave_checkpoints set transaction_id = {}, position = {} where "
-                         "name = 'lag_counts'",
-                         head.transaction(), head.position()));
-  }
+// Starts a child process (this executable) projecting `view` on `database`; gives it a second to
+// connect and take the lease.
+pid_t start_projector_process(const char* self, const std::string& database,
+                              const std::string& view) {
   const pid_t child = fork();
   if (child == 0) {
-    execl(self, self, "--project", url.c_str(), static_cast<char*>(nullptr));
+    execl(self, self, "--project", database.c_str(), view.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  std::this_thread::sleep_for(1s);  // the child connects and takes the lease
+  std::this_thread::sleep_for(1s);
+  return child;
+}
+
+void stop_process(pid_t child) {
+  kill(child, SIGTERM);
+  waitpid(child, nullptr, 0);
+}
+
+// Drops the counter view `view` of earlier runs and registers it anew, starting at the log's
+// head (so that nothing seeded before is caught up).
+void fresh_view_at_head(cleave::store& db, const std::string& view) {
+  cleave::projector setup(db);  // (makes cleave's projector tables in a fresh database)
+  exec(db, fmt::format("drop table if exists {}", view));
+  exec(db, fmt::format("delete from cleave_migrations where component = 'projection:{}'", view));
+  exec(db, fmt::format("delete from cleave_checkpoints where name = '{}'", view));
+  setup.add(counter(view));
+  const auto head = db.head();
+  exec(db, fmt::format("update cleave_checkpoints set transaction_id = {}, position = {} where "
+                       "name = '{}'",
+                       head.transaction(), head.position(), view));
+}
+
+void lag_postgres_crossprocess(const std::string& url, const char* self) {
+  cleave::postgres::store db({.url = url});
+  fresh_view_at_head(db, "lag_counts");
+  const pid_t child = start_projector_process(self, url, "lag_counts");
   cleave::command_bus commands{&db};
   commands.add(place);
   // Watching from this process: the view's checkpoint, read on a connection of its own.
@@ -522,8 +552,7 @@ void lag_postgres_crossprocess(const std::string& url, const char* self) {
       },
       3.0);
   PQfinish(watch);
-  kill(child, SIGTERM);
-  waitpid(child, nullptr, 0);
+  stop_process(child);
   lag_line("lag_postgres_crossprocess", r,
            "another process, woken by NOTIFY after commit; checkpoint polled every 0.1 ms");
 }
@@ -587,8 +616,100 @@ void replica_read_your_writes(const std::string& url, const std::string& standby
       percentile(replay_lag, 0.5), percentile(replay_lag, 0.99), on_standby.size(), served));
 }
 
+struct ryw_count {
+  std::string stream;
+  using response = std::int64_t;
+};
+CLEAVE_QUERY(ryw_count, "bench.ryw_count", stream)
+
+// Read-your-writes, 16 sessions for `seconds`: each sends a command, then reads the counter view
+// `ryw_counts` at_least its token through `queries` (read_your_writes). Returns each read's
+// latency in ms, but each session's first; counts the reads that failed in `errors`.
+std::vector<double> ryw_sessions(cleave::command_bus& commands, cleave::query_bus& queries,
+                                 double seconds, std::size_t& errors) {
+  constexpr int sessions = 16;
+  std::vector<std::vector<double>> latencies(sessions);
+  std::atomic<std::size_t> failed{0};
+  std::vector<std::thread> threads;
+  const auto t0 = clock_type::now();
+  for (int i = 0; i < sessions; ++i)
+    threads.emplace_back([&, i] {
+      const std::string stream = fmt::format("ryw{}", i);
+      for (bool warm_up = true; seconds_since(t0) < seconds; warm_up = false) {
+        auto done = commands.send(bench::place_item{stream, 1});
+        if (!done) {
+          ++failed;
+          continue;
+        }
+        cleave::request_meta meta;
+        meta.consistency = cleave::at_least(done->position);
+        meta.deadline = cleave::clock::now() + 10s;
+        const auto a = clock_type::now();
+        auto seen = queries.ask(ryw_count{stream}, meta);
+        if (!warm_up)  // (the first wait of a process makes its progress watch: a connection)
+          latencies[i].push_back(
+              std::chrono::duration<double, std::milli>(clock_type::now() - a).count());
+        if (!seen) {
+          if (failed++ == 0) std::fprintf(stderr, "ryw read: %s\n", seen.error().describe().c_str());
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  errors = failed;
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  return all;
+}
+
+// The reads of ryw_sessions on `db`, with `p` (not started here) as the read side's projector.
+std::vector<double> ryw_reads(cleave::store& db, cleave::projector& p, std::size_t& errors) {
+  cleave::command_bus commands{&p.source()};
+  commands.add(place);
+  cleave::query_bus queries{&db};
+  queries.use<cleave::read_your_writes>(p).reads("bench.ryw_count", {"ryw_counts"});
+  queries.add([](const ryw_count& q, const cleave::read_context& r) -> cleave::result<std::int64_t> {
+    auto n = r.one<std::int64_t>("select n from ryw_counts where stream = $1", q.stream);
+    if (!n && n.error().category == cleave::errc::not_found) return 0;
+    return n;
+  });
+  return ryw_sessions(commands, queries, 3.0, errors);
+}
+
+// ryw_separate_projector_<backend>: read-your-writes by 16 sessions in a process that does not
+// project — the projector runs in a child process — against the same with the projector in the
+// process (the baseline). `database` is a SQLite file or a PostgreSQL URL.
+void ryw_separate_projector(const std::string& database, const char* backend, const char* self) {
+  constexpr std::size_t pool = 24;  // a connection per session: the wait is measured, not the pool
+  std::size_t inprocess_errors = 0, separate_errors = 0;
+  std::vector<double> inprocess, separate;
+  {
+    auto db = open_store(database, pool);
+    fresh_view_at_head(*db, "ryw_counts");
+    cleave::projector p(*db);
+    p.add(counter("ryw_counts"));
+    p.start();
+    inprocess = ryw_reads(*db, p, inprocess_errors);
+    p.stop();
+  }
+  {
+    auto db = open_store(database, pool);
+    cleave::projector p(*db);  // never started: the child process leads
+    p.add(counter("ryw_counts"));
+    const pid_t child = start_projector_process(self, database, "ryw_counts");
+    separate = ryw_reads(*db, p, separate_errors);
+    stop_process(child);
+  }
+  const double p99 = percentile(separate, 0.99), base = percentile(inprocess, 0.99);
+  line(fmt::format(
+      R"({{"bench":"read","case":"ryw_separate_projector_{}","unit":"ms","value":{:.3f},"baseline":{:.3f},"ratio":{:.3f},"p50_ms":{:.3f},"p99_ms":{:.3f},"baseline_p50_ms":{:.3f},"baseline_p99_ms":{:.3f},"reads":{},"errors":{},"baseline_reads":{},"baseline_errors":{},"sessions":16,"projector":"another process, woken by the store's commit watch; readers woken by its progress announcements","baseline_is":"the same with the projector in the serving process, p99"}})",
+      backend, p99, base, base / std::max(p99, 1e-3), percentile(separate, 0.5), p99,
+      percentile(inprocess, 0.5), base, separate.size(), separate_errors, inprocess.size(),
+      inprocess_errors));
+}
+
 // Whether CLEAVE_BENCH_READ_CASES (a comma-separated list of group names; empty or unset: all)
-// asks for `group`: sqlite, lag_inprocess, postgres, lag_postgres, replica.
+// asks for `group`: sqlite, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres,
+// replica.
 bool wanted(std::string_view group) {
   const char* v = std::getenv("CLEAVE_BENCH_READ_CASES");
   if (!v || !*v) return true;
@@ -602,7 +723,8 @@ int main(int argc, char** argv) {
   // JSON lines alone on stdout; logs on stderr.
   spdlog::set_default_logger(std::make_shared<spdlog::logger>(
       "cleave", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
-  if (argc == 3 && std::string(argv[1]) == "--project") return project_until_terminated(argv[2]);
+  if (argc == 4 && std::string(argv[1]) == "--project")
+    return project_until_terminated(argv[2], argv[3]);
   std::int64_t n = 1'000'000;
   if (const char* v = std::getenv("CLEAVE_BENCH_READ_EVENTS"); v && *v) n = std::atoll(v);
   const auto dir =
@@ -623,6 +745,7 @@ int main(int argc, char** argv) {
       one_type_in_ten_case(db, "sqlite", n);
     }
     if (wanted("lag_inprocess")) lag_inprocess((dir / "lag.db").string());
+    if (wanted("ryw_sqlite")) ryw_separate_projector((dir / "ryw.db").string(), "sqlite", argv[0]);
     if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
       if (wanted("postgres")) {
         cleave::postgres::store db({.url = url});
@@ -640,6 +763,7 @@ int main(int argc, char** argv) {
         one_type_in_ten_case(db, "postgres", n);
       }
       if (wanted("lag_postgres")) lag_postgres_crossprocess(url, argv[0]);
+      if (wanted("ryw_postgres")) ryw_separate_projector(url, "postgres", argv[0]);
       if (const char* standby = std::getenv("CLEAVE_BENCH_PG_STANDBY_URL"); standby && *standby) {
         if (wanted("replica")) replica_read_your_writes(url, standby);
       } else

@@ -45,6 +45,9 @@ struct app_config {
   std::size_t max_connections = 1024;
   std::chrono::seconds idle_timeout{30};
   std::size_t workers = 4;  // threads that run handlers (database work), apart from I/O
+  // Reads waiting for views (read-your-writes) that the HTTP server parks, holding no thread;
+  // beyond this many it answers 503 with Retry-After.
+  std::size_t max_parked_reads = 4096;
   // Bearer tokens and who they stand for; empty means no authentication.
   std::map<std::string, principal> tokens;
   // The role a command or query requires, by wire name: enforced by cleave::authorization on
@@ -91,6 +94,8 @@ class app {
   // Declares that query `wire_name` reads the views of these projections, so that its
   // consistency requests (at_least, bounded, strong) wait for them.
   void reads(std::string wire_name, std::vector<std::string> projection_names);
+  // The query behavior that makes those waits (a transport parks reads through it).
+  read_your_writes& read_consistency() noexcept { return *consistency_; }
 
   // Starts the projector's worker when the configuration says so (idempotent); stop_workers()
   // lets the batch in progress finish. The destructor stops them too.

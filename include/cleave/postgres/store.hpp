@@ -59,6 +59,9 @@ class store final : public cleave::store {
   std::string_view dialect() const noexcept override { return "postgresql"; }
   log_distance distance(position_token after) override;
   std::unique_ptr<commit_watch> watch_commits() override;
+  // NOTIFY on a channel of its own (not the commits'), from the thread that sends those.
+  void announce_progress() noexcept override;
+  std::unique_ptr<commit_watch> watch_progress() override;
   std::unique_ptr<lease> try_lease(std::string_view name) override;
   std::vector<replica_status> replicas() override;
 

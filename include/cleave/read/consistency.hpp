@@ -10,8 +10,11 @@
 //          .reads("shop.order_summary", {"order_summaries"});
 
 #include <chrono>
+#include <cstddef>
+#include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <cleave/core/behavior.hpp>
@@ -44,6 +47,24 @@ class read_your_writes final : public behavior {
 
   result<void> handle(const message_ref& message, const request_meta& meta,
                       next_step next) override;
+
+  // For a transport that must not hold a thread while a read waits (the HTTP server): what
+  // park() did with a query.
+  struct parking {
+    enum class outcome {
+      not_needed,  // the query waits for nothing: ask now
+      parked,      // ask (with `deadline`) once `ready` is called
+      full,        // too many waits are parked: refuse it (503)
+    } state = outcome::not_needed;
+    clock::time_point deadline = clock::time_point::max();  // put it in the query's meta
+  };
+  // When query `wire_name` with consistency `wanted` would wait for views, parks the wait on the
+  // projector (see projector::park): `ready` is called once, from another thread, when the views
+  // are there, the token turns out never issued, or the deadline (now + the budget) passes.
+  // The query is then asked with that deadline, and this behavior answers at once: the result,
+  // a validation error for a token never issued, or `unavailable`. At most `limit` parked.
+  parking park(std::string_view wire_name, const consistency& wanted, std::function<void()> ready,
+               std::size_t limit);
 
  private:
   void read_views_now(const request_meta& meta);

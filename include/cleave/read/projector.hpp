@@ -147,12 +147,30 @@ class projector {
   std::chrono::milliseconds staleness(std::string_view name);
 
   // Waits until projection `name` has reached `token` or `deadline` passes; returns where it
-  // got to. Woken as batches commit.
+  // got to — at once when the log cannot have issued `token` (see could_have_issued). Woken as
+  // batches commit: in this process, or in another one through the store's progress watch
+  // (held while anyone waits and this projector does not lead).
   position_token wait_for(std::string_view name, position_token token, clock::time_point deadline);
   // Waits until projection `name` is at most `max` stale or `deadline` passes; returns the
   // staleness it got to.
   std::chrono::milliseconds wait_fresh(std::string_view name, std::chrono::milliseconds max,
                                        clock::time_point deadline);
+  // Whether the log can have issued `token`: it is not past the log's head, nor (PostgreSQL)
+  // its LSN past the primary's WAL position now. A token a command returned always can. Reads
+  // the head.
+  bool could_have_issued(position_token token);
+
+  // Parks a wait for views without holding a thread (a transport's waiting reads): calls
+  // `ready` once, from a thread of the projector's, when every projection in `names` has got
+  // where `wanted` asks (at_least: its token; strong: the log's head; bounded: at most its
+  // staleness), when the log cannot have issued the token, or when `deadline` passes. The read
+  // then runs and finds the views where they are: wait_for and wait_fresh answer at once.
+  // `ready` must be quick and must not call the projector. Nothing is read from the database on
+  // the calling thread. Returns false, and never calls `ready`, when `limit` waits are parked.
+  bool park(std::vector<std::string> names, consistency wanted, clock::time_point deadline,
+            std::function<void()> ready, std::size_t limit);
+  // How many waits are parked now.
+  std::size_t parked() const;
 
   // Rebuilds async projection `name` from position 0 into a shadow table, in chunks that each
   // commit, then swaps it in for the live view in one transaction (readers never see a missing
@@ -208,14 +226,22 @@ class projector {
   const entry& find(std::string_view name) const;
   memory_view_base* find_memory(std::string_view name) const;
   projection_mode mode_of(std::string_view name) const;
-  // Wakes the waiters of wait_for / wait_fresh: a batch or a refresh has committed.
+  // A batch, a refresh or a swap has committed here: wakes the waiters in this process and
+  // announces it to other processes (store::announce_progress).
   void announce_progress();
-  // Re-reads `observe()` until `done(value)` or `deadline`, sleeping until the next committed
-  // batch between reads (or 200 ms, as a safety net); returns the last value read.
+  // Wakes the waiters of wait_for / wait_fresh and the parked waits: a view may have moved.
+  void wake_waiters();
+  // Wakes the waiters of wait_for / wait_fresh only.
+  void wake_blocked();
+  // Re-reads `observe()` (of projection `name`) until `done(value)` or `deadline`, sleeping
+  // until the next committed batch between reads (or 200 ms, as a safety net); returns the last
+  // value read.
   template <class Observe, class Done>
-  auto await_progress(Observe observe, Done done, clock::time_point deadline);
+  auto await_progress(std::string_view name, Observe observe, Done done,
+                      clock::time_point deadline);
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
+  class waiting;  // parked waits, and the store's progress watch while anyone waits
 
   store& db_;
   const upcasters* rewrites_;
@@ -237,6 +263,7 @@ class projector {
   int max_attempts_ = 3;
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
+  std::unique_ptr<waiting> waiting_;  // last: its thread uses the members above
 };
 
 }  // namespace cleave

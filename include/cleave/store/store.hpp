@@ -180,6 +180,15 @@ class store : public session_source {
   // A new watch for commits (each waiter takes its own).
   virtual std::unique_ptr<commit_watch> watch_commits() = 0;
 
+  // Tells every process using the database that a projector's batch has committed (a view
+  // moved), to wake their watch_progress() watches. Call after the commit, never inside a
+  // transaction; coalesced, cheap, never throws. By default nothing: a watch_progress() that
+  // notices every commit by itself needs no announcement.
+  virtual void announce_progress() noexcept {}
+  // A new watch for announced progress (each waiter takes its own); by default the commit
+  // watch, which notices every commit in any process (SQLite's `data_version`).
+  virtual std::unique_ptr<commit_watch> watch_progress() { return watch_commits(); }
+
   // Claims `name` when no one holds it; null when another holder has it.
   virtual std::unique_ptr<lease> try_lease(std::string_view name) = 0;
 
