@@ -120,7 +120,10 @@ result<void> write_once(session_source* source, const message_info& info, const 
     tx = &source->begin_write(meta, step.level);
     if (idempotent) {
       if (auto prior = tx->remembered()) {
-        std::exchange(tx, nullptr)->rollback();
+        // Committed, not rolled back, though it changed nothing: under group commit the outcome
+        // read may be a member's of this very group, and commit() waits for the group (throwing
+        // transient_error, to run again, when the group is given up) where rollback() would not.
+        std::exchange(tx, nullptr)->commit();
         return replay(*prior, info, meta, position, step);
       }
     }

@@ -66,6 +66,8 @@ struct edge_server : testing::Test {
     write_file(root / "docs" / "guide.html", "<h1>guide</h1>");
     fs::create_directories(root / "empty");
     write_file(dir.path() / "secret.txt", secret_text);
+    write_file(root / ".env", secret_text);  // dot-files inside the root are private too
+    write_file(root / ".git" / "config", secret_text);
     fs::create_symlink(dir.path() / "secret.txt", root / "leak.txt");
     fs::create_directory_symlink(dir.path(), root / "up");
     fs::create_symlink("guide.html", root / "docs" / "alias.html");  // inside: allowed
@@ -146,6 +148,9 @@ TEST_F(edge_server, static_files_never_come_from_outside_the_root) {
       "/docs/.",
       "/docs/./guide.html",
       "/docs//guide.html",
+      "/.env",
+      "/%2eenv",
+      "/.git/config",
       "//",
       "/%",
       "/%zz",
@@ -325,6 +330,12 @@ TEST_F(edge_server, every_problem_and_every_answer_carries_a_correlation_id) {
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(ok.headers["x-correlation-id"], "req-43");
   EXPECT_FALSE(http(port, "GET", "/index.html").headers["x-correlation-id"].empty());
+  // One that is too long or holds spaces is not taken (it is logged and stored): a fresh one is.
+  for (const auto& bad : {std::string(65, 'a'), std::string("two words")}) {
+    auto fresh = http(port, "GET", "/health", "", {{"X-Correlation-Id", bad}});
+    EXPECT_NE(fresh.headers["x-correlation-id"], bad);
+    EXPECT_FALSE(fresh.headers["x-correlation-id"].empty());
+  }
 }
 
 TEST_F(edge_server, head_is_answered_wherever_get_is_with_the_same_headers_and_no_body) {

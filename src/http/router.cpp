@@ -238,6 +238,13 @@ result<std::string> parse_idempotency_key(std::string_view field) {
   return key;
 }
 
+std::string accepted_correlation_id(std::string_view given) {
+  if (given.empty() || given.size() > 64) return {};
+  for (const char c : given)
+    if (c < '!' || c > '~') return {};
+  return std::string(given);
+}
+
 std::string new_correlation_id() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return fmt::format("{:016x}", rng());
@@ -432,6 +439,11 @@ std::optional<consistent_read> router::consistent_read_of(const request& r) cons
   const auto name = path.substr(prefix.size());
   request_meta meta;
   if (authenticate(r, meta)) return std::nullopt;
+  // A caller without the role is answered (403) at once, not after a wait.
+  const auto& roles = app_.config().roles;
+  if (auto role = roles.find(std::string(name));
+      role != roles.end() && !meta.principal.has_role(role->second))
+    return std::nullopt;
   auto wanted = requested_consistency(r);
   if (!wanted || !*wanted || (*wanted)->required == consistency::level::eventual)
     return std::nullopt;

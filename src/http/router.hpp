@@ -108,6 +108,9 @@ std::optional<std::string> non_scalar_member(const json& schema);
 
 // A fresh correlation id (16 hex digits).
 std::string new_correlation_id();
+// The client's X-Correlation-Id when it is 1 to 64 visible ASCII characters (it is logged, echoed
+// and stored with outcomes); else empty, for a fresh one.
+std::string accepted_correlation_id(std::string_view given);
 
 // The key an Idempotency-Key field carries, bare or as a structured-field string ("\"…\"",
 // RFC 8941); malformed quoting is a validation error. command_id_for() checks the key itself.

@@ -33,7 +33,7 @@ struct park_relay {
   bool open = true;  // under mutex
   net::io_context& io;
   std::unordered_map<std::uint64_t, net::steady_timer*> timers;  // the I/O thread's alone
-  std::uint64_t next_id = 0;                                      // the I/O thread's alone
+  std::uint64_t next_id = 0;                                     // the I/O thread's alone
 
   static void wake(const std::shared_ptr<park_relay>& relay, std::uint64_t id) {
     std::lock_guard lock(relay->mutex);
@@ -50,7 +50,9 @@ struct park_relay {
 
 struct server::impl {
   explicit impl(app& a)
-      : app_(a), router_(a), workers_(a.config().workers),
+      : app_(a),
+        router_(a),
+        workers_(a.config().workers),
         parked_(std::make_shared<park_relay>(io_)) {}
 
   app& app_;
@@ -174,7 +176,8 @@ struct server::impl {
       }
       const auto& header = parser.get();
       const unsigned version = header.version();
-      const std::string correlation_id(header["X-Correlation-Id"]);
+      const std::string correlation_id =
+          detail::accepted_correlation_id(std::string_view(header["X-Correlation-Id"]));
       if (auto length = parser.content_length(); length && *length > cfg.max_body_bytes) {
         // Refused from Content-Length, before a byte of the body is read.
         co_await write_and_close(stream,

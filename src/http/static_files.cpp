@@ -40,7 +40,8 @@ std::optional<fs::path> resolve_static(const fs::path& root, std::string_view pa
   while (!rest.empty()) {
     const auto slash = rest.find('/');
     const auto segment = rest.substr(0, slash);
-    if (segment.empty() || segment == "." || segment == ".." ||
+    // Dot-files (.git, .env, and `.`/`..` themselves) are never served; only .well-known is.
+    if (segment.empty() || (segment.starts_with('.') && segment != ".well-known") ||
         segment.find_first_of(std::string_view("\\\0", 2)) != std::string_view::npos)
       return std::nullopt;
     relative /= segment;

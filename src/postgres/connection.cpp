@@ -8,6 +8,7 @@
 #include <endian.h>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <cleave/store/detail/failure.hpp>
 
@@ -91,8 +92,10 @@ connection::connection(const std::string& url) {
     PQfinish(conn_);
     conn_ = nullptr;
     while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+    // The reason names hosts, sockets and users: for the log, not for a caller over HTTP.
+    spdlog::warn("connecting to PostgreSQL failed: {}", why);
     throw error_exception(
-        {errc::unavailable, fmt::format("connecting to PostgreSQL: {}", why), {}});
+        {errc::unavailable, "connecting to PostgreSQL failed (the log says why)", {}});
   }
   PQsetNoticeProcessor(
       conn_, [](void*, const char*) {}, nullptr);

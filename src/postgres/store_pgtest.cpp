@@ -37,34 +37,6 @@ TEST(postgres_store, commands_run_serializable_unless_their_type_opts_down) {
   EXPECT_EQ(commands.send(isolation_in_use_loosely{}).value().value, "read committed");
 }
 
-TEST(postgres_store, a_nul_never_reaches_postgresql_as_an_internal_error) {
-  cleave::testing::postgres_backend backend;
-  auto db = backend.open();
-  db->migrate("app", conformance::schema);
-  cleave::command_bus commands{db.get()};
-  commands.add(conformance::register_customer_handler);
-  // Decoded strictly: refused before any handler runs.
-  auto decoded = commands.send_json("conformance.register_customer",
-                                    cleave::json{{"id", "c1"}, {"name", std::string("A\0B", 3)}});
-  ASSERT_FALSE(decoded);
-  EXPECT_EQ(decoded.error().category, cleave::errc::validation);
-  // Built by a handler: refused by the store, not cut short and stored.
-  auto built = commands.send(conformance::register_customer{"c2", std::string("A\0B", 3)});
-  ASSERT_FALSE(built);
-  EXPECT_EQ(built.error().category, cleave::errc::validation);
-  EXPECT_EQ(conformance::count_rows(*db, "customers"), 0);
-  // In an event's payload (jsonb cannot hold it).
-  auto& tx = db->begin_write({});
-  cleave::write_context ctx(&tx, cleave::detail::no_meta);
-  try {
-    ctx.emit(conformance::customer_registered{"c3", std::string("A\0B", 3)});
-    ADD_FAILURE() << "an event holding U+0000 was appended";
-  } catch (const cleave::error_exception& e) {
-    EXPECT_EQ(e.error().category, cleave::errc::validation);
-  }
-  tx.rollback();
-}
-
 TEST(postgres_store, a_wrong_url_is_unavailable_and_says_why) {
   try {
     cleave::postgres::store db{{.url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}};

@@ -103,6 +103,12 @@ void statement::bind(std::span<const sql_value> params) {
       rc = sqlite3_bind_double(stmt_, slot, *d);
     } else {
       auto s = std::get<std::string_view>(v);
+      // SQLite would store it; PostgreSQL cannot. Refused on both, so that a handler means the
+      // same on each.
+      if (s.find('\0') != std::string_view::npos)
+        throw_db_failure(db_failure::nul_character,
+                         fmt::format("parameter ${} of `{}` contains U+0000", slot, sql_),
+                         correlation_id_);
       // An empty view may have no data pointer, which SQLite would bind as NULL.
       rc = sqlite3_bind_text64(stmt_, slot, s.data() ? s.data() : "", s.size(), SQLITE_STATIC,
                                SQLITE_UTF8);

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/failure.hpp>
 
 #include "connection.hpp"
 
@@ -211,6 +212,11 @@ struct store::impl {
         version =
             static_cast<std::int64_t>(next_stream_version(e.stream, current, e.expected_version));
       }
+      // PostgreSQL's jsonb cannot hold U+0000; refused here too, for one meaning on both.
+      if (cleave::detail::nul_in_json(e.payload))
+        cleave::detail::throw_db_failure(cleave::detail::db_failure::nul_character,
+                                         fmt::format("an event of type '{}' holds U+0000", e.type),
+                                         correlation_id);
       const std::string payload = e.payload.dump();
       const sql_value params[] = {e.stream,
                                   version,

@@ -531,6 +531,25 @@ TYPED_TEST_P(store_conformance, a_nul_in_a_message_is_refused_at_decoding) {
   EXPECT_EQ(count_rows(*this->db, "customers"), 0);
 }
 
+// A NUL a handler builds itself (no decoding in between) is refused by the store on every backend
+// — SQLite could store it, PostgreSQL cannot — and leaves nothing behind.
+TYPED_TEST_P(store_conformance, a_nul_built_by_a_handler_is_refused_by_every_backend) {
+  auto built = this->commands.send(register_customer{"c2", std::string("A\0B", 3)});
+  ASSERT_FALSE(built);
+  EXPECT_EQ(built.error().category, errc::validation);
+  EXPECT_EQ(count_rows(*this->db, "customers"), 0);
+  auto& tx = this->db->begin_write({});
+  cleave::write_context ctx(&tx, cleave::detail::no_meta);
+  try {
+    ctx.emit(customer_registered{"c3", std::string("A\0B", 3)});
+    ADD_FAILURE() << "an event holding U+0000 was appended";
+  } catch (const cleave::error_exception& e) {
+    EXPECT_EQ(e.error().category, errc::validation);
+  }
+  tx.rollback();
+  EXPECT_EQ(count_rows(*this->db, "cleave_events"), 0);
+}
+
 TYPED_TEST_P(store_conformance, distance_counts_the_events_after_a_position) {
   EXPECT_EQ(this->db->distance({}).events, 0u);
   auto first = this->commands.send(register_customer{"c1", "Ada"});
@@ -674,6 +693,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
     one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
     a_nul_in_a_message_is_refused_at_decoding,
+    a_nul_built_by_a_handler_is_refused_by_every_backend,
     reusing_an_id_with_another_payload_is_refused_and_has_no_effect,
     a_replay_names_the_request_that_ran_the_command);
 
