@@ -9,6 +9,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <semaphore>
 #include <set>
 
 #include <fcntl.h>
@@ -424,7 +425,18 @@ struct store::impl {
   options opts;
   bool memory;
   std::atomic<std::uint64_t> commits{0};  // write transactions committed by this store
-  std::mutex write_mutex;
+  // The single writer's lock. Not a std::mutex: under group commit the shared transaction may
+  // end (and give the lock back) on another thread than the one that began it, which a
+  // std::mutex forbids; a semaphore allows it.
+  class write_lock {
+   public:
+    void lock() { free_.acquire(); }
+    void unlock() { free_.release(); }
+
+   private:
+    std::binary_semaphore free_{1};
+  };
+  write_lock write_mutex;
   std::uint64_t outcomes_recorded = 0;  // guarded by write_mutex
   std::unique_ptr<connection> write_conn;
   writer write_tx;
