@@ -50,22 +50,21 @@ struct pipeline_rest {
   behavior* const* at;
   behavior* const* end;
   const message_ref* message;
-  const request_meta* meta;
-  next_step innermost;
+  function_ref<result<void>(const request_meta&)> innermost;
 
-  result<void> operator()() const {
-    if (at == end) return innermost();
-    const pipeline_rest rest{at + 1, end, message, meta, innermost};
-    return (*at)->handle(*message, *meta, rest);
+  result<void> operator()(const request_meta& meta) const {
+    if (at == end) return innermost(meta);
+    const pipeline_rest rest{at + 1, end, message, innermost};
+    return (*at)->handle(*message, meta, next_step(rest, meta));
   }
 };
 }  // namespace
 
 result<void> bus_core::run(const message_ref& message, const request_meta& meta,
-                           next_step innermost) const {
+                           function_ref<result<void>(const request_meta&)> innermost) const {
   try {
-    return pipeline_rest{pipeline_.data(), pipeline_.data() + pipeline_.size(), &message, &meta,
-                         innermost}();
+    return pipeline_rest{pipeline_.data(), pipeline_.data() + pipeline_.size(), &message,
+                         innermost}(meta);
   } catch (...) {
     return std::unexpected(error_from_current_exception(message.info(), meta));
   }

@@ -110,7 +110,8 @@ class recording_source final : public cleave::session_source {
     levels.push_back(level);
     return tx_;
   }
-  cleave::read_transaction& begin_read(const cleave::request_meta&) override {
+  cleave::read_transaction& begin_read(const cleave::request_meta&,
+                                       const cleave::consistency&) override {
     log.push_back("begin read");
     return tx_;
   }

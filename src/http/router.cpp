@@ -409,12 +409,13 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
   if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
   if (*wanted) meta.consistency = **wanted;
   meta.deadline = r.deadline;
-  auto outcome = is_command ? app_.commands().send_json(name, body, meta)
+  std::optional<std::string> replay_of;
+  auto outcome = is_command ? app_.commands().send_json(name, body, meta, &replay_of)
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
                           outcome ? "ok" : to_string(outcome.error().category));
   // A replay answers as the first request did: a refusal with that request's correlation id.
-  if (meta.replay_of && !meta.replay_of->empty()) meta.correlation_id = *meta.replay_of;
+  if (replay_of && !replay_of->empty()) meta.correlation_id = *replay_of;
   auto res = [&] {
     if (!outcome)
       return problem(status_of(outcome.error().category), outcome.error(), meta.correlation_id);
@@ -426,7 +427,7 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
     if (!position.empty()) ok.headers.emplace_back("Cleave-Position", position);
     return ok;
   }();
-  if (meta.replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
+  if (replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
   return res;
 }
 

@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/sql_text.hpp>
 
 #include "connection.hpp"
 
@@ -391,14 +392,8 @@ struct store::impl {
   auto read(F&& body) {
     static const request_meta none;
     auto& s = acquire(none, "begin transaction isolation level read committed read only");
-    try {
-      auto out = body(*s.conn);
-      s.finish();
-      return out;
-    } catch (...) {
-      s.finish();
-      throw;
-    }
+    const read_scope ending(static_cast<read_transaction&>(s));
+    return body(*s.conn);
   }
 
   // ---- read replicas ----
@@ -484,10 +479,10 @@ struct store::impl {
     if (monitor.joinable()) monitor.join();
   }
 
-  // The replica to serve a read with `meta`'s consistency, or null for the primary.
-  replica* route(const request_meta& meta) {
+  // The replica to serve a read as fresh as `wanted` (by meta's deadline), or null for the
+  // primary.
+  replica* route(const request_meta& meta, const consistency& wanted) {
     if (replicas.empty()) return nullptr;
-    const auto& wanted = meta.consistency;
     using level = consistency::level;
     if (wanted.required == level::strong) return nullptr;
     const std::size_t n = replicas.size(), first = next_replica++ % n;
@@ -622,8 +617,8 @@ write_transaction& store::begin_write(const request_meta& meta, isolation level)
                                   : "begin isolation level read committed");
 }
 
-read_transaction& store::begin_read(const request_meta& meta) {
-  if (auto* r = impl_->route(meta)) {
+read_transaction& store::begin_read(const request_meta& meta, const consistency& wanted) {
+  if (auto* r = impl_->route(meta, wanted)) {
     ++r->reads;
     return r->pool->acquire(meta, "begin transaction read only");
   }
@@ -695,56 +690,55 @@ position_token store::head() {
   });
 }
 
-void store::migrate(std::string_view component, std::span<const migration> migrations) {
-  static const request_meta none;
-  std::vector<const migration*> ordered;
-  for (const auto& m : migrations) ordered.push_back(&m);
-  std::sort(ordered.begin(), ordered.end(),
-            [](const migration* a, const migration* b) { return a->version < b->version; });
-  // Each step in a transaction of its own, under an advisory lock that a second process waits
-  // for; it then finds the step applied.
-  auto step = [&](const migration* m) {
-    auto& s = impl_->acquire(none, "begin");
-    try {
-      s.conn->script("select pg_advisory_xact_lock(7297306275)");
-      s.conn->script(
+store::migration_statements store::migration_sql() const {
+  return {"select pg_advisory_xact_lock(7297306275)",
           "create table if not exists cleave_migrations(component text not null, version integer "
           "not null, name text not null, applied_at timestamptz not null default now(), "
-          "primary key(component, version))");
-      if (m) {
-        const sql_value key[] = {component, std::int64_t{m->version}};
-        auto r = s.conn->run(
-            "select count(*) from cleave_migrations where component = $1 and version = $2", key);
-        if (r.integer(0, 0) == 0) {
-          s.conn->script(m->sql);
-          const sql_value row[] = {component, std::int64_t{m->version}, m->name};
-          s.conn->run("insert into cleave_migrations(component, version, name) values ($1, $2, $3)",
-                      row);
-        }
-      }
-      s.commit();
-    } catch (const error_exception& e) {
-      s.rollback();
-      if (!m) throw;
-      throw error_exception({e.error().category,
-                             fmt::format("migration {} '{}' of {}: {}", m->version, m->name,
-                                         component, e.error().message),
-                             {}});
-    }
-  };
-  if (ordered.empty()) step(nullptr);
-  for (const auto* m : ordered) step(m);
+          "primary key(component, version))",
+          "insert into cleave_migrations(component, version, name) values ($1, $2, $3)"};
 }
 
-std::vector<int> store::applied_migrations(std::string_view component) {
-  return impl_->read([&](connection& conn) {
-    const sql_value key[] = {component};
-    auto r = conn.run("select version from cleave_migrations where component = $1 order by version",
-                      key);
-    std::vector<int> out;
-    for (int i = 0; i < r.rows(); ++i) out.push_back(static_cast<int>(r.integer(i, 0)));
-    return out;
-  });
+std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,
+                                     position_token after, position_token through) {
+  const auto run = [&](std::string_view rows, std::span<const sql_value> params) {
+    const std::string sql = cleave::detail::replace_all(
+        statement, "{events}", fmt::format("(select * from cleave_events where {}) as events", rows));
+    return tx.exec(sql, params);
+  };
+  // Spelled out rather than as row comparisons ((transaction_id, position) > (…)): PostgreSQL
+  // estimates those at one row (a sort-based aggregate that spills to disk) and does not end the
+  // index scan at the upper one. A bulk load is one transaction: the first form.
+  // Planned for these bounds, not generically (until this transaction ends): a prepared
+  // statement's generic plan assumes a small range, an index scan, where a long catch-up is
+  // best served by a sequential scan.
+  tx.exec("select set_config('plan_cache_mode', 'force_custom_plan', true)", {});
+  const std::string from_tx = std::to_string(after.transaction()),
+                    to_tx = std::to_string(through.transaction());
+  const auto from_pos = static_cast<std::int64_t>(after.position()),
+             to_pos = static_cast<std::int64_t>(through.position());
+  if (after.transaction() == through.transaction()) {
+    const sql_value params[] = {std::string_view(from_tx), from_pos, to_pos};
+    return run("transaction_id = $1::text::xid8 and position > $2 and position <= $3", params);
+  }
+  const sql_value params[] = {std::string_view(from_tx), from_pos, std::string_view(to_tx),
+                              to_pos};
+  return run(
+      "(transaction_id = $1::text::xid8 and position > $2) or (transaction_id > $1::text::xid8 "
+      "and transaction_id < $3::text::xid8) or (transaction_id = $3::text::xid8 and position <= "
+      "$4)",
+      params);
+}
+
+std::string store::materialized_view_schema(std::string_view table, std::string_view select_sql,
+                                            std::string_view key_columns) const {
+  // The unique index lets a refresh run concurrently with readers.
+  return fmt::format("create materialized view {0} as {1}; create unique index {0}_key on {0}({2})",
+                     table, select_sql, key_columns);
+}
+
+void store::refresh_materialized_view(write_session& tx, std::string_view table,
+                                      std::string_view) {
+  tx.exec(fmt::format("refresh materialized view concurrently {}", table), {});
 }
 
 log_span store::read_span(position_token after, std::size_t limit, position_token until) {

@@ -8,14 +8,13 @@ namespace cleave {
 
 // The views waited for are current on the primary. With standbys, the read may go to one that has
 // replayed every commit made so far (the head's LSN, past the views' batches); else the primary.
-void read_your_writes::read_views_now(const request_meta& meta) {
+result<void> read_your_writes::read_views_now(const request_meta& meta, next_step next) {
+  request_meta there = meta;
+  there.consistency = strong();
   auto& log = projector_.log();
   if (!log.replicas().empty())
-    if (const auto now = log.head(); now.lsn() != 0) {
-      meta.consistency = at_least(now);
-      return;
-    }
-  meta.consistency = strong();
+    if (const auto now = log.head(); now.lsn() != 0) there.consistency = at_least(now);
+  return next(there);
 }
 
 namespace {
@@ -69,8 +68,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                                 "allowed; try again",
                                 name, stale.count(), wanted.max_staleness.count()));
     }
-    read_views_now(meta);
-    return next();
+    return read_views_now(meta, next);
   }
   // at_least(token), or strong: at least every commit before this query.
   position_token token = wanted.token;
@@ -91,8 +89,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                               name, at.to_string(), behind, token.to_string()));
     }
   }
-  read_views_now(meta);
-  return next();
+  return read_views_now(meta, next);
 }
 
 read_your_writes::parking read_your_writes::park(std::string_view wire_name,

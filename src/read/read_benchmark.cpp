@@ -108,21 +108,15 @@ cleave::result<void> place(const bench::place_item& c, cleave::write_context& tx
 
 // Runs one statement on `db` through a write transaction.
 void exec(cleave::store& db, const std::string& sql) {
-  auto& tx = db.begin_write({});
-  try {
-    tx.exec(sql, {});
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
+  cleave::write_scope tx(db, {});
+  tx->exec(sql, {});
   tx.commit();
 }
 
 std::int64_t scalar(cleave::store& db, const std::string& sql) {
   std::int64_t out = 0;
-  auto& tx = db.begin_read({});
-  tx.query(sql, {}, [&](const cleave::row_view& r) { out = std::get<std::int64_t>(r.get(0)); });
-  tx.finish();
+  cleave::read_scope tx(db, {});
+  tx->query(sql, {}, [&](const cleave::row_view& r) { out = std::get<std::int64_t>(r.get(0)); });
   return out;
 }
 

@@ -20,6 +20,7 @@
 
 #include <cleave/store/detail/append.hpp>
 #include <cleave/store/detail/failure.hpp>
+#include <cleave/store/detail/sql_text.hpp>
 
 #include "connection.hpp"
 
@@ -412,14 +413,8 @@ struct store::impl {
   template <class F>
   auto read(F&& body) {
     auto& tx = static_cast<reader&>(begin_read());
-    try {
-      auto out = body(*tx.conn);
-      tx.finish();
-      return out;
-    } catch (...) {
-      tx.finish();
-      throw;
-    }
+    const read_scope ending(tx);
+    return body(*tx.conn);
   }
 
   options opts;
@@ -459,7 +454,7 @@ write_transaction& store::begin_write(const request_meta& meta, isolation) {
   return impl_->begin_write(meta);
 }
 
-read_transaction& store::begin_read(const request_meta&) {
+read_transaction& store::begin_read(const request_meta&, const consistency&) {
   return impl_->begin_read();
 }
 
@@ -507,53 +502,37 @@ position_token store::head() {
   });
 }
 
-void store::migrate(std::string_view component, std::span<const migration> migrations) {
-  auto& conn = *impl_->write_conn;
-  std::lock_guard lock(impl_->write_mutex);
-  conn.script(
-      "create table if not exists cleave_migrations(component text not null, version integer not "
-      "null, name text not null, applied_at integer not null, primary key(component, version))");
-  std::vector<const migration*> ordered;
-  for (const auto& m : migrations) ordered.push_back(&m);
-  std::sort(ordered.begin(), ordered.end(),
-            [](const migration* a, const migration* b) { return a->version < b->version; });
-  for (const auto* m : ordered) {
-    // One transaction per step, taken with the write lock first: a second process waits, then
-    // finds the step applied.
-    conn.exec("begin immediate", {});
-    try {
-      const sql_value key[] = {component, std::int64_t{m->version}};
-      if (scalar(conn,
-                 "select count(*) from cleave_migrations where component = $1 and version = $2",
-                 key) == 0) {
-        conn.script(m->sql);
-        const sql_value row[] = {component, std::int64_t{m->version}, m->name, now_ms()};
-        conn.exec(
-            "insert into cleave_migrations(component, version, name, applied_at) values ($1, $2, "
-            "$3, $4)",
-            row);
-      }
-      conn.exec("commit", {});
-    } catch (const error_exception& e) {
-      conn.exec("rollback", {});
-      throw error_exception({e.error().category,
-                             fmt::format("migration {} '{}' of {}: {}", m->version, m->name,
-                                         component, e.error().message),
-                             {}});
-    }
-  }
+store::migration_statements store::migration_sql() const {
+  // The single writer's transaction (begin immediate) already excludes every other writer.
+  return {"",
+          "create table if not exists cleave_migrations(component text not null, version integer "
+          "not null, name text not null, applied_at integer not null, primary key(component, "
+          "version))",
+          "insert into cleave_migrations(component, version, name, applied_at) values ($1, $2, $3, "
+          "cast((julianday('now') - 2440587.5) * 86400000 as integer))"};
 }
 
-std::vector<int> store::applied_migrations(std::string_view component) {
-  return impl_->read([&](connection& conn) {
-    std::vector<int> out;
-    const sql_value key[] = {component};
-    run_query(conn, "select version from cleave_migrations where component = $1 order by version",
-              key, [&](const row_view& row) {
-                out.push_back(static_cast<int>(std::get<std::int64_t>(row.get(0))));
-              });
-    return out;
-  });
+std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,
+                                     position_token after, position_token through) {
+  const std::string sql = cleave::detail::replace_all(
+      statement, "{events}",
+      "(select * from cleave_events where position > $1 and position <= $2) as events");
+  const sql_value params[] = {static_cast<std::int64_t>(after.position()),
+                              static_cast<std::int64_t>(through.position())};
+  return tx.exec(sql, params);
+}
+
+std::string store::materialized_view_schema(std::string_view table, std::string_view select_sql,
+                                            std::string_view key_columns) const {
+  // No materialized views in SQLite: a table that each refresh fills again.
+  return fmt::format("create table {0} as {1}; create unique index {0}_key on {0}({2})", table,
+                     select_sql, key_columns);
+}
+
+void store::refresh_materialized_view(write_session& tx, std::string_view table,
+                                      std::string_view select_sql) {
+  tx.exec(fmt::format("delete from {}", table), {});
+  tx.exec(fmt::format("insert into {} {}", table, select_sql), {});
 }
 
 log_span store::read_span(position_token after, std::size_t limit, position_token until) {

@@ -397,12 +397,14 @@ TYPED_TEST_P(store_conformance, reusing_an_id_with_another_payload_is_refused_an
 TYPED_TEST_P(store_conformance, a_replay_names_the_request_that_ran_the_command) {
   auto first = with_id("c-1");
   first.correlation_id = "first-request";
-  ASSERT_TRUE(this->commands.send(deposit{"a", 1}, first));
-  EXPECT_FALSE(first.replay_of);
+  auto ran = this->commands.send(deposit{"a", 1}, first);
+  ASSERT_TRUE(ran);
+  EXPECT_FALSE(ran->replay_of);
   auto retry = with_id("c-1");
   retry.correlation_id = "second-request";
-  ASSERT_TRUE(this->commands.send(deposit{"a", 1}, retry));
-  EXPECT_EQ(retry.replay_of, "first-request");
+  auto replayed = this->commands.send(deposit{"a", 1}, retry);
+  ASSERT_TRUE(replayed);
+  EXPECT_EQ(replayed->replay_of, "first-request");
 }
 
 TYPED_TEST_P(store_conformance, outcomes_expire_after_the_retention) {

@@ -159,7 +159,7 @@ class group_commit::member final : public detail::forwarding_transaction {
 
 group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<member>(*this)) {}
 
-group_commit::group_commit(store& inner, std::size_t max_group, std::size_t lanes)
+group_commit::group_commit(session_source& inner, std::size_t max_group, std::size_t lanes)
     : inner_(inner), max_group_(max_group == 0 ? 1 : max_group) {
   for (std::size_t i = 0; i < (lanes == 0 ? 1 : lanes); ++i)
     lanes_.push_back(std::make_unique<lane>(*this));
@@ -189,8 +189,8 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
   return *l.running;
 }
 
-read_transaction& group_commit::begin_read(const request_meta& meta) {
-  return inner_.begin_read(meta);
+read_transaction& group_commit::begin_read(const request_meta& meta, const consistency& wanted) {
+  return inner_.begin_read(meta, wanted);
 }
 
 }  // namespace cleave

@@ -16,13 +16,8 @@ command_kit::command_kit(std::span<const migration> migrations, std::string_view
 }
 
 void detail::run_sql(session_source& source, std::string_view sql) {
-  auto& tx = source.begin_write({});
-  try {
-    tx.script(sql);  // test data: several statements are welcome
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
+  write_scope tx(source, cleave::detail::no_meta);
+  tx->script(sql);  // test data: several statements are welcome
   tx.commit();
 }
 

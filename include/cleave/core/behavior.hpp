@@ -64,7 +64,21 @@ class message_ref {
 
 // The rest of the pipeline after a behavior: the next behaviors, then the handler in its own
 // transaction. A behavior may call it zero times (short-circuit) or several times (retry).
-using next_step = function_ref<result<void>()>;
+// Called with a request_meta, the steps after it see that one instead of the behavior's own (a
+// copy with a field changed: read_your_writes sends a query whose views it waited for to the
+// primary, where those views are); it must outlive the call.
+class next_step {
+ public:
+  next_step(function_ref<result<void>(const request_meta&)> rest,
+            const request_meta& meta) noexcept
+      : rest_(rest), meta_(&meta) {}
+  result<void> operator()() const { return rest_(*meta_); }
+  result<void> operator()(const request_meta& meta) const { return rest_(meta); }
+
+ private:
+  function_ref<result<void>(const request_meta&)> rest_;
+  const request_meta* meta_;
+};
 
 // Base of every behavior. Implementations are called concurrently from many threads.
 class behavior {

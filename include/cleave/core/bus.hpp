@@ -28,14 +28,19 @@
 namespace cleave {
 
 // What a successful command returns: the handler's response and where its writes sit in the log.
+// A retry of a command whose id had an outcome already gets that outcome again without running
+// it: replay_of then names the request that ran it (its correlation id; HTTP answers with it and
+// `Idempotent-Replayed: true`).
 template <class R>
 struct sent {
   R value;
   position_token position;
+  std::optional<std::string> replay_of;
 };
 template <>
 struct sent<void> {
   position_token position;
+  std::optional<std::string> replay_of;
 };
 
 namespace detail {
@@ -97,8 +102,13 @@ struct command_step {
 // (cleave::transient_error) runs the whole command again, up to 10 attempts in all, after a
 // jittered pause doubling from 1–2 ms up to 32–64 ms, never past the request's deadline; after
 // that it is errc::conflict.
+// What a command's run left besides its response: its position, and whether it was a replay.
+struct written {
+  position_token position;
+  std::optional<std::string> replay_of;  // see sent::replay_of
+};
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
-                       position_token& position, const command_step& step);
+                       written& out, const command_step& step);
 // Runs a query body in a read-only transaction from `source` (or with no store when null).
 result<void> run_read(session_source* source, const message_info& info, const request_meta& meta,
                       function_ref<result<void>(read_context&)> body);
@@ -168,8 +178,12 @@ class command_bus {
 
   // Dispatch by wire name with a JSON body, decoded strictly (what HTTP and the CLI use).
   // An unknown name is errc::not_found; a body that does not decode is errc::validation.
+  // When `replay_of` is given, it is set to the correlation id of the request that ran the
+  // command when this send was answered with that request's remembered outcome (a replay),
+  // success or refusal alike; else left empty.
   [[nodiscard]] result<json_outcome> send_json(std::string_view wire_name, const json& body,
-                                 const request_meta& meta = detail::no_meta);
+                                               const request_meta& meta = detail::no_meta,
+                                               std::optional<std::string>* replay_of = nullptr);
 
   // Every command type with a handler here, in registration order.
   std::vector<const message_info*> handled() const { return core_.handled(); }
@@ -187,9 +201,11 @@ class command_bus {
 
  private:
   template <command C>
-  result<sent<response_t<C>>> dispatch(const C& command_message, const request_meta& meta);
+  result<sent<response_t<C>>> dispatch(const C& command_message, const request_meta& meta,
+                                       std::optional<std::string>* replay_of = nullptr);
   template <command C>
-  static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta);
+  static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta,
+                                            std::optional<std::string>* replay_of);
 
   detail::bus_core core_{message_kind::command};
   session_source* source_;
@@ -248,7 +264,8 @@ class query_bus {
   template <query Q>
   result<response_t<Q>> dispatch(const Q& query_message, const request_meta& meta);
   template <query Q>
-  static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta);
+  static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta,
+                                            std::optional<std::string>* replay_of);
 
   detail::bus_core core_{message_kind::query};
   session_source* source_;
@@ -316,7 +333,8 @@ auto command_bus::send(const C& command_message, const request_meta& meta) {
 
 template <command C>
 result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
-                                                  const request_meta& meta) {
+                                                  const request_meta& meta,
+                                                  std::optional<std::string>* replay_of) {
   using R = response_t<C>;
   const auto* e = core_.find(detail::type_id<C>());
   if (!e) return std::unexpected(detail::no_handler(info_of<C>()));
@@ -330,14 +348,14 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
       if constexpr (std::is_void_v<R>) {
         return sent<void>{};
       } else {
-        return sent<R>{std::move(*r), {}};
+        return sent<R>{std::move(*r), {}, {}};
       }
     } catch (...) {
       return std::unexpected(detail::error_from_current_exception(info_of<C>(), meta));
     }
   }
   detail::response_slot<R> response;
-  position_token position;
+  detail::written done;
   auto body = [&](write_context& ctx) -> result<void> {
     auto r = fn(e->handler.get(), command_message, ctx);
     if (!r) return std::unexpected(std::move(r.error()));
@@ -361,25 +379,27 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
   };
   auto message = [&]() -> json { return to_json(command_message); };
   const detail::command_step step{body, encode, replay, message, isolation_of<C>()};
-  auto innermost = [&]() -> result<void> {
-    return detail::run_write(source_, info_of<C>(), meta, position, step);
+  auto innermost = [&](const request_meta& m) -> result<void> {
+    return detail::run_write(source_, info_of<C>(), m, done, step);
   };
   auto outcome =
       core_.run(message_ref(&command_message, detail::ops_of<C>(), e->slot), meta, innermost);
+  if (replay_of) *replay_of = done.replay_of;
   if (!outcome) return std::unexpected(std::move(outcome.error()));
   if constexpr (std::is_void_v<R>) {
-    return sent<void>{position};
+    return sent<void>{done.position, std::move(done.replay_of)};
   } else {
-    return sent<R>{response.take(), position};
+    return sent<R>{response.take(), done.position, std::move(done.replay_of)};
   }
 }
 
 template <command C>
 result<json_outcome> command_bus::dispatch_json(void* bus, const json& body,
-                                                const request_meta& meta) {
+                                                const request_meta& meta,
+                                                std::optional<std::string>* replay_of) {
   auto message = from_json<C>(body);
   if (!message) return std::unexpected(std::move(message.error()));
-  auto r = static_cast<command_bus*>(bus)->dispatch(*message, meta);
+  auto r = static_cast<command_bus*>(bus)->dispatch(*message, meta, replay_of);
   if (!r) return std::unexpected(std::move(r.error()));
   if constexpr (std::is_void_v<response_t<C>>) {
     return json_outcome{json(nullptr), r->position};
@@ -476,8 +496,8 @@ result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_
     response.set(std::move(r));
     return {};
   };
-  auto innermost = [&]() -> result<void> {
-    return detail::run_read(source_, info_of<Q>(), meta, body);
+  auto innermost = [&](const request_meta& m) -> result<void> {
+    return detail::run_read(source_, info_of<Q>(), m, body);
   };
   auto outcome =
       core_.run(message_ref(&query_message, detail::ops_of<Q>(), e->slot), meta, innermost);
@@ -487,7 +507,8 @@ result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_
 
 template <query Q>
 result<json_outcome> query_bus::dispatch_json(void* bus, const json& body,
-                                              const request_meta& meta) {
+                                              const request_meta& meta,
+                                              std::optional<std::string>*) {
   auto message = from_json<Q>(body);
   if (!message) return std::unexpected(std::move(message.error()));
   auto r = static_cast<query_bus*>(bus)->dispatch(*message, meta);

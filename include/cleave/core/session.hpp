@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -64,13 +65,10 @@ struct request_meta {
   std::string command_id;
   cleave::principal principal;
   clock::time_point deadline = clock::time_point::max();
-  // For queries. Mutable: a behavior may tighten it for the store (read_your_writes sends a
-  // query that waited for its views to the primary, where those views are).
-  mutable cleave::consistency consistency;
-  // Set by the command bus when it answered with the outcome remembered for command_id instead
-  // of running the command: the correlation id of the request that ran it (HTTP answers a replay
-  // with it and `Idempotent-Replayed: true`).
-  mutable std::optional<std::string> replay_of;
+  // For queries: how fresh the answer must be. A behavior that tightens it for the steps after
+  // it passes them a copy (read_your_writes sends a query that waited for its views to the
+  // primary, where those views are); the query bus hands the final value to begin_read().
+  cleave::consistency consistency;
 };
 
 // The command id for an idempotency key a transport (HTTP, the CLI) received from `who`: the key
@@ -202,7 +200,65 @@ class session_source {
   write_transaction& begin_write(const request_meta& meta) {
     return begin_write(meta, isolation::serializable);
   }
-  virtual read_transaction& begin_read(const request_meta& meta) = 0;
+  // A read-only transaction for a read that must be as fresh as `wanted` (a backend with read
+  // replicas picks one that satisfies it, or the primary).
+  virtual read_transaction& begin_read(const request_meta& meta, const consistency& wanted) = 0;
+  // A read-only transaction at meta.consistency.
+  read_transaction& begin_read(const request_meta& meta) {
+    return begin_read(meta, meta.consistency);
+  }
+};
+
+// A write transaction lent by a session_source, owned for one scope: the destructor rolls it
+// back unless commit() or rollback() ended it first, so no path out of a scope (a return, an
+// exception) leaves it open. Move-only.
+class write_scope {
+ public:
+  write_scope(session_source& source, const request_meta& meta,
+              isolation level = isolation::serializable)
+      : tx_(&source.begin_write(meta, level)) {}
+  // Takes charge of a transaction already begun (a backend's own).
+  explicit write_scope(write_transaction& begun) noexcept : tx_(&begun) {}
+  write_scope(write_scope&& other) noexcept : tx_(std::exchange(other.tx_, nullptr)) {}
+  write_scope& operator=(write_scope&&) = delete;
+  ~write_scope() { rollback(); }
+
+  write_transaction& operator*() const noexcept { return *tx_; }
+  write_transaction* operator->() const noexcept { return tx_; }
+  // Whether the transaction is still open (neither committed nor rolled back).
+  bool open() const noexcept { return tx_ != nullptr; }
+  // Commits and ends the scope's hold; returns the position of what was appended. When it
+  // throws, the transaction is already rolled back.
+  position_token commit() { return std::exchange(tx_, nullptr)->commit(); }
+  // Rolls back now rather than at the end of the scope; does nothing once ended.
+  void rollback() noexcept {
+    if (auto* tx = std::exchange(tx_, nullptr)) tx->rollback();
+  }
+
+ private:
+  write_transaction* tx_;
+};
+
+// A read-only transaction owned for one scope: finished when the scope ends. Move-only.
+class read_scope {
+ public:
+  read_scope(session_source& source, const request_meta& meta, const consistency& wanted)
+      : tx_(&source.begin_read(meta, wanted)) {}
+  read_scope(session_source& source, const request_meta& meta)
+      : read_scope(source, meta, meta.consistency) {}
+  // Takes charge of a transaction already begun (a backend's own).
+  explicit read_scope(read_transaction& begun) noexcept : tx_(&begun) {}
+  read_scope(read_scope&& other) noexcept : tx_(std::exchange(other.tx_, nullptr)) {}
+  read_scope& operator=(read_scope&&) = delete;
+  ~read_scope() {
+    if (tx_) tx_->finish();
+  }
+
+  read_transaction& operator*() const noexcept { return *tx_; }
+  read_transaction* operator->() const noexcept { return tx_; }
+
+ private:
+  read_transaction* tx_;
 };
 
 }  // namespace cleave

@@ -47,16 +47,21 @@ class store final : public cleave::store {
 
   using session_source::begin_write;
   write_transaction& begin_write(const request_meta& meta, isolation level) override;
-  read_transaction& begin_read(const request_meta& meta) override;
+  using session_source::begin_read;
+  read_transaction& begin_read(const request_meta& meta, const consistency& wanted) override;
   position_token read_events_into(position_token after, std::size_t limit,
                                   std::vector<stored_event>& out,
                                   std::span<const std::string> types) override;
   log_span read_span(position_token after, std::size_t limit, position_token until) override;
   position_token head() override;
-  void migrate(std::string_view component, std::span<const migration> migrations) override;
-  std::vector<int> applied_migrations(std::string_view component) override;
   position_token readable_head() override;
   std::string_view dialect() const noexcept override { return "postgresql"; }
+  std::int64_t exec_over_events(write_session& tx, std::string_view statement,
+                                position_token after, position_token through) override;
+  std::string materialized_view_schema(std::string_view table, std::string_view select_sql,
+                                       std::string_view key_columns) const override;
+  void refresh_materialized_view(write_session& tx, std::string_view table,
+                                 std::string_view select_sql) override;
   log_distance distance(position_token after) override;
   std::unique_ptr<commit_watch> watch_commits() override;
   // NOTIFY on a channel of its own (not the commits'), from the thread that sends those.
@@ -68,6 +73,7 @@ class store final : public cleave::store {
   const options& settings() const noexcept { return options_; }
 
  private:
+  migration_statements migration_sql() const override;
   struct impl;
   options options_;
   std::unique_ptr<impl> impl_;

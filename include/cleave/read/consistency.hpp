@@ -67,7 +67,8 @@ class read_your_writes final : public behavior {
                std::size_t limit);
 
  private:
-  void read_views_now(const request_meta& meta);
+  // Runs the rest of the pipeline with the read sent where the views it waited for are current.
+  result<void> read_views_now(const request_meta& meta, next_step next);
 
   projector& projector_;
   std::chrono::milliseconds budget_;

@@ -241,7 +241,8 @@ class projector {
                       clock::time_point deadline);
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
   void run_worker();
-  class waiting;  // parked waits, and the store's progress watch while anyone waits
+  class waiting;     // parked waits, and the store's progress watch while anyone waits
+  class rebuilding;  // one rebuild's steps
 
   store& db_;
   const upcasters* rewrites_;

@@ -28,13 +28,16 @@ namespace cleave {
 class group_commit final : public session_source {
  public:
   // `inner` is not owned and must outlive this.
-  explicit group_commit(store& inner, std::size_t max_group = 32, std::size_t lanes = 1);
+  // Stacks on any session source: a store, or a projector's source (inline projections then
+  // change in the shared transaction, each in its command's savepoint).
+  explicit group_commit(session_source& inner, std::size_t max_group = 32, std::size_t lanes = 1);
   ~group_commit() override;
 
   using session_source::begin_write;
   // Every group runs serializable (the strongest level a member may ask for), whatever `level`.
   write_transaction& begin_write(const request_meta& meta, isolation level) override;
-  read_transaction& begin_read(const request_meta& meta) override;
+  using session_source::begin_read;
+  read_transaction& begin_read(const request_meta& meta, const consistency& wanted) override;
 
   // Groups committed so far, and the commands they held (for metrics and tests).
   std::uint64_t groups_committed() const noexcept { return groups_committed_.load(); }
@@ -44,7 +47,7 @@ class group_commit final : public session_source {
   class member;
   struct lane;
 
-  store& inner_;
+  session_source& inner_;
   std::size_t max_group_;
   std::vector<std::unique_ptr<lane>> lanes_;
   std::atomic<std::size_t> next_lane_{0};

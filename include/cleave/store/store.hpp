@@ -161,18 +161,36 @@ class store : public session_source {
 
   // Applies the migrations of `component` (cleave's own, an application's, a projection's) that
   // this database has not had yet. Safe to run twice, and from two processes at once.
-  virtual void migrate(std::string_view component, std::span<const migration> migrations) = 0;
+  // (One algorithm for every backend: each step in a write transaction of its own that holds
+  // the backend's migration lock — see migration_sql().)
+  void migrate(std::string_view component, std::span<const migration> migrations);
 
   // The versions of `component` applied so far, ascending.
-  virtual std::vector<int> applied_migrations(std::string_view component) = 0;
+  std::vector<int> applied_migrations(std::string_view component);
 
   // The newest position a gap-safe reader of the log can reach now: every event at or before it
   // has committed (on PostgreSQL, below the oldest running transaction; else the head).
   virtual position_token readable_head() = 0;
 
-  // The SQL dialect: "sqlite" or "postgresql" (for what cleave must write differently, such as
-  // materialized views).
+  // The backend's name: "sqlite" or "postgresql" — for logs and tests. The layers above the
+  // store never branch on it: what differs between backends is a method of the store.
   virtual std::string_view dialect() const noexcept = 0;
+
+  // Runs a set-based projection's `statement` in `tx`, with `{events}` standing for the log's
+  // rows after `after` and up to `through` (a derived table named `events` with the log's columns:
+  // stream, stream_version, type, payload, recorded_at, …), planned for that span. Returns the
+  // rows it changed.
+  virtual std::int64_t exec_over_events(write_session& tx, std::string_view statement,
+                                        position_token after, position_token through) = 0;
+
+  // The schema of a materialized view `table` holding `select_sql`, unique on `key_columns`: a
+  // materialized view where the database has them, else a table filled by its refresh.
+  virtual std::string materialized_view_schema(std::string_view table, std::string_view select_sql,
+                                               std::string_view key_columns) const = 0;
+  // Brings materialized view `table` (of `select_sql`) up to date inside `tx`; readers see the
+  // old rows or the new ones, never none.
+  virtual void refresh_materialized_view(write_session& tx, std::string_view table,
+                                         std::string_view select_sql) = 0;
 
   // How many committed events follow `after`, and when the oldest of them was recorded.
   virtual log_distance distance(position_token after) = 0;
@@ -194,6 +212,17 @@ class store : public session_source {
 
   // The read replicas queries may be served from, and how far behind each is (none by default).
   virtual std::vector<replica_status> replicas() { return {}; }
+
+ protected:
+  // The statements with which migrate() keeps the table of applied steps, cleave_migrations.
+  struct migration_statements {
+    // Run first in each step's transaction: takes the lock that makes a second migrating
+    // process wait (empty when a write transaction already excludes every other writer).
+    std::string_view lock;
+    std::string_view create_table;  // creates cleave_migrations unless it exists
+    std::string_view record;        // records step ($1 component, $2 version, $3 name)
+  };
+  virtual migration_statements migration_sql() const = 0;
 };
 
 }  // namespace cleave

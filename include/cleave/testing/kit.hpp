@@ -47,14 +47,9 @@ namespace detail {
 // Appends `events` to `stream` in one transaction from `source`.
 template <class... E>
 void append_events(session_source& source, std::string_view stream, const E&... events) {
-  auto& tx = source.begin_write({});
-  write_context ctx(&tx, cleave::detail::no_meta);
-  try {
-    (ctx.emit(stream, events), ...);
-  } catch (...) {
-    tx.rollback();
-    throw;
-  }
+  write_scope tx(source, cleave::detail::no_meta);
+  write_context ctx(&*tx, cleave::detail::no_meta);
+  (ctx.emit(stream, events), ...);
   tx.commit();
 }
 

@@ -48,16 +48,9 @@ class projection_kit {
   template <class T>
   std::vector<T> rows(std::string_view sql) {
     settle();
-    auto& tx = store_.begin_read({});
-    try {
-      read_context ctx(&tx, cleave::detail::no_meta);
-      auto out = ctx.many<T>(expand_view(sql, table_));
-      tx.finish();
-      return out;
-    } catch (...) {
-      tx.finish();
-      throw;
-    }
+    read_scope tx(store_, cleave::detail::no_meta);
+    read_context ctx(&*tx, cleave::detail::no_meta);
+    return ctx.many<T>(expand_view(sql, table_));
   }
 
   // Then: `sql` returns exactly `expected`, in order (compared as JSON).

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -70,7 +71,9 @@ const message_ops& ops_of() {
 class bus_core {
  public:
   using erased_fn = void (*)();
-  using json_fn = result<json_outcome> (*)(void* bus, const json& body, const request_meta& meta);
+  // replay_of: see command_bus::send_json (ignored for queries).
+  using json_fn = result<json_outcome> (*)(void* bus, const json& body, const request_meta& meta,
+                                           std::optional<std::string>* replay_of);
 
   using handler_ptr = std::unique_ptr<void, void (*)(void*)>;
 
@@ -97,8 +100,10 @@ class bus_core {
   // True when no behavior runs around the handlers.
   bool direct() const noexcept { return pipeline_.empty(); }
 
-  // Runs the behaviors around `innermost`; any exception becomes an error here.
-  result<void> run(const message_ref& message, const request_meta& meta, next_step innermost) const;
+  // Runs the behaviors around `innermost`, which gets the request_meta the last behavior passed
+  // on; any exception becomes an error here.
+  result<void> run(const message_ref& message, const request_meta& meta,
+                   function_ref<result<void>(const request_meta&)> innermost) const;
 
   std::vector<const message_info*> handled() const;
   std::vector<const message_ops*> handled_ops() const;

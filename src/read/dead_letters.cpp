@@ -1,0 +1,68 @@
+// Dead letters: events whose handler kept failing, parked so the projection could go on; listed
+// and replayed on demand.
+
+#include <cleave/read/projector.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "internal.hpp"
+
+namespace cleave {
+
+using namespace read_detail;
+
+std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
+  const auto& p = find(name);
+  auto rows = reading(*p.views, [&](read_context& ctx) {
+    return ctx.many<parked_row>(
+        "select transaction_id, position, type, payload, error from cleave_dead_letters "
+        "where projection = $1 order by transaction_id, position",
+        name);
+  });
+  std::vector<dead_letter> out;
+  for (auto& r : rows) {
+    auto payload = parse_json(r.payload);
+    out.push_back({token_of(r.transaction_id, r.position), std::move(r.type),
+                   payload ? std::move(*payload) : json(nullptr), std::move(r.error)});
+  }
+  return out;
+}
+
+std::size_t projector::replay_dead_letters(std::string_view name) {
+  const auto& p = find(name);
+  std::size_t replayed = 0;
+  for (const auto& letter : dead_letters(name)) {
+    try {
+      writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
+        stored_event e;
+        e.position = letter.position;
+        e.type = letter.type;
+        e.payload = letter.payload;
+        if (const auto* handler = p.def.handler_for(e.type)) {
+          view_context view(tx, p.def.table(), e);
+          (*handler)(e.payload, view);
+        }
+        ctx.exec(
+            "delete from cleave_dead_letters where projection = $1 and transaction_id = $2 and "
+            "position = $3",
+            name, tx_of(e.position), pos_of(e.position));
+        return true;
+      });
+    } catch (const std::exception& failure) {
+      // Still failing: it stays parked.
+      spdlog::warn("projection {}: replay of {} failed again: {}", name, letter.type,
+                   failure.what());
+      continue;
+    }
+    ++replayed;
+  }
+  return replayed;
+}
+
+
+}  // namespace cleave

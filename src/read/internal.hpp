@@ -1,0 +1,108 @@
+#pragma once
+// What the projector's parts share: the schema of its tables (checkpoints, dead letters,
+// rebuilds), their row shapes, token conversions, and the transaction helpers every part uses.
+// Internal to src/read.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include <cleave/core/context.hpp>
+#include <cleave/core/detail/bus_core.hpp>
+#include <cleave/read/projector.hpp>
+#include <cleave/store/store.hpp>
+
+namespace cleave::read_detail {
+
+inline constexpr migration checkpoint_schema[] = {
+    {1, "checkpoints",
+     "create table cleave_checkpoints(name text primary key, transaction_id bigint not null,"
+     "  position bigint not null)"},
+    {2, "dead letters",
+     "create table cleave_dead_letters(projection text not null, transaction_id bigint not null,"
+     "  position bigint not null, type text not null, payload text not null, error text not null,"
+     "  primary key (projection, transaction_id, position))"},
+    {3, "rebuilds",
+     "create table cleave_rebuilds(name text primary key, shadow text not null,"
+     "  transaction_id bigint not null, position bigint not null)"},
+};
+
+struct parked_row {
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+  std::string type;
+  std::string payload;
+  std::string error;
+};
+CLEAVE_RECORD(parked_row, transaction_id, position, type, payload, error)
+
+struct rebuild_row {
+  std::string shadow;
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+};
+CLEAVE_RECORD(rebuild_row, shadow, transaction_id, position)
+
+struct token_row {
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+};
+CLEAVE_RECORD(token_row, transaction_id, position)
+
+inline position_token token_of(std::int64_t transaction, std::int64_t position) {
+  return position_token(static_cast<std::uint64_t>(transaction),
+                        static_cast<std::uint64_t>(position));
+}
+inline std::int64_t tx_of(position_token t) {
+  return static_cast<std::int64_t>(t.transaction());
+}
+inline std::int64_t pos_of(position_token t) {
+  return static_cast<std::int64_t>(t.position());
+}
+
+inline std::int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs `body` with a read-only context on `db`, always ending the transaction.
+template <class F>
+auto reading(store& db, F&& body) {
+  // The primary, never a standby: a checkpoint read behind the truth would make batches fail
+  // their compare-and-set and waits last until the standby caught up.
+  read_scope tx(db, detail::no_meta, strong());
+  read_context ctx(&*tx, detail::no_meta);
+  return body(ctx);
+}
+
+// Runs `body` with a write context on `db`; commits unless it returns false or throws.
+template <class F>
+bool writing(store& db, F&& body) {
+  // Read committed: the projector is the only writer of its views and checkpoints, and a
+  // serializable batch could be given up for commands that merely append to the log.
+  write_scope tx(db, detail::no_meta, isolation::read_committed);
+  write_context ctx(&*tx, detail::no_meta);
+  if (!body(*tx, ctx)) return false;
+  tx.commit();
+  return true;
+}
+
+// Whether `token` lies within the log whose head is `head`: not past it in log order, and (on
+// PostgreSQL) not past the WAL position read with it.
+inline bool token_within(position_token token, position_token head) {
+  return !(head < token) && token.lsn() <= head.lsn();
+}
+
+// Lag in events and seconds behind the log, from a status's checkpoint.
+inline void fill_lag(store& log, projection_status& out) {
+  const auto behind = log.distance(out.checkpoint);
+  out.lag_events = behind.events;
+  if (behind.events > 0)
+    out.lag_seconds =
+        static_cast<double>(std::max<std::int64_t>(0, unix_ms() - behind.oldest_recorded_at_ms)) /
+        1000.0;
+}
+
+
+}  // namespace cleave::read_detail

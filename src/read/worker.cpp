@@ -1,0 +1,116 @@
+// The async worker: holds the lease (one leader among processes), catches up and refreshes,
+// then sleeps until a commit wakes it (the store's commit watch) or the poll passes.
+
+#include <cleave/read/projector.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "internal.hpp"
+#include <thread>
+
+namespace cleave {
+
+using namespace read_detail;
+
+std::chrono::milliseconds projector::next_wait() const {
+  // A materialized view's time-based refresh must not wait for the slow poll.
+  auto wait = opts_.poll;
+  for (const auto& p : projections_)
+    if (p.def.mode() == projection_mode::materialized)
+      wait = std::min(wait, std::max(p.def.refresh().after, std::chrono::milliseconds(1)));
+  return wait;
+}
+
+std::size_t projector::catch_up(std::size_t batch) {
+  const auto applied = catch_up_async(batch);
+  refresh_materialized(true);
+  return applied;
+}
+
+std::size_t projector::catch_up_async(std::size_t batch) {
+  if (batch == 0) batch = opts_.batch;
+  std::size_t applied = 0;
+  for (const auto& p : projections_)
+    if (p.def.mode() == projection_mode::async) applied += catch_up_one(p, batch);
+  for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
+  return applied;
+}
+
+
+void projector::notify() {
+  {
+    std::lock_guard lock(wake_mutex_);
+    woken_ = true;
+  }
+  wake_.notify_one();
+}
+
+void projector::run_worker() {
+  std::unique_ptr<lease> held;
+  while (running_) {
+    if (!opts_.lease.empty() && !held) {
+      try {
+        held = db_.try_lease(opts_.lease);
+      } catch (const std::exception& e) {
+        spdlog::error("projector: taking the lease: {}", e.what());
+      }
+      if (!held) {
+        std::unique_lock lock(wake_mutex_);
+        wake_.wait_for(lock, opts_.standby_retry, [&] { return !running_.load(); });
+        continue;
+      }
+      spdlog::info("projector: leading (lease '{}')", opts_.lease);
+    }
+    leading_ = true;
+    std::size_t applied = 0;
+    try {
+      applied = catch_up_async();
+      refresh_materialized(false);
+    } catch (const error_exception& e) {
+      spdlog::error("projector: {}", e.error().describe());
+    } catch (const std::exception& e) {
+      spdlog::error("projector: {}", e.what());
+    }
+    if (applied > 0) continue;
+    {
+      std::unique_lock lock(wake_mutex_);
+      wake_.wait_for(lock, next_wait(), [&] { return woken_ || !running_; });
+      woken_ = false;
+    }
+    if (held && !held->held()) {
+      spdlog::warn("projector: lost the lease '{}'", opts_.lease);
+      held.reset();
+      leading_ = false;
+    }
+  }
+  leading_ = false;
+}
+
+void projector::start() {
+  if (running_.exchange(true)) return;
+  watch_ = db_.watch_commits();
+  watcher_ = std::thread([this] {
+    while (running_) {
+      watch_->wait_until(clock::now() + opts_.poll);
+      if (running_) notify();
+    }
+  });
+  worker_ = std::thread([this] { run_worker(); });
+}
+
+void projector::stop() {
+  if (!running_.exchange(false)) return;
+  notify();
+  watch_->interrupt();
+  worker_.join();
+  watcher_.join();
+  watch_.reset();
+}
+
+
+}  // namespace cleave

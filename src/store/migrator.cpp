@@ -1,0 +1,63 @@
+// The one migration algorithm of every backend: steps in version order, each applied once in a
+// transaction of its own under the backend's migration lock; a second process waits for the
+// lock, then finds the step applied.
+
+#include <algorithm>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <cleave/core/context.hpp>
+#include <cleave/core/detail/bus_core.hpp>
+#include <cleave/store/store.hpp>
+
+namespace cleave {
+
+void store::migrate(std::string_view component, std::span<const migration> migrations) {
+  const auto sql = migration_sql();
+  std::vector<const migration*> ordered;
+  for (const auto& m : migrations) ordered.push_back(&m);
+  std::sort(ordered.begin(), ordered.end(),
+            [](const migration* a, const migration* b) { return a->version < b->version; });
+  auto step = [&](const migration* m) {
+    // Read committed: a step that waited for the lock sees the step the other process applied.
+    write_scope tx(*this, detail::no_meta, isolation::read_committed);
+    if (!sql.lock.empty()) tx->script(sql.lock);
+    tx->script(sql.create_table);
+    if (m) {
+      write_context ctx(&*tx, detail::no_meta);
+      if (ctx.one<std::int64_t>(
+                 "select count(*) from cleave_migrations where component = $1 and version = $2",
+                 component, std::int64_t{m->version})
+              .value_or(0) == 0) {
+        tx->script(m->sql);
+        ctx.exec(sql.record, component, std::int64_t{m->version}, m->name);
+      }
+    }
+    tx.commit();
+  };
+  if (ordered.empty()) step(nullptr);
+  for (const auto* m : ordered) {
+    try {
+      step(m);
+    } catch (const error_exception& e) {
+      throw error_exception({e.error().category,
+                             fmt::format("migration {} '{}' of {}: {}", m->version, m->name,
+                                         component, e.error().message),
+                             {}});
+    }
+  }
+}
+
+std::vector<int> store::applied_migrations(std::string_view component) {
+  read_scope tx(*this, detail::no_meta, strong());
+  read_context ctx(&*tx, detail::no_meta);
+  std::vector<int> out;
+  for (auto v : ctx.many<std::int64_t>(
+           "select version from cleave_migrations where component = $1 order by version",
+           component))
+    out.push_back(static_cast<int>(v));
+  return out;
+}
+
+}  // namespace cleave
