@@ -137,24 +137,21 @@ constexpr isolation isolation_of() {
   }
 }
 
-// Dispatches commands to their handlers, each in one write transaction.
-class command_bus {
- public:
-  // source: where write transactions come from; null runs handlers without a store. Not owned.
-  explicit command_bus(session_source* source = nullptr) : source_(source) {}
-  command_bus(const command_bus&) = delete;
-  command_bus& operator=(const command_bus&) = delete;
+namespace detail {
 
+// What both buses offer besides sending and asking: behaviors, their session source, and what
+// they handle. The buses differ only in the kind of message and of context (a command's write
+// transaction, a query's read-only one).
+template <message_kind Kind>
+class bus_surface {
+ public:
+  bus_surface(const bus_surface&) = delete;
+  bus_surface& operator=(const bus_surface&) = delete;
+
+  // Where transactions come from; null runs handlers without a store. Not owned.
   void set_source(session_source* source) noexcept { source_ = source; }
 
-  // Registers the handler of one command type, deduced from the handler's first parameter.
-  // A handler is `result<R>(const C&, cleave::write_context&)` (the context may be left out),
-  // a free function, lambda or function object; R is C::response, or void.
-  // Throws std::logic_error when C or its wire name already has a handler.
-  template <class F>
-  void add(F&& handler);
-
-  // Adds a behavior around every command handler (also those added later). Returns it.
+  // Adds a behavior around every handler of this bus (also those added later). Returns it.
   template <class B, class... Args>
   B& use(Args&&... args) {
     auto b = std::make_shared<B>(std::forward<Args>(args)...);
@@ -166,10 +163,54 @@ class command_bus {
     static_assert(behavior_type<B>,
                   "a behavior derives from cleave::behavior and declares "
                   "`static constexpr cleave::applies_to scope = ...;`");
-    static_assert(B::scope != applies_to::queries,
-                  "this behavior is declared for queries only: add it to the query bus");
+    if constexpr (Kind == message_kind::command)
+      static_assert(B::scope != applies_to::queries,
+                    "this behavior is declared for queries only: add it to the query bus");
+    else
+      static_assert(B::scope != applies_to::commands,
+                    "this behavior is declared for commands only: add it to the command bus");
     core_.use(std::move(b));
   }
+
+  // Every message type with a handler here, in registration order.
+  std::vector<const message_info*> handled() const { return core_.handled(); }
+  // The same, with each type's operations (JSON Schemas of the message and of its response).
+  std::vector<const message_ops*> handled_ops() const { return core_.handled_ops(); }
+  // The operations of the message type with this wire name, or null when it has no handler.
+  const message_ops* find(std::string_view wire_name) const {
+    const auto* e = core_.find(wire_name);
+    return e ? e->ops : nullptr;
+  }
+  bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
+  // Declared messages of this kind (CLEAVE_COMMAND / CLEAVE_QUERY anywhere in the program) that
+  // have no handler here.
+  std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
+  // An error listing every declared message of this kind without a handler; for a check at
+  // start-up.
+  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
+
+ protected:
+  explicit bus_surface(session_source* source) noexcept : source_(source) {}
+  ~bus_surface() = default;
+
+  bus_core core_{Kind};
+  session_source* source_;
+};
+
+}  // namespace detail
+
+// Dispatches commands to their handlers, each in one write transaction.
+class command_bus : public detail::bus_surface<message_kind::command> {
+ public:
+  // source: where write transactions come from; null runs handlers without a store. Not owned.
+  explicit command_bus(session_source* source = nullptr) : bus_surface(source) {}
+
+  // Registers the handler of one command type, deduced from the handler's first parameter.
+  // A handler is `result<R>(const C&, cleave::write_context&)` (the context may be left out),
+  // a free function, lambda or function object; R is C::response, or void.
+  // Throws std::logic_error when C or its wire name already has a handler.
+  template <class F>
+  void add(F&& handler);
 
   // Runs the command through the pipeline and its handler. Never throws: failures of every kind
   // come back as an error (no handler is errc::not_found naming the type).
@@ -185,20 +226,6 @@ class command_bus {
                                                const request_meta& meta = detail::no_meta,
                                                std::optional<std::string>* replay_of = nullptr);
 
-  // Every command type with a handler here, in registration order.
-  std::vector<const message_info*> handled() const { return core_.handled(); }
-  // The same, with each type's operations (JSON Schemas of the command and of its response).
-  std::vector<const message_ops*> handled_ops() const { return core_.handled_ops(); }
-  const message_ops* find(std::string_view wire_name) const {
-    const auto* e = core_.find(wire_name);
-    return e ? e->ops : nullptr;
-  }
-  // Declared commands (CLEAVE_COMMAND anywhere in the program) that have no handler here.
-  std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
-  // An error listing every declared command without a handler; for a check at start-up.
-  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
-  bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
-
  private:
   template <command C>
   result<sent<response_t<C>>> dispatch(const C& command_message, const request_meta& meta,
@@ -206,19 +233,13 @@ class command_bus {
   template <command C>
   static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta,
                                             std::optional<std::string>* replay_of);
-
-  detail::bus_core core_{message_kind::command};
-  session_source* source_;
 };
 
 // Dispatches queries to their handlers, each in one read-only transaction.
-class query_bus {
+class query_bus : public detail::bus_surface<message_kind::query> {
  public:
-  explicit query_bus(session_source* source = nullptr) : source_(source) {}
-  query_bus(const query_bus&) = delete;
-  query_bus& operator=(const query_bus&) = delete;
-
-  void set_source(session_source* source) noexcept { source_ = source; }
+  // source: where read transactions come from; null runs handlers without a store. Not owned.
+  explicit query_bus(session_source* source = nullptr) : bus_surface(source) {}
 
   // Registers the handler of one query type, deduced from the handler's first parameter.
   // A handler is `result<R>(const Q&, const cleave::read_context&)` (the context may be left
@@ -226,39 +247,13 @@ class query_bus {
   template <class F>
   void add(F&& handler);
 
-  template <class B, class... Args>
-  B& use(Args&&... args) {
-    auto b = std::make_shared<B>(std::forward<Args>(args)...);
-    use(b);
-    return *b;
-  }
-  template <class B>
-  void use(std::shared_ptr<B> b) {
-    static_assert(behavior_type<B>,
-                  "a behavior derives from cleave::behavior and declares "
-                  "`static constexpr cleave::applies_to scope = ...;`");
-    static_assert(B::scope != applies_to::commands,
-                  "this behavior is declared for commands only: add it to the command bus");
-    core_.use(std::move(b));
-  }
-
   // Runs the query through the pipeline and its handler. Never throws.
   template <class Q>
   [[nodiscard]] auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
 
   // Dispatch by wire name with a JSON body, decoded strictly.
   [[nodiscard]] result<json_outcome> ask_json(std::string_view wire_name, const json& body,
-                                const request_meta& meta = detail::no_meta);
-
-  std::vector<const message_info*> handled() const { return core_.handled(); }
-  std::vector<const message_ops*> handled_ops() const { return core_.handled_ops(); }
-  const message_ops* find(std::string_view wire_name) const {
-    const auto* e = core_.find(wire_name);
-    return e ? e->ops : nullptr;
-  }
-  std::vector<const message_info*> unhandled() const { return core_.unhandled(); }
-  [[nodiscard]] result<void> check_complete() const { return core_.check_complete(); }
-  bool handles(std::string_view wire_name) const { return core_.find(wire_name) != nullptr; }
+                                              const request_meta& meta = detail::no_meta);
 
  private:
   template <query Q>
@@ -266,9 +261,6 @@ class query_bus {
   template <query Q>
   static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta,
                                             std::optional<std::string>* replay_of);
-
-  detail::bus_core core_{message_kind::query};
-  session_source* source_;
 };
 
 // ---- implementation ----
