@@ -15,11 +15,7 @@
 
 namespace {
 
-using bank::open;
-using cleave::errc;
-using cleave::json;
-using cleave::testing::recording_source;
-using testing::HasSubstr;
+using namespace bus_tests;
 
 TEST(command_bus, success_commits_state_and_events_in_one_transaction) {
   recording_source store;

@@ -17,11 +17,7 @@
 
 namespace {
 
-using bank::open;
-using cleave::errc;
-using cleave::json;
-using cleave::testing::recording_source;
-using testing::HasSubstr;
+using namespace bus_tests;
 
 TEST(command_bus, typed_send_reaches_a_free_function_and_returns_its_response) {
   cleave::command_bus commands;

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <gmock/gmock.h>
+
 #include <cleave/core/bus.hpp>
 
 namespace cleave::testing {
@@ -143,3 +145,12 @@ inline cleave::result<std::int64_t> open(const open_account& c, cleave::write_co
 }
 
 }  // namespace bank
+
+// The names the bus tests write unqualified (`using namespace bus_tests;`).
+namespace bus_tests {
+using bank::open;
+using cleave::errc;
+using cleave::json;
+using cleave::testing::recording_source;
+using ::testing::HasSubstr;
+}  // namespace bus_tests
