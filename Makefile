@@ -41,12 +41,12 @@ bench:
 	@scripts/bootstrap bench
 	cmake --preset release $(CMAKE_FLAGS)
 	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write cleave_bench_read shop
-	./build/release/src/core/cleave_bench_dispatch $(BENCH_ARGS)
+	./build/release/bench/cleave_bench_dispatch $(BENCH_ARGS)
 	scripts/pg-cluster start build/release/bench-pg
 	scripts/pg-cluster standby build/release/bench-pg-standby build/release/bench-pg
 	url=$$(cat build/release/bench-pg/url); standby=$$(cat build/release/bench-pg-standby/url); \
-	  CLEAVE_BENCH_PG_URL=$$url ./build/release/src/store/cleave_bench_write && \
-	  CLEAVE_BENCH_PG_URL=$$url CLEAVE_BENCH_PG_STANDBY_URL=$$standby ./build/release/src/read/cleave_bench_read; \
+	  CLEAVE_BENCH_PG_URL=$$url ./build/release/bench/cleave_bench_write && \
+	  CLEAVE_BENCH_PG_URL=$$url CLEAVE_BENCH_PG_STANDBY_URL=$$standby ./build/release/bench/cleave_bench_read; \
 	  status=$$?; scripts/pg-cluster stop build/release/bench-pg-standby; \
 	  scripts/pg-cluster stop build/release/bench-pg; exit $$status
 	scripts/bench-http build/release/examples/shop/shop

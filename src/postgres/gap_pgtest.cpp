@@ -4,8 +4,8 @@
 
 #include <cleave/postgres/store.hpp>
 
-#include "../store/conformance_test.hpp"
 #include "postgres_backend.hpp"
+#include "store_conformance.hpp"
 
 namespace conformance {
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(store_conformance);

@@ -1,7 +1,7 @@
 #include <cleave/postgres/store.hpp>
 
-#include "../store/conformance_test.hpp"
 #include "postgres_backend.hpp"
+#include "store_conformance.hpp"
 
 namespace conformance {
 INSTANTIATE_TYPED_TEST_SUITE_P(postgres, store_conformance, cleave::testing::postgres_backend);

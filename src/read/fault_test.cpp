@@ -1,4 +1,4 @@
-#include "fault_test.hpp"
+#include "projector_faults.hpp"
 
 #include "sqlite_backend.hpp"
 

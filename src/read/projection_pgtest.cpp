@@ -1,4 +1,4 @@
-#include "projection_test.hpp"
+#include "projection_suite.hpp"
 
 #include "postgres_backend.hpp"
 

@@ -1,4 +1,4 @@
-#include "projection_test.hpp"
+#include "projection_suite.hpp"
 
 #include "sqlite_backend.hpp"
 

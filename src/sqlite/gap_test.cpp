@@ -3,7 +3,7 @@
 
 #include <cleave/sqlite/store.hpp>
 
-#include "../store/conformance_test.hpp"
+#include "store_conformance.hpp"
 #include "temp_dir.hpp"
 
 namespace conformance {

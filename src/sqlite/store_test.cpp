@@ -1,7 +1,7 @@
 #include <cleave/sqlite/store.hpp>
 
-#include "../store/conformance_test.hpp"
 #include "sqlite_backend.hpp"
+#include "store_conformance.hpp"
 
 namespace {
 

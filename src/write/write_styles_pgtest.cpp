@@ -1,4 +1,4 @@
-#include "write_styles_test.hpp"
+#include "write_styles_suite.hpp"
 
 #include "postgres_backend.hpp"
 

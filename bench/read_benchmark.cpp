@@ -56,7 +56,7 @@
 #include <cleave/read/projector.hpp>
 #include <cleave/sqlite/store.hpp>
 
-#include "../store/bench_messages.hpp"
+#include "bench_messages.hpp"
 
 namespace {
 
