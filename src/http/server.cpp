@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../app/verbs.hpp"
 #include "asio.hpp"
 #include "router.hpp"
 
@@ -320,24 +321,32 @@ void server::run_until_signal() {
   stop();
 }
 
+namespace {
+
+// The `serve` verb.
+int serve(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Serves HTTP on the configured address (listen) until SIGINT/SIGTERM.", "serve"};
+  cli.allow_extras();  // ignored, as they always were
+  if (auto done = verbs::parse(cli, args, "serve")) return *done;
+  // Block the signals first, so that every thread inherits the mask and sigwait gets them.
+  block_stop_signals();
+  a.migrate();
+  server s(a);
+  s.start();
+  a.start_workers();
+  std::cout << "listening on http://" << a.config().listen.substr(0, a.config().listen.rfind(':'))
+            << ":" << s.port() << "/" << std::endl;
+  s.run_until_signal();
+  a.stop_workers();
+  return 0;
+}
+
+}  // namespace
+
 void install(app& a) {
   a.add_verb("serve",
              "serve               serve HTTP on the configured address until SIGINT/SIGTERM",
-             [](app& app_ref, std::span<const std::string>) {
-               // Block the signals first, so that every thread inherits the mask and sigwait gets
-               // them.
-               block_stop_signals();
-               app_ref.migrate();
-               server s(app_ref);
-               s.start();
-               app_ref.start_workers();
-               std::cout << "listening on http://"
-                         << app_ref.config().listen.substr(0, app_ref.config().listen.rfind(':'))
-                         << ":" << s.port() << "/" << std::endl;
-               s.run_until_signal();
-               app_ref.stop_workers();
-               return 0;
-             });
+             serve);
 }
 
 }  // namespace cleave::http
