@@ -9,9 +9,11 @@
 #include <string>
 #include <string_view>
 
-#include <CLI/CLI.hpp>
-
 #include <cleave/app/app.hpp>
+
+namespace CLI {
+class App;  // <CLI/CLI.hpp>, included where a verb is parsed
+}
 
 namespace cleave::verbs {
 

@@ -1,3 +1,7 @@
+// The HTTP server (see server.hpp): sockets, limits and refusals before a request is read whole,
+// parked reads, workers for database work, and the `serve` verb. What a request gets is the
+// router's (router.hpp).
+
 #include <cleave/http/server.hpp>
 
 #include <atomic>
@@ -10,6 +14,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
