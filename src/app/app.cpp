@@ -1,3 +1,7 @@
+// The application shell (see app.hpp): its configuration (load_config), the store, buses and
+// projector it wires, rebuild jobs, migrations, and main(), which runs a verb (the built-in
+// verbs are in verbs.cpp).
+
 #include <cleave/app/app.hpp>
 
 #include "verbs.hpp"
@@ -8,7 +12,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <thread>
+#include <utility>
 
 #include <pthread.h>
 #include <csignal>
@@ -75,7 +81,10 @@ result<app_config> load_config(const std::filesystem::path& file) {
                         const char* name) -> result<void> {
       if (!v) return {};
       if (*v <= 0) return invalid(name, "must be positive");
-      into = static_cast<std::remove_reference_t<decltype(into)>>(*v);
+      using setting = std::remove_reference_t<decltype(into)>;
+      if (std::cmp_greater(*v, std::numeric_limits<setting>::max()))  // not cut short
+        return invalid(name, fmt::format("must be at most {}", std::numeric_limits<setting>::max()));
+      into = static_cast<setting>(*v);
       return {};
     };
     for (auto r : {positive(f.max_body_bytes, c.max_body_bytes, "max_body_bytes"),
