@@ -11,25 +11,17 @@
 
 namespace parsing {
 
-struct note_added {
-  std::string id;
+// A query that reads the `tags` view and answers with the id it was given.
+struct tag_added {
+  std::string tag;
 };
-CLEAVE_EVENT(note_added, "parsing.note_added", id)
+CLEAVE_EVENT(tag_added, "parsing.tag_added", tag)
 
-struct note {
+struct echo {
   std::string id;
+  using response = std::string;
 };
-CLEAVE_RECORD(note, id)
-
-struct note_by_id {
-  std::string id;
-  using response = note;
-};
-CLEAVE_QUERY(note_by_id, "parsing.note_by_id", id)
-
-cleave::result<note> by_id(const note_by_id& q) {
-  return note{q.id};
-}
+CLEAVE_QUERY(echo, "parsing.echo", id)
 
 }  // namespace parsing
 
@@ -275,17 +267,17 @@ struct router_parsing : testing::Test {
     cfg.run_projector = false;
     if (with_tokens) {
       cfg.tokens = tokens;
-      cfg.roles = {{"parsing.note_by_id", "clerk"}};
+      cfg.roles = {{"parsing.echo", "clerk"}};
     }
     app = std::make_unique<cleave::app>(cfg);
-    app->queries().add(parsing::by_id);
-    cleave::projection notes{"notes"};
-    notes.schema("create table {view}(id text primary key)")
-        .on([](const parsing::note_added& e, cleave::view_context& v) {
-          v.exec("insert into {view}(id) values ($1)", e.id);
+    app->queries().add([](const parsing::echo& q) { return cleave::result<std::string>(q.id); });
+    cleave::projection tags{"tags"};
+    tags.schema("create table {view}(tag text primary key)")
+        .on([](const parsing::tag_added& e, cleave::view_context& v) {
+          v.exec("insert into {view}(tag) values ($1)", e.tag);
         });
-    app->add_projection(std::move(notes));
-    app->reads("parsing.note_by_id", {"notes"});
+    app->add_projection(std::move(tags));
+    app->reads("parsing.echo", {"tags"});
     app->migrate();
     routes = std::make_unique<router>(*app);
   }
@@ -306,23 +298,23 @@ struct router_parsing : testing::Test {
 
 TEST_F(router_parsing, a_read_asking_for_more_than_eventual_is_parked_once_vetted) {
   start(true);
-  auto strong = get("/queries/parsing.note_by_id?id=n1", "Bearer t-ann");
+  auto strong = get("/queries/parsing.echo?id=n1", "Bearer t-ann");
   strong.consistency = "strong";
   const auto parked = routes->vet(strong);
   ASSERT_TRUE(parked);
-  EXPECT_EQ(parked->name, "parsing.note_by_id");
+  EXPECT_EQ(parked->name, "parsing.echo");
   EXPECT_EQ(parked->wanted.required, level::strong);
   // Nothing to wait for in an empty log: handle() answers it with what vet() found.
   const auto answer = routes->handle(strong);
   EXPECT_EQ(answer.status, 200) << answer.body;
-  EXPECT_EQ(body(answer)["result"]["id"], "n1");
+  EXPECT_EQ(body(answer)["result"], "n1");
 
-  auto eventual = get("/queries/parsing.note_by_id?id=n1", "Bearer t-ann");
+  auto eventual = get("/queries/parsing.echo?id=n1", "Bearer t-ann");
   eventual.consistency = "eventual";
   EXPECT_FALSE(routes->vet(eventual));
-  auto plain = get("/queries/parsing.note_by_id?id=n1", "Bearer t-ann");
+  auto plain = get("/queries/parsing.echo?id=n1", "Bearer t-ann");
   EXPECT_FALSE(routes->vet(plain));
-  auto command = get("/commands/parsing.note_by_id", "Bearer t-ann");
+  auto command = get("/commands/parsing.echo", "Bearer t-ann");
   command.method = "POST";
   command.consistency = "strong";
   EXPECT_FALSE(routes->vet(command));
@@ -332,7 +324,7 @@ TEST_F(router_parsing, a_read_asking_for_more_than_eventual_is_parked_once_vette
 TEST_F(router_parsing, a_wrong_token_is_never_parked_and_gets_a_401_asking_for_bearer) {
   start(true);
   for (const char* authorization : {"", "Basic x", "Bearer t-an", "bearer wrong"}) {
-    auto r = get("/queries/parsing.note_by_id?id=n1", authorization);
+    auto r = get("/queries/parsing.echo?id=n1", authorization);
     r.consistency = "strong";
     EXPECT_FALSE(routes->vet(r)) << authorization;
     const auto answer = routes->handle(r);
@@ -342,13 +334,13 @@ TEST_F(router_parsing, a_wrong_token_is_never_parked_and_gets_a_401_asking_for_b
     EXPECT_EQ(header(answer, "WWW-Authenticate"), "Bearer");
   }
   // The scheme in any case.
-  auto upper = get("/queries/parsing.note_by_id?id=n1", "BEARER t-ann");
+  auto upper = get("/queries/parsing.echo?id=n1", "BEARER t-ann");
   EXPECT_EQ(routes->handle(upper).status, 200);
 }
 
 TEST_F(router_parsing, a_caller_without_the_role_is_refused_at_once_not_parked) {
   start(true);
-  auto r = get("/queries/parsing.note_by_id?id=n1", "Bearer t-boss");  // admin, not clerk
+  auto r = get("/queries/parsing.echo?id=n1", "Bearer t-boss");  // admin, not clerk
   r.consistency = "strong";
   EXPECT_FALSE(routes->vet(r));
   const auto answer = routes->handle(r);
@@ -360,7 +352,7 @@ TEST_F(router_parsing, a_malformed_consistency_header_is_a_400_naming_it) {
   start(false);
   for (auto [min_position, consistency] :
        {std::pair{"", "bounded=soon"}, std::pair{"not-a-token", ""}}) {
-    auto r = get("/queries/parsing.note_by_id?id=n1");
+    auto r = get("/queries/parsing.echo?id=n1");
     r.min_position = min_position;
     r.consistency = consistency;
     EXPECT_FALSE(routes->vet(r));
@@ -374,7 +366,7 @@ TEST_F(router_parsing, a_malformed_consistency_header_is_a_400_naming_it) {
 
 TEST_F(router_parsing, a_far_future_position_is_refused_at_once_as_never_issued) {
   start(false);
-  auto r = get("/queries/parsing.note_by_id?id=n1");
+  auto r = get("/queries/parsing.echo?id=n1");
   r.min_position = "0.ffffffff.0";
   const auto parked = routes->vet(r);
   ASSERT_TRUE(parked);  // well-formed: the read side decides
@@ -389,15 +381,15 @@ TEST_F(router_parsing, a_far_future_position_is_refused_at_once_as_never_issued)
 
 TEST_F(router_parsing, a_query_string_that_does_not_decode_is_a_400_naming_the_member) {
   start(false);
-  for (const char* target : {"/queries/parsing.note_by_id?id=%zz",
-                             "/queries/parsing.note_by_id?id=a&id=b"}) {
+  for (const char* target : {"/queries/parsing.echo?id=%zz",
+                             "/queries/parsing.echo?id=a&id=b"}) {
     const auto answer = routes->handle(get(target));
     EXPECT_EQ(answer.status, 400) << target;
     EXPECT_EQ(body(answer)["errors"][0]["path"], "id") << target;
   }
-  const auto plus = routes->handle(get("/queries/parsing.note_by_id?id=a+b%2Bc"));
+  const auto plus = routes->handle(get("/queries/parsing.echo?id=a+b%2Bc"));
   ASSERT_EQ(plus.status, 200) << plus.body;
-  EXPECT_EQ(body(plus)["result"]["id"], "a b+c");
+  EXPECT_EQ(body(plus)["result"], "a b+c");
 }
 
 }  // namespace
