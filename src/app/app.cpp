@@ -1,4 +1,10 @@
+// The application shell (see app.hpp): its configuration (load_config), the store, buses and
+// projector it wires, rebuild jobs, migrations, and main(), which runs a verb (the built-in
+// verbs are in verbs.cpp).
+
 #include <cleave/app/app.hpp>
+
+#include "verbs.hpp"
 
 #include <charconv>
 #include <chrono>
@@ -6,7 +12,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <thread>
+#include <utility>
 
 #include <pthread.h>
 #include <csignal>
@@ -51,18 +59,6 @@ CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_byt
               tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
               max_parked_reads)
 
-void print_json(const json& j) {
-  std::cout << j.dump(2) << std::endl;
-}
-
-int report(const error& e) {
-  std::cerr << "error: " << e.describe() << std::endl;
-  return e.category == errc::validation || e.category == errc::not_found ||
-                 e.category == errc::idempotency_key_reused
-             ? 2
-             : 1;
-}
-
 }  // namespace
 
 result<app_config> load_config(const std::filesystem::path& file) {
@@ -85,7 +81,10 @@ result<app_config> load_config(const std::filesystem::path& file) {
                         const char* name) -> result<void> {
       if (!v) return {};
       if (*v <= 0) return invalid(name, "must be positive");
-      into = static_cast<std::remove_reference_t<decltype(into)>>(*v);
+      using setting = std::remove_reference_t<decltype(into)>;
+      if (std::cmp_greater(*v, std::numeric_limits<setting>::max()))  // not cut short
+        return invalid(name, fmt::format("must be at most {}", std::numeric_limits<setting>::max()));
+      into = static_cast<setting>(*v);
       return {};
     };
     for (auto r : {positive(f.max_body_bytes, c.max_body_bytes, "max_body_bytes"),
@@ -222,16 +221,6 @@ json status_json(const projection_status& s) {
   return out;
 }
 
-// A progress bar on stderr, redrawn in place.
-void draw_progress(const rebuild_progress& p) {
-  const double done = p.total == 0 ? 1.0 : std::min(1.0, double(p.applied) / double(p.total));
-  const int width = 30, filled = static_cast<int>(done * width);
-  std::cerr << '\r' << '[' << std::string(static_cast<std::size_t>(filled), '#')
-            << std::string(static_cast<std::size_t>(width - filled), '.') << "] "
-            << fmt::format("{:5.1f}% {}/{} events", done * 100, p.applied, p.total)
-            << (p.swapped ? " swapped\n" : "") << std::flush;
-}
-
 }  // namespace
 
 json projections_json(projector& p) {
@@ -261,156 +250,7 @@ app::app(app_config config)
     queries_.use<authorization>(roles);
   }
   consistency_ = &queries_.use<read_your_writes>(*projector_);
-  add_verb("send",
-           "send NAME JSON [--id KEY]\n"
-           "                      run a command through this application's handlers; a retry\n"
-           "                      with the same KEY prints the first outcome and has no effect",
-           [](app& a, std::span<const std::string> args) {
-             if (args.size() != 2 && !(args.size() == 4 && args[2] == "--id"))
-               return report({errc::validation, "usage: send NAME JSON [--id KEY]", {}});
-             auto body = parse_json(args[1]);
-             if (!body) return report(body.error());
-             request_meta meta;
-             meta.principal = a.config().cli_principal;
-             if (args.size() == 4) {
-               auto id = command_id_for(meta.principal, args[3]);
-               if (!id) return report(id.error());
-               meta.command_id = std::move(*id);
-             }
-             auto r = a.commands().send_json(args[0], *body, meta);
-             if (!r) return report(r.error());
-             print_json({{"result", r->result}, {"position", r->position.to_string()}});
-             return 0;
-           });
-  add_verb("ask",
-           "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]\n"
-           "                      run a query through this application's handlers",
-           [](app& a, std::span<const std::string> args) {
-             if (args.size() != 2 && !(args.size() == 4 && args[2] == "--consistency"))
-               return report({errc::validation,
-                              "usage: ask NAME JSON [--consistency eventual|strong|bounded=MS|"
-                              "at_least=TOKEN]",
-                              {}});
-             auto body = parse_json(args[1]);
-             if (!body) return report(body.error());
-             request_meta meta;
-             meta.principal = a.config().cli_principal;
-             if (args.size() == 4) {
-               auto wanted = parse_consistency(args[3]);
-               if (!wanted) return report(wanted.error());
-               meta.consistency = *wanted;
-               // Someone must move the views: this process, unless another one leads.
-               a.start_workers();
-             }
-             auto r = a.queries().ask_json(args[0], *body, meta);
-             if (!r) return report(r.error());
-             print_json({{"result", r->result}});
-             return 0;
-           });
-  add_verb("events", "events tail [--follow]  print the event log, oldest first, as JSON lines",
-           [](app& a, std::span<const std::string> args) {
-             if (args.empty() || args[0] != "tail")
-               return report({errc::validation, "usage: events tail [--follow]", {}});
-             const bool follow = args.size() > 1 && args[1] == "--follow";
-             position_token after;
-             for (;;) {
-               auto batch = a.store().read_events(after, 500);
-               for (const auto& e : batch) {
-                 std::cout << json{{"position", e.position.to_string()},
-                                   {"stream", e.stream},
-                                   {"version", e.stream_version},
-                                   {"type", e.type},
-                                   {"payload", e.payload.value()},
-                                   {"correlation_id", e.correlation_id},
-                                   {"recorded_at_ms", e.recorded_at_ms}}
-                                  .dump()
-                           << '\n';
-                 after = e.position;
-               }
-               std::cout.flush();
-               if (batch.empty()) {
-                 if (!follow) return 0;
-                 std::this_thread::sleep_for(std::chrono::milliseconds(200));
-               }
-             }
-           });
-  add_verb("status", "status              the database, the log head, migrations and handlers",
-           [](app& a, std::span<const std::string>) {
-             json migrations = json::object();
-             for (const auto& [component, steps] : a.migrations_)
-               migrations[component] = a.store().applied_migrations(component);
-             migrations["cleave"] = a.store().applied_migrations("cleave");
-             json commands = json::array(), queries = json::array();
-             for (const auto* i : a.commands().handled()) commands.push_back(i->wire_name);
-             for (const auto* i : a.queries().handled()) queries.push_back(i->wire_name);
-             print_json({{"database", a.config().database},
-                         {"head", a.store().head().to_string()},
-                         {"migrations", migrations},
-                         {"commands", commands},
-                         {"queries", queries},
-                         {"projections", projections_json(a.projections())}});
-             return 0;
-           });
-  add_verb("project",
-           "project             keep the async projections current until SIGINT/SIGTERM (one\n"
-           "                      process of several leads; the others stand by)",
-           [](app& a, std::span<const std::string>) {
-             block_stop_signals();
-             a.migrate();
-             a.projections().start();
-             std::cout << "projecting " << a.projections().names().size()
-                       << " projection(s); the leader applies, the others stand by" << std::endl;
-             wait_for_stop_signal();
-             a.projections().stop();
-             return 0;
-           });
-  add_verb("projections",
-           "projections list | rebuild NAME [--verify] | replay-dead-letters NAME |\n"
-           "            discard-rebuild NAME\n"
-           "                      the read side's views: where they stand, rebuilds, dead letters",
-           [](app& a, std::span<const std::string> args) {
-             const auto usage = error{errc::validation,
-                                      "usage: projections list | rebuild NAME [--verify] | "
-                                      "replay-dead-letters NAME | discard-rebuild NAME",
-                                      {}};
-             if (args.empty()) return report(usage);
-             auto& p = a.projections();
-             if (args[0] == "list" && args.size() == 1) {
-               print_json(projections_json(p));
-               return 0;
-             }
-             if (args.size() < 2) return report(usage);
-             const auto& name = args[1];
-             if (args[0] == "rebuild" && args.size() <= 3) {
-               rebuild_options options;
-               options.verify = args.size() == 3 && args[2] == "--verify";
-               if (args.size() == 3 && !options.verify) return report(usage);
-               options.on_progress = draw_progress;
-               const auto done = p.rebuild(name, options);
-               print_json({{"swapped", done.swapped},
-                           {"applied", done.applied},
-                           {"resumed", done.resumed},
-                           {"differences", done.differences}});
-               return done.swapped ? 0 : 1;
-             }
-             if (args[0] == "replay-dead-letters" && args.size() == 2) {
-               print_json({{"replayed", p.replay_dead_letters(name)},
-                           {"still_parked", p.dead_letters(name).size()}});
-               return 0;
-             }
-             if (args[0] == "discard-rebuild" && args.size() == 2) {
-               p.discard_rebuild(name);
-               std::cout << "discarded" << std::endl;
-               return 0;
-             }
-             return report(usage);
-           });
-  add_verb("migrate", "migrate             apply the application's migrations",
-           [](app& a, std::span<const std::string>) {
-             a.migrate();
-             std::cout << "migrated" << std::endl;
-             return 0;
-           });
+  verbs::add_builtin(*this);
 }
 
 app::~app() {
@@ -477,6 +317,12 @@ void app::add_migrations(std::string component, std::span<const migration> steps
   migrations_.emplace_back(std::move(component), steps);
 }
 
+std::vector<std::string> app::migration_components() const {
+  std::vector<std::string> out;
+  for (const auto& [component, steps] : migrations_) out.push_back(component);
+  return out;
+}
+
 void app::migrate() {
   for (const auto& [component, steps] : migrations_) store_->migrate(component, steps);
   for (auto& [p, views] : std::exchange(pending_projections_, {}))
@@ -494,20 +340,26 @@ void app::add_verb(std::string name, std::string usage, verb run) {
 
 int app::main(int argc, char** argv) {
   std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
+  const std::string program = argc > 0 ? argv[0] : "app";
+  const auto list_verbs = [&](std::ostream& out) {
+    out << "usage: " << program << " VERB [ARGS]\n\nverbs:\n";
+    for (const auto& [name, v] : verbs_) out << "  " << v.usage << '\n';
+    out << "\n`" << program << " VERB --help` describes a verb's arguments.\n";
+  };
   if (args.empty() || args[0] == "help" || args[0] == "--help") {
-    std::cout << "usage: " << (argc > 0 ? argv[0] : "app") << " VERB [ARGS]\n\nverbs:\n";
-    for (const auto& [name, v] : verbs_) std::cout << "  " << v.usage << '\n';
+    list_verbs(std::cout);
     return args.empty() ? 2 : 0;
   }
   auto it = verbs_.find(args[0]);
   if (it == verbs_.end()) {
-    std::cerr << "unknown verb '" << args[0] << "'; try `help`" << std::endl;
+    std::cerr << "unknown verb '" << args[0] << "'\n";
+    list_verbs(std::cerr);
     return 2;
   }
   try {
     return it->second.run(*this, std::span<const std::string>(args).subspan(1));
   } catch (const error_exception& e) {
-    return report(e.error());
+    return verbs::report(e.error());
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 1;

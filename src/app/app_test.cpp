@@ -70,4 +70,74 @@ TEST(app_wiring, reads_of_known_names_start) {
   EXPECT_NO_THROW(app.migrate());
 }
 
+// Runs `app args...` as main() would: the exit code, stdout and stderr.
+struct run_result {
+  int code;
+  std::string out, err;
+};
+run_result run(cleave::app& app, std::vector<std::string> args) {
+  args.insert(args.begin(), "app");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  const int code = app.main(static_cast<int>(argv.size()), argv.data());
+  auto out = ::testing::internal::GetCapturedStdout();
+  return {code, out, ::testing::internal::GetCapturedStderr()};
+}
+
+TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
+  cleave::app app{in_memory()};
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"send", "--help"}, {"ask", "-h"}, {"events", "--help"},
+        {"events", "tail", "--help"}, {"status", "--help"}, {"project", "--help"},
+        {"projections", "--help"}, {"projections", "rebuild", "--help"}, {"migrate", "--help"},
+        {"send", "NAME", "{}", "--help"}}) {
+    const auto r = run(app, args);
+    EXPECT_EQ(r.code, 0) << args[0] << r.err;
+    EXPECT_THAT(r.out, ::testing::HasSubstr("Usage: " + args[0])) << args[0];
+  }
+  EXPECT_THAT(run(app, {"send", "--help"}).out, ::testing::HasSubstr("--id KEY"));
+  EXPECT_THAT(run(app, {"projections", "rebuild", "--help"}).out,
+              ::testing::HasSubstr("--verify"));
+}
+
+TEST(app_verbs, no_verb_or_an_unknown_one_lists_the_verbs_with_exit_code_2) {
+  cleave::app app{in_memory()};
+  const auto none = run(app, {});
+  EXPECT_EQ(none.code, 2);
+  EXPECT_THAT(none.out, ::testing::HasSubstr("  send NAME JSON [--id KEY]"));
+  const auto unknown = run(app, {"sned"});
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_THAT(unknown.err, ::testing::HasSubstr("unknown verb 'sned'"));
+  EXPECT_THAT(unknown.err, ::testing::HasSubstr("  projections list | rebuild NAME"));
+  EXPECT_EQ(unknown.out, "");
+  const auto help = run(app, {"help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, ::testing::HasSubstr("  migrate "));
+}
+
+TEST(app_verbs, arguments_a_verb_does_not_take_are_a_usage_error_with_exit_code_2) {
+  cleave::app app{in_memory()};
+  const std::pair<std::vector<std::string>, std::string> cases[] = {
+      {{"send", "only-a-name"}, "usage: send NAME JSON [--id KEY]"},
+      {{"send", "n", "{}", "--idx", "k"}, "usage: send NAME JSON [--id KEY]"},
+      {{"ask", "n", "{}", "--consistency"}, "usage: ask NAME JSON [--consistency "},
+      {{"events", "head"}, "usage: events tail [--follow]"},
+      {{"projections"}, "usage: projections list | rebuild NAME"},
+      {{"projections", "list", "extra"}, "usage: projections list | rebuild NAME"},
+      {{"projections", "rebuild", "notes", "--bogus"}, "usage: projections list"},
+  };
+  for (const auto& [args, usage] : cases) {
+    const auto r = run(app, args);
+    EXPECT_EQ(r.code, 2) << args[0];
+    EXPECT_THAT(r.err, ::testing::HasSubstr("error: validation: " + usage)) << args[0];
+    EXPECT_EQ(r.out, "") << args[0];
+  }
+  // An invalid value is named as before.
+  const auto bogus = run(app, {"ask", "wiring.note_by_id", "{}", "--consistency", "bogus"});
+  EXPECT_EQ(bogus.code, 2);
+  EXPECT_THAT(bogus.err, ::testing::HasSubstr("'bogus' is not eventual, strong"));
+}
+
 }  // namespace wiring

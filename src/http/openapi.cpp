@@ -2,8 +2,6 @@
 
 #include "router.hpp"
 
-#include <cleave/http/server.hpp>
-
 #include <algorithm>
 #include <set>
 
@@ -16,45 +14,6 @@ namespace {
 json ref(std::string_view kind, std::string_view name) {
   return {{"$ref", fmt::format("#/components/{}/{}", kind, name)}};
 }
-
-// A problem response: the categories listed give its `type` values through problem_type().
-struct problem_response {
-  int status;
-  std::string_view name;
-  std::string_view description;
-  std::initializer_list<errc> categories;
-  std::string_view header;  // a response header it carries, if any
-};
-
-// clang-format off
-constexpr problem_response problem_responses[] = {
-    {400, "bad_request", "Malformed JSON or HTTP, nesting over the limit, a member that fails "
-     "strict decoding or validate() (named in errors[].path), or a bad query string, "
-     "consistency or position token.", {errc::validation, errc::internal}, {}},
-    {401, "unauthorized", "The bearer token is missing or unknown.", {errc::unauthorized},
-     "WWW-Authenticate"},
-    {403, "forbidden", "The token's principal lacks the role required here; without tokens, "
-     "the admin API answers only loopback clients.", {errc::forbidden}, {}},
-    {404, "not_found", "The handler found nothing, or there is no such message, projection or "
-     "route.", {errc::not_found, errc::validation}, {}},
-    {405, "method_not_allowed", "Another method than this path takes (Allow lists them), or GET "
-     "on a query with non-scalar members.", {errc::validation}, "Allow"},
-    {409, "conflict", "A concurrent change won (a unique key, an expected version), or the "
-     "projection is being rebuilt already.", {errc::conflict}, {}},
-    {413, "body_too_large", "The body is over the limit (refused before it is read).",
-     {errc::validation}, {}},
-    {415, "unsupported_media_type", "A body that is not application/json.", {errc::validation},
-     {}},
-    {422, "rejected", "A business rule refused the command, or its Idempotency-Key was used "
-     "before for another message or payload.", {errc::rejected}, {}},
-    {431, "headers_too_large", "The request headers are over the limit.", {errc::validation}, {}},
-    {500, "internal", "Anything else: the body carries only the correlation id, the server's "
-     "log the rest.", {errc::internal}, {}},
-    {503, "unavailable", "The database is unavailable, a read's consistency could not be met "
-     "in time, or there are too many connections; retry after Retry-After seconds.",
-     {errc::unavailable}, "Retry-After"},
-};
-// clang-format on
 
 // Problems every route may answer, before it is routed or while it runs.
 constexpr int any_route[] = {400, 405, 413, 431, 500, 503};
@@ -128,10 +87,9 @@ json components(bool with_tokens) {
       {"X-Correlation-Id",
        header_parameter("X-Correlation-Id",
                         "Names the request in the server's log (one is made when absent).")}};
-  for (const auto& p : problem_responses) {
+  for (const auto& p : problem_statuses()) {
     std::set<std::string> types;
-    for (auto category : p.categories) types.emplace(problem_type(p.status, category));
-    if (p.status == 422) types.insert("/problems/idempotency-key-reused");
+    for (const auto& kind : p.kinds) types.emplace(kind.type);
     json response{{"description", p.description},
                   {"content",
                    {{"application/problem+json",
@@ -156,7 +114,7 @@ json operation(std::string id, std::string summary, json ok, std::initializer_li
   op["responses"] = json::object();
   std::set<int> statuses(std::begin(any_route), std::end(any_route));
   statuses.insert(problems);
-  for (const auto& p : problem_responses)
+  for (const auto& p : problem_statuses())
     if (statuses.contains(p.status))
       op["responses"][std::to_string(p.status)] = ref("responses", p.name);
   op["responses"].update(ok);
@@ -195,14 +153,6 @@ json head_of(json get) {
 }
 
 }  // namespace
-
-std::optional<std::string> non_scalar_member(const json& schema) {
-  for (const auto& [member, s] : schema["properties"].items()) {
-    const auto type = s.value("type", "");
-    if (type == "array" || type == "object" || !s.contains("type")) return member;
-  }
-  return std::nullopt;
-}
 
 response router::openapi() const {
   const auto& cfg = app_.config();

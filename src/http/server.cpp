@@ -1,3 +1,7 @@
+// The HTTP server (see server.hpp): sockets, limits and refusals before a request is read whole,
+// parked reads, workers for database work, and the `serve` verb. What a request gets is the
+// router's (router.hpp).
+
 #include <cleave/http/server.hpp>
 
 #include <atomic>
@@ -10,9 +14,11 @@
 #include <thread>
 #include <unordered_map>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "../app/verbs.hpp"
 #include "asio.hpp"
 #include "router.hpp"
 
@@ -74,7 +80,7 @@ struct server::impl {
   // there or its deadline passes: a worker would be held for the whole wait. Sets the
   // request's deadline; returns the refusal when too many reads are parked.
   awaitable<std::optional<detail::response>> park(detail::request& r) {
-    auto read = router_.consistent_read_of(r);
+    auto read = router_.vet(r);
     if (!read) co_return std::nullopt;
     net::steady_timer timer(io_);
     const auto id = parked_->next_id++;
@@ -138,6 +144,16 @@ struct server::impl {
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
   }
 
+  // Answers a request refused before it was read whole, or a connection turned away, with a
+  // problem (the server's fault when it is a 503, else the client's), and closes.
+  awaitable<void> refuse(beast::tcp_stream& stream, unsigned version, int status,
+                         std::string detail, std::string correlation_id = {}) {
+    const auto category = status == 503 ? errc::unavailable : errc::validation;
+    co_await write_and_close(
+        stream, router_.refuse(status, category, std::move(detail), std::move(correlation_id)),
+        version);
+  }
+
   awaitable<void> session(tcp::socket socket) {
     beast::error_code peer_ec;
     const auto peer = socket.remote_endpoint(peer_ec);
@@ -155,23 +171,17 @@ struct server::impl {
       if (ec == bhttp::error::body_limit) {
         // Beast checks Content-Length against the limit as soon as the headers are in: refused
         // before a byte of the body is read.
-        co_await write_and_close(
-            stream,
-            router_.refuse(
-                413, errc::validation,
-                fmt::format("the body is over the limit of {} bytes", cfg.max_body_bytes)),
-            parser.get().version());
+        co_await refuse(stream, parser.get().version(), 413,
+                        fmt::format("the body is over the limit of {} bytes", cfg.max_body_bytes));
         break;
       }
       if (ec == bhttp::error::header_limit) {
-        co_await write_and_close(
-            stream, router_.refuse(431, errc::validation, "the request headers are too large"), 11);
+        co_await refuse(stream, 11, 431, "the request headers are too large");
         break;
       }
       if (gone(ec)) break;
       if (ec) {
-        co_await write_and_close(
-            stream, router_.refuse(400, errc::validation, "a malformed HTTP request"), 11);
+        co_await refuse(stream, 11, 400, "a malformed HTTP request");
         break;
       }
       const auto& header = parser.get();
@@ -180,12 +190,10 @@ struct server::impl {
           detail::accepted_correlation_id(std::string_view(header["X-Correlation-Id"]));
       if (auto length = parser.content_length(); length && *length > cfg.max_body_bytes) {
         // Refused from Content-Length, before a byte of the body is read.
-        co_await write_and_close(stream,
-                                 router_.refuse(413, errc::validation,
-                                                fmt::format("the body is {} bytes; the limit is {}",
-                                                            *length, cfg.max_body_bytes),
-                                                correlation_id),
-                                 version);
+        co_await refuse(
+            stream, version, 413,
+            fmt::format("the body is {} bytes; the limit is {}", *length, cfg.max_body_bytes),
+            correlation_id);
         break;
       }
       begin_request();
@@ -193,15 +201,9 @@ struct server::impl {
       if (ec) {
         end_request();
         if (ec == bhttp::error::body_limit)
-          co_await write_and_close(
-              stream,
-              router_.refuse(413, errc::validation, "the body is over the limit", correlation_id),
-              version);
+          co_await refuse(stream, version, 413, "the body is over the limit", correlation_id);
         else if (!gone(ec))  // a malformed body, chunked framing included
-          co_await write_and_close(
-              stream,
-              router_.refuse(400, errc::validation, "a malformed request body", correlation_id),
-              version);
+          co_await refuse(stream, version, 400, "a malformed request body", correlation_id);
         break;
       }
       auto req = parser.release();
@@ -254,8 +256,7 @@ struct server::impl {
       }
       if (connections_.load() >= app_.config().max_connections) {
         beast::tcp_stream stream(std::move(socket));
-        co_await write_and_close(
-            stream, router_.refuse(503, errc::unavailable, "too many connections"), 11);
+        co_await refuse(stream, 11, 503, "too many connections");
         continue;
       }
       ++connections_;
@@ -325,24 +326,32 @@ void server::run_until_signal() {
   stop();
 }
 
+namespace {
+
+// The `serve` verb.
+int serve(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Serves HTTP on the configured address (listen) until SIGINT/SIGTERM.", "serve"};
+  cli.allow_extras();  // ignored, as they always were
+  if (auto done = verbs::parse(cli, args, "serve")) return *done;
+  // Block the signals first, so that every thread inherits the mask and sigwait gets them.
+  block_stop_signals();
+  a.migrate();
+  server s(a);
+  s.start();
+  a.start_workers();
+  std::cout << "listening on http://" << a.config().listen.substr(0, a.config().listen.rfind(':'))
+            << ":" << s.port() << "/" << std::endl;
+  s.run_until_signal();
+  a.stop_workers();
+  return 0;
+}
+
+}  // namespace
+
 void install(app& a) {
   a.add_verb("serve",
              "serve               serve HTTP on the configured address until SIGINT/SIGTERM",
-             [](app& app_ref, std::span<const std::string>) {
-               // Block the signals first, so that every thread inherits the mask and sigwait gets
-               // them.
-               block_stop_signals();
-               app_ref.migrate();
-               server s(app_ref);
-               s.start();
-               app_ref.start_workers();
-               std::cout << "listening on http://"
-                         << app_ref.config().listen.substr(0, app_ref.config().listen.rfind(':'))
-                         << ":" << s.port() << "/" << std::endl;
-               s.run_until_signal();
-               app_ref.stop_workers();
-               return 0;
-             });
+             serve);
 }
 
 }  // namespace cleave::http

@@ -116,14 +116,18 @@ class app {
   // Registers the application's own migrations, applied by migrate() (and the `migrate` verb).
   // The span must outlive the app (a constexpr array, typically).
   void add_migrations(std::string component, std::span<const migration> steps);
+  // The components of those migrations, in the order they were registered.
+  std::vector<std::string> migration_components() const;
   // Applies every registered migration, then creates the registered projections' views, then
   // checks the reads() declarations (throws error_exception, errc::validation, naming an unknown
   // query or projection and the known ones).
   void migrate();
 
-  // Adds (or replaces) a verb.
+  // Adds (or replaces) a verb; `usage` is its entry in the verbs list. The built-in verbs (and
+  // `serve`) parse their arguments with CLI11 and answer `VERB --help` with their help.
   void add_verb(std::string name, std::string usage, verb run);
-  // Runs the verb named by argv[1] (`help` lists them). Errors go to stderr, results to stdout.
+  // Runs the verb named by argv[1]; `help` (exit code 0), no verb or an unknown one (2, on
+  // stderr) lists them. Errors go to stderr, results to stdout.
   int main(int argc, char** argv);
 
  private:

@@ -1,0 +1,271 @@
+// The verbs every cleave application offers (see verbs.hpp): one function each, its arguments
+// parsed with CLI11. Results go to stdout (JSON), errors to stderr; exit codes: 0 done, 2 the
+// caller's mistake (usage, validation, not found), 1 anything else.
+
+#include "verbs.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+namespace cleave::verbs {
+
+namespace {
+
+void print_json(const json& j) {
+  std::cout << j.dump(2) << std::endl;
+}
+
+// A progress bar on stderr, redrawn in place.
+void draw_progress(const rebuild_progress& p) {
+  const double done = p.total == 0 ? 1.0 : std::min(1.0, double(p.applied) / double(p.total));
+  const int width = 30, filled = static_cast<int>(done * width);
+  std::cerr << '\r' << '[' << std::string(static_cast<std::size_t>(filled), '#')
+            << std::string(static_cast<std::size_t>(width - filled), '.') << "] "
+            << fmt::format("{:5.1f}% {}/{} events", done * 100, p.applied, p.total)
+            << (p.swapped ? " swapped\n" : "") << std::flush;
+}
+
+// Who the CLI runs as, from the configuration.
+request_meta cli_meta(app& a) {
+  request_meta meta;
+  meta.principal = a.config().cli_principal;
+  return meta;
+}
+
+}  // namespace
+
+int report(const error& e) {
+  std::cerr << "error: " << e.describe() << std::endl;
+  return e.category == errc::validation || e.category == errc::not_found ||
+                 e.category == errc::idempotency_key_reused
+             ? 2
+             : 1;
+}
+
+std::optional<int> parse(CLI::App& cli, std::span<const std::string> args,
+                         std::string_view synopsis) {
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // as CLI11 takes them
+  try {
+    cli.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << cli.help();
+    return 0;
+  } catch (const CLI::ParseError&) {
+    return report({errc::validation, fmt::format("usage: {}", synopsis), {}});
+  }
+  return std::nullopt;
+}
+
+int send(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Runs a command through this application's handlers; a retry with the same KEY "
+               "prints the first outcome and has no effect.",
+               "send"};
+  std::string name, body_text, key;
+  cli.add_option("NAME", name, "the command's wire name")->required();
+  cli.add_option("JSON", body_text, "the command, a JSON object")->required();
+  const auto* id = cli.add_option("--id", key, "an idempotency key (1 to 255 visible characters)")
+                       ->type_name("KEY");
+  if (auto done = parse(cli, args, "send NAME JSON [--id KEY]")) return *done;
+  auto body = parse_json(body_text);
+  if (!body) return report(body.error());
+  auto meta = cli_meta(a);
+  if (id->count() > 0) {
+    auto command_id = command_id_for(meta.principal, key);
+    if (!command_id) return report(command_id.error());
+    meta.command_id = std::move(*command_id);
+  }
+  auto r = a.commands().send_json(name, *body, meta);
+  if (!r) return report(r.error());
+  print_json({{"result", r->result}, {"position", r->position.to_string()}});
+  return 0;
+}
+
+int ask(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Runs a query through this application's handlers.", "ask"};
+  std::string name, body_text, level;
+  cli.add_option("NAME", name, "the query's wire name")->required();
+  cli.add_option("JSON", body_text, "the query, a JSON object")->required();
+  const auto* consistency_option =
+      cli.add_option("--consistency", level,
+                     "how current the views it reads must be (default: eventual); waiting for "
+                     "them starts this process's projector")
+          ->type_name("eventual|strong|bounded=MS|at_least=TOKEN");
+  if (auto done = parse(
+          cli, args, "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]"))
+    return *done;
+  auto body = parse_json(body_text);
+  if (!body) return report(body.error());
+  auto meta = cli_meta(a);
+  if (consistency_option->count() > 0) {
+    auto wanted = parse_consistency(level);
+    if (!wanted) return report(wanted.error());
+    meta.consistency = *wanted;
+    // Someone must move the views: this process, unless another one leads.
+    a.start_workers();
+  }
+  auto r = a.queries().ask_json(name, *body, meta);
+  if (!r) return report(r.error());
+  print_json({{"result", r->result}});
+  return 0;
+}
+
+int events(app& a, std::span<const std::string> args) {
+  CLI::App cli{"The event log.", "events"};
+  cli.require_subcommand(1);
+  bool follow = false;
+  auto* tail = cli.add_subcommand("tail", "Prints the event log, oldest first, as JSON lines.");
+  tail->add_flag("--follow", follow, "then wait for new events and print them too");
+  tail->allow_extras();  // ignored, as they always were
+  if (auto done = parse(cli, args, "events tail [--follow]")) return *done;
+  position_token after;
+  for (;;) {
+    auto batch = a.store().read_events(after, 500);
+    for (const auto& e : batch) {
+      std::cout << json{{"position", e.position.to_string()},
+                        {"stream", e.stream},
+                        {"version", e.stream_version},
+                        {"type", e.type},
+                        {"payload", e.payload.value()},
+                        {"correlation_id", e.correlation_id},
+                        {"recorded_at_ms", e.recorded_at_ms}}
+                       .dump()
+                << '\n';
+      after = e.position;
+    }
+    std::cout.flush();
+    if (batch.empty()) {
+      if (!follow) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+}
+
+int status(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Prints the database, the log head, migrations, handlers and projections.",
+               "status"};
+  cli.allow_extras();  // ignored, as they always were
+  if (auto done = parse(cli, args, "status")) return *done;
+  json migrations = json::object();
+  for (const auto& component : a.migration_components())
+    migrations[component] = a.store().applied_migrations(component);
+  migrations["cleave"] = a.store().applied_migrations("cleave");
+  json commands = json::array(), queries = json::array();
+  for (const auto* i : a.commands().handled()) commands.push_back(i->wire_name);
+  for (const auto* i : a.queries().handled()) queries.push_back(i->wire_name);
+  print_json({{"database", a.config().database},
+              {"head", a.store().head().to_string()},
+              {"migrations", migrations},
+              {"commands", commands},
+              {"queries", queries},
+              {"projections", projections_json(a.projections())}});
+  return 0;
+}
+
+int project(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Keeps the async projections current until SIGINT/SIGTERM (one process of several "
+               "leads; the others stand by).",
+               "project"};
+  cli.allow_extras();  // ignored, as they always were
+  if (auto done = parse(cli, args, "project")) return *done;
+  block_stop_signals();
+  a.migrate();
+  a.projections().start();
+  std::cout << "projecting " << a.projections().names().size()
+            << " projection(s); the leader applies, the others stand by" << std::endl;
+  wait_for_stop_signal();
+  a.projections().stop();
+  return 0;
+}
+
+int projections(app& a, std::span<const std::string> args) {
+  CLI::App cli{"The read side's views: where they stand, rebuilds, dead letters.",
+               "projections"};
+  cli.require_subcommand(1);
+  std::string name;
+  bool verify = false;
+  auto* list = cli.add_subcommand("list", "Prints where each projection stands.");
+  auto* rebuild =
+      cli.add_subcommand("rebuild", "Rebuilds a projection's view beside the live one, then swaps.");
+  rebuild->add_option("NAME", name, "the projection")->required();
+  rebuild->add_flag("--verify", verify,
+                    "compare the rebuilt view with the live one first; keep the live one when "
+                    "they differ");
+  auto* replay = cli.add_subcommand("replay-dead-letters",
+                                    "Runs the events parked by a failed handler through it again.");
+  replay->add_option("NAME", name, "the projection")->required();
+  auto* discard = cli.add_subcommand("discard-rebuild",
+                                     "Drops the shadow view of an unfinished rebuild (one that "
+                                     "failed verification, say); the live view stays.");
+  discard->add_option("NAME", name, "the projection")->required();
+  if (auto done = parse(cli, args,
+                        "projections list | rebuild NAME [--verify] | replay-dead-letters NAME | "
+                        "discard-rebuild NAME"))
+    return *done;
+  auto& p = a.projections();
+  if (list->parsed()) {
+    print_json(projections_json(p));
+    return 0;
+  }
+  if (rebuild->parsed()) {
+    rebuild_options options;
+    options.verify = verify;
+    options.on_progress = draw_progress;
+    const auto done = p.rebuild(name, options);
+    print_json({{"swapped", done.swapped},
+                {"applied", done.applied},
+                {"resumed", done.resumed},
+                {"differences", done.differences}});
+    return done.swapped ? 0 : 1;
+  }
+  if (replay->parsed()) {
+    print_json({{"replayed", p.replay_dead_letters(name)},
+                {"still_parked", p.dead_letters(name).size()}});
+    return 0;
+  }
+  p.discard_rebuild(name);
+  std::cout << "discarded" << std::endl;
+  return 0;
+}
+
+int migrate(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Applies the application's migrations.", "migrate"};
+  cli.allow_extras();  // ignored, as they always were
+  if (auto done = parse(cli, args, "migrate")) return *done;
+  a.migrate();
+  std::cout << "migrated" << std::endl;
+  return 0;
+}
+
+void add_builtin(app& a) {
+  a.add_verb("send",
+             "send NAME JSON [--id KEY]\n"
+             "                      run a command through this application's handlers; a retry\n"
+             "                      with the same KEY prints the first outcome and has no effect",
+             send);
+  a.add_verb("ask",
+             "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]\n"
+             "                      run a query through this application's handlers",
+             ask);
+  a.add_verb("events", "events tail [--follow]  print the event log, oldest first, as JSON lines",
+             events);
+  a.add_verb("status", "status              the database, the log head, migrations and handlers",
+             status);
+  a.add_verb("project",
+             "project             keep the async projections current until SIGINT/SIGTERM (one\n"
+             "                      process of several leads; the others stand by)",
+             project);
+  a.add_verb("projections",
+             "projections list | rebuild NAME [--verify] | replay-dead-letters NAME |\n"
+             "            discard-rebuild NAME\n"
+             "                      the read side's views: where they stand, rebuilds, dead letters",
+             projections);
+  a.add_verb("migrate", "migrate             apply the application's migrations", migrate);
+}
+
+}  // namespace cleave::verbs

@@ -1,0 +1,100 @@
+// GET /metrics (see metrics.hpp): the router's counters and histograms, and the read side's lag,
+// rendered in the Prometheus text format 0.0.4.
+
+#include "metrics.hpp"
+
+#include <fmt/format.h>
+
+namespace cleave::http::detail {
+
+namespace {
+
+// The HELP and TYPE lines that open a Prometheus metric family.
+void metric_family(std::string& out, std::string_view name, std::string_view type,
+                   std::string_view help) {
+  out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+}  // namespace
+
+void metrics::record_request(const std::string& route, int status, std::chrono::nanoseconds took) {
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::lock_guard lock(mutex_);
+  ++requests_[{route, status}];
+  auto& h = latency_[route];
+  for (std::size_t i = 0; i < std::size(buckets); ++i)
+    if (seconds <= buckets[i]) ++h.counts[i];
+  ++h.count;
+  h.sum += seconds;
+}
+
+void metrics::record_message(std::string_view kind, std::string_view name,
+                             std::string_view outcome) {
+  std::lock_guard lock(mutex_);
+  ++messages_[{std::string(kind), std::string(name), std::string(outcome)}];
+}
+
+std::string metrics::render() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  metric_family(out, "cleave_http_requests_total", "counter", "HTTP requests by route and status.");
+  for (const auto& [key, n] : requests_)
+    out += fmt::format("cleave_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first,
+                       key.second, n);
+  metric_family(out, "cleave_http_request_duration_seconds", "histogram",
+                "HTTP request latency by route.");
+  for (const auto& [route, h] : latency_) {
+    for (std::size_t i = 0; i < std::size(buckets); ++i)
+      out +=
+          fmt::format("cleave_http_request_duration_seconds_bucket{{route=\"{}\",le=\"{}\"}} {}\n",
+                      route, buckets[i], h.counts[i]);
+    out +=
+        fmt::format("cleave_http_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {}\n",
+                    route, h.count);
+    out +=
+        fmt::format("cleave_http_request_duration_seconds_sum{{route=\"{}\"}} {}\n", route, h.sum);
+    out += fmt::format("cleave_http_request_duration_seconds_count{{route=\"{}\"}} {}\n", route,
+                       h.count);
+  }
+  metric_family(out, "cleave_messages_total", "counter",
+                "Commands and queries by name and outcome.");
+  for (const auto& [key, n] : messages_)
+    out += fmt::format("cleave_messages_total{{kind=\"{}\",name=\"{}\",outcome=\"{}\"}} {}\n",
+                       std::get<0>(key), std::get<1>(key), std::get<2>(key), n);
+  return out;
+}
+
+std::string lag_metrics(app& a) {
+  std::string out;
+  const auto all = projections_json(a.projections());
+  auto per_projection = [&](std::string_view name, std::string_view help, const char* field) {
+    metric_family(out, name, "gauge", help);
+    for (const auto& p : all) {
+      const auto& v = p[field];
+      out += fmt::format("{}{{projection=\"{}\"}} {}\n", name, p["name"].get<std::string>(),
+                         v.is_number_float() ? fmt::format("{}", v.get<double>()) : v.dump());
+    }
+  };
+  per_projection("cleave_projection_lag_events",
+                 "Events committed that a projection has not applied.", "lag_events");
+  per_projection("cleave_projection_lag_seconds",
+                 "Age of the oldest event a projection has not applied.", "lag_seconds");
+  per_projection("cleave_projection_dead_letters", "Events parked because their handler failed.",
+                 "dead_letters");
+  const auto replicas = a.store().replicas();
+  if (replicas.empty()) return out;
+  auto per_replica = [&](std::string_view name, std::string_view help, auto value) {
+    metric_family(out, name, "gauge", help);
+    for (const auto& r : replicas)
+      out += fmt::format("{}{{replica=\"{}\"}} {}\n", name, r.url, value(r));
+  };
+  per_replica("cleave_replica_lag_seconds",
+              "How long ago the primary wrote the oldest WAL a replica lacks.",
+              [](const replica_status& r) { return r.lag_seconds; });
+  per_replica("cleave_replica_lag_bytes",
+              "WAL the primary has written that a replica has not replayed.",
+              [](const replica_status& r) { return r.lag_bytes; });
+  return out;
+}
+
+}  // namespace cleave::http::detail
