@@ -5,7 +5,7 @@ CMAKE_FLAGS ?=
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all bootstrap build test run quickstart bench fuzz asan-test tsan-test format clean
+.PHONY: all bootstrap build test lint run quickstart bench fuzz asan-test tsan-test format clean
 
 all: build
 
@@ -19,6 +19,10 @@ build: bootstrap
 # Builds everything and runs every test (unit, compile-fail, packaging).
 test: build
 	ctest --preset $(PRESET)
+
+# The format check and clang-tidy (.clang-tidy) over the sources, on the build's compile database.
+lint: build
+	scripts/lint build/$(PRESET)
 
 # Builds and runs the main job: the shop on http://127.0.0.1:8080 (SQLite under ./var).
 run: bootstrap
@@ -69,7 +73,7 @@ tsan-test: bootstrap
 	ctest --preset tsan
 
 format:
-	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+	clang-format-16 -i $$(git ls-files '*.cpp' '*.hpp' | grep -v '^tests/compile_fail/')
 
 clean:
 	rm -rf build

@@ -23,8 +23,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <cleave/postgres/store.hpp>
-#include <cleave/sqlite/store.hpp>
+#include <cleave/store/backends.hpp>
 
 namespace cleave {
 
@@ -49,7 +48,7 @@ struct config_file {
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<principal_entry> cli_principal;
-  std::optional<bool> run_projector;
+  std::optional<bool> run_projector, group_commit;
   std::optional<std::vector<std::string>> replicas;
   std::optional<std::int64_t> replica_max_lag_ms;
   std::optional<openapi_entry> openapi;
@@ -57,7 +56,7 @@ struct config_file {
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
               tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
-              max_parked_reads)
+              max_parked_reads, group_commit)
 
 }  // namespace
 
@@ -104,6 +103,7 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.roles) c.roles = *f.roles;
     if (f.cli_principal) c.cli_principal = {f.cli_principal->subject, f.cli_principal->roles};
     if (f.run_projector) c.run_projector = *f.run_projector;
+    if (f.group_commit) c.group_commit = *f.group_commit;
     if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
     if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;
@@ -124,27 +124,19 @@ result<app_config> load_config(const std::filesystem::path& file) {
       rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
     }
   }
-  if (const char* v = std::getenv("CLEAVE_PROJECTOR"); v && *v) {
-    const std::string_view on = v;
-    if (on != "on" && on != "off") return invalid("CLEAVE_PROJECTOR", "must be on or off");
-    c.run_projector = on == "on";
+  for (auto [name, setting] : {std::pair{"CLEAVE_PROJECTOR", &c.run_projector},
+                               std::pair{"CLEAVE_GROUP_COMMIT", &c.group_commit}}) {
+    if (const char* v = std::getenv(name); v && *v) {
+      const std::string_view on = v;
+      if (on != "on" && on != "off") return invalid(name, "must be on or off");
+      *setting = on == "on";
+    }
   }
   return c;
 }
 
 std::unique_ptr<store> open_store(const app_config& config) {
-  const auto& database = config.database;
-  if (database.starts_with("postgresql://") || database.starts_with("postgres://")) {
-    postgres::options o{.url = database};
-    o.replicas = config.replicas;
-    o.replica_max_lag = config.replica_max_lag;
-    return std::make_unique<postgres::store>(o);
-  }
-  if (!config.replicas.empty())
-    throw error_exception({errc::validation,
-                           "replicas are PostgreSQL hot standbys: the database must be one too",
-                           {}});
-  return std::make_unique<sqlite::store>(sqlite::options{.path = database});
+  return open_store(store_settings{config.database, config.replicas, config.replica_max_lag});
 }
 
 json replicas_json(store& s) {
@@ -233,7 +225,13 @@ app::app(app_config config)
     : config_(std::move(config)),
       store_(open_store(config_)),
       projector_(std::make_unique<cleave::projector>(*store_)),
-      commands_(&projector_->source()),
+      // Stacked on the projector's source: a group's members apply inline projections too.
+      grouped_(config_.group_commit
+                   ? std::make_unique<cleave::group_commit>(
+                         projector_->source(), 32,
+                         std::min(config_.workers, store_->concurrent_writers()))
+                   : nullptr),
+      commands_(grouped_ ? static_cast<session_source*>(grouped_.get()) : &projector_->source()),
       queries_(store_.get()) {
   // Logs go to stderr: stdout is for results (verbs, JSON lines).
   static std::once_flag to_stderr;

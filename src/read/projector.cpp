@@ -88,6 +88,7 @@ void projector::add(memory_view_base& view) {
 
 std::vector<std::string> projector::names() const {
   std::vector<std::string> out;
+  out.reserve(projections_.size() + memory_views_.size());
   for (const auto& p : projections_) out.push_back(p.def.name());
   for (const auto* m : memory_views_) out.push_back(m->name());
   return out;

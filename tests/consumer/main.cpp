@@ -1,5 +1,6 @@
 #include <cleave/cleave.hpp>
 #include <cleave/sqlite/store.hpp>
+#include <cleave/store/backends.hpp>
 
 #include <cstdio>
 
@@ -23,6 +24,9 @@ int main() {
   });
   auto r = commands.send_json("consumer.ping", cleave::json{{"n", 41}});
   if (!r || r->result != 42 || db.read_events({}, 10).size() != 1) return 1;
+  // Linking cleave::sqlite registers it by URL scheme, with nothing else naming it.
+  auto by_url = cleave::open_store({.url = "sqlite::memory:"});
+  if (by_url->dialect() != "sqlite") return 1;
   std::puts("consumer ok");
   return 0;
 }

@@ -478,7 +478,7 @@ TYPED_TEST_P(store_conformance, a_count_then_insert_rule_holds_under_concurrent_
 TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
   this->db->migrate("bookings", booking_schema);
   // Two lanes (two shared transactions side by side) where the backend runs writers at once.
-  cleave::group_commit grouped(*this->db, 32, this->db->dialect() == "sqlite" ? 1 : 2);
+  cleave::group_commit grouped(*this->db, 32, std::min<std::size_t>(2, this->db->concurrent_writers()));
   cleave::command_bus grouped_commands{&grouped};
   grouped_commands.add(book_slot_handler);
   book_concurrently(grouped_commands, *this->db);

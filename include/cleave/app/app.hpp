@@ -27,6 +27,7 @@
 #include <cleave/core/error.hpp>
 #include <cleave/read/consistency.hpp>
 #include <cleave/read/projector.hpp>
+#include <cleave/store/group_commit.hpp>
 #include <cleave/store/store.hpp>
 
 namespace cleave {
@@ -56,6 +57,10 @@ struct app_config {
   // Who the `send` and `ask` verbs run as (config file: "cli_principal": {"subject", "roles"}).
   principal cli_principal{"cli", {}};
   std::string log_level = "info";
+  // Group commit: concurrent commands share database transactions (one commit, one flush to disk
+  // for up to 32), each still atomic to its caller and applying inline projections in its own
+  // savepoint (config file: "group_commit": true; CLEAVE_GROUP_COMMIT=on). Off by default.
+  bool group_commit = false;
   // Whether `serve` (and `send`/`ask`) run the projector's worker in-process. Off when a
   // separate `project` process keeps the views (CLEAVE_PROJECTOR=off).
   bool run_projector = true;
@@ -67,7 +72,8 @@ struct app_config {
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
 // malformed one is an error naming the member), then the environment: CLEAVE_DATABASE,
-// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL, CLEAVE_PROJECTOR (on/off), CLEAVE_REPLICAS (comma-separated).
+// CLEAVE_LISTEN, CLEAVE_LOG_LEVEL, CLEAVE_PROJECTOR and CLEAVE_GROUP_COMMIT (on/off),
+// CLEAVE_REPLICAS (comma-separated).
 result<app_config> load_config(const std::filesystem::path& file);
 
 class app {
@@ -88,6 +94,8 @@ class app {
   // The projector: register projections on it before the first command. Commands sent through
   // commands() apply its inline projections and wake its worker.
   cleave::projector& projections() noexcept { return *projector_; }
+  // The group commit the command bus sends through (config group_commit), else null.
+  cleave::group_commit* group_commits() noexcept { return grouped_.get(); }
   // Registers a projection, created and registered on the projector by migrate() after the
   // application's own migrations (its view may read or join their tables).
   void add_projection(projection p, cleave::store* views = nullptr);
@@ -134,6 +142,7 @@ class app {
   app_config config_;
   std::unique_ptr<cleave::store> store_;
   std::unique_ptr<cleave::projector> projector_;
+  std::unique_ptr<cleave::group_commit> grouped_;  // when config_.group_commit
   command_bus commands_;
   query_bus queries_;
   read_your_writes* consistency_ = nullptr;
@@ -149,7 +158,9 @@ class app {
   std::map<std::string, verb_entry> verbs_;
 };
 
-// Opens the store a configuration names (database, and replicas for PostgreSQL).
+// Opens the store a configuration names (database, and replicas for PostgreSQL) through the
+// backend registered for its URL (see cleave/store/backends.hpp): the program must link that
+// backend (cleave::sqlite, cleave::postgres), else errc::validation says which are linked.
 std::unique_ptr<store> open_store(const app_config& config);
 
 // The read replicas and their lag, as JSON (the HTTP admin API).

@@ -15,6 +15,7 @@ class function_ref;
 template <class R, class... Args>
 class function_ref<R(Args...)> {
  public:
+  // NOLINTBEGIN(bugprone-forwarding-reference-overload): the constraint excludes function_ref
   template <class F>
   requires(!std::is_same_v<std::remove_cvref_t<F>, function_ref> &&
            std::is_invocable_r_v<R, F&, Args...>) function_ref(F&& f)
@@ -24,6 +25,7 @@ class function_ref<R(Args...)> {
           return std::invoke(*static_cast<std::remove_reference_t<F>*>(object),
                              std::forward<Args>(args)...);
         }) {}
+  // NOLINTEND(bugprone-forwarding-reference-overload)
 
   R operator()(Args... args) const { return call_(object_, std::forward<Args>(args)...); }
 

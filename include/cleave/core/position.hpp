@@ -38,7 +38,7 @@ class position_token {
   }
   friend constexpr std::strong_ordering operator<=>(const position_token& a,
                                                     const position_token& b) noexcept {
-    if (auto c = a.transaction_ <=> b.transaction_; c != 0) return c;
+    if (auto c = a.transaction_ <=> b.transaction_; std::is_neq(c)) return c;
     return a.position_ <=> b.position_;
   }
 

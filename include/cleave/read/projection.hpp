@@ -215,6 +215,7 @@ class projection {
   // The stored type names it has a handler or a fold for.
   std::vector<std::string> event_types() const {
     std::vector<std::string> out;
+    out.reserve(handlers_.size() + folds_.size());
     for (const auto& [type, handler] : handlers_) out.push_back(type);
     for (const auto& [type, fold] : folds_)
       if (!handlers_.contains(type)) out.push_back(type);

@@ -59,6 +59,7 @@ class store final : public cleave::store {
   log_distance distance(position_token after) override;
   std::unique_ptr<commit_watch> watch_commits() override;
   std::unique_ptr<lease> try_lease(std::string_view name) override;
+  std::size_t concurrent_writers() const noexcept override { return 1; }
 
   const options& settings() const noexcept { return options_; }
 

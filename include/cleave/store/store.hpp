@@ -213,6 +213,10 @@ class store : public session_source {
   // The read replicas queries may be served from, and how far behind each is (none by default).
   virtual std::vector<replica_status> replicas() { return {}; }
 
+  // How many write transactions can make progress at once (SQLite: one writer); a group commit
+  // needs no more lanes than this.
+  virtual std::size_t concurrent_writers() const noexcept { return SIZE_MAX; }
+
  protected:
   // The statements with which migrate() keeps the table of applied steps, cleave_migrations.
   struct migration_statements {

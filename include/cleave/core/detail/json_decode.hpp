@@ -79,7 +79,7 @@ class json_decoder {
   error take_error();
 
  private:
-  void fail(std::string message) { errors_.push_back({path_, std::move(message)}); }
+  void fail(std::string message) { errors_.push_back(field_error{path_, std::move(message)}); }
   void expected(std::string_view what, const json& j) {
     fail(fmt::format("expected {}, got {}", what, json_type_name(j)));
   }
