@@ -644,7 +644,8 @@ std::vector<double> ryw_sessions(cleave::command_bus& commands, cleave::query_bu
           latencies[i].push_back(
               std::chrono::duration<double, std::milli>(clock_type::now() - a).count());
         if (!seen) {
-          if (failed++ == 0) std::fprintf(stderr, "ryw read: %s\n", seen.error().describe().c_str());
+          if (failed++ == 0)
+            std::fprintf(stderr, "ryw read: %s\n", seen.error().describe().c_str());
         }
       }
     });
@@ -661,11 +662,12 @@ std::vector<double> ryw_reads(cleave::store& db, cleave::projector& p, std::size
   commands.add(place);
   cleave::query_bus queries{&db};
   queries.use<cleave::read_your_writes>(p).reads("bench.ryw_count", {"ryw_counts"});
-  queries.add([](const ryw_count& q, const cleave::read_context& r) -> cleave::result<std::int64_t> {
-    auto n = r.one<std::int64_t>("select n from ryw_counts where stream = $1", q.stream);
-    if (!n && n.error().category == cleave::errc::not_found) return 0;
-    return n;
-  });
+  queries.add(
+      [](const ryw_count& q, const cleave::read_context& r) -> cleave::result<std::int64_t> {
+        auto n = r.one<std::int64_t>("select n from ryw_counts where stream = $1", q.stream);
+        if (!n && n.error().category == cleave::errc::not_found) return 0;
+        return n;
+      });
   return ryw_sessions(commands, queries, 3.0, errors);
 }
 

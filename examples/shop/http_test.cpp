@@ -502,9 +502,9 @@ TEST_F(shop_server, an_idempotency_key_replays_the_first_outcome_and_has_one_eff
                             R"({"product_id":"mug","quantity":6})", with_key("k-1"));
   expect_problem(other_payload, 422, "/problems/idempotency-key-reused");
   EXPECT_FALSE(other_payload.headers.contains("idempotent-replayed"));
-  expect_problem(http(port, "POST", "/commands/shop.cancel_order", R"({"order_id":"o1"})",
-                      with_key("k-1")),
-                 422, "/problems/idempotency-key-reused");
+  expect_problem(
+      http(port, "POST", "/commands/shop.cancel_order", R"({"order_id":"o1"})", with_key("k-1")),
+      422, "/problems/idempotency-key-reused");
   EXPECT_EQ(stock("mug"), before + 5);
 
   // A refusal replays as it was first answered, even after it would now succeed.
@@ -521,15 +521,15 @@ TEST_F(shop_server, an_idempotency_key_replays_the_first_outcome_and_has_one_eff
   EXPECT_EQ(refused_again.headers["idempotent-replayed"], "true");
 
   // Malformed keys are refused before anything runs; a query ignores the header.
-  for (const std::string& bad : std::vector<std::string>{"", "two words", std::string(256, 'k'), "caf\xc3\xa9", R"("open)",
-                                R"("a\b")"})
+  for (const std::string& bad : std::vector<std::string>{"", "two words", std::string(256, 'k'),
+                                                         "caf\xc3\xa9", R"("open)", R"("a\b")"})
     expect_problem(http(port, "POST", "/commands/shop.restock", restock, with_key(bad)), 400,
                    "/problems/validation");
   EXPECT_EQ(stock("mug"), before + 5);
-  EXPECT_EQ(http(port, "POST", "/queries/shop.product_stock", R"({"product_id":"mug"})",
-                 with_key("k-1"))
-                .status,
-            200);
+  EXPECT_EQ(
+      http(port, "POST", "/queries/shop.product_stock", R"({"product_id":"mug"})", with_key("k-1"))
+          .status,
+      200);
 }
 
 TEST_F(shop_server, concurrent_requests_with_one_key_have_one_effect_and_identical_answers) {
@@ -567,9 +567,9 @@ TEST_F(shop_server, idempotency_keys_are_scoped_to_the_principal) {
   };
   auto stock_of_kettle = [&] {
     return body(http(port, "POST", "/queries/shop.product_stock", R"({"product_id":"kettle"})",
-                     {{"Content-Type", "application/json"}, {"Authorization", "Bearer t-ann"}}))
-        ["result"]["stock"]
-            .get<std::int64_t>();
+                     {{"Content-Type", "application/json"},
+                      {"Authorization", "Bearer t-ann"}}))["result"]["stock"]
+        .get<std::int64_t>();
   };
   const auto before = stock_of_kettle();
   const std::string restock = R"({"product_id":"kettle","quantity":1})";
@@ -589,16 +589,17 @@ TEST_F(shop_server, the_cleave_tool_and_the_send_verb_take_an_idempotency_key) {
   const std::string cli =
       std::string(CLEAVE_CLI) + " --url http://127.0.0.1:" + std::to_string(port);
   const auto before = stock("mug");
-  const std::string send = cli + R"( send shop.restock '{"product_id":"mug","quantity":5}' --id r-1)";
+  const std::string send =
+      cli + R"( send shop.restock '{"product_id":"mug","quantity":5}' --id r-1)";
   auto [code, out] = run(send);
   auto [again_code, again] = run(send);
   EXPECT_EQ(code, 0);
   EXPECT_EQ(again_code, 0);
   EXPECT_EQ(again, out);
   EXPECT_EQ(stock("mug"), before + 5);
-  EXPECT_EQ(run(cli + R"( send shop.restock '{"product_id":"mug","quantity":6}' --id r-1 2>&1)")
-                .first,
-            2);
+  EXPECT_EQ(
+      run(cli + R"( send shop.restock '{"product_id":"mug","quantity":6}' --id r-1 2>&1)").first,
+      2);
 
   auto verb = [&](std::vector<std::string> args) { return run_verb(std::move(args)); };
   const std::vector<std::string> restock{"send", "shop.restock",
@@ -608,12 +609,11 @@ TEST_F(shop_server, the_cleave_tool_and_the_send_verb_take_an_idempotency_key) {
   EXPECT_EQ(first.first, 0);
   EXPECT_EQ(retry, first);
   EXPECT_EQ(stock("mug"), before + 7);
-  EXPECT_EQ(verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", "v-1"})
-                .first,
-            2);
-  EXPECT_EQ(verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", ""})
-                .first,
-            2);
+  EXPECT_EQ(
+      verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", "v-1"}).first,
+      2);
+  EXPECT_EQ(
+      verb({"send", "shop.restock", R"({"product_id":"mug","quantity":3})", "--id", ""}).first, 2);
   EXPECT_EQ(stock("mug"), before + 7);
 }
 

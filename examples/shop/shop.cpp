@@ -51,8 +51,8 @@ cleave::result<std::int64_t> on_restock(const restock& c, cleave::write_context&
   auto stock = tx.one<std::int64_t>("select stock from products where id = $1", c.product_id);
   if (!stock) return cleave::not_found(fmt::format("no product '{}'", c.product_id));
   if (*stock > max_stock - c.quantity)
-    return cleave::rejected(fmt::format("'{}' would hold more than {} in stock", c.product_id,
-                                        max_stock));
+    return cleave::rejected(
+        fmt::format("'{}' would hold more than {} in stock", c.product_id, max_stock));
   tx.exec("update products set stock = stock + $2 where id = $1", c.product_id, c.quantity);
   tx.emit(c.product_id, product_restocked{c.product_id, c.quantity});
   return *stock + c.quantity;

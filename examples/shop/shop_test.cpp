@@ -47,14 +47,16 @@ TEST_F(shop_on_sqlite, an_order_whose_total_would_overflow_is_refused_and_leaves
 }
 
 TEST_F(shop_on_sqlite, money_and_quantities_are_bounded_by_validate) {
-  auto price = app.commands().send(shop::add_product{"yacht", "Yacht", shop::max_price_cents + 1, 1});
+  auto price =
+      app.commands().send(shop::add_product{"yacht", "Yacht", shop::max_price_cents + 1, 1});
   ASSERT_FALSE(price);
   EXPECT_EQ(price.error().fields.at(0).path, "price_cents");
   auto huge = app.commands().send(shop::restock{"mug", std::int64_t{1} << 62});
   ASSERT_FALSE(huge);
   EXPECT_EQ(huge.error().category, cleave::errc::validation);
   EXPECT_EQ(huge.error().fields.at(0).path, "quantity");
-  auto line = app.commands().send(shop::place_order{"o1", "ada", {{"mug", shop::max_quantity + 1}}});
+  auto line =
+      app.commands().send(shop::place_order{"o1", "ada", {{"mug", shop::max_quantity + 1}}});
   ASSERT_FALSE(line);
   EXPECT_EQ(line.error().fields.at(0).path, "lines[0].quantity");
   EXPECT_EQ(stock("mug"), 40);
@@ -71,7 +73,8 @@ TEST_F(shop_on_sqlite, a_restock_past_the_most_stock_is_rejected_not_an_internal
   EXPECT_EQ(to_the_top->value, shop::max_stock);
 }
 
-TEST_F(shop_on_sqlite, an_order_answers_its_lines_in_the_order_given_whatever_order_rows_are_locked) {
+TEST_F(shop_on_sqlite,
+       an_order_answers_its_lines_in_the_order_given_whatever_order_rows_are_locked) {
   auto placed =
       app.commands().send(shop::place_order{"o1", "ada", {{"tea", 1}, {"cosy", 1}, {"mug", 2}}});
   ASSERT_TRUE(placed) << placed.error().describe();

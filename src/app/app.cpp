@@ -82,7 +82,8 @@ result<app_config> load_config(const std::filesystem::path& file) {
       if (*v <= 0) return invalid(name, "must be positive");
       using setting = std::remove_reference_t<decltype(into)>;
       if (std::cmp_greater(*v, std::numeric_limits<setting>::max()))  // not cut short
-        return invalid(name, fmt::format("must be at most {}", std::numeric_limits<setting>::max()));
+        return invalid(name,
+                       fmt::format("must be at most {}", std::numeric_limits<setting>::max()));
       into = static_cast<setting>(*v);
       return {};
     };
@@ -226,11 +227,10 @@ app::app(app_config config)
       store_(open_store(config_)),
       projector_(std::make_unique<cleave::projector>(*store_)),
       // Stacked on the projector's source: a group's members apply inline projections too.
-      grouped_(config_.group_commit
-                   ? std::make_unique<cleave::group_commit>(
-                         projector_->source(), 32,
-                         std::min(config_.workers, store_->concurrent_writers()))
-                   : nullptr),
+      grouped_(config_.group_commit ? std::make_unique<cleave::group_commit>(
+                                          projector_->source(), 32,
+                                          std::min(config_.workers, store_->concurrent_writers()))
+                                    : nullptr),
       commands_(grouped_ ? static_cast<session_source*>(grouped_.get()) : &projector_->source()),
       queries_(store_.get()) {
   // Logs go to stderr: stdout is for results (verbs, JSON lines).
@@ -243,7 +243,7 @@ app::app(app_config config)
   if (!config_.roles.empty()) {
     // First on both buses: nothing else runs for a caller without the role.
     const std::map<std::string, std::string, std::less<>> roles(config_.roles.begin(),
-                                                               config_.roles.end());
+                                                                config_.roles.end());
     commands_.use<authorization>(roles);
     queries_.use<authorization>(roles);
   }

@@ -88,18 +88,22 @@ run_result run(cleave::app& app, std::vector<std::string> args) {
 
 TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
   cleave::app app{in_memory()};
-  for (const std::vector<std::string>& args :
-       {std::vector<std::string>{"send", "--help"}, {"ask", "-h"}, {"events", "--help"},
-        {"events", "tail", "--help"}, {"status", "--help"}, {"project", "--help"},
-        {"projections", "--help"}, {"projections", "rebuild", "--help"}, {"migrate", "--help"},
-        {"send", "NAME", "{}", "--help"}}) {
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"send", "--help"},
+                                               {"ask", "-h"},
+                                               {"events", "--help"},
+                                               {"events", "tail", "--help"},
+                                               {"status", "--help"},
+                                               {"project", "--help"},
+                                               {"projections", "--help"},
+                                               {"projections", "rebuild", "--help"},
+                                               {"migrate", "--help"},
+                                               {"send", "NAME", "{}", "--help"}}) {
     const auto r = run(app, args);
     EXPECT_EQ(r.code, 0) << args[0] << r.err;
     EXPECT_THAT(r.out, ::testing::HasSubstr("Usage: " + args[0])) << args[0];
   }
   EXPECT_THAT(run(app, {"send", "--help"}).out, ::testing::HasSubstr("--id KEY"));
-  EXPECT_THAT(run(app, {"projections", "rebuild", "--help"}).out,
-              ::testing::HasSubstr("--verify"));
+  EXPECT_THAT(run(app, {"projections", "rebuild", "--help"}).out, ::testing::HasSubstr("--verify"));
 }
 
 TEST(app_verbs, no_verb_or_an_unknown_one_lists_the_verbs_with_exit_code_2) {

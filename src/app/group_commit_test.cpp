@@ -76,8 +76,8 @@ TEST(app_group_commit, inline_views_change_with_their_commands_and_commands_shar
     clients.emplace_back([&, t] {
       for (int i = 0; i < each; ++i) {
         const bool bad = i % 5 == 0;
-        auto r = app.commands().send(
-            add_note{fmt::format("{}{}-{}", bad ? "bad-" : "", t, i), bad});
+        auto r =
+            app.commands().send(add_note{fmt::format("{}{}-{}", bad ? "bad-" : "", t, i), bad});
         if (r)
           ++accepted;
         else if (r.error().message == "the notebook is full")

@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 namespace cleave::verbs {
 
@@ -63,9 +63,10 @@ std::optional<int> parse(CLI::App& cli, std::span<const std::string> args,
 }
 
 int send(app& a, std::span<const std::string> args) {
-  CLI::App cli{"Runs a command through this application's handlers; a retry with the same KEY "
-               "prints the first outcome and has no effect.",
-               "send"};
+  CLI::App cli{
+      "Runs a command through this application's handlers; a retry with the same KEY "
+      "prints the first outcome and has no effect.",
+      "send"};
   std::string name, body_text, key;
   cli.add_option("NAME", name, "the command's wire name")->required();
   cli.add_option("JSON", body_text, "the command, a JSON object")->required();
@@ -96,8 +97,8 @@ int ask(app& a, std::span<const std::string> args) {
                      "how current the views it reads must be (default: eventual); waiting for "
                      "them starts this process's projector")
           ->type_name("eventual|strong|bounded=MS|at_least=TOKEN");
-  if (auto done = parse(
-          cli, args, "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]"))
+  if (auto done = parse(cli, args,
+                        "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]"))
     return *done;
   auto body = parse_json(body_text);
   if (!body) return report(body.error());
@@ -127,12 +128,9 @@ int events(app& a, std::span<const std::string> args) {
   for (;;) {
     auto batch = a.store().read_events(after, 500);
     for (const auto& e : batch) {
-      std::cout << json{{"position", e.position.to_string()},
-                        {"stream", e.stream},
-                        {"version", e.stream_version},
-                        {"type", e.type},
-                        {"payload", e.payload.value()},
-                        {"correlation_id", e.correlation_id},
+      std::cout << json{{"position", e.position.to_string()}, {"stream", e.stream},
+                        {"version", e.stream_version},        {"type", e.type},
+                        {"payload", e.payload.value()},       {"correlation_id", e.correlation_id},
                         {"recorded_at_ms", e.recorded_at_ms}}
                        .dump()
                 << '\n';
@@ -168,9 +166,10 @@ int status(app& a, std::span<const std::string> args) {
 }
 
 int project(app& a, std::span<const std::string> args) {
-  CLI::App cli{"Keeps the async projections current until SIGINT/SIGTERM (one process of several "
-               "leads; the others stand by).",
-               "project"};
+  CLI::App cli{
+      "Keeps the async projections current until SIGINT/SIGTERM (one process of several "
+      "leads; the others stand by).",
+      "project"};
   cli.allow_extras();  // ignored, as they always were
   if (auto done = parse(cli, args, "project")) return *done;
   block_stop_signals();
@@ -184,14 +183,13 @@ int project(app& a, std::span<const std::string> args) {
 }
 
 int projections(app& a, std::span<const std::string> args) {
-  CLI::App cli{"The read side's views: where they stand, rebuilds, dead letters.",
-               "projections"};
+  CLI::App cli{"The read side's views: where they stand, rebuilds, dead letters.", "projections"};
   cli.require_subcommand(1);
   std::string name;
   bool verify = false;
   auto* list = cli.add_subcommand("list", "Prints where each projection stands.");
-  auto* rebuild =
-      cli.add_subcommand("rebuild", "Rebuilds a projection's view beside the live one, then swaps.");
+  auto* rebuild = cli.add_subcommand(
+      "rebuild", "Rebuilds a projection's view beside the live one, then swaps.");
   rebuild->add_option("NAME", name, "the projection")->required();
   rebuild->add_flag("--verify", verify,
                     "compare the rebuilt view with the live one first; keep the live one when "
@@ -224,8 +222,8 @@ int projections(app& a, std::span<const std::string> args) {
     return done.swapped ? 0 : 1;
   }
   if (replay->parsed()) {
-    print_json({{"replayed", p.replay_dead_letters(name)},
-                {"still_parked", p.dead_letters(name).size()}});
+    print_json(
+        {{"replayed", p.replay_dead_letters(name)}, {"still_parked", p.dead_letters(name).size()}});
     return 0;
   }
   p.discard_rebuild(name);
@@ -260,11 +258,12 @@ void add_builtin(app& a) {
              "project             keep the async projections current until SIGINT/SIGTERM (one\n"
              "                      process of several leads; the others stand by)",
              project);
-  a.add_verb("projections",
-             "projections list | rebuild NAME [--verify] | replay-dead-letters NAME |\n"
-             "            discard-rebuild NAME\n"
-             "                      the read side's views: where they stand, rebuilds, dead letters",
-             projections);
+  a.add_verb(
+      "projections",
+      "projections list | rebuild NAME [--verify] | replay-dead-letters NAME |\n"
+      "            discard-rebuild NAME\n"
+      "                      the read side's views: where they stand, rebuilds, dead letters",
+      projections);
   a.add_verb("migrate", "migrate             apply the application's migrations", migrate);
 }
 

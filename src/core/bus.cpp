@@ -42,7 +42,7 @@ remembered_outcome first_outcome(const message_info& info, const request_meta& m
                                  const command_step& step, std::optional<error> failure) {
   json response = failure ? json(nullptr) : step.response();
   return {std::string(info.wire_name), std::move(failure), std::move(response), {},
-          fingerprint(info, step), meta.correlation_id};
+          fingerprint(info, step),     meta.correlation_id};
 }
 
 // Replays an outcome recorded for the command's id, unless the id was recorded for another
@@ -52,8 +52,8 @@ result<void> replay(const remembered_outcome& prior, const message_info& info,
   // The key is the caller's own: naming it (not the other payload) tells them which one.
   if (prior.command_type != info.wire_name)
     return fail(errc::idempotency_key_reused,
-                fmt::format("the idempotency key '{}' was already used for '{}'",
-                            meta.command_id, prior.command_type));
+                fmt::format("the idempotency key '{}' was already used for '{}'", meta.command_id,
+                            prior.command_type));
   if (!prior.fingerprint.empty() && prior.fingerprint != fingerprint(info, step))
     return fail(errc::idempotency_key_reused,
                 fmt::format("the idempotency key '{}' was already used for '{}' with another "
@@ -206,8 +206,7 @@ result<json_outcome> command_bus::send_json(std::string_view wire_name, const js
 
 result<json_outcome> query_bus::ask_json(std::string_view wire_name, const json& body,
                                          const request_meta& meta) {
-  return detail::dispatch_by_name(core_, this, message_kind::query, wire_name, body, meta,
-                                  nullptr);
+  return detail::dispatch_by_name(core_, this, message_kind::query, wire_name, body, meta, nullptr);
 }
 
 result<std::string> command_id_for(const principal& who, std::string_view key) {

@@ -27,9 +27,9 @@ std::string_view to_string(errc category) noexcept {
 }
 
 std::optional<errc> errc_from_string(std::string_view name) noexcept {
-  for (auto c : {errc::validation, errc::not_found, errc::conflict, errc::rejected,
-                 errc::unavailable, errc::unauthorized, errc::forbidden, errc::internal,
-                 errc::idempotency_key_reused})
+  for (auto c :
+       {errc::validation, errc::not_found, errc::conflict, errc::rejected, errc::unavailable,
+        errc::unauthorized, errc::forbidden, errc::internal, errc::idempotency_key_reused})
     if (to_string(c) == name) return c;
   return std::nullopt;
 }

@@ -218,15 +218,14 @@ TEST_F(edge_server, the_media_type_is_compared_case_insensitively) {
 
 TEST_F(edge_server, a_repeated_member_or_a_nul_is_a_400_naming_the_member_and_changes_nothing) {
   start();
-  const std::map<std::string, std::string> json_body{
-      {"Content-Type", "application/json"}};
+  const std::map<std::string, std::string> json_body{{"Content-Type", "application/json"}};
   auto errors_of = [](const http_reply& r) { return json::parse(r.body)["errors"].dump(); };
   auto twice = http(port, "POST", "/commands/edge.note_down",
                     R"({"id":"a","amount":1,"amount":1000})", json_body);
   expect_problem(twice, 400, "/problems/validation");
   EXPECT_THAT(errors_of(twice), HasSubstr("\"amount\""));
-  auto nul = http(port, "POST", "/commands/edge.note_down", R"({"id":"a\u0000b","amount":1})",
-                  json_body);
+  auto nul =
+      http(port, "POST", "/commands/edge.note_down", R"({"id":"a\u0000b","amount":1})", json_body);
   expect_problem(nul, 400, "/problems/validation");
   EXPECT_THAT(errors_of(nul), HasSubstr("\"id\""));
   auto nul_in_query = http(port, "GET", "/queries/edge.total?id=a%00b");

@@ -174,8 +174,8 @@ TEST(requested_consistency, a_far_future_token_parses_the_read_side_refuses_it) 
 }
 
 TEST(requested_consistency, a_malformed_header_is_a_validation_error_saying_what_is_expected) {
-  for (const char* bad : {"bogus", "Strong", "eventual ", "bounded=", "bounded=-1",
-                          "bounded=1.5", "bounded=10ms", "at_least=zzz", "at_least=1.2"}) {
+  for (const char* bad : {"bogus", "Strong", "eventual ", "bounded=", "bounded=-1", "bounded=1.5",
+                          "bounded=10ms", "at_least=zzz", "at_least=1.2"}) {
     auto c = requested_consistency("", bad);
     ASSERT_FALSE(c) << bad;
     EXPECT_EQ(c.error().category, cleave::errc::validation) << bad;
@@ -223,8 +223,8 @@ TEST(is_json, compares_the_media_type_case_insensitively_without_parameters) {
 
 // --- bearer tokens -----------------------------------------------------------------------------
 
-const std::map<std::string, cleave::principal> tokens{
-    {"t-ann", {"ann", {"clerk"}}}, {"t-boss", {"boss", {"admin"}}}};
+const std::map<std::string, cleave::principal> tokens{{"t-ann", {"ann", {"clerk"}}},
+                                                      {"t-boss", {"boss", {"admin"}}}};
 
 TEST(bearer_principal, the_token_names_its_principal_whatever_the_scheme_case) {
   for (const char* field : {"Bearer t-ann", "bearer t-ann", "BEARER t-ann", "  Bearer   t-ann\t"}) {
@@ -381,8 +381,7 @@ TEST_F(router_parsing, a_far_future_position_is_refused_at_once_as_never_issued)
 
 TEST_F(router_parsing, a_query_string_that_does_not_decode_is_a_400_naming_the_member) {
   start(false);
-  for (const char* target : {"/queries/parsing.echo?id=%zz",
-                             "/queries/parsing.echo?id=a&id=b"}) {
+  for (const char* target : {"/queries/parsing.echo?id=%zz", "/queries/parsing.echo?id=a&id=b"}) {
     const auto answer = routes->handle(get(target));
     EXPECT_EQ(answer.status, 400) << target;
     EXPECT_EQ(body(answer)["errors"][0]["path"], "id") << target;

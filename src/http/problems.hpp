@@ -25,9 +25,9 @@ struct problem_status {
   // The first kind naming the category wins; the last is for any other. A category named here
   // is answered with this status when a bus refuses with it (see status_of()).
   std::initializer_list<problem_kind> kinds;
-  std::string_view name;         // the OpenAPI response, #/components/responses/<name>
-  std::string_view description;  // what the OpenAPI document says of it
-  std::string_view header;       // a response header it carries, if any
+  std::string_view name;          // the OpenAPI response, #/components/responses/<name>
+  std::string_view description;   // what the OpenAPI document says of it
+  std::string_view header;        // a response header it carries, if any
   std::string_view header_value;  // its value, when every problem of the status has the same
 };
 

@@ -121,8 +121,7 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
     if (!id) return problem(400, id.error(), meta.correlation_id);
     meta.command_id = std::move(*id);
   }
-  auto wanted =
-      r.vetted ? r.vetted->wanted : requested_consistency(r.min_position, r.consistency);
+  auto wanted = r.vetted ? r.vetted->wanted : requested_consistency(r.min_position, r.consistency);
   if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
   if (*wanted) meta.consistency = **wanted;
   meta.deadline = r.deadline;

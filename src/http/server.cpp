@@ -14,9 +14,9 @@
 #include <thread>
 #include <unordered_map>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "../app/verbs.hpp"
 #include "asio.hpp"

@@ -11,8 +11,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "internal.hpp"
 #include <cleave/store/detail/sql_text.hpp>
+#include "internal.hpp"
 
 namespace cleave {
 
@@ -25,7 +25,6 @@ std::string expand_view(std::string_view sql, std::string_view table) {
 std::string view_context::with_table(std::string_view sql) const {
   return expand_view(sql, table_);
 }
-
 
 // The handlers of `events`, each in a savepoint: a failing event is retried by failing the
 // whole batch until it has failed `attempts` times, then parked as a dead letter under
@@ -105,6 +104,5 @@ void projector::apply_set_based(const entry& p, write_transaction& tx, std::stri
                                 position_token from, position_token to) {
   db_.exec_over_events(tx, expand_view(p.def.batch_sql_text(), table), from, to);
 }
-
 
 }  // namespace cleave

@@ -10,9 +10,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "internal.hpp"
 #include <array>
 #include <future>
+#include "internal.hpp"
 
 namespace cleave {
 
@@ -58,7 +58,6 @@ std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch
                           return true;
                         });
 }
-
 
 std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
   auto from = checkpoint(p.def.name());
@@ -115,6 +114,5 @@ std::size_t projector::stream_spans(position_token from, std::size_t batch, std:
     if (!full) return applied;
   }
 }
-
 
 }  // namespace cleave

@@ -27,7 +27,6 @@ position_token projector::checkpoint(std::string_view name) {
   });
 }
 
-
 bool projector::commit_batch(const entry& p, position_token from, position_token to,
                              function_ref<void(write_transaction&)> apply) {
   const bool moved = writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
@@ -41,6 +40,5 @@ bool projector::commit_batch(const entry& p, position_token from, position_token
   if (moved) announce_progress();
   return moved;
 }
-
 
 }  // namespace cleave

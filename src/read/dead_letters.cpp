@@ -64,5 +64,4 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
   return replayed;
 }
 
-
 }  // namespace cleave

@@ -104,5 +104,4 @@ inline void fill_lag(store& log, projection_status& out) {
         1000.0;
 }
 
-
 }  // namespace cleave::read_detail

@@ -49,5 +49,4 @@ std::size_t projector::refresh_materialized(bool force) {
   return refreshed;
 }
 
-
 }  // namespace cleave

@@ -12,14 +12,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "internal.hpp"
 #include "inline_source.hpp"
+#include "internal.hpp"
 #include "waiting.hpp"
 
 namespace cleave {
 
 using namespace read_detail;
-
 
 projector::projector(store& db, const upcasters* rewrites, projector_options opts)
     : db_(db),
@@ -114,7 +113,6 @@ const projector::entry& projector::find(std::string_view name) const {
   throw error_exception({errc::not_found, fmt::format("no projection named '{}'", name), {}});
 }
 
-
 std::chrono::milliseconds projector::staleness(std::string_view name) {
   if (mode_of(name) == projection_mode::inline_) return {};
   // Not read_events(): on PostgreSQL it hides commits behind a running transaction, and a
@@ -157,6 +155,5 @@ projection_status projector::status(std::string_view name) {
   });
   return out;
 }
-
 
 }  // namespace cleave

@@ -114,8 +114,7 @@ class projector::rebuilding {
     }
     // Every event (not only the handled types): progress counts events against the log's.
     owner_.stream_batches(
-        at_, first_chunk_, max_chunk_, {},
-        [&](std::vector<stored_event>& events, position_token) {
+        at_, first_chunk_, max_chunk_, {}, [&](std::vector<stored_event>& events, position_token) {
           const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
                                                 return until < e.position;
                                               }) > 0;
@@ -166,8 +165,8 @@ class projector::rebuilding {
           owner_.apply_set_based(p_, tx, live, live_at, at_);
         else
           owner_.apply_batch(p_, tx, live, live_gap, name_, 1);
-        progress_.differences = rows_only_in(ctx, live, state_.shadow) +
-                                rows_only_in(ctx, state_.shadow, live);
+        progress_.differences =
+            rows_only_in(ctx, live, state_.shadow) + rows_only_in(ctx, state_.shadow, live);
         if (progress_.differences != 0) {
           differs = true;
           return false;

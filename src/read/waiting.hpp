@@ -222,8 +222,7 @@ class projector::waiting {
         if (it == at.end()) it = at.emplace(name, owner_.checkpoint(name)).first;
         if (!(it->second < w.wanted.token)) continue;
         // Behind: first make sure the token is one the log can have issued.
-        if (!std::exchange(w.head_checked, true) &&
-            !token_within(w.wanted.token, head_now()))
+        if (!std::exchange(w.head_checked, true) && !token_within(w.wanted.token, head_now()))
           return true;
         if (mode == projection_mode::materialized) owner_.refresh_wanted_ = true;
         return false;
@@ -261,7 +260,7 @@ class projector::waiting {
   std::size_t count_ = 0;            // parked, including those being evaluated
   std::size_t blocking_ = 0;
   std::map<std::string, std::size_t, std::less<>> blocking_names_;  // waiters per projection
-  std::map<std::string, position_token, std::less<>> last_seen_;   // the thread's alone
+  std::map<std::string, position_token, std::less<>> last_seen_;    // the thread's alone
   bool poked_ = false, stopping_ = false, making_watch_ = false;
   std::unique_ptr<commit_watch> watch_;
   std::thread thread_;

@@ -68,21 +68,22 @@ position_token projector::wait_for(std::string_view name, position_token token,
   if (mode == projection_mode::materialized)
     refresh_wanted_ = true;  // a reader waits: refresh now, not at the policy's pace
   bool head_checked = false;
-  return await_progress(name, [&] { return checkpoint(name); },
-                        [&](position_token at) {
-                          if (!(at < token)) return true;
-                          // Behind: no use waiting for a token the log cannot have issued.
-                          return !std::exchange(head_checked, true) && !could_have_issued(token);
-                        },
-                        deadline);
+  return await_progress(
+      name, [&] { return checkpoint(name); },
+      [&](position_token at) {
+        if (!(at < token)) return true;
+        // Behind: no use waiting for a token the log cannot have issued.
+        return !std::exchange(head_checked, true) && !could_have_issued(token);
+      },
+      deadline);
 }
 
 bool projector::could_have_issued(position_token token) {
   return token_within(token, db_.head());
 }
 
-bool projector::park(std::vector<std::string> names, consistency wanted,
-                     clock::time_point deadline, std::function<void()> ready, std::size_t limit) {
+bool projector::park(std::vector<std::string> names, consistency wanted, clock::time_point deadline,
+                     std::function<void()> ready, std::size_t limit) {
   return waiting_->park(std::move(names), wanted, deadline, std::move(ready), limit);
 }
 
@@ -93,8 +94,9 @@ std::size_t projector::parked() const {
 std::chrono::milliseconds projector::wait_fresh(std::string_view name,
                                                 std::chrono::milliseconds max,
                                                 clock::time_point deadline) {
-  return await_progress(name, [&] { return staleness(name); },
-                        [&](std::chrono::milliseconds stale) { return stale <= max; }, deadline);
+  return await_progress(
+      name, [&] { return staleness(name); },
+      [&](std::chrono::milliseconds stale) { return stale <= max; }, deadline);
 }
 
 }  // namespace cleave

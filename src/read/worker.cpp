@@ -10,8 +10,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "internal.hpp"
 #include <thread>
+#include "internal.hpp"
 
 namespace cleave {
 
@@ -40,7 +40,6 @@ std::size_t projector::catch_up_async(std::size_t batch) {
   for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;
 }
-
 
 void projector::notify() {
   {
@@ -111,6 +110,5 @@ void projector::stop() {
   watcher_.join();
   watch_.reset();
 }
-
 
 }  // namespace cleave

@@ -55,7 +55,8 @@ std::unique_ptr<store> open_store(const store_settings& settings) {
     } else if (auto it = r.by_scheme.find(scheme); it != r.by_scheme.end()) {
       open = it->second;
     }
-    for (const auto& [name, _] : r.by_scheme) known += fmt::format("{}{}:", known.empty() ? "" : ", ", name);
+    for (const auto& [name, _] : r.by_scheme)
+      known += fmt::format("{}{}:", known.empty() ? "" : ", ", name);
   }
   if (!open)
     throw error_exception(

@@ -652,8 +652,8 @@ TYPED_TEST_P(projections, a_reader_that_does_not_project_wakes_on_another_proces
   for (int i = 0; i < 20; ++i) {
     auto done = commands.send(register_customer{"c" + std::to_string(i), "n"});
     ASSERT_TRUE(done);
-    const auto at = local.wait_for("card_far", done->position,
-                                   cleave::clock::now() + std::chrono::seconds(10));
+    const auto at =
+        local.wait_for("card_far", done->position, cleave::clock::now() + std::chrono::seconds(10));
     EXPECT_FALSE(at < done->position);
   }
   // Noticed as the other process's batches commit: polling (every 200 ms) takes about 4 s.
@@ -670,25 +670,26 @@ TYPED_TEST_P(projections, a_parked_wait_holds_no_thread_and_is_called_back_when_
   ASSERT_TRUE(done);
   const auto later = cleave::clock::now() + std::chrono::seconds(10);
   std::atomic<int> reached{0};
-  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(done->position), later,
-                             [&] { ++reached; }, 100));
+  ASSERT_TRUE(projector.park(
+      {"card_parked"}, cleave::at_least(done->position), later, [&] { ++reached; }, 100));
   // A token past the log's head is called back at once, not at its deadline.
   std::atomic<bool> refused{false};
   const cleave::position_token future(done->position.transaction(),
                                       done->position.position() + 1000);
-  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(future), later,
-                             [&] { refused = true; }, 100));
+  ASSERT_TRUE(projector.park(
+      {"card_parked"}, cleave::at_least(future), later, [&] { refused = true; }, 100));
   EXPECT_TRUE(eventually([&] { return refused.load(); }));
   // A deadline passing calls back too.
   std::atomic<bool> expired{false};
-  ASSERT_TRUE(projector.park({"card_parked"}, cleave::at_least(done->position),
-                             cleave::clock::now() + std::chrono::milliseconds(100),
-                             [&] { expired = true; }, 100));
+  ASSERT_TRUE(projector.park(
+      {"card_parked"}, cleave::at_least(done->position),
+      cleave::clock::now() + std::chrono::milliseconds(100), [&] { expired = true; }, 100));
   EXPECT_TRUE(eventually([&] { return expired.load(); }));
   // No worker runs: the first wait is still parked; the bound refuses another.
   EXPECT_EQ(reached, 0);
   EXPECT_EQ(projector.parked(), 1u);
-  EXPECT_FALSE(projector.park({"card_parked"}, cleave::at_least(done->position), later, [] {}, 1));
+  EXPECT_FALSE(projector.park(
+      {"card_parked"}, cleave::at_least(done->position), later, [] {}, 1));
   // The worker moves the view: called back, once.
   projector.start();
   EXPECT_TRUE(eventually([&] { return reached.load() > 0; }));

@@ -478,7 +478,8 @@ TYPED_TEST_P(store_conformance, a_count_then_insert_rule_holds_under_concurrent_
 TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
   this->db->migrate("bookings", booking_schema);
   // Two lanes (two shared transactions side by side) where the backend runs writers at once.
-  cleave::group_commit grouped(*this->db, 32, std::min<std::size_t>(2, this->db->concurrent_writers()));
+  cleave::group_commit grouped(*this->db, 32,
+                               std::min<std::size_t>(2, this->db->concurrent_writers()));
   cleave::command_bus grouped_commands{&grouped};
   grouped_commands.add(book_slot_handler);
   book_concurrently(grouped_commands, *this->db);
@@ -694,8 +695,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
     one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
-    a_nul_in_a_message_is_refused_at_decoding,
-    a_nul_built_by_a_handler_is_refused_by_every_backend,
+    a_nul_in_a_message_is_refused_at_decoding, a_nul_built_by_a_handler_is_refused_by_every_backend,
     reusing_an_id_with_another_payload_is_refused_and_has_no_effect,
     a_replay_names_the_request_that_ran_the_command);
 

@@ -69,8 +69,7 @@ class message_ref {
 // primary, where those views are); it must outlive the call.
 class next_step {
  public:
-  next_step(function_ref<result<void>(const request_meta&)> rest,
-            const request_meta& meta) noexcept
+  next_step(function_ref<result<void>(const request_meta&)> rest, const request_meta& meta) noexcept
       : rest_(rest), meta_(&meta) {}
   result<void> operator()() const { return rest_(*meta_); }
   result<void> operator()(const request_meta& meta) const { return rest_(meta); }

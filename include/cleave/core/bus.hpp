@@ -498,8 +498,7 @@ result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_
 }
 
 template <query Q>
-result<json_outcome> query_bus::dispatch_json(void* bus, const json& body,
-                                              const request_meta& meta,
+result<json_outcome> query_bus::dispatch_json(void* bus, const json& body, const request_meta& meta,
                                               std::optional<std::string>*) {
   auto message = from_json<Q>(body);
   if (!message) return std::unexpected(std::move(message.error()));

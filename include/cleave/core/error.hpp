@@ -55,7 +55,7 @@ class [[nodiscard]] result : public std::expected<T, error> {
  public:
   using std::expected<T, error>::expected;
   result() = default;
-  result(const std::expected<T, error>& other) : std::expected<T, error>(other) {}  // NOLINT
+  result(const std::expected<T, error>& other) : std::expected<T, error>(other) {}        // NOLINT
   result(std::expected<T, error>&& other) : std::expected<T, error>(std::move(other)) {}  // NOLINT
 };
 

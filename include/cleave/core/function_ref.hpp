@@ -17,9 +17,9 @@ class function_ref<R(Args...)> {
  public:
   // NOLINTBEGIN(bugprone-forwarding-reference-overload): the constraint excludes function_ref
   template <class F>
-  requires(!std::is_same_v<std::remove_cvref_t<F>, function_ref> &&
-           std::is_invocable_r_v<R, F&, Args...>) function_ref(F&& f)
-  noexcept  // NOLINT(google-explicit-constructor): it is a reference
+    requires(!std::is_same_v<std::remove_cvref_t<F>, function_ref> &&
+             std::is_invocable_r_v<R, F&, Args...>)
+  function_ref(F&& f) noexcept  // NOLINT(google-explicit-constructor): it is a reference
       : object_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
         call_([](void* object, Args... args) -> R {
           return std::invoke(*static_cast<std::remove_reference_t<F>*>(object),

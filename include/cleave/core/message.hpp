@@ -65,9 +65,7 @@ struct message_info {
 const std::vector<const message_info*>& declared_messages();
 
 template <class T>
-concept described = requires {
-  cleave_describe(tag<T>{});
-};
+concept described = requires { cleave_describe(tag<T>{}); };
 
 template <described T>
 constexpr auto describe() {
@@ -82,14 +80,11 @@ template <described T>
 inline constexpr message_kind kind_of = decltype(cleave_describe(tag<T>{}))::kind;
 
 template <class T>
-concept command = described<T> && kind_of<T>
-== message_kind::command;
+concept command = described<T> && kind_of<T> == message_kind::command;
 template <class T>
-concept query = described<T> && kind_of<T>
-== message_kind::query;
+concept query = described<T> && kind_of<T> == message_kind::query;
 template <class T>
-concept event = described<T> && kind_of<T>
-== message_kind::event;
+concept event = described<T> && kind_of<T> == message_kind::event;
 template <class T>
 concept message = command<T> || query<T> || event<T>;
 
@@ -99,9 +94,7 @@ struct response_of {
   using type = void;
 };
 template <class T>
-requires requires {
-  typename T::response;
-}
+  requires requires { typename T::response; }
 struct response_of<T> {
   using type = typename T::response;
 };
@@ -132,9 +125,7 @@ inline constexpr bool is_required_v = !is_optional<T>::value;
 
 // Enums travel as the names of their enumerators: CLEAVE_ENUM(color, red, green, blue).
 template <class E>
-concept described_enum = std::is_enum_v<E> && requires {
-  cleave_enum_values(tag<E>{});
-};
+concept described_enum = std::is_enum_v<E> && requires { cleave_enum_values(tag<E>{}); };
 
 template <described_enum E>
 constexpr auto enum_values() {
@@ -171,7 +162,7 @@ inline constexpr bool always_false = false;
 
 #define CLEAVE_DETAIL_FIELD(T, f)      \
   ::cleave::field<T, decltype(T::f)> { \
-#f, &T::f                          \
+    #f, &T::f                          \
   }
 #define CLEAVE_DETAIL_ENUMERATOR(E, v) \
   std::pair<E, std::string_view> {     \

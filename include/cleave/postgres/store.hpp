@@ -56,8 +56,8 @@ class store final : public cleave::store {
   position_token head() override;
   position_token readable_head() override;
   std::string_view dialect() const noexcept override { return "postgresql"; }
-  std::int64_t exec_over_events(write_session& tx, std::string_view statement,
-                                position_token after, position_token through) override;
+  std::int64_t exec_over_events(write_session& tx, std::string_view statement, position_token after,
+                                position_token through) override;
   std::string materialized_view_schema(std::string_view table, std::string_view select_sql,
                                        std::string_view key_columns) const override;
   void refresh_materialized_view(write_session& tx, std::string_view table,

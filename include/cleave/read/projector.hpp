@@ -264,7 +264,7 @@ class projector {
   int max_attempts_ = 3;
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
-  std::unique_ptr<waiting> waiting_;  // last: its thread uses the members above
+  std::unique_ptr<waiting> waiting_;                  // last: its thread uses the members above
 };
 
 }  // namespace cleave

@@ -45,9 +45,7 @@ CLEAVE_RECORD(snapshot_row, version, state)
 template <class A, class... E>
 class event_sourced {
   template <class Ev>
-  static constexpr bool applies = requires(A& a, const Ev& e) {
-    a.apply(e);
-  };
+  static constexpr bool applies = requires(A& a, const Ev& e) { a.apply(e); };
 
   static_assert((event<E> && ...), "event_sourced<A, E...>: each E must be a CLEAVE_EVENT");
   static_assert((applies<E> && ...),

@@ -56,7 +56,8 @@ struct message_param {
   using type = void;
 };
 template <class F>
-requires(callable_signature<F>::known&& callable_signature<F>::arity >= 1) struct message_param<F> {
+  requires(callable_signature<F>::known && callable_signature<F>::arity >= 1)
+struct message_param<F> {
   using type = std::remove_cvref_t<arg_t<F, 0>>;
 };
 
@@ -66,7 +67,8 @@ struct context_param {
   using type = void;
 };
 template <class F>
-requires(callable_signature<F>::known&& callable_signature<F>::arity == 2) struct context_param<F> {
+  requires(callable_signature<F>::known && callable_signature<F>::arity == 2)
+struct context_param<F> {
   using type = arg_t<F, 1>;
 };
 
