@@ -29,23 +29,6 @@ std::string retention_interval(std::chrono::seconds s) {
 
 }  // namespace
 
-void store::impl::session::query(std::string_view sql, std::span<const sql_value> params,
-                                 row_callback on_row) {
-  auto rows = conn->run(sql, params);
-  for (int r = 0; r < rows.rows(); ++r) {
-    rows.at(r);
-    on_row(rows);
-  }
-}
-
-std::int64_t store::impl::session::exec(std::string_view sql, std::span<const sql_value> params) {
-  return conn->run(sql, params).affected();
-}
-
-void store::impl::session::script(std::string_view sql) {
-  conn->script(sql);
-}
-
 std::uint64_t store::impl::session::append(const pending_event& e) {
   std::int64_t version = 0;
   if (!e.stream.empty()) {
@@ -130,10 +113,6 @@ void store::impl::session::rebind(const request_meta& meta) {
   conn->set_correlation_id(meta.correlation_id);
 }
 
-position_token store::impl::session::position_so_far() {
-  return position_token(transaction_id, last_position);
-}
-
 position_token store::impl::session::commit() {
   std::uint64_t lsn = 0;
   try {
@@ -157,10 +136,6 @@ void store::impl::session::rollback() noexcept {
     // A broken connection is replaced when given back.
   }
   owner->give_back(this);
-}
-
-void store::impl::session::finish() noexcept {
-  rollback();
 }
 
 }  // namespace cleave::postgres

@@ -53,20 +53,30 @@ struct store::impl {
     std::uint64_t last_position = 0;
 
     void query(std::string_view sql, std::span<const sql_value> params,
-               row_callback on_row) override;
-    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
-    void script(std::string_view sql) override;
+               row_callback on_row) override {
+      auto rows = conn->run(sql, params);
+      for (int r = 0; r < rows.rows(); ++r) {
+        rows.at(r);
+        on_row(rows);
+      }
+    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+      return conn->run(sql, params).affected();
+    }
+    void script(std::string_view sql) override { conn->script(sql); }
 
     std::uint64_t append(const pending_event& e) override;
 
     std::optional<remembered_outcome> remembered() override;
     void remember(const remembered_outcome& outcome) override;
     void rebind(const request_meta& meta) override;
-    position_token position_so_far() override;
+    position_token position_so_far() override {
+      return position_token(transaction_id, last_position);
+    }
 
     position_token commit() override;
     void rollback() noexcept override;
-    void finish() noexcept override;
+    void finish() noexcept override { rollback(); }
   };
 
   // The pool (store.cpp).

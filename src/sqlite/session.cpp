@@ -21,7 +21,6 @@ using cleave::detail::next_stream_version;
 using cleave::detail::stream_version_sql;
 using cleave::detail::text_or_null;
 using detail::reset_on_exit;
-using detail::run_query;
 using detail::scalar;
 
 // Expired outcomes are purged once every this many recorded outcomes.
@@ -34,19 +33,6 @@ std::int64_t now_ms() {
 }
 
 }  // namespace
-
-void store::impl::writer::query(std::string_view sql, std::span<const sql_value> params,
-                                row_callback on_row) {
-  run_query(*owner->write_conn, sql, params, on_row);
-}
-
-std::int64_t store::impl::writer::exec(std::string_view sql, std::span<const sql_value> params) {
-  return owner->write_conn->exec(sql, params);
-}
-
-void store::impl::writer::script(std::string_view sql) {
-  owner->write_conn->script(sql);
-}
 
 std::uint64_t store::impl::writer::append(const pending_event& e) {
   auto& conn = *owner->write_conn;
@@ -123,13 +109,6 @@ void store::impl::writer::rebind(const request_meta& meta) {
   owner->write_conn->set_correlation_id(meta.correlation_id);
 }
 
-position_token store::impl::writer::position_so_far() {
-  if (last_position == 0)
-    last_position =
-        scalar(*owner->write_conn, "select coalesce(max(position), 0) from cleave_events");
-  return position_token(0, static_cast<std::uint64_t>(last_position));
-}
-
 position_token store::impl::writer::commit() {
   auto& conn = *owner->write_conn;
   try {
@@ -152,11 +131,6 @@ void store::impl::writer::rollback() noexcept {
     // A failed rollback leaves SQLite's own automatic rollback; nothing more to undo.
   }
   owner->write_mutex.unlock();
-}
-
-void store::impl::reader::query(std::string_view sql, std::span<const sql_value> params,
-                                row_callback on_row) {
-  run_query(*conn, sql, params, on_row);
 }
 
 void store::impl::reader::finish() noexcept {

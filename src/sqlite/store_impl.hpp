@@ -55,14 +55,23 @@ struct store::impl {
     std::int64_t last_position = 0;
 
     void query(std::string_view sql, std::span<const sql_value> params,
-               row_callback on_row) override;
-    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
-    void script(std::string_view sql) override;
+               row_callback on_row) override {
+      detail::run_query(*owner->write_conn, sql, params, on_row);
+    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+      return owner->write_conn->exec(sql, params);
+    }
+    void script(std::string_view sql) override { owner->write_conn->script(sql); }
     std::uint64_t append(const pending_event& e) override;
     std::optional<remembered_outcome> remembered() override;
     void remember(const remembered_outcome& outcome) override;
     void rebind(const request_meta& meta) override;
-    position_token position_so_far() override;
+    position_token position_so_far() override {
+      if (last_position == 0)
+        last_position = detail::scalar(*owner->write_conn,
+                                       "select coalesce(max(position), 0) from cleave_events");
+      return position_token(0, static_cast<std::uint64_t>(last_position));
+    }
 
     position_token commit() override;
     void rollback() noexcept override;
@@ -75,7 +84,9 @@ struct store::impl {
     detail::connection* conn = nullptr;
 
     void query(std::string_view sql, std::span<const sql_value> params,
-               row_callback on_row) override;
+               row_callback on_row) override {
+      detail::run_query(*conn, sql, params, on_row);
+    }
     void finish() noexcept override;
   };
 
