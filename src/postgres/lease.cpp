@@ -1,0 +1,41 @@
+// Leases as session-level advisory locks, each on a connection of its own.
+
+#include <utility>
+
+#include "store_impl.hpp"
+
+namespace cleave::postgres {
+
+namespace {
+
+using detail::connection;
+
+// A session-level advisory lock, held by a connection of its own: PostgreSQL drops it when that
+// connection ends, also when the process holding it is killed.
+class advisory_lease final : public lease {
+ public:
+  explicit advisory_lease(std::unique_ptr<connection> conn) : conn_(std::move(conn)) {}
+  bool held() override {
+    try {
+      conn_->script("select 1");
+      return true;
+    } catch (const error_exception&) {
+      return false;
+    }
+  }
+
+ private:
+  std::unique_ptr<connection> conn_;
+};
+
+}  // namespace
+
+std::unique_ptr<lease> store::try_lease(std::string_view name) {
+  auto conn = std::make_unique<connection>(options_.url);
+  const sql_value key[] = {name};
+  auto r = conn->run("select pg_try_advisory_lock(hashtext('cleave.lease'), hashtext($1))", key);
+  if (r.text(0, 0) != "t") return nullptr;
+  return std::make_unique<advisory_lease>(std::move(conn));
+}
+
+}  // namespace cleave::postgres

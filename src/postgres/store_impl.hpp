@@ -1,0 +1,139 @@
+#pragma once
+// What the PostgreSQL store's parts share: the definition of store::impl (the pool of sessions,
+// each a connection lent out as a write or a read-only transaction; the read replicas and their
+// monitor; the thread that sends NOTIFYs) and the parsing of the server's numbers and LSNs.
+// Internal to src/postgres.
+
+#include <cleave/postgres/store.hpp>
+
+#include <atomic>
+#include <charconv>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "connection.hpp"
+
+namespace cleave::postgres::detail {
+
+inline std::uint64_t parse_u64(std::string_view text) {
+  std::uint64_t v = 0;
+  std::from_chars(text.data(), text.data() + text.size(), v);
+  return v;
+}
+
+// "16/B374D848" -> 0x16B374D848
+inline std::uint64_t parse_lsn(std::string_view text) {
+  const auto slash = text.find('/');
+  if (slash == std::string_view::npos) return 0;
+  std::uint64_t hi = 0, lo = 0;
+  std::from_chars(text.data(), text.data() + slash, hi, 16);
+  std::from_chars(text.data() + slash + 1, text.data() + text.size(), lo, 16);
+  return (hi << 32) | lo;
+}
+
+}  // namespace cleave::postgres::detail
+
+namespace cleave::postgres {
+
+struct store::impl {
+  // One pooled connection, lent out as a write or a read-only transaction (session.cpp).
+  struct session final : write_transaction, read_transaction {
+    impl* owner = nullptr;
+    std::unique_ptr<detail::connection> conn;
+    // Copied from the request, which need not outlive the transaction.
+    std::string command_id, correlation_id;
+    std::uint64_t transaction_id = 0;  // set by the first append
+    std::uint64_t last_position = 0;
+
+    void query(std::string_view sql, std::span<const sql_value> params,
+               row_callback on_row) override {
+      auto rows = conn->run(sql, params);
+      for (int r = 0; r < rows.rows(); ++r) {
+        rows.at(r);
+        on_row(rows);
+      }
+    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
+      return conn->run(sql, params).affected();
+    }
+    void script(std::string_view sql) override { conn->script(sql); }
+
+    std::uint64_t append(const pending_event& e) override;
+
+    std::optional<remembered_outcome> remembered() override;
+    void remember(const remembered_outcome& outcome) override;
+    void rebind(const request_meta& meta) override;
+    position_token position_so_far() override {
+      return position_token(transaction_id, last_position);
+    }
+
+    position_token commit() override;
+    void rollback() noexcept override;
+    void finish() noexcept override { rollback(); }
+  };
+
+  // The pool (store.cpp).
+  explicit impl(const options& o);
+  session& acquire(const request_meta& meta, std::string_view begin);
+  void give_back(session* s) noexcept;
+
+  // Runs `body` on a connection in a read-only transaction that is always ended.
+  template <class F>
+  auto read(F&& body) {
+    static const request_meta none;
+    auto& s = acquire(none, "begin transaction isolation level read committed read only");
+    const read_scope ending(static_cast<read_transaction&>(s));
+    return body(*s.conn);
+  }
+
+  // ---- read replicas (replicas.cpp) ----
+  struct replica {
+    std::unique_ptr<impl> pool;  // its own connections
+    std::string url;
+    std::atomic<std::uint64_t> replay_lsn{0}, lag_bytes{0}, reads{0};
+    std::atomic<std::int64_t> lag_us{0};
+  };
+  std::vector<std::unique_ptr<replica>> replicas;
+  std::atomic<std::size_t> next_replica{0};
+  std::thread monitor;
+  std::mutex monitor_mutex;
+  std::condition_variable monitor_wake;
+  bool monitor_stopping = false;
+
+  static std::uint64_t replay_lsn_of(impl& pool);
+  void start_replicas();
+  void stop_replicas();
+  // The replica to serve a read as fresh as `wanted` (by meta's deadline), or null for the
+  // primary.
+  replica* route(const request_meta& meta, const consistency& wanted);
+
+  // Wake-ups for other processes (notify.cpp): one NOTIFY after any number of commits (or of a
+  // projector's batches), sent by a thread of its own on a connection of its own, outside every
+  // transaction (a NOTIFY inside one would take a cluster-wide lock at its commit and serialize
+  // writers).
+  void announce_commit();
+  void announce_progress();
+  void announce(bool& pending);
+  void send_notifications();
+  ~impl();
+
+  options opts;
+  std::mutex notify_mutex;
+  std::condition_variable notify_wake;
+  bool notify_pending = false, progress_pending = false, notify_stopping = false;
+  std::thread notifier;
+  std::mutex mutex;
+  std::condition_variable available;
+  std::vector<std::unique_ptr<session>> all;
+  std::vector<session*> free;
+  std::atomic<std::uint64_t> outcomes_recorded{0};
+};
+
+}  // namespace cleave::postgres
