@@ -11,10 +11,12 @@ std::unique_ptr<cleave::store> open_sqlite(const cleave::store_settings& setting
   if (!settings.replicas.empty())
     throw cleave::error_exception(
         {cleave::errc::validation,
-         "replicas are PostgreSQL hot standbys: the database must be one too", {}});
+         "replicas are PostgreSQL hot standbys: the database must be one too",
+         {}});
   std::string_view path = settings.url;
   if (path.starts_with("sqlite:")) path.remove_prefix(7);
-  return std::make_unique<cleave::sqlite::store>(cleave::sqlite::options{.path = std::string(path)});
+  return std::make_unique<cleave::sqlite::store>(
+      cleave::sqlite::options{.path = std::string(path)});
 }
 
 }  // namespace
