@@ -98,6 +98,7 @@ namespace {
 
 template <class T>
 void show(std::string_view what, const cleave::result<T>& r) {
+  // NOLINTNEXTLINE(bugprone-branch-clone): the discarded `if constexpr` branches look alike to it
   if (!r) {
     fmt::print("  {:<48} -> refused: {}\n", what, r.error().describe());
   } else if constexpr (requires { r->value; }) {

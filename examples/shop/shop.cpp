@@ -186,6 +186,7 @@ cleave::projection order_summaries() {
        "create index {view}_by_customer on {view}(customer_id, placed_at)")
       .on([](const order_placed& e, cleave::view_context& v) {
         std::vector<summary_line> lines;
+        lines.reserve(e.lines.size());
         for (const auto& l : e.lines)
           lines.push_back({l.product_id, l.product_name, l.quantity, l.price_cents});
         std::sort(lines.begin(), lines.end(),

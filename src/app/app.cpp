@@ -317,6 +317,7 @@ void app::add_migrations(std::string component, std::span<const migration> steps
 
 std::vector<std::string> app::migration_components() const {
   std::vector<std::string> out;
+  out.reserve(migrations_.size());
   for (const auto& [component, steps] : migrations_) out.push_back(component);
   return out;
 }

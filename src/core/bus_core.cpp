@@ -72,12 +72,14 @@ result<void> bus_core::run(const message_ref& message, const request_meta& meta,
 
 std::vector<const message_info*> bus_core::handled() const {
   std::vector<const message_info*> out;
+  out.reserve(entries_.size());
   for (const auto& e : entries_) out.push_back(e.ops->info);
   return out;
 }
 
 std::vector<const message_ops*> bus_core::handled_ops() const {
   std::vector<const message_ops*> out;
+  out.reserve(entries_.size());
   for (const auto& e : entries_) out.push_back(e.ops);
   return out;
 }

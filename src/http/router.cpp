@@ -184,7 +184,7 @@ response router::static_file(const std::string& path, const std::string& correla
 //   POST /admin/projections/{name}/rebuild[?verify=true]   202; progress in the listing
 response router::admin(const request& r, const std::string& path, request_meta& meta) {
   auto& p = app_.projections();
-  const auto ok = [](json body, int status = 200) {
+  const auto ok = [](const json& body, int status = 200) {
     return response{status, "application/json", body.dump(), {}};
   };
   constexpr std::string_view prefix = "/admin/projections";
