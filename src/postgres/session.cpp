@@ -15,13 +15,8 @@ namespace cleave::postgres {
 
 namespace {
 
-using cleave::detail::next_stream_version;
-using cleave::detail::stream_version_sql;
-using cleave::detail::text_or_null;
 using detail::parse_lsn;
 using detail::parse_u64;
-
-constexpr std::uint64_t purge_every = 1024;
 
 std::string retention_interval(std::chrono::seconds s) {
   return fmt::format("{} seconds", s.count());
@@ -33,17 +28,18 @@ std::uint64_t store::impl::session::append(const pending_event& e) {
   std::int64_t version = 0;
   if (!e.stream.empty()) {
     const sql_value stream[] = {e.stream};
-    const auto current =
-        static_cast<std::uint64_t>(conn->run(stream_version_sql, stream).integer(0, 0));
-    version = static_cast<std::int64_t>(next_stream_version(e.stream, current, e.expected_version));
+    const auto current = static_cast<std::uint64_t>(
+        conn->run(cleave::detail::stream_version_sql, stream).integer(0, 0));
+    version = static_cast<std::int64_t>(
+        cleave::detail::next_stream_version(e.stream, current, e.expected_version));
   }
   const std::string payload = e.payload.dump();
   const sql_value params[] = {e.stream,
                               version,
                               e.type,
                               std::string_view(payload),
-                              text_or_null(command_id),
-                              text_or_null(correlation_id)};
+                              cleave::detail::text_or_null(command_id),
+                              cleave::detail::text_or_null(correlation_id)};
   auto r = conn->run(
       "insert into cleave_events(stream, stream_version, type, payload, command_id, "
       "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
@@ -101,7 +97,8 @@ void store::impl::session::remember(const remembered_outcome& outcome) {
         {errc::conflict,
          fmt::format("command id '{}' was recorded by a concurrent retry", command_id),
          {}});
-  if (owner->outcomes_recorded.fetch_add(1) % purge_every == purge_every - 1) {
+  if (owner->outcomes_recorded.fetch_add(1) % cleave::detail::outcome_purge_every ==
+      cleave::detail::outcome_purge_every - 1) {
     const sql_value older[] = {std::string_view(keep)};
     conn->run("delete from cleave_commands where recorded_at < now() - $1::interval", older);
   }

@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <cleave/store/detail/append.hpp>
+
 #include "store_impl.hpp"
 
 namespace cleave::postgres {
@@ -38,11 +40,7 @@ constexpr migration own_migrations[] = {
      "  lsn pg_lsn,"
      "  recorded_at timestamptz not null default now());"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
-    {3, "snapshots",
-     "create table cleave_snapshots("
-     "  stream text primary key,"
-     "  version bigint not null,"
-     "  state text not null);"},
+    {3, "snapshots", cleave::detail::snapshots_schema},
 };
 
 }  // namespace

@@ -17,14 +17,8 @@ namespace cleave::sqlite {
 
 namespace {
 
-using cleave::detail::next_stream_version;
-using cleave::detail::stream_version_sql;
-using cleave::detail::text_or_null;
 using detail::reset_on_exit;
 using detail::scalar;
-
-// Expired outcomes are purged once every this many recorded outcomes.
-constexpr std::uint64_t purge_every = 1024;
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -39,8 +33,10 @@ std::uint64_t store::impl::writer::append(const pending_event& e) {
   std::int64_t version = 0;
   if (!e.stream.empty()) {
     const sql_value stream[] = {e.stream};
-    const auto current = static_cast<std::uint64_t>(scalar(conn, stream_version_sql, stream));
-    version = static_cast<std::int64_t>(next_stream_version(e.stream, current, e.expected_version));
+    const auto current =
+        static_cast<std::uint64_t>(scalar(conn, cleave::detail::stream_version_sql, stream));
+    version = static_cast<std::int64_t>(
+        cleave::detail::next_stream_version(e.stream, current, e.expected_version));
   }
   // PostgreSQL's jsonb cannot hold U+0000; refused here too, for one meaning on both.
   if (cleave::detail::nul_in_json(e.payload))
@@ -52,8 +48,8 @@ std::uint64_t store::impl::writer::append(const pending_event& e) {
                               version,
                               e.type,
                               std::string_view(payload),
-                              text_or_null(command_id),
-                              text_or_null(correlation_id),
+                              cleave::detail::text_or_null(command_id),
+                              cleave::detail::text_or_null(correlation_id),
                               now_ms()};
   conn.exec(
       "insert into cleave_events(stream, stream_version, type, payload, command_id, "
@@ -95,7 +91,7 @@ void store::impl::writer::remember(const remembered_outcome& outcome) {
       "insert or replace into cleave_commands(command_id, command_type, outcome, position, "
       "recorded_at) values ($1, $2, $3, $4, $5)",
       row);
-  if (++owner->outcomes_recorded % purge_every == 0) {
+  if (++owner->outcomes_recorded % cleave::detail::outcome_purge_every == 0) {
     const sql_value oldest[] = {
         now - std::chrono::duration_cast<std::chrono::milliseconds>(owner->opts.outcome_retention)
                   .count()};

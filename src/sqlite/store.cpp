@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <utility>
 
+#include <cleave/store/detail/append.hpp>
+
 #include "store_impl.hpp"
 
 namespace cleave::sqlite {
@@ -35,11 +37,7 @@ constexpr migration own_migrations[] = {
      "  recorded_at integer not null default (cast((julianday('now') - 2440587.5) * 86400000 as "
      "integer)));"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
-    {3, "snapshots",
-     "create table cleave_snapshots("
-     "  stream text primary key,"
-     "  version bigint not null,"
-     "  state text not null);"},
+    {3, "snapshots", cleave::detail::snapshots_schema},
 };
 
 }  // namespace

@@ -1,5 +1,5 @@
 #pragma once
-// What both backends do alike when appending an event.
+// What both backends do alike when appending an event and remembering outcomes.
 
 #include <cstdint>
 #include <optional>
@@ -19,6 +19,15 @@ inline constexpr std::string_view stream_version_sql =
 // errc::conflict when the caller expected another current version.
 std::uint64_t next_stream_version(std::string_view stream, std::uint64_t current,
                                   std::optional<std::uint64_t> expected);
+
+// Expired command outcomes are purged once every this many recorded outcomes.
+inline constexpr std::uint64_t outcome_purge_every = 1024;
+
+// The snapshot table of event-sourced aggregates (cleave::event_sourced), alike in every
+// backend's own migrations.
+inline constexpr std::string_view snapshots_schema =
+    "create table cleave_snapshots(stream text primary key, version bigint not null, state text "
+    "not null)";
 
 // NULL for an empty string, else its text.
 inline sql_value text_or_null(const std::string& s) {
