@@ -1,5 +1,5 @@
 // cleave_bench_read: the read side against set-based SQL and against itself, in one run. One JSON
-// line per case on stdout (DESIGN.md); progress on stderr.
+// line per case on stdout (case, rates, ratio against its baseline); progress on stderr.
 //
 //   projection_sqlite / projection_postgres   events/s catching up N events (1,000 streams) into a
 //       per-stream counter view (a fold: counts summed per batch), against the same view built by

@@ -1,6 +1,6 @@
 // cleave_bench_write: commands/s through the command bus against the same statements issued
 // directly, in the same transaction shape and durability, in the same run. One JSON line per case
-// on stdout (DESIGN.md); progress on stderr.
+// on stdout (case, rate, baseline rate, ratio); progress on stderr.
 //
 // Each command inserts a state row and appends one event to its stream. The baseline issues what
 // the framework issues for it: BEGIN, the state insert, the stream-version read, the event insert

@@ -8,7 +8,7 @@
 // Results go to stdout as JSON; problems to stderr. Exit codes: 0 ok, 2 refused by the server
 // (4xx), 1 the server failed or could not be reached (5xx, network).
 
-#include <utility>  // before Asio: see DESIGN.md's field notes
+#include <utility>  // before Asio: Boost 1.74's Asio uses std::exchange without including it
 
 #include <cstdlib>
 #include <iostream>
