@@ -98,9 +98,9 @@ namespace {
 
 template <class T>
 void show(std::string_view what, const cleave::result<T>& r) {
-  // NOLINTNEXTLINE(bugprone-branch-clone): the discarded `if constexpr` branches look alike to it
   if (!r) {
     fmt::print("  {:<48} -> refused: {}\n", what, r.error().describe());
+    // NOLINTNEXTLINE(bugprone-branch-clone): discarded `if constexpr` branches look alike to it
   } else if constexpr (requires { r->value; }) {
     fmt::print("  {:<48} -> ok, response {}\n", what, cleave::to_json(r->value).dump());
   } else if constexpr (std::is_same_v<T, cleave::sent<void>>) {

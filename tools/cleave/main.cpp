@@ -71,7 +71,7 @@ int call(const target& t, bhttp::verb method, const std::string& path, const std
   bhttp::read(stream, buffer, res);
   beast::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  const int status = res.result_int();
+  const int status = static_cast<int>(res.result_int());
   const bool is_json = res[bhttp::field::content_type].find("json") != std::string::npos;
   std::string text = res.body();
   if (is_json) {
