@@ -106,6 +106,17 @@ void BM_query_ask(benchmark::State& state) {
 }
 BENCHMARK(BM_query_ask);
 
+// With BM_command_send_3_behaviors: the cost of one behavior is half the difference (both pay
+// the pipeline's way to the handler, which a bus without behaviors skips).
+void BM_command_send_1_behavior(benchmark::State& state) {
+  cleave::command_bus commands;
+  commands.use<pass_through>();
+  commands.add(deposit_handler);
+  const bench::deposit d{"acc", 1};
+  measure(state, [&] { return commands.send(d); });
+}
+BENCHMARK(BM_command_send_1_behavior);
+
 void BM_command_send_3_behaviors(benchmark::State& state) {
   cleave::command_bus commands;
   commands.use<pass_through>();
