@@ -397,14 +397,14 @@ TYPED_TEST_P(store_conformance, reusing_an_id_with_another_payload_is_refused_an
 TYPED_TEST_P(store_conformance, a_replay_names_the_request_that_ran_the_command) {
   auto first = with_id("c-1");
   first.correlation_id = "first-request";
-  auto ran = this->commands.send(deposit{"a", 1}, first);
-  ASSERT_TRUE(ran);
-  EXPECT_FALSE(ran->replay_of);
+  const auto body = cleave::to_json(deposit{"a", 1});
+  std::optional<std::string> replay_of;
+  ASSERT_TRUE(this->commands.send_json("conformance.deposit", body, first, &replay_of));
+  EXPECT_FALSE(replay_of);
   auto retry = with_id("c-1");
   retry.correlation_id = "second-request";
-  auto replayed = this->commands.send(deposit{"a", 1}, retry);
-  ASSERT_TRUE(replayed);
-  EXPECT_EQ(replayed->replay_of, "first-request");
+  ASSERT_TRUE(this->commands.send_json("conformance.deposit", body, retry, &replay_of));
+  EXPECT_EQ(replay_of, "first-request");
 }
 
 TYPED_TEST_P(store_conformance, outcomes_expire_after_the_retention) {

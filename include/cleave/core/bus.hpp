@@ -28,19 +28,14 @@
 namespace cleave {
 
 // What a successful command returns: the handler's response and where its writes sit in the log.
-// A retry of a command whose id had an outcome already gets that outcome again without running
-// it: replay_of then names the request that ran it (its correlation id; HTTP answers with it and
-// `Idempotent-Replayed: true`).
 template <class R>
 struct sent {
   R value;
   position_token position;
-  std::optional<std::string> replay_of;
 };
 template <>
 struct sent<void> {
   position_token position;
-  std::optional<std::string> replay_of;
 };
 
 namespace detail {
@@ -105,7 +100,7 @@ struct command_step {
 // What a command's run left besides its response: its position, and whether it was a replay.
 struct written {
   position_token position;
-  std::optional<std::string> replay_of;  // see sent::replay_of
+  std::optional<std::string> replay_of;  // see command_bus::send_json
 };
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        written& out, const command_step& step);
@@ -340,7 +335,7 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
       if constexpr (std::is_void_v<R>) {
         return sent<void>{};
       } else {
-        return sent<R>{std::move(*r), {}, {}};
+        return sent<R>{std::move(*r), {}};
       }
     } catch (...) {
       return std::unexpected(detail::error_from_current_exception(info_of<C>(), meta));
@@ -379,9 +374,9 @@ result<sent<response_t<C>>> command_bus::dispatch(const C& command_message,
   if (replay_of) *replay_of = done.replay_of;
   if (!outcome) return std::unexpected(std::move(outcome.error()));
   if constexpr (std::is_void_v<R>) {
-    return sent<void>{done.position, std::move(done.replay_of)};
+    return sent<void>{done.position};
   } else {
-    return sent<R>{response.take(), done.position, std::move(done.replay_of)};
+    return sent<R>{response.take(), done.position};
   }
 }
 
