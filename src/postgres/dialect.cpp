@@ -12,11 +12,9 @@
 namespace cleave::postgres {
 
 store::migration_statements store::migration_sql() const {
-  return {"select pg_advisory_xact_lock(7297306275)",
-          "create table if not exists cleave_migrations(component text not null, version integer "
-          "not null, name text not null, applied_at timestamptz not null default now(), "
-          "primary key(component, version))",
-          "insert into cleave_migrations(component, version, name) values ($1, $2, $3)"};
+  return {.lock = "select pg_advisory_xact_lock(7297306275)",
+          .time_type = "timestamptz",
+          .now = "now()"};
 }
 
 std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,

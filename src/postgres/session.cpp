@@ -34,12 +34,8 @@ std::uint64_t store::impl::session::append(const pending_event& e) {
         cleave::detail::next_stream_version(e.stream, current, e.expected_version));
   }
   const std::string payload = e.payload.dump();
-  const sql_value params[] = {e.stream,
-                              version,
-                              e.type,
-                              std::string_view(payload),
-                              cleave::detail::text_or_null(command_id),
-                              cleave::detail::text_or_null(correlation_id)};
+  const auto params =
+      cleave::detail::event_row_params(e, version, payload, command_id, correlation_id);
   auto r = conn->run(
       "insert into cleave_events(stream, stream_version, type, payload, command_id, "
       "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "

@@ -13,12 +13,9 @@ namespace cleave::sqlite {
 
 store::migration_statements store::migration_sql() const {
   // The single writer's transaction (begin immediate) already excludes every other writer.
-  return {"",
-          "create table if not exists cleave_migrations(component text not null, version integer "
-          "not null, name text not null, applied_at integer not null, primary key(component, "
-          "version))",
-          "insert into cleave_migrations(component, version, name, applied_at) values ($1, $2, $3, "
-          "cast((julianday('now') - 2440587.5) * 86400000 as integer))"};
+  return {.lock = "",
+          .time_type = "integer",
+          .now = "cast((julianday('now') - 2440587.5) * 86400000 as integer)"};
 }
 
 std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,

@@ -44,13 +44,8 @@ std::uint64_t store::impl::writer::append(const pending_event& e) {
                                      fmt::format("an event of type '{}' holds U+0000", e.type),
                                      correlation_id);
   const std::string payload = e.payload.dump();
-  const sql_value params[] = {e.stream,
-                              version,
-                              e.type,
-                              std::string_view(payload),
-                              cleave::detail::text_or_null(command_id),
-                              cleave::detail::text_or_null(correlation_id),
-                              now_ms()};
+  const auto params =
+      cleave::detail::event_row_params(e, version, payload, command_id, correlation_id, now_ms());
   conn.exec(
       "insert into cleave_events(stream, stream_version, type, payload, command_id, "
       "correlation_id, recorded_at) values ($1, $2, $3, $4, $5, $6, $7)",

@@ -23,7 +23,10 @@ void store::migrate(std::string_view component, std::span<const migration> migra
     // Read committed: a step that waited for the lock sees the step the other process applied.
     write_scope tx(*this, detail::no_meta, isolation::read_committed);
     if (!sql.lock.empty()) tx->script(sql.lock);
-    tx->script(sql.create_table);
+    tx->script(fmt::format(
+        "create table if not exists cleave_migrations(component text not null, version integer "
+        "not null, name text not null, applied_at {} not null, primary key(component, version))",
+        sql.time_type));
     if (m) {
       write_context ctx(&*tx, detail::no_meta);
       if (ctx.one<std::int64_t>(
@@ -31,7 +34,10 @@ void store::migrate(std::string_view component, std::span<const migration> migra
                  component, std::int64_t{m->version})
               .value_or(0) == 0) {
         tx->script(m->sql);
-        ctx.exec(sql.record, component, std::int64_t{m->version}, m->name);
+        ctx.exec(fmt::format("insert into cleave_migrations(component, version, name, applied_at) "
+                             "values ($1, $2, $3, {})",
+                             sql.now),
+                 component, std::int64_t{m->version}, m->name);
       }
     }
     tx.commit();

@@ -223,8 +223,8 @@ class store : public session_source {
     // Run first in each step's transaction: takes the lock that makes a second migrating
     // process wait (empty when a write transaction already excludes every other writer).
     std::string_view lock;
-    std::string_view create_table;  // creates cleave_migrations unless it exists
-    std::string_view record;        // records step ($1 component, $2 version, $3 name)
+    std::string_view time_type;  // the column type of cleave_migrations.applied_at
+    std::string_view now;        // an expression of that type: the time now
   };
   virtual migration_statements migration_sql() const = 0;
 };

@@ -1,6 +1,7 @@
 #pragma once
 // What both backends do alike when appending an event and remembering outcomes.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -32,6 +33,21 @@ inline constexpr std::string_view snapshots_schema =
 // NULL for an empty string, else its text.
 inline sql_value text_or_null(const std::string& s) {
   return s.empty() ? sql_value{} : sql_value{std::string_view(s)};
+}
+
+// The parameters $1…$6 of an event row's insert — stream, stream_version, type, payload,
+// command_id, correlation_id — then the backend's own `extra`. The strings must outlive them.
+template <class... Extra>
+std::array<sql_value, 6 + sizeof...(Extra)> event_row_params(
+    const pending_event& e, std::int64_t version, std::string_view payload,
+    const std::string& command_id, const std::string& correlation_id, Extra... extra) {
+  return {sql_value{std::string_view(e.stream)},
+          sql_value{version},
+          sql_value{std::string_view(e.type)},
+          sql_value{payload},
+          text_or_null(command_id),
+          text_or_null(correlation_id),
+          sql_value{extra}...};
 }
 
 }  // namespace cleave::detail
