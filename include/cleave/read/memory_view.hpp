@@ -23,6 +23,7 @@
 
 #include <cleave/core/detail/handler_traits.hpp>
 #include <cleave/core/json.hpp>
+#include <cleave/read/detail/event_handler.hpp>
 #include <cleave/store/store.hpp>
 
 namespace cleave {
@@ -83,17 +84,7 @@ class memory_view final : public memory_view_base {
   // Handles one event type: `void(const E&, State&)`, E a CLEAVE_EVENT.
   template <class F>
   memory_view& on(F&& handler) {
-    using H = std::decay_t<F>;
-    using E = typename detail::message_param<H>::type;
-    static_assert(event<E>,
-                  "a memory view handler takes (const Event&, State&) with the event declared "
-                  "by CLEAVE_EVENT");
-    handlers_[std::string(info_of<E>().wire_name)] =
-        [h = H(std::forward<F>(handler))](const event_payload& payload, State& state) mutable {
-          auto e = payload.decode<E>(decode_mode::tolerant);
-          if (!e) throw error_exception(e.error());
-          h(*e, state);
-        };
+    detail::add_event_handler<State>(handlers_, std::forward<F>(handler));
     return *this;
   }
 

@@ -25,6 +25,7 @@
 #include <cleave/core/detail/bus_core.hpp>
 #include <cleave/core/detail/handler_traits.hpp>
 #include <cleave/core/json.hpp>
+#include <cleave/read/detail/event_handler.hpp>
 #include <cleave/store/store.hpp>
 
 namespace cleave {
@@ -101,18 +102,7 @@ class projection {
   // Handles one event type: `void(const E&, cleave::view_context&)`, E a CLEAVE_EVENT.
   template <class F>
   projection& on(F&& handler) {
-    using H = std::decay_t<F>;
-    using E = typename detail::message_param<H>::type;
-    static_assert(event<E>,
-                  "a projection handler takes (const Event&, cleave::view_context&) with the "
-                  "event declared by CLEAVE_EVENT");
-    handlers_[std::string(info_of<E>().wire_name)] = [h = H(std::forward<F>(handler))](
-                                                         const event_payload& payload,
-                                                         view_context& view) mutable {
-      auto e = payload.decode<E>(decode_mode::tolerant);
-      if (!e) throw error_exception(e.error());
-      h(*e, view);
-    };
+    detail::add_event_handler<view_context>(handlers_, std::forward<F>(handler));
     return *this;
   }
 
