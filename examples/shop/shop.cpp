@@ -288,7 +288,11 @@ void install(cleave::app& a) {
 }
 
 void seed_demo_data(cleave::app& a) {
-  if (!a.queries().ask(list_products{}).value_or(std::vector<product>{}).empty()) return;
+  // From the primary: a standby that has not replayed the products yet must not make it seed
+  // them twice.
+  cleave::request_meta primary;
+  primary.consistency = cleave::strong();
+  if (!a.queries().ask(list_products{}, primary).value_or(std::vector<product>{}).empty()) return;
   auto& c = a.commands();
   (void)c.send(register_customer{"ada", "Ada Lovelace", "ada@example.com"});
   (void)c.send(register_customer{"grace", "Grace Hopper", std::nullopt});

@@ -14,6 +14,7 @@
 #include <iostream>
 #include <limits>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include <pthread.h>
@@ -50,13 +51,13 @@ struct config_file {
   std::optional<principal_entry> cli_principal;
   std::optional<bool> run_projector, group_commit;
   std::optional<std::vector<std::string>> replicas;
-  std::optional<std::int64_t> replica_max_lag_ms;
+  std::optional<std::int64_t> replica_max_lag_ms, request_timeout_ms;
   std::optional<openapi_entry> openapi;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
               tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
-              max_parked_reads, group_commit)
+              max_parked_reads, group_commit, request_timeout_ms)
 
 }  // namespace
 
@@ -108,9 +109,12 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
     if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;
-    if (f.replica_max_lag_ms) {
-      if (*f.replica_max_lag_ms <= 0) return invalid("replica_max_lag_ms", "must be positive");
-      c.replica_max_lag = std::chrono::milliseconds(*f.replica_max_lag_ms);
+    for (auto [value, into, name] :
+         {std::tuple{f.replica_max_lag_ms, &c.replica_max_lag, "replica_max_lag_ms"},
+          std::tuple{f.request_timeout_ms, &c.request_timeout, "request_timeout_ms"}}) {
+      if (!value) continue;
+      if (*value <= 0) return invalid(name, "must be positive");
+      *into = std::chrono::milliseconds(*value);
     }
   }
   if (const char* v = std::getenv("CLEAVE_DATABASE"); v && *v) c.database = v;
@@ -147,7 +151,8 @@ json replicas_json(store& s) {
         {{"url", r.url},
          {"replay_lsn", fmt::format("{:X}/{:X}", r.replay_lsn >> 32, r.replay_lsn & 0xffffffff)},
          {"lag_bytes", r.lag_bytes},
-         {"lag_seconds", r.lag_seconds},
+         {"lag_seconds", r.up ? json(r.lag_seconds) : json(nullptr)},
+         {"up", r.up},
          {"set_aside", r.set_aside},
          {"reads", r.reads}});
   return out;

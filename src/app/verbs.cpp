@@ -32,9 +32,19 @@ void draw_progress(const rebuild_progress& p) {
 }
 
 // Who the CLI runs as, from the configuration.
-request_meta cli_meta(app& a) {
+// The option that shortens a request's deadline (config request_timeout) for one verb.
+void add_timeout_option(CLI::App& cli, std::int64_t& ms) {
+  cli.add_option("--timeout", ms, "a deadline shorter than the configured request_timeout")
+      ->type_name("MS")
+      ->check(CLI::PositiveNumber);
+}
+
+request_meta cli_meta(app& a, std::int64_t timeout_ms) {
   request_meta meta;
   meta.principal = a.config().cli_principal;
+  auto budget = a.config().request_timeout;
+  if (timeout_ms > 0) budget = std::min(budget, std::chrono::milliseconds(timeout_ms));
+  meta.deadline = clock::now() + budget;
   return meta;
 }
 
@@ -72,10 +82,12 @@ int send(app& a, std::span<const std::string> args) {
   cli.add_option("JSON", body_text, "the command, a JSON object")->required();
   const auto* id = cli.add_option("--id", key, "an idempotency key (1 to 255 visible characters)")
                        ->type_name("KEY");
-  if (auto done = parse(cli, args, "send NAME JSON [--id KEY]")) return *done;
+  std::int64_t timeout_ms = 0;
+  add_timeout_option(cli, timeout_ms);
+  if (auto done = parse(cli, args, "send NAME JSON [--id KEY] [--timeout MS]")) return *done;
   auto body = parse_json(body_text);
   if (!body) return report(body.error());
-  auto meta = cli_meta(a);
+  auto meta = cli_meta(a, timeout_ms);
   if (id->count() > 0) {
     auto command_id = command_id_for(meta.principal, key);
     if (!command_id) return report(command_id.error());
@@ -97,12 +109,15 @@ int ask(app& a, std::span<const std::string> args) {
                      "how current the views it reads must be (default: eventual); waiting for "
                      "them starts this process's projector")
           ->type_name("eventual|strong|bounded=MS|at_least=TOKEN");
-  if (auto done = parse(cli, args,
-                        "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]"))
+  std::int64_t timeout_ms = 0;
+  add_timeout_option(cli, timeout_ms);
+  if (auto done = parse(
+          cli, args,
+          "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN] [--timeout MS]"))
     return *done;
   auto body = parse_json(body_text);
   if (!body) return report(body.error());
-  auto meta = cli_meta(a);
+  auto meta = cli_meta(a, timeout_ms);
   if (consistency_option->count() > 0) {
     auto wanted = parse_consistency(level);
     if (!wanted) return report(wanted.error());
@@ -242,12 +257,13 @@ int migrate(app& a, std::span<const std::string> args) {
 
 void add_builtin(app& a) {
   a.add_verb("send",
-             "send NAME JSON [--id KEY]\n"
+             "send NAME JSON [--id KEY] [--timeout MS]\n"
              "                      run a command through this application's handlers; a retry\n"
              "                      with the same KEY prints the first outcome and has no effect",
              send);
   a.add_verb("ask",
              "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]\n"
+             "    [--timeout MS]\n"
              "                      run a query through this application's handlers",
              ask);
   a.add_verb("events", "events tail [--follow]  print the event log, oldest first, as JSON lines",

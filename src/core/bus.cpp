@@ -139,6 +139,14 @@ result<void> write_once(session_source* source, const message_info& info, const 
   }
 }
 
+// errc::timeout when the request's deadline has passed: it does not begin a transaction then, on
+// any backend.
+std::optional<error> past_deadline(const request_meta& meta) {
+  if (meta.deadline == clock::time_point::max() || clock::now() < meta.deadline)
+    return std::nullopt;
+  return error{errc::timeout, "the request's deadline passed before it reached the database", {}};
+}
+
 // A pause in [base, 2 × base): retries of commands that collided spread apart.
 std::chrono::microseconds jittered(std::chrono::microseconds base) {
   thread_local std::minstd_rand random{std::random_device{}()};
@@ -155,13 +163,21 @@ result<void> run_write(session_source* source, const message_info& info, const r
   constexpr auto longest_pause = std::chrono::microseconds(32'000);
   auto pause = std::chrono::microseconds(1000);
   for (int attempt = 1;; ++attempt) {
+    if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
     try {
       return write_once(source, info, meta, out, step);
     } catch (const transient_error& e) {
       const auto wait = jittered(pause);
-      if (attempt >= max_attempts || clock::now() + wait >= meta.deadline) {
+      const bool out_of_time = clock::now() + wait >= meta.deadline;
+      if (attempt >= max_attempts || out_of_time) {
         spdlog::info("command {} gave up after {} attempt(s) [correlation {}]: {}", info.wire_name,
                      attempt, meta.correlation_id, e.error().message);
+        // Out of time, the collision is why it did not finish: a timeout, retryable as one.
+        if (out_of_time && attempt < max_attempts)
+          return std::unexpected(error{
+              errc::timeout,
+              fmt::format("the request's deadline passed while it retried: {}", e.error().message),
+              {}});
         return std::unexpected(e.error());
       }
       std::this_thread::sleep_for(wait);
@@ -172,6 +188,7 @@ result<void> run_write(session_source* source, const message_info& info, const r
 
 result<void> run_read(session_source* source, const message_info& info, const request_meta& meta,
                       function_ref<result<void>(read_context&)> body) {
+  if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
   try {
     if (!source) {
       read_context ctx(nullptr, meta);

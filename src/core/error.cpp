@@ -22,14 +22,18 @@ std::string_view to_string(errc category) noexcept {
       return "internal";
     case errc::idempotency_key_reused:
       return "idempotency_key_reused";
+    case errc::timeout:
+      return "timeout";
+    case errc::outcome_unknown:
+      return "outcome_unknown";
   }
   return "internal";
 }
 
 std::optional<errc> errc_from_string(std::string_view name) noexcept {
-  for (auto c :
-       {errc::validation, errc::not_found, errc::conflict, errc::rejected, errc::unavailable,
-        errc::unauthorized, errc::forbidden, errc::internal, errc::idempotency_key_reused})
+  for (auto c : {errc::validation, errc::not_found, errc::conflict, errc::rejected,
+                 errc::unavailable, errc::unauthorized, errc::forbidden, errc::internal,
+                 errc::idempotency_key_reused, errc::timeout, errc::outcome_unknown})
     if (to_string(c) == name) return c;
   return std::nullopt;
 }

@@ -83,17 +83,22 @@ std::string lag_metrics(app& a) {
                  "dead_letters");
   const auto replicas = a.store().replicas();
   if (replicas.empty()) return out;
-  auto per_replica = [&](std::string_view name, std::string_view help, auto value) {
+  // A replica that is down has no lag to show: its lag lines are left out, not made up.
+  auto per_replica = [&](std::string_view name, std::string_view help, auto value, bool when_down) {
     metric_family(out, name, "gauge", help);
     for (const auto& r : replicas)
-      out += fmt::format("{}{{replica=\"{}\"}} {}\n", name, r.url, value(r));
+      if (r.up || when_down) out += fmt::format("{}{{replica=\"{}\"}} {}\n", name, r.url, value(r));
   };
-  per_replica("cleave_replica_lag_seconds",
-              "How long ago the primary wrote the oldest WAL a replica lacks.",
-              [](const replica_status& r) { return r.lag_seconds; });
-  per_replica("cleave_replica_lag_bytes",
-              "WAL the primary has written that a replica has not replayed.",
-              [](const replica_status& r) { return r.lag_bytes; });
+  per_replica(
+      "cleave_replica_up", "Whether a replica answers (1) or is set aside as down (0).",
+      [](const replica_status& r) { return r.up ? 1 : 0; }, true);
+  per_replica(
+      "cleave_replica_lag_seconds",
+      "How long ago the primary wrote the oldest WAL a replica lacks.",
+      [](const replica_status& r) { return r.lag_seconds; }, false);
+  per_replica(
+      "cleave_replica_lag_bytes", "WAL the primary has written that a replica has not replayed.",
+      [](const replica_status& r) { return r.lag_bytes; }, false);
   return out;
 }
 

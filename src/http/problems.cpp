@@ -49,9 +49,15 @@ const problem_status statuses[] = {
     {500, "Internal Server Error", {{errc::internal, "/problems/internal"}},
      "internal", "Anything else: the body carries only the correlation id, the server's log the "
      "rest.", {}, {}},
-    {503, "Service Unavailable", {{errc::unavailable, "/problems/unavailable"}},
-     "unavailable", "The database is unavailable, a read's consistency could not be met in time, "
-     "or there are too many connections; retry after Retry-After seconds.", "Retry-After", "1"},
+    {503, "Service Unavailable",
+     {{errc::timeout, "/problems/timeout"},
+      {errc::outcome_unknown, "/problems/outcome-unknown"},
+      {errc::unavailable, "/problems/unavailable"}},
+     "unavailable", "The database is unavailable or read-only, a read's consistency could not be "
+     "met in time, there are too many connections, the request's deadline passed "
+     "(/problems/timeout), or a command's commit was cut off and its outcome could not be learned "
+     "(/problems/outcome-unknown: retry with the same Idempotency-Key); retry after Retry-After "
+     "seconds.", "Retry-After", "1"},
 };
 // clang-format on
 

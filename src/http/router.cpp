@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <random>
 
@@ -124,7 +125,21 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
   auto wanted = r.vetted ? r.vetted->wanted : requested_consistency(r.min_position, r.consistency);
   if (!wanted) return problem(400, wanted.error(), meta.correlation_id);
   if (*wanted) meta.consistency = **wanted;
-  meta.deadline = r.deadline;
+  auto budget = app_.config().request_timeout;
+  if (!r.timeout.empty()) {
+    std::int64_t ms = 0;
+    const auto* end = r.timeout.data() + r.timeout.size();
+    if (auto [p, ec] = std::from_chars(r.timeout.data(), end, ms);
+        ec != std::errc{} || p != end || ms <= 0)
+      return problem(400,
+                     {errc::validation,
+                      "Cleave-Timeout must be a whole number of milliseconds, 1 or more",
+                      {}},
+                     meta.correlation_id);
+    budget = std::min(budget, std::chrono::milliseconds(ms));
+  }
+  const auto received = r.received == clock::time_point{} ? clock::now() : r.received;
+  meta.deadline = std::min(r.deadline, received + budget);
   std::optional<std::string> replay_of;
   auto outcome = is_command ? app_.commands().send_json(name, body, meta, &replay_of)
                             : app_.queries().ask_json(name, body, meta);
@@ -236,6 +251,11 @@ response router::admin(const request& r, const std::string& path, request_meta& 
     return ok({{"started", name}}, 202);
   }
   return problem(404, {errc::not_found, "no such admin route", {}}, meta.correlation_id);
+}
+
+bool router::uses_workers(std::string_view target) {
+  return target.starts_with("/commands/") || target.starts_with("/queries/") ||
+         target.starts_with("/admin/");
 }
 
 response router::handle(const request& r) {

@@ -32,10 +32,12 @@ struct request {
   std::string target;  // path and query string
   std::string content_type;
   std::string authorization;
-  std::string correlation_id;  // X-Correlation-Id; empty for a fresh one
-  std::string peer;            // the client's IP address ("127.0.0.1", "::1"); empty if unknown
-  std::string min_position;    // Cleave-Min-Position
-  std::string consistency;     // Cleave-Consistency
+  std::string correlation_id;    // X-Correlation-Id; empty for a fresh one
+  std::string peer;              // the client's IP address ("127.0.0.1", "::1"); empty if unknown
+  std::string min_position;      // Cleave-Min-Position
+  std::string consistency;       // Cleave-Consistency
+  std::string timeout;           // Cleave-Timeout: milliseconds, shortening the request's deadline
+  clock::time_point received{};  // when it arrived; handle() takes its own start when unset
   std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
   std::string body;
   // When a query's wait for views ends (set by the server for a read it parked).
@@ -72,6 +74,10 @@ class router {
   // (handle() answers it as it is). Reads no body and no database.
   std::optional<consistent_read> vet(request& r) const;
   metrics& stats() noexcept { return metrics_; }
+  // Whether answering `target` may involve a handler's database work (the buses, the admin
+  // API), which runs on the workers; the rest (health, metrics, static files, the OpenAPI
+  // document) is answered apart, so that busy workers never hold it.
+  static bool uses_workers(std::string_view target);
 
  private:
   response dispatch(const request& r, request_meta meta, std::string_view kind,

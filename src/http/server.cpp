@@ -65,6 +65,8 @@ struct server::impl {
   detail::router router_;
   net::io_context io_{1};
   net::thread_pool workers_;
+  // Health, metrics, static files and the OpenAPI document: never queued behind the workers.
+  net::thread_pool light_{1};
   std::optional<tcp::acceptor> acceptor_;
   std::thread io_thread_;
   std::atomic<std::size_t> connections_{0};
@@ -216,6 +218,8 @@ struct server::impl {
       if (!peer_ec) r.peer = peer.address().to_string();
       r.min_position = std::string(req["Cleave-Min-Position"]);
       r.consistency = std::string(req["Cleave-Consistency"]);
+      r.timeout = std::string(req["Cleave-Timeout"]);
+      r.received = clock::now();
       for (auto [it, end] = req.equal_range("Idempotency-Key"); it != end; ++it)
         r.idempotency_key = r.idempotency_key ? *r.idempotency_key + ", " + std::string(it->value())
                                               : std::string(it->value());
@@ -226,8 +230,9 @@ struct server::impl {
         res = std::move(*refused);
       else  // Database work runs on the workers, never on the I/O thread.
         res = co_await net::co_spawn(
-            workers_, [&]() -> awaitable<detail::response> { co_return router_.handle(r); },
-            use_awaitable);
+            detail::router::uses_workers(r.target) ? workers_.get_executor()
+                                                   : light_.get_executor(),
+            [&]() -> awaitable<detail::response> { co_return router_.handle(r); }, use_awaitable);
       const bool keep_alive = req.keep_alive() && !stopping_.load();
       auto out = to_beast(res, version, keep_alive);
       if (req.method() == bhttp::verb::head) {
@@ -318,6 +323,7 @@ void server::stop() {
   s.io_.stop();
   s.io_thread_.join();
   s.workers_.join();
+  s.light_.join();
 }
 
 void server::run_until_signal() {

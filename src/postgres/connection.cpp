@@ -5,7 +5,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <cerrno>
+#include <climits>
+
 #include <endian.h>
+#include <poll.h>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -32,7 +36,8 @@ db_failure failure_of(std::string_view state) {
   if (state == "40001") return db_failure::serialization;
   if (state == "40P01") return db_failure::deadlock;
   if (state == "25006") return db_failure::read_only;
-  if (state == "55P03") return db_failure::busy;
+  // 57014: canceled by statement_timeout; 55P03: lock_timeout.
+  if (state == "55P03" || state == "57014") return db_failure::timeout;
   if (state == "22P05" || state == "22021") return db_failure::nul_character;
   if (state.starts_with("08") || state.starts_with("53") || state.starts_with("57"))
     return db_failure::unavailable;
@@ -85,8 +90,12 @@ std::string_view result_set::column_name(std::size_t column) const {
   return name ? name : "";
 }
 
-connection::connection(const std::string& url) {
-  conn_ = PQconnectdb(url.c_str());
+connection::connection(const std::string& url, int connect_timeout) {
+  // Later keywords win over earlier ones: a connect_timeout in the URL overrides this one.
+  const std::string timeout = std::to_string(connect_timeout);
+  const char* keywords[] = {"connect_timeout", "dbname", nullptr};
+  const char* values[] = {timeout.c_str(), url.c_str(), nullptr};
+  conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (PQstatus(conn_) != CONNECTION_OK) {
     std::string why = PQerrorMessage(conn_);
     PQfinish(conn_);
@@ -116,12 +125,80 @@ void connection::fail(PGresult* r, std::string_view verb, std::string_view sql) 
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
   auto kind = !state.empty() ? failure_of(state)
                              : (healthy() ? db_failure::other : db_failure::unavailable);
+  if (kind == db_failure::read_only && writing_) kind = db_failure::read_only_database;
   // PostgreSQL refuses a prepared statement of several commands as a syntax error.
   if (state == "42601" && primary.starts_with("cannot insert multiple commands"))
     kind = db_failure::multiple_statements;
   throw_db_failure(kind,
                    fmt::format("{} `{}`: {} (SQLSTATE {})", verb, sql.substr(0, 200), why, state),
                    correlation_id_, primary);
+}
+
+clock::time_point connection::limit() const {
+  return within_ ? std::min(guard_, clock::now() + *within_) : guard_;
+}
+
+bool connection::wait_readable(clock::time_point limit) {
+  if (limit == clock::time_point::max()) return true;  // PQgetResult blocks as long as it takes
+  while (PQisBusy(conn_) != 0) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(limit - clock::now()).count();
+    if (left <= 0) {
+      broken_ = true;
+      return false;
+    }
+    pollfd fd{PQsocket(conn_), POLLIN, 0};
+    const int n = ::poll(&fd, 1, static_cast<int>(std::min<long long>(left, INT_MAX)));
+    if (n < 0 && errno != EINTR) return true;  // PQgetResult reports the broken connection
+    if (n > 0 && PQconsumeInput(conn_) == 0) return true;
+  }
+  return true;
+}
+
+PGresult* connection::collect() {
+  const auto failed = [](PGresult* r) {
+    const auto s = PQresultStatus(r);
+    return s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK;
+  };
+  PGresult* kept = nullptr;
+  const auto until = limit();
+  for (;;) {
+    if (!wait_readable(until)) {
+      PQclear(kept);
+      return nullptr;
+    }
+    PGresult* r = PQgetResult(conn_);
+    if (!r) return kept;
+    if (kept && failed(kept)) {
+      PQclear(r);
+    } else {
+      PQclear(kept);
+      kept = r;
+    }
+  }
+}
+
+PGresult* connection::await(bool sent, std::string_view verb, std::string_view sql) {
+  if (!sent) return check(nullptr, verb, sql);
+  PGresult* r = collect();
+  if (!r && broken_)
+    throw_db_failure(
+        db_failure::timeout,
+        fmt::format("{} `{}`: no answer before the request's deadline", verb, sql.substr(0, 200)),
+        correlation_id_);
+  return check(r, verb, sql);
+}
+
+std::vector<result_set> connection::script_results(std::string_view sql) {
+  std::vector<result_set> out;
+  const std::string text(sql);
+  if (PQsendQuery(conn_, text.c_str()) == 0) return out;
+  const auto until = limit();
+  while (wait_readable(until)) {
+    PGresult* r = PQgetResult(conn_);
+    if (!r) break;
+    out.emplace_back(r);
+  }
+  return out;
 }
 
 PGresult* connection::check(PGresult* r, std::string_view verb, std::string_view sql) {
@@ -136,7 +213,10 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
   if (it == prepared_.end()) {
     std::string name = fmt::format("cleave_{}", prepared_.size());
     std::string text(sql);
-    PQclear(check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr), "preparing", sql));
+    PQclear(!guarded()
+                ? check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr), "preparing", sql)
+                : await(PQsendPrepare(conn_, name.c_str(), text.c_str(), 0, nullptr) != 0,
+                        "preparing", sql));
     it = prepared_.emplace(std::move(text), std::move(name)).first;
   }
   // Parameters travel as text; numbers are formatted into a small buffer each.
@@ -193,15 +273,20 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
       values[i] = copies.back().c_str();
     }
   }
-  return result_set(
-      check(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(params.size()), values,
-                           lengths, nullptr, format == result_format::binary ? 1 : 0),
-            "running", sql));
+  const int count = static_cast<int>(params.size()), binary = format == result_format::binary;
+  if (!guarded())
+    return result_set(
+        check(PQexecPrepared(conn_, it->second.c_str(), count, values, lengths, nullptr, binary),
+              "running", sql));
+  return result_set(await(
+      PQsendQueryPrepared(conn_, it->second.c_str(), count, values, lengths, nullptr, binary) != 0,
+      "running", sql));
 }
 
 result_set connection::script(std::string_view sql) {
   std::string text(sql);
-  return result_set(check(PQexec(conn_, text.c_str()), "running", sql));
+  if (!guarded()) return result_set(check(PQexec(conn_, text.c_str()), "running", sql));
+  return result_set(await(PQsendQuery(conn_, text.c_str()) != 0, "running", sql));
 }
 
 }  // namespace cleave::postgres::detail

@@ -1,11 +1,14 @@
 #pragma once
 // Thin RAII over libpq: a connection that prepares each statement once.
 
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <libpq-fe.h>
@@ -30,6 +33,9 @@ class result_set final : public row_view {
   result_set& operator=(result_set&&) = delete;
 
   int rows() const { return PQntuples(result_); }
+  ExecStatusType status() const { return PQresultStatus(result_); }
+  std::string_view command_tag() const { return PQcmdStatus(result_); }
+  PGresult* release() noexcept { return std::exchange(result_, nullptr); }
   // The number of rows an INSERT, UPDATE or DELETE changed.
   std::int64_t affected() const;
   void at(int row) { row_ = row; }
@@ -53,7 +59,9 @@ class result_set final : public row_view {
 
 class connection {
  public:
-  explicit connection(const std::string& url);
+  // Connects within connect_timeout seconds (libpq's `connect_timeout`, unless the URL sets its
+  // own), so that a server that accepts but never answers cannot hold the caller.
+  explicit connection(const std::string& url, int connect_timeout = 2);
   ~connection();
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
@@ -65,8 +73,30 @@ class connection {
                  result_format format = result_format::text);
   // Runs statements without parameters (BEGIN, COMMIT, DDL); returns the last result.
   result_set script(std::string_view sql);
+  // Sends statements without parameters and returns each one's result as it came, up to the
+  // first failure, or fewer when the connection broke; never throws. For a commit whose answer
+  // may be cut off.
+  std::vector<result_set> script_results(std::string_view sql);
 
-  bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
+  // Until when a statement may wait for its answer before the connection is given up as stuck
+  // (errc::timeout; the connection is then broken): a guard for a server that stopped answering,
+  // which its own statement_timeout cannot cover. time_point::max() waits as long as it takes.
+  // `within` (when given) bounds each statement's wait on its own as well.
+  void guard_until(clock::time_point until,
+                   std::optional<std::chrono::milliseconds> within = std::nullopt) noexcept {
+    guard_ = until;
+    within_ = within;
+  }
+  // Whether a failure of a write statement for want of a writable database (SQLSTATE 25006) is
+  // the database's state (a write transaction: unavailable) or the statement's fault (a query).
+  void set_writing(bool writing) noexcept { writing_ = writing; }
+
+  // Throws the plain error of a failed result, as a failed run() would.
+  [[noreturn]] void raise(result_set failed, std::string_view verb) {
+    fail(failed.release(), verb, verb);
+  }
+
+  bool healthy() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
   // The request whose statements follow, named in the log when one fails.
   void set_correlation_id(std::string_view id) { correlation_id_.assign(id); }
   PGconn* handle() const noexcept { return conn_; }
@@ -75,7 +105,22 @@ class connection {
   // Throws the plain error of a failed `verb` ("running", "preparing") of `sql`; logs the detail.
   [[noreturn]] void fail(PGresult* r, std::string_view verb, std::string_view sql);
   PGresult* check(PGresult* r, std::string_view verb, std::string_view sql);
+  // Waits (up to the guard) until a result can be read without blocking; false when the guard
+  // ran out first, the connection then broken.
+  bool wait_readable(clock::time_point limit);
+  // When a statement sent now must have its answer; max() for no guard.
+  clock::time_point limit() const;
+  bool guarded() const noexcept { return within_ || guard_ != clock::time_point::max(); }
+  // The result of what was sent: the first failure, else the last result; null when the
+  // connection broke or the guard ran out.
+  PGresult* collect();
+  // collect() of what was `sent` (else the connection's error), checked as check() does; a
+  // guard that ran out is errc::timeout.
+  PGresult* await(bool sent, std::string_view verb, std::string_view sql);
 
+  clock::time_point guard_ = clock::time_point::max();
+  std::optional<std::chrono::milliseconds> within_;
+  bool writing_ = false, broken_ = false;
   PGconn* conn_ = nullptr;
   std::string correlation_id_;
   std::unordered_map<std::string, std::string, cleave::detail::string_hash, std::equal_to<>>

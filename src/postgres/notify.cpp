@@ -27,17 +27,31 @@ constexpr std::string_view commit_channel = "cleave_commits";
 constexpr std::string_view progress_channel = "cleave_progress";
 
 // LISTENs to `channel` on a connection of its own; woken by the NOTIFY each process sends after
-// its commits or batches (coalesced), or by interrupt() through an eventfd.
+// its commits or batches (coalesced), or by interrupt() through an eventfd. A lost connection is
+// made again with backoff; until then (and right after, as notifications may have been missed)
+// wait_until returns early and often, so that the caller's poll of the log covers the gap.
 class notify_watch final : public commit_watch {
  public:
-  notify_watch(const std::string& url, std::string_view channel)
-      : conn_(url), interrupt_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    conn_.script(fmt::format("listen {}", channel));
+  notify_watch(std::string url, std::string_view channel)
+      : url_(std::move(url)),
+        listen_(fmt::format("listen {}", channel)),
+        interrupt_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    connect();
+    if (!conn_) throw error_exception({errc::unavailable, "cannot LISTEN for commits", {}});
+    reconnected_ = false;
   }
   ~notify_watch() override { ::close(interrupt_fd_); }
 
   void wait_until(clock::time_point deadline) override {
-    PGconn* pg = conn_.handle();
+    if (!conn_) {
+      if (clock::now() >= retry_at_) connect();
+      // Down, or up again after a gap: "maybe", after a short wait.
+      if (!conn_ || std::exchange(reconnected_, false)) {
+        wait_for_interrupt(std::min(deadline, clock::now() + down_poll));
+        return;
+      }
+    }
+    PGconn* pg = conn_->handle();
     for (;;) {
       if (drain()) return;
       const auto left =
@@ -51,12 +65,12 @@ class notify_watch final : public commit_watch {
         (void)!::read(interrupt_fd_, &n, sizeof n);
         return;
       }
-      if (fds[0].revents & (POLLERR | POLLHUP)) {
-        // The connection is gone: say "maybe" and let the caller's poll cover the gap.
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if ((fds[0].revents & (POLLERR | POLLHUP)) ||
+          ((fds[0].revents & POLLIN) && PQconsumeInput(pg) == 0) ||
+          PQstatus(pg) == CONNECTION_BAD) {
+        conn_.reset();  // made again by the next wait
         return;
       }
-      if (fds[0].revents & POLLIN) PQconsumeInput(pg);
     }
   }
   void interrupt() override {
@@ -65,17 +79,47 @@ class notify_watch final : public commit_watch {
   }
 
  private:
+  // How often the caller polls while the connection is down.
+  static constexpr std::chrono::milliseconds down_poll{50};
+
+  void connect() {
+    try {
+      auto fresh = std::make_unique<connection>(url_);
+      fresh->script(listen_);
+      conn_ = std::move(fresh);
+      reconnected_ = true;
+      backoff_ = std::chrono::milliseconds(50);
+    } catch (const error_exception&) {
+      retry_at_ = clock::now() + backoff_;
+      backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(2000));
+    }
+  }
+
+  void wait_for_interrupt(clock::time_point until) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
+    if (left <= 0) return;
+    pollfd fd{interrupt_fd_, POLLIN, 0};
+    if (::poll(&fd, 1, static_cast<int>(left)) > 0) {
+      std::uint64_t n;
+      (void)!::read(interrupt_fd_, &n, sizeof n);
+    }
+  }
+
   // True when a notification had arrived.
   bool drain() {
     bool any = false;
-    while (PGnotify* n = PQnotifies(conn_.handle())) {
+    while (PGnotify* n = PQnotifies(conn_->handle())) {
       any = true;
       PQfreemem(n);
     }
     return any;
   }
 
-  connection conn_;
+  std::string url_, listen_;
+  std::unique_ptr<connection> conn_;
+  bool reconnected_ = false;
+  clock::time_point retry_at_{};
+  std::chrono::milliseconds backoff_{50};
   int interrupt_fd_;
 };
 

@@ -22,11 +22,20 @@ using detail::parse_lsn;
 
 }  // namespace
 
+namespace {
+
+// How long a probe of a standby may take, and how often one that is down is probed.
+constexpr std::chrono::milliseconds probe_bound{250}, down_probe_every{200};
+
+}  // namespace
+
 std::uint64_t store::impl::replay_lsn_of(impl& pool) {
-  return pool.read([](connection& conn) {
-    auto r = conn.script("select coalesce(pg_last_wal_replay_lsn()::text, '0/0')");
-    return parse_lsn(r.text(0, 0));
-  });
+  return pool.read(
+      [](connection& conn) {
+        auto r = conn.script("select coalesce(pg_last_wal_replay_lsn()::text, '0/0')");
+        return parse_lsn(r.text(0, 0));
+      },
+      probe_bound);
 }
 
 void store::impl::start_replicas() {
@@ -36,6 +45,7 @@ void store::impl::start_replicas() {
     o.url = url;
     o.replicas.clear();
     r->pool = std::make_unique<impl>(o);
+    r->pool->replica_up = &r->up;
     r->url = url;
     replicas.push_back(std::move(r));
   }
@@ -55,13 +65,18 @@ void store::impl::start_replicas() {
         samples.emplace_back(now, primary_lsn);
         while (samples.size() > 3000) samples.pop_front();  // a minute
         for (auto& r : replicas) {
+          // One that is down is probed now and then: each probe of one that does not answer
+          // holds the samples of the others for its bound.
+          if (!r->up && now - r->probed < down_probe_every) continue;
+          r->probed = now;
           std::uint64_t at = 0;
           try {
             at = replay_lsn_of(*r->pool);
           } catch (const error_exception&) {
-            r->lag_us = std::numeric_limits<std::int64_t>::max();  // unreachable: set aside
+            r->up = false;  // set aside until a probe answers
             continue;
           }
+          r->up = true;
           r->replay_lsn = at;
           r->lag_bytes = primary_lsn > at ? primary_lsn - at : 0;
           std::int64_t lag = 0;
@@ -104,20 +119,34 @@ store::impl::replica* store::impl::route(const request_meta& meta, const consist
     }
     return nullptr;
   };
-  const auto lag_of = [](const replica& r) { return std::chrono::microseconds(r.lag_us.load()); };
+  // Within `max` of the primary, and answering.
+  const auto near = [&](const replica& r, std::chrono::milliseconds max) {
+    return r.up && std::chrono::microseconds(r.lag_us.load()) <= max;
+  };
   if (wanted.required == level::eventual)
-    return pick([&](const replica& r) { return lag_of(r) <= opts.replica_max_lag; });
+    return pick([&](const replica& r) { return near(r, opts.replica_max_lag); });
   if (wanted.required == level::bounded)
     return pick([&](const replica& r) {
-      return lag_of(r) <= std::min(opts.replica_max_lag, wanted.max_staleness);
+      return near(r, std::min(opts.replica_max_lag, wanted.max_staleness));
     });
   // at_least: a standby that has replayed the token's commit LSN. Without an LSN (a token
   // from elsewhere) only the primary is sure to have it.
   const auto lsn = wanted.token.lsn();
   if (wanted.token.empty())
-    return pick([&](const replica& r) { return lag_of(r) <= opts.replica_max_lag; });
+    return pick([&](const replica& r) { return near(r, opts.replica_max_lag); });
   if (lsn == 0) return nullptr;
-  if (auto* r = pick([&](const replica& c) { return c.replay_lsn.load() >= lsn; })) return r;
+  if (auto* r = pick([&](const replica& c) { return c.up && c.replay_lsn.load() >= lsn; }))
+    return r;
+  // Waiting is worth it only for one that answers and keeps up; else the primary, at once.
+  if (!pick([&](const replica& r) { return near(r, opts.replica_max_lag); })) {
+    if (opts.replica_fallback_to_primary) return nullptr;
+    throw error_exception(
+        {errc::unavailable,
+         fmt::format("no replica has replayed the requested commit (LSN {:X}/{:X}), and none that "
+                     "is up keeps up well enough to wait for",
+                     lsn >> 32, lsn & 0xffffffff),
+         {}});
+  }
   // Before waiting for it: a commit the primary has not written yet was never issued here.
   if (lsn > read([](connection& conn) {
         return parse_lsn(conn.script("select pg_current_wal_lsn()::text").text(0, 0));
@@ -131,13 +160,14 @@ store::impl::replica* store::impl::route(const request_meta& meta, const consist
   for (;;) {
     for (std::size_t i = 0; i < n; ++i) {
       auto& r = *replicas[(first + i) % n];
+      if (!r.up) continue;
       try {
         const auto at = replay_lsn_of(*r.pool);
         r.replay_lsn = std::max(r.replay_lsn.load(), at);
         if (at >= lsn) return &r;
         closest = std::max(closest, at);
       } catch (const error_exception&) {
-        // unreachable: try the others
+        r.up = false;  // try the others
       }
     }
     if (clock::now() >= until) break;
@@ -160,8 +190,9 @@ std::vector<replica_status> store::replicas() {
     s.url = r->url;
     s.replay_lsn = r->replay_lsn;
     s.lag_bytes = r->lag_bytes;
-    s.lag_seconds = static_cast<double>(r->lag_us.load()) / 1e6;
-    s.set_aside = std::chrono::microseconds(r->lag_us.load()) > options_.replica_max_lag;
+    s.up = r->up;
+    s.lag_seconds = s.up ? static_cast<double>(r->lag_us.load()) / 1e6 : 0;
+    s.set_aside = !s.up || std::chrono::microseconds(r->lag_us.load()) > options_.replica_max_lag;
     s.reads = r->reads;
     out.push_back(std::move(s));
   }

@@ -2,8 +2,12 @@
 // stream version checked), remembers a command's outcome for its retries (purging expired ones
 // now and then), and commits, returning the position token with the commit's LSN.
 
+#include <algorithm>
+#include <chrono>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -15,6 +19,7 @@ namespace cleave::postgres {
 
 namespace {
 
+using detail::connection;
 using detail::parse_lsn;
 using detail::parse_u64;
 
@@ -101,25 +106,97 @@ void store::impl::session::remember(const remembered_outcome& outcome) {
 }
 
 void store::impl::session::rebind(const request_meta& meta) {
+  deadline = meta.deadline;
   command_id.assign(meta.command_id);
   correlation_id.assign(meta.correlation_id);
   conn->set_correlation_id(meta.correlation_id);
 }
 
+// One round trip: the transaction's id (when it has one: it wrote), COMMIT, and the WAL position
+// after it, each answer read on its own. COMMIT answered is the outcome. When the connection
+// breaks before COMMIT's answer, the transaction id says where to ask what became of it; without
+// one the transaction wrote nothing and committing it or not is the same.
 position_token store::impl::session::commit() {
-  std::uint64_t lsn = 0;
-  try {
-    auto r = conn->script("commit; select pg_current_wal_lsn()::text");
-    lsn = parse_lsn(r.text(0, 0));
-  } catch (...) {
+  auto answers = conn->script_results(
+      "select pg_current_xact_id_if_assigned()::text; commit; select pg_current_wal_lsn()::text");
+  const auto ok = [&](std::size_t i) {
+    return answers.size() > i &&
+           (answers[i].status() == PGRES_TUPLES_OK || answers[i].status() == PGRES_COMMAND_OK);
+  };
+  std::optional<std::uint64_t> xid;
+  if (ok(0)) xid = answers[0].is_null(0, 0) ? 0 : parse_u64(answers[0].text(0, 0));
+  if (transaction_id != 0) xid = transaction_id;
+  const std::uint64_t lsn = ok(2) ? parse_lsn(answers[2].text(0, 0)) : 0;
+  const bool committed = ok(1) && answers[1].command_tag() == "COMMIT";
+  if (!committed && conn->healthy()) {
+    // A definite refusal (a serialization failure at commit, a deferred constraint): the
+    // transaction is rolled back; its error says why.
+    for (auto& a : answers)
+      if (a.status() == PGRES_FATAL_ERROR) {
+        try {
+          conn->raise(std::move(a), "committing");
+        } catch (...) {
+          rollback();  // gives the session back: after the error is made
+          throw;
+        }
+      }
     rollback();
-    throw;
+    throw error_exception({errc::internal, "the transaction was rolled back at its commit", {}});
   }
-  const position_token token(transaction_id, last_position, lsn);
   const bool appended = transaction_id != 0;
-  owner->give_back(this);
-  if (appended) owner->announce_commit();
-  return token;
+  // What is needed after the session is given back (another request may take it at once).
+  const position_token so_far(transaction_id, last_position, lsn);
+  impl& pool = *owner;
+  const auto until = deadline;
+  pool.give_back(this);  // a broken connection is replaced
+  if (!committed) {
+    if (xid == 0u) return position_token(0, 0, 0);  // it wrote nothing
+    if (!xid)
+      throw error_exception({errc::outcome_unknown,
+                             "the connection to the database was lost while the command "
+                             "committed, and whether it did is unknown: retry it with the same "
+                             "command id",
+                             {}});
+    pool.resolve_commit(*xid, until);
+  }
+  if (appended) pool.announce_commit();
+  return so_far;
+}
+
+void store::impl::resolve_commit(std::uint64_t xid, clock::time_point deadline) {
+  // A few seconds at least (the server may be restarting), and not for ever.
+  const auto now = clock::now();
+  const auto until =
+      std::clamp(deadline, now + std::chrono::seconds(2), now + std::chrono::seconds(10));
+  const std::string id = std::to_string(xid);
+  auto pause = std::chrono::milliseconds(20);
+  for (;;) {
+    std::string status;  // "in progress" until the server has ended the broken connection's
+    try {
+      connection asking(opts.url);
+      asking.guard_until(until);
+      const sql_value param[] = {std::string_view(id)};
+      auto r = asking.run("select coalesce(pg_xact_status($1::xid8), 'unknown')", param);
+      status = r.text(0, 0);
+    } catch (const error_exception& e) {
+      // Not reachable yet (restarting): ask again.
+      if (e.error().category != errc::unavailable && e.error().category != errc::timeout) throw;
+    }
+    if (status == "committed") return;
+    if (status == "aborted")
+      throw error_exception({errc::unavailable,
+                             "the connection to the database was lost before the command "
+                             "committed, and it did not: try again",
+                             {}});
+    if (clock::now() + pause >= until) break;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(500));
+  }
+  throw error_exception({errc::outcome_unknown,
+                         "the connection to the database was lost while the command committed, "
+                         "and whether it did could not be learned in time: retry it with the "
+                         "same command id",
+                         {}});
 }
 
 void store::impl::session::rollback() noexcept {

@@ -54,28 +54,68 @@ store::impl::impl(const options& o) : opts(o) {
   all.push_back(std::move(first));
 }
 
-store::impl::session& store::impl::acquire(const request_meta& meta, std::string_view begin) {
+namespace {
+
+[[noreturn]] void deadline_passed(std::string_view where) {
+  throw error_exception(
+      {errc::timeout, fmt::format("the request's deadline passed {}", where), {}});
+}
+
+}  // namespace
+
+store::impl::session& store::impl::acquire(const request_meta& meta, std::string_view begin,
+                                           purpose p) {
+  const auto now = clock::now();
+  const bool bounded = meta.deadline != clock::time_point::max();
+  if (bounded && meta.deadline <= now) deadline_passed("before it reached the database");
   session* s = nullptr;
   {
     std::unique_lock lock(mutex);
-    if (free.empty() && all.size() < opts.pool_size) {
-      auto fresh = std::make_unique<session>();
-      fresh->owner = this;
-      free.push_back(fresh.get());
-      all.push_back(std::move(fresh));
-    }
-    if (!available.wait_for(lock, opts.pool_timeout, [&] { return !free.empty(); }))
+    // A request (it has a deadline) leaves the last connection to the process's own work —
+    // health, the projector, the replica monitor — so that requests stuck in the database
+    // cannot starve those.
+    const std::size_t keep = bounded && opts.pool_size > 1 ? 1 : 0;
+    const auto usable = [&] {
+      if (free.size() <= keep && all.size() < opts.pool_size) {
+        auto fresh = std::make_unique<session>();
+        fresh->owner = this;
+        free.push_back(fresh.get());
+        all.push_back(std::move(fresh));
+      }
+      return free.size() > keep;
+    };
+    const auto until = std::min(now + opts.pool_timeout, meta.deadline);
+    if (!available.wait_until(lock, until, usable)) {
+      if (until == meta.deadline) deadline_passed("while it waited for a database connection");
       throw error_exception(
           {errc::unavailable,
            fmt::format("no PostgreSQL connection was free within {} ms", opts.pool_timeout.count()),
            {}});
+    }
     s = free.back();
     free.pop_back();
   }
   try {
     if (!s->conn || !s->conn->healthy()) s->conn = std::make_unique<connection>(opts.url);
-    s->conn->script(begin);
+    // The server's own timeouts (set below) bound each statement by the time left when the
+    // transaction began; the guard ends the wait for an answer soon after the deadline itself
+    // (a later statement, a server that stopped answering), breaking the connection, which
+    // rolls the transaction back. A standby gets no grace: it is set aside at once.
+    const auto guard = bounded ? meta.deadline + (replica_up ? std::chrono::milliseconds(0)
+                                                             : std::chrono::milliseconds(100))
+                               : clock::time_point::max();
+    s->conn->guard_until(guard, replica_up ? std::optional(opts.replica_timeout) : std::nullopt);
+    s->conn->set_writing(p == purpose::write);
+    if (bounded) {
+      const auto left = std::max<std::int64_t>(
+          1, std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - now).count());
+      s->conn->script(fmt::format(
+          "{}; set local statement_timeout = {}; set local lock_timeout = {}", begin, left, left));
+    } else {
+      s->conn->script(begin);
+    }
   } catch (...) {
+    if (replica_up) *replica_up = false;
     give_back(s);
     throw;
   }
@@ -86,12 +126,15 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
 }
 
 void store::impl::give_back(session* s) noexcept {
-  if (s->conn && !s->conn->healthy()) s->conn.reset();
+  if (s->conn && !s->conn->healthy()) {
+    s->conn.reset();
+    if (replica_up) *replica_up = false;
+  }
   {
     std::lock_guard lock(mutex);
     free.push_back(s);
   }
-  available.notify_one();
+  available.notify_all();  // waiters differ in how many they leave
 }
 
 store::impl::~impl() {
@@ -112,17 +155,18 @@ store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<i
 store::~store() = default;
 
 write_transaction& store::begin_write(const request_meta& meta, isolation level) {
-  return impl_->acquire(meta, level == isolation::serializable
-                                  ? "begin isolation level serializable"
-                                  : "begin isolation level read committed");
+  return impl_->acquire(meta,
+                        level == isolation::serializable ? "begin isolation level serializable"
+                                                         : "begin isolation level read committed",
+                        impl::purpose::write);
 }
 
 read_transaction& store::begin_read(const request_meta& meta, const consistency& wanted) {
   if (auto* r = impl_->route(meta, wanted)) {
     ++r->reads;
-    return r->pool->acquire(meta, "begin transaction read only");
+    return r->pool->acquire(meta, "begin transaction read only", impl::purpose::read);
   }
-  return impl_->acquire(meta, "begin transaction read only");
+  return impl_->acquire(meta, "begin transaction read only", impl::purpose::read);
 }
 
 }  // namespace cleave::postgres

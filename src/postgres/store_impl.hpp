@@ -51,6 +51,7 @@ struct store::impl {
     std::string command_id, correlation_id;
     std::uint64_t transaction_id = 0;  // set by the first append
     std::uint64_t last_position = 0;
+    clock::time_point deadline = clock::time_point::max();  // the request's
 
     void query(std::string_view sql, std::span<const sql_value> params,
                row_callback on_row) override {
@@ -79,16 +80,27 @@ struct store::impl {
     void finish() noexcept override { rollback(); }
   };
 
-  // The pool (store.cpp).
+  // The pool (store.cpp). acquire() begins a transaction with `begin` on a free connection,
+  // waiting for one until the pool timeout or the request's deadline; a request with a deadline
+  // gets statement and lock timeouts of the time left, and its statements a guard against a
+  // server that stops answering.
   explicit impl(const options& o);
-  session& acquire(const request_meta& meta, std::string_view begin);
+  enum class purpose { read, write };
+  session& acquire(const request_meta& meta, std::string_view begin, purpose p);
   void give_back(session* s) noexcept;
+  // Whether transaction `xid`, whose COMMIT went unanswered, committed: asked on connections of
+  // its own until `deadline` (at least a few seconds). Returns when it did; throws
+  // errc::unavailable when it did not, errc::outcome_unknown when that could not be learned.
+  void resolve_commit(std::uint64_t xid, clock::time_point deadline);
 
-  // Runs `body` on a connection in a read-only transaction that is always ended.
+  // Runs `body` on a connection in a read-only transaction that is always ended, answered within
+  // `bound` (errc::timeout otherwise).
   template <class F>
-  auto read(F&& body) {
-    static const request_meta none;
-    auto& s = acquire(none, "begin transaction isolation level read committed read only");
+  auto read(F&& body, std::optional<std::chrono::milliseconds> bound = std::nullopt) {
+    request_meta meta;
+    if (bound) meta.deadline = clock::now() + *bound;
+    auto& s =
+        acquire(meta, "begin transaction isolation level read committed read only", purpose::read);
     const read_scope ending(static_cast<read_transaction&>(s));
     return body(*s.conn);
   }
@@ -99,7 +111,11 @@ struct store::impl {
     std::string url;
     std::atomic<std::uint64_t> replay_lsn{0}, lag_bytes{0}, reads{0};
     std::atomic<std::int64_t> lag_us{0};
+    std::atomic<bool> up{true};  // false from a failure until a probe answers
+    clock::time_point probed{};  // the monitor's last probe of it while down
   };
+  // Set on a replica's own pool: the flag its connections' failures clear.
+  std::atomic<bool>* replica_up = nullptr;
   std::vector<std::unique_ptr<replica>> replicas;
   std::atomic<std::size_t> next_replica{0};
   std::thread monitor;

@@ -1,6 +1,8 @@
 // The SQLite store: opening the database (its folder, WAL mode, durability, cleave's own
 // migrations), and lending out its single writer, under a lock, and its read-only readers.
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <utility>
 
@@ -56,14 +58,39 @@ store::impl::impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.
   write_tx.owner = this;
 }
 
+// The single writer: this process's lock, then the file's (another process may hold it), each
+// waited for until the request's deadline at the most (errc::timeout).
 write_transaction& store::impl::begin_write(const request_meta& meta) {
-  write_mutex.lock();
+  const bool bounded = meta.deadline != clock::time_point::max();
+  const auto timeout = [] {
+    return error_exception({errc::timeout,
+                            "the request's deadline passed while it waited for the database's "
+                            "single writer",
+                            {}});
+  };
+  if (!bounded)
+    write_mutex.lock();
+  else if (!write_mutex.try_lock_until(meta.deadline))
+    throw timeout();
+  auto busy_wait = opts.busy_timeout;
+  bool deadline_first = false;
+  if (bounded) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - clock::now());
+    deadline_first = left < busy_wait;
+    busy_wait = std::clamp(left, std::chrono::milliseconds(1), busy_wait);
+    sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(busy_wait.count()));
+  }
   try {
     write_conn->exec("begin immediate", {});
-  } catch (...) {
+  } catch (const error_exception& e) {
+    if (bounded)
+      sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(opts.busy_timeout.count()));
     write_mutex.unlock();
+    if (deadline_first && e.error().category == errc::unavailable) throw timeout();
     throw;
   }
+  if (bounded)
+    sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(opts.busy_timeout.count()));
   write_tx.rebind(meta);
   write_tx.last_position = 0;
   return write_tx;

@@ -113,6 +113,7 @@ struct store::impl {
   class write_lock {
    public:
     void lock() { free_.acquire(); }
+    bool try_lock_until(clock::time_point until) { return free_.try_acquire_until(until); }
     void unlock() { free_.release(); }
 
    private:

@@ -33,7 +33,11 @@ plain plain_of(db_failure kind) {
     case db_failure::deadlock:
       return {errc::conflict, "this command and a concurrent one waited for each other; try again"};
     case db_failure::read_only:
-      return {errc::forbidden, "a query cannot write"};
+      return {errc::internal, "a query cannot write"};
+    case db_failure::read_only_database:
+      return {errc::unavailable, "the database accepts no writes at the moment; try again"};
+    case db_failure::timeout:
+      return {errc::timeout, "the request's deadline passed while the database worked on it"};
     case db_failure::busy:
       return {errc::unavailable, "the database is busy; try again"};
     case db_failure::unavailable:
@@ -58,10 +62,11 @@ void throw_db_failure(db_failure kind, std::string_view detail, std::string_view
                       std::string_view raised) {
   const auto [category, message] = plain_of(kind);
   const bool transient = kind == db_failure::serialization || kind == db_failure::deadlock;
-  const auto level = transient                       ? spdlog::level::debug
-                     : category == errc::internal    ? spdlog::level::err
-                     : category == errc::unavailable ? spdlog::level::warn
-                                                     : spdlog::level::info;
+  const auto level = transient                    ? spdlog::level::debug
+                     : category == errc::internal ? spdlog::level::err
+                     : category == errc::unavailable || category == errc::timeout
+                         ? spdlog::level::warn
+                         : spdlog::level::info;
   spdlog::log(level, "database: {} [correlation {}]", detail, correlation_id);
   std::string text(kind == db_failure::raised && !raised.empty() ? raised : message);
   if (category == errc::internal && !correlation_id.empty())

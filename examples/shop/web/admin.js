@@ -32,7 +32,7 @@ async function load() {
   $("replicas-panel").hidden = replicas.length === 0;
   $("replicas").querySelector("tbody").innerHTML = replicas.map((r) => `
     <tr><td><code>${r.url}</code></td><td><code>${r.replay_lsn}</code></td><td class="num">${r.lag_bytes}</td>
-      <td class="num">${r.lag_seconds.toFixed(3)}</td><td>${r.set_aside ? "set aside" : "yes"}</td>
+      <td class="num">${r.up ? r.lag_seconds.toFixed(3) : "—"}</td><td>${!r.up ? "down" : r.set_aside ? "set aside" : "yes"}</td>
       <td class="num">${r.reads}</td></tr>`).join("");
   $("projections").querySelector("tbody").innerHTML = projections.map((p) => `
     <tr data-projection="${p.name}">

@@ -46,6 +46,13 @@ struct app_config {
   std::size_t max_connections = 1024;
   std::chrono::seconds idle_timeout{30};
   std::size_t workers = 4;  // threads that run handlers (database work), apart from I/O
+  // The deadline of each command and query received over HTTP or by the CLI verbs, from when it
+  // arrives (a caller may ask for less: HTTP `Cleave-Timeout: <ms>`, `send --timeout <ms>`). The
+  // store spends no more than what is left of it inside the database (statement and lock
+  // timeouts on PostgreSQL, the busy wait on SQLite); past it the request fails with
+  // errc::timeout (HTTP 503 /problems/timeout) and nothing it did is kept. Config file:
+  // "request_timeout_ms".
+  std::chrono::milliseconds request_timeout{5000};
   // Reads waiting for views (read-your-writes) that the HTTP server parks, holding no thread;
   // beyond this many it answers 503 with Retry-After.
   std::size_t max_parked_reads = 4096;

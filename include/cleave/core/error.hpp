@@ -24,6 +24,13 @@ enum class errc {
   // A command id (idempotency key) that was already used for another command type or another
   // payload; retrying never succeeds (HTTP 422, /problems/idempotency-key-reused).
   idempotency_key_reused,
+  // The request's deadline passed before it finished (a lock held elsewhere, a slow statement, no
+  // free connection); nothing it did was kept. Retrying may succeed (HTTP 503, /problems/timeout).
+  timeout,
+  // The connection was lost while a command committed, and whether it committed could not be
+  // learned: retry it with the same command id (Idempotency-Key), which applies it at most once
+  // (HTTP 503, /problems/outcome-unknown).
+  outcome_unknown,
 };
 
 // The stable lower-case name of a category ("validation", "not_found", ...).

@@ -16,8 +16,9 @@ namespace cleave::postgres {
 struct options {
   std::string url;            // a libpq connection string or URI
   std::size_t pool_size = 8;  // connections shared by writes and reads
-  // How long begin_write/begin_read wait for a free connection before errc::unavailable.
-  std::chrono::milliseconds pool_timeout{5000};
+  // How long begin_write/begin_read wait for a free connection before errc::unavailable (or
+  // until the request's deadline, errc::timeout, when that comes first).
+  std::chrono::milliseconds pool_timeout{1000};
   // How long the outcome of a command with an id is kept for its retries.
   std::chrono::seconds outcome_retention = std::chrono::hours(24 * 7);
   // Hot standbys (postgresql:// URLs) that serve read-only transactions. `eventual` reads go to
@@ -29,11 +30,18 @@ struct options {
   std::chrono::milliseconds replica_max_lag{5000};
   std::chrono::milliseconds replica_wait{1000};
   bool replica_fallback_to_primary = true;
+  // How long a statement on a standby may go unanswered before the standby is set aside
+  // (errc::timeout for that read) and probed in the background until it answers again.
+  std::chrono::milliseconds replica_timeout{1000};
 };
 
 // A PostgreSQL database as a cleave store. Write transactions run concurrently, SERIALIZABLE
 // unless begun at isolation::read_committed; a serialization failure or deadlock throws a
-// cleave::transient_error (retried by the command bus). The event log is
+// cleave::transient_error (retried by the command bus). A transaction begun for a request with a
+// deadline runs under `statement_timeout` and `lock_timeout` of the time left (errc::timeout when
+// it runs out). A commit whose answer is lost is resolved by asking the server, on another
+// connection, whether its transaction committed (errc::outcome_unknown when that cannot be
+// learned before the deadline). The event log is
 // read gap-safely by (transaction id, position) below the oldest running transaction. Position
 // tokens carry the writer's xid8, the position and the commit LSN. Applies cleave's own
 // migrations when opened. Thread-safe.

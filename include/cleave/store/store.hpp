@@ -122,7 +122,8 @@ struct replica_status {
   std::uint64_t replay_lsn = 0;  // how far it has replayed the primary's WAL
   std::uint64_t lag_bytes = 0;   // WAL the primary has written that it has not replayed
   double lag_seconds = 0;        // how long ago the primary wrote the oldest WAL it lacks
-  bool set_aside = false;        // lagging past the limit: reads go elsewhere
+  bool up = true;                // answering; when not, its lag is unknown (0 here)
+  bool set_aside = false;        // down or lagging past the limit: reads go elsewhere
   std::uint64_t reads = 0;       // read transactions it has served
 };
 

@@ -18,7 +18,9 @@ enum class db_failure {
   serialization,        // given up to keep transactions serializable (transient)
   deadlock,             // two transactions waited for each other (transient)
   read_only,            // a write in a read-only transaction
-  busy,                 // a lock was not granted in time
+  read_only_database,   // a write while the database accepts none (read-only, in recovery)
+  busy,                 // the database is busy (SQLite: another writer past the busy timeout)
+  timeout,              // a statement or a lock wait ran past the request's deadline
   unavailable,          // the connection or the server failed
   nul_character,        // text with U+0000, which the database cannot store
   multiple_statements,  // more than one statement in an exec or query
