@@ -68,7 +68,8 @@ TEST_F(load_config_test, a_missing_file_gives_the_defaults) {
   EXPECT_EQ(c->max_json_depth, 64);
   EXPECT_EQ(c->max_connections, 1024u);
   EXPECT_EQ(c->idle_timeout, std::chrono::seconds(30));
-  EXPECT_EQ(c->workers, 4u);
+  EXPECT_EQ(c->workers, 8u);
+  EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->max_parked_reads, 4096u);
   EXPECT_TRUE(c->tokens.empty());
   EXPECT_TRUE(c->roles.empty());
@@ -166,7 +167,7 @@ TEST_F(load_config_test, a_malformed_file_is_an_error_naming_the_file_and_the_me
 TEST_F(load_config_test, limits_must_be_positive_and_the_error_names_the_limit) {
   for (const std::string member :
        {"max_body_bytes", "max_header_bytes", "max_json_depth", "max_connections", "workers",
-        "max_parked_reads", "idle_timeout_seconds", "replica_max_lag_ms"}) {
+        "max_parked_reads", "idle_timeout_seconds", "replica_max_lag_ms", "request_timeout_ms"}) {
     for (const char* value : {"0", "-1"}) {
       SCOPED_TRACE(member + " = " + value);
       const auto e = error_for("{\"" + member + "\": " + value + "}");

@@ -162,8 +162,8 @@ result<void> run_write(session_source* source, const message_info& info, const r
   constexpr int max_attempts = 10;
   constexpr auto longest_pause = std::chrono::microseconds(32'000);
   auto pause = std::chrono::microseconds(1000);
+  if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
   for (int attempt = 1;; ++attempt) {
-    if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
     try {
       return write_once(source, info, meta, out, step);
     } catch (const transient_error& e) {

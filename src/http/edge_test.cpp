@@ -216,6 +216,24 @@ TEST_F(edge_server, the_media_type_is_compared_case_insensitively) {
                  415, "/problems/unsupported-media-type");
 }
 
+TEST_F(edge_server, a_malformed_cleave_timeout_is_a_400_and_changes_nothing) {
+  start();
+  const std::map<std::string, std::string> json_body{{"Content-Type", "application/json"}};
+  for (const auto* bad : {"0", "-5", "1.5", "soon", "10s", "99999999999999999999999"}) {
+    auto headers = json_body;
+    headers["Cleave-Timeout"] = bad;
+    auto r = http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":1})", headers);
+    expect_problem(r, 400, "/problems/validation", bad);
+    EXPECT_THAT(r.body, HasSubstr("Cleave-Timeout"));
+  }
+  EXPECT_EQ(json::parse(http(port, "GET", "/queries/edge.total?id=a").body)["result"], 0);
+  auto headers = json_body;
+  headers["Cleave-Timeout"] = "2000";
+  EXPECT_EQ(
+      http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":1})", headers).status,
+      200);
+}
+
 TEST_F(edge_server, a_repeated_member_or_a_nul_is_a_400_naming_the_member_and_changes_nothing) {
   start();
   const std::map<std::string, std::string> json_body{{"Content-Type", "application/json"}};

@@ -45,7 +45,9 @@ struct app_config {
   int max_json_depth = 64;
   std::size_t max_connections = 1024;
   std::chrono::seconds idle_timeout{30};
-  std::size_t workers = 4;  // threads that run handlers (database work), apart from I/O
+  // Threads that run handlers (database work), apart from I/O: more than a PostgreSQL pool
+  // lends to requests, so that a full pool answers 503 within pool_timeout instead of queueing.
+  std::size_t workers = 8;
   // The deadline of each command and query received over HTTP or by the CLI verbs, from when it
   // arrives (a caller may ask for less: HTTP `Cleave-Timeout: <ms>`, `send --timeout <ms>`). The
   // store spends no more than what is left of it inside the database (statement and lock
