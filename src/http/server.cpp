@@ -66,7 +66,7 @@ struct server::impl {
   net::io_context io_{1};
   net::thread_pool workers_;
   // Health, metrics, static files and the OpenAPI document: never queued behind the workers.
-  net::thread_pool light_{1};
+  net::thread_pool light_{2};
   std::optional<tcp::acceptor> acceptor_;
   std::thread io_thread_;
   std::atomic<std::size_t> connections_{0};

@@ -144,6 +144,7 @@ bool connection::wait_readable(clock::time_point limit) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(limit - clock::now()).count();
     if (left <= 0) {
       broken_ = true;
+      stalled_ = limit < guard_;  // its own bound ran out, not the caller's deadline
       return false;
     }
     pollfd fd{PQsocket(conn_), POLLIN, 0};

@@ -81,12 +81,9 @@ class connection {
   // Until when a statement may wait for its answer before the connection is given up as stuck
   // (errc::timeout; the connection is then broken): a guard for a server that stopped answering,
   // which its own statement_timeout cannot cover. time_point::max() waits as long as it takes.
-  // `within` (when given) bounds each statement's wait on its own as well.
-  void guard_until(clock::time_point until,
-                   std::optional<std::chrono::milliseconds> within = std::nullopt) noexcept {
-    guard_ = until;
-    within_ = within;
-  }
+  void guard_until(clock::time_point until) noexcept { guard_ = until; }
+  // Bounds each statement's wait on its own as well (nullopt: only the guard).
+  void answer_within(std::optional<std::chrono::milliseconds> within) noexcept { within_ = within; }
   // Whether a failure of a write statement for want of a writable database (SQLSTATE 25006) is
   // the database's state (a write transaction: unavailable) or the statement's fault (a query).
   void set_writing(bool writing) noexcept { writing_ = writing; }
@@ -97,6 +94,11 @@ class connection {
   }
 
   bool healthy() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
+  // Broken by the server's doing: the connection failed, or a statement went unanswered for its
+  // own bound (answer_within) — not because the caller's deadline came first.
+  bool stalled() const { return stalled_ || PQstatus(conn_) != CONNECTION_OK; }
+  // Whether the guard has run out: a statement sent now would not be waited for.
+  bool out_of_time() const { return guarded() && limit() <= clock::now(); }
   // The request whose statements follow, named in the log when one fails.
   void set_correlation_id(std::string_view id) { correlation_id_.assign(id); }
   PGconn* handle() const noexcept { return conn_; }
@@ -120,7 +122,7 @@ class connection {
 
   clock::time_point guard_ = clock::time_point::max();
   std::optional<std::chrono::milliseconds> within_;
-  bool writing_ = false, broken_ = false;
+  bool writing_ = false, broken_ = false, stalled_ = false;
   PGconn* conn_ = nullptr;
   std::string correlation_id_;
   std::unordered_map<std::string, std::string, cleave::detail::string_hash, std::equal_to<>>

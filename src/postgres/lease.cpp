@@ -16,7 +16,7 @@ class advisory_lease final : public lease {
  public:
   explicit advisory_lease(std::unique_ptr<connection> conn) : conn_(std::move(conn)) {
     // A server that stops answering loses the lease rather than holding its caller.
-    conn_->guard_until(clock::time_point::max(), std::chrono::milliseconds(2000));
+    conn_->answer_within(std::chrono::milliseconds(2000));
   }
   bool held() override {
     try {

@@ -99,14 +99,17 @@ position_token store::read_events_into(position_token after, std::size_t limit,
 }
 
 position_token store::head() {
-  return impl_->read([](connection& conn) {
-    auto r = conn.run(
-        "select transaction_id::text, position, pg_current_wal_lsn()::text from cleave_events "
-        "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
-    if (r.rows() == 0) return position_token{};
-    return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
-                          parse_lsn(r.text(0, 2)));
-  });
+  // Bounded: health answers from it, and must not hang on a server that stopped answering.
+  return impl_->read(
+      [](connection& conn) {
+        auto r = conn.run(
+            "select transaction_id::text, position, pg_current_wal_lsn()::text from cleave_events "
+            "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1");
+        if (r.rows() == 0) return position_token{};
+        return position_token(parse_u64(r.text(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
+                              parse_lsn(r.text(0, 2)));
+      },
+      std::chrono::milliseconds(2000));
 }
 
 log_span store::read_span(position_token after, std::size_t limit, position_token until) {

@@ -76,7 +76,6 @@ void store::impl::start_replicas() {
             r->up = false;  // set aside until a probe answers
             continue;
           }
-          r->up = true;
           r->replay_lsn = at;
           r->lag_bytes = primary_lsn > at ? primary_lsn - at : 0;
           std::int64_t lag = 0;
@@ -86,6 +85,7 @@ void store::impl::start_replicas() {
               break;
             }
           r->lag_us = lag;
+          r->up = true;  // last: its figures are current when reads come back to it
         }
       } catch (const error_exception&) {
         // The primary is unreachable: keep the last figures.
@@ -148,9 +148,11 @@ store::impl::replica* store::impl::route(const request_meta& meta, const consist
          {}});
   }
   // Before waiting for it: a commit the primary has not written yet was never issued here.
-  if (lsn > read([](connection& conn) {
-        return parse_lsn(conn.script("select pg_current_wal_lsn()::text").text(0, 0));
-      }))
+  if (lsn > read(
+                [](connection& conn) {
+                  return parse_lsn(conn.script("select pg_current_wal_lsn()::text").text(0, 0));
+                },
+                probe_bound))
     throw error_exception({errc::validation,
                            "the position token's commit LSN is past the primary's WAL: this "
                            "store has not issued it",

@@ -106,7 +106,10 @@ void store::impl::session::remember(const remembered_outcome& outcome) {
 }
 
 void store::impl::session::rebind(const request_meta& meta) {
+  // (Under group commit each member's own deadline guards its statements; the server-side
+  // timeouts stay those the group's transaction began with.)
   deadline = meta.deadline;
+  conn->guard_until(grace_after(meta.deadline));
   command_id.assign(meta.command_id);
   correlation_id.assign(meta.correlation_id);
   conn->set_correlation_id(meta.correlation_id);
@@ -117,6 +120,12 @@ void store::impl::session::rebind(const request_meta& meta) {
 // breaks before COMMIT's answer, the transaction id says where to ask what became of it; without
 // one the transaction wrote nothing and committing it or not is the same.
 position_token store::impl::session::commit() {
+  // Past the deadline nothing is sent: the answer is a definite timeout, not an unknown commit.
+  if (conn->out_of_time()) {
+    rollback();
+    throw error_exception(
+        {errc::timeout, "the request's deadline passed before the command committed", {}});
+  }
   auto answers = conn->script_results(
       "select pg_current_xact_id_if_assigned()::text; commit; select pg_current_wal_lsn()::text");
   const auto ok = [&](std::size_t i) {
@@ -174,7 +183,7 @@ void store::impl::resolve_commit(std::uint64_t xid, clock::time_point deadline) 
     std::string status;  // "in progress" until the server has ended the broken connection's
     try {
       connection asking(opts.url);
-      asking.guard_until(until);
+      asking.guard_until(until);  // (one connection per question: a fresh one each time)
       const sql_value param[] = {std::string_view(id)};
       auto r = asking.run("select coalesce(pg_xact_status($1::xid8), 'unknown')", param);
       status = r.text(0, 0);
@@ -201,6 +210,8 @@ void store::impl::resolve_commit(std::uint64_t xid, clock::time_point deadline) 
 
 void store::impl::session::rollback() noexcept {
   try {
+    // Past the deadline too: a rollback that is answered keeps the connection.
+    if (conn->healthy()) conn->guard_until(clock::now() + std::chrono::seconds(1));
     conn->script("rollback");
   } catch (...) {
     // A broken connection is replaced when given back.

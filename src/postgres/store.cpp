@@ -1,6 +1,8 @@
 // The PostgreSQL store: opening it (a first connection, cleave's own migrations, the replicas),
 // its pool of connections lent out as write and read-only transactions, and closing it.
 
+#include <algorithm>
+#include <climits>
 #include <utility>
 
 #include <fmt/format.h>
@@ -63,9 +65,14 @@ namespace {
 
 }  // namespace
 
+clock::time_point grace_after(clock::time_point deadline) {
+  constexpr auto grace = std::chrono::milliseconds(100);
+  return deadline >= clock::time_point::max() - grace ? clock::time_point::max() : deadline + grace;
+}
+
 store::impl::session& store::impl::acquire(const request_meta& meta, std::string_view begin,
-                                           purpose p) {
-  const auto now = clock::now();
+                                           purpose p, bool own_work) {
+  auto now = clock::now();
   const bool bounded = meta.deadline != clock::time_point::max();
   if (bounded && meta.deadline <= now) deadline_passed("before it reached the database");
   session* s = nullptr;
@@ -74,7 +81,7 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     // A request (it has a deadline) leaves the last connection to the process's own work —
     // health, the projector, the replica monitor — so that requests stuck in the database
     // cannot starve those.
-    const std::size_t keep = bounded && opts.pool_size > 1 ? 1 : 0;
+    const std::size_t keep = bounded && !own_work && opts.pool_size > 1 ? 1 : 0;
     const auto usable = [&] {
       if (free.size() <= keep && all.size() < opts.pool_size) {
         auto fresh = std::make_unique<session>();
@@ -96,26 +103,32 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     free.pop_back();
   }
   try {
-    if (!s->conn || !s->conn->healthy()) s->conn = std::make_unique<connection>(opts.url);
+    if (!s->conn || !s->conn->healthy()) {
+      s->conn.reset();
+      s->conn = std::make_unique<connection>(opts.url);
+    }
     // The server's own timeouts (set below) bound each statement by the time left when the
     // transaction began; the guard ends the wait for an answer soon after the deadline itself
     // (a later statement, a server that stopped answering), breaking the connection, which
-    // rolls the transaction back. A standby gets no grace: it is set aside at once.
-    const auto guard = bounded ? meta.deadline + (replica_up ? std::chrono::milliseconds(0)
-                                                             : std::chrono::milliseconds(100))
-                               : clock::time_point::max();
-    s->conn->guard_until(guard, replica_up ? std::optional(opts.replica_timeout) : std::nullopt);
+    // rolls the transaction back. A standby's statements are bounded by replica_timeout too.
+    s->conn->guard_until(grace_after(meta.deadline));
+    s->conn->answer_within(replica_up ? std::optional(opts.replica_timeout) : std::nullopt);
     s->conn->set_writing(p == purpose::write);
     if (bounded) {
-      const auto left = std::max<std::int64_t>(
-          1, std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - now).count());
+      now = clock::now();
+      const auto left = std::clamp<std::int64_t>(
+          std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - now).count(), 1, INT_MAX);
       s->conn->script(fmt::format(
           "{}; set local statement_timeout = {}; set local lock_timeout = {}", begin, left, left));
     } else {
       s->conn->script(begin);
     }
   } catch (...) {
-    if (replica_up) *replica_up = false;
+    // A standby that cannot be reached, or stops answering, is set aside; one that was merely
+    // given too little time is not.
+    if (replica_up && (!s->conn || s->conn->stalled())) *replica_up = false;
+    // A connection left inside a failed transaction block is not lent out again.
+    if (s->conn && s->conn->healthy()) s->conn.reset();
     give_back(s);
     throw;
   }
@@ -127,8 +140,8 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
 
 void store::impl::give_back(session* s) noexcept {
   if (s->conn && !s->conn->healthy()) {
+    if (replica_up && s->conn->stalled()) *replica_up = false;
     s->conn.reset();
-    if (replica_up) *replica_up = false;
   }
   {
     std::lock_guard lock(mutex);
@@ -158,15 +171,15 @@ write_transaction& store::begin_write(const request_meta& meta, isolation level)
   return impl_->acquire(meta,
                         level == isolation::serializable ? "begin isolation level serializable"
                                                          : "begin isolation level read committed",
-                        impl::purpose::write);
+                        impl::purpose::write, false);
 }
 
 read_transaction& store::begin_read(const request_meta& meta, const consistency& wanted) {
   if (auto* r = impl_->route(meta, wanted)) {
     ++r->reads;
-    return r->pool->acquire(meta, "begin transaction read only", impl::purpose::read);
+    return r->pool->acquire(meta, "begin transaction read only", impl::purpose::read, false);
   }
-  return impl_->acquire(meta, "begin transaction read only", impl::purpose::read);
+  return impl_->acquire(meta, "begin transaction read only", impl::purpose::read, false);
 }
 
 }  // namespace cleave::postgres

@@ -42,6 +42,9 @@ inline std::uint64_t parse_lsn(std::string_view text) {
 
 namespace cleave::postgres {
 
+// `deadline` and a little more, for the server's own timeouts to come first; max() stays max().
+clock::time_point grace_after(clock::time_point deadline);
+
 struct store::impl {
   // One pooled connection, lent out as a write or a read-only transaction (session.cpp).
   struct session final : write_transaction, read_transaction {
@@ -85,8 +88,9 @@ struct store::impl {
   // gets statement and lock timeouts of the time left, and its statements a guard against a
   // server that stops answering.
   explicit impl(const options& o);
+  // `own_work`: the process's own (a probe, health), which may take the last connection.
   enum class purpose { read, write };
-  session& acquire(const request_meta& meta, std::string_view begin, purpose p);
+  session& acquire(const request_meta& meta, std::string_view begin, purpose p, bool own_work);
   void give_back(session* s) noexcept;
   // Whether transaction `xid`, whose COMMIT went unanswered, committed: asked on connections of
   // its own until `deadline` (at least a few seconds). Returns when it did; throws
@@ -100,7 +104,8 @@ struct store::impl {
     request_meta meta;
     if (bound) meta.deadline = clock::now() + *bound;
     auto& s =
-        acquire(meta, "begin transaction isolation level read committed read only", purpose::read);
+        acquire(meta, "begin transaction isolation level read committed read only", purpose::read,
+                /*own_work=*/true);
     const read_scope ending(static_cast<read_transaction&>(s));
     return body(*s.conn);
   }

@@ -77,20 +77,26 @@ write_transaction& store::impl::begin_write(const request_meta& meta) {
   if (bounded) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - clock::now());
     deadline_first = left < busy_wait;
-    busy_wait = std::clamp(left, std::chrono::milliseconds(1), busy_wait);
+    busy_wait = std::max(std::chrono::milliseconds(1), std::min(left, busy_wait));
     sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(busy_wait.count()));
   }
+  const auto restore = [&] {
+    if (bounded)
+      sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(opts.busy_timeout.count()));
+  };
   try {
     write_conn->exec("begin immediate", {});
   } catch (const error_exception& e) {
-    if (bounded)
-      sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(opts.busy_timeout.count()));
+    restore();
     write_mutex.unlock();
     if (deadline_first && e.error().category == errc::unavailable) throw timeout();
     throw;
+  } catch (...) {
+    restore();
+    write_mutex.unlock();
+    throw;
   }
-  if (bounded)
-    sqlite3_busy_timeout(write_conn->handle(), static_cast<int>(opts.busy_timeout.count()));
+  restore();
   write_tx.rebind(meta);
   write_tx.last_position = 0;
   return write_tx;
