@@ -43,6 +43,7 @@ constexpr migration own_migrations[] = {
      "  recorded_at timestamptz not null default now());"
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
     {3, "snapshots", cleave::detail::snapshots_schema},
+    {4, "snapshot shapes", cleave::detail::snapshot_shapes_schema},
 };
 
 }  // namespace

@@ -196,6 +196,45 @@ TYPED_TEST_P(write_styles, an_event_sourced_aggregate_loads_from_its_snapshot) {
   });
 }
 
+// The account as a later release has it: a member the old snapshots lack, so they are of another
+// shape (snapshot_version 2).
+struct account_v2 {
+  std::int64_t balance = 0;
+  std::int64_t deposits = 0;  // new: counted from the stream, never from an old snapshot
+  std::int64_t folds = 0;
+  void apply(const account_opened&) { ++folds; }
+  void apply(const money_deposited& e) { balance += e.amount, ++deposits, ++folds; }
+  void apply(const money_withdrawn& e) { balance -= e.amount, ++folds; }
+};
+CLEAVE_RECORD(account_v2, balance, deposits)
+
+TYPED_TEST_P(write_styles, a_snapshot_of_another_shape_is_ignored_and_the_stream_folded) {
+  this->write([](cleave::write_context& tx) {
+    auto acc = accounts.load(tx, "a5");
+    acc.emit(tx, account_opened{"a5"});
+    for (int i = 0; i < 11; ++i) acc.emit(tx, money_deposited{"a5", 1});  // a snapshot at 10
+  });
+  const auto accounts_v2 =
+      cleave::event_sourced<account_v2, account_opened, money_deposited, money_withdrawn>{}
+          .snapshot_every(10)
+          .snapshot_version(2);
+  this->write([&](cleave::write_context& tx) {
+    auto acc = accounts_v2.load(tx, "a5");
+    EXPECT_EQ(acc.version, 12u);
+    EXPECT_EQ(acc.state.balance, 11);
+    EXPECT_EQ(acc.state.deposits, 11) << "the new member came from the old snapshot, as 0";
+    EXPECT_EQ(acc.state.folds, 12) << "the old snapshot was used";
+    for (int i = 0; i < 8; ++i) acc.emit(tx, money_deposited{"a5", 1});  // a v2 snapshot at 20
+  });
+  this->write([&](cleave::write_context& tx) {
+    auto acc = accounts_v2.load(tx, "a5");
+    EXPECT_EQ(acc.state.deposits, 19);
+    EXPECT_EQ(acc.state.folds, 0) << "its own shape's snapshot at 20 was not used";
+    // And the first release, still running somewhere, ignores the new shape's snapshot.
+    EXPECT_EQ(accounts.load(tx, "a5").state.balance, 19);
+  });
+}
+
 TYPED_TEST_P(write_styles, an_event_sourced_aggregate_changed_meanwhile_is_a_conflict) {
   this->write(
       [](cleave::write_context& tx) { accounts.load(tx, "a3").emit(tx, account_opened{"a3"}); });
@@ -218,6 +257,7 @@ REGISTER_TYPED_TEST_SUITE_P(write_styles, a_transaction_script_changes_its_table
                             a_state_aggregate_changed_meanwhile_is_a_conflict,
                             an_event_sourced_aggregate_folds_its_stream,
                             an_event_sourced_aggregate_loads_from_its_snapshot,
+                            a_snapshot_of_another_shape_is_ignored_and_the_stream_folded,
                             an_event_sourced_aggregate_changed_meanwhile_is_a_conflict);
 
 }  // namespace styles

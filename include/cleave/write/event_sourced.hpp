@@ -36,9 +36,10 @@ CLEAVE_RECORD(stream_row, type, payload, stream_version)
 
 struct snapshot_row {
   std::int64_t version = 0;
+  std::int64_t shape = 0;
   std::string state;
 };
-CLEAVE_RECORD(snapshot_row, version, state)
+CLEAVE_RECORD(snapshot_row, version, shape, state)
 }  // namespace detail
 
 // An aggregate A folded from events E...; A has an apply(const E&) for each.
@@ -85,8 +86,16 @@ class event_sourced {
     return *this;
   }
 
-  // Folds the stream (from its latest snapshot when snapshots are on). A stream without events
-  // loads as a new aggregate at version 0.
+  // The shape of A's state that snapshots hold (0 unless declared): raise it whenever A's members
+  // or its apply() change, and snapshots of another shape are ignored — the aggregate is folded
+  // from its stream, and the next snapshot is of the new shape.
+  event_sourced& snapshot_version(std::uint32_t v) {
+    snapshot_version_ = v;
+    return *this;
+  }
+
+  // Folds the stream (from its latest snapshot of this snapshot_version, when snapshots are on).
+  // A stream without events loads as a new aggregate at version 0.
   loaded load(const read_context& tx, std::string_view stream) const {
     loaded out;
     out.stream = std::string(stream);
@@ -94,7 +103,9 @@ class event_sourced {
     if constexpr (described<A>) {
       if (snapshot_every_ > 0) {
         if (auto snap = tx.one<detail::snapshot_row>(
-                "select version, state from cleave_snapshots where stream = $1", stream)) {
+                "select version, shape, state from cleave_snapshots where stream = $1 and shape = "
+                "$2",
+                stream, static_cast<std::int64_t>(snapshot_version_))) {
           auto parsed = parse_json(snap->state);
           auto state = parsed ? from_json<A>(*parsed, decode_mode::tolerant)
                               : result<A>(std::unexpected(parsed.error()));
@@ -143,14 +154,17 @@ class event_sourced {
   void save_snapshot(write_context& tx, const loaded& l) const {
     if constexpr (described<A>) {
       tx.exec(
-          "insert into cleave_snapshots(stream, version, state) values ($1, $2, $3) "
-          "on conflict(stream) do update set version = excluded.version, state = excluded.state",
-          l.stream, static_cast<std::int64_t>(l.version), to_json(l.state).dump());
+          "insert into cleave_snapshots(stream, version, shape, state) values ($1, $2, $3, $4) "
+          "on conflict(stream) do update set version = excluded.version, shape = excluded.shape, "
+          "state = excluded.state",
+          l.stream, static_cast<std::int64_t>(l.version),
+          static_cast<std::int64_t>(snapshot_version_), to_json(l.state).dump());
     }
   }
 
   const upcasters* rewrites_ = nullptr;
   std::uint64_t snapshot_every_ = 0;
+  std::uint32_t snapshot_version_ = 0;
 };
 
 }  // namespace cleave

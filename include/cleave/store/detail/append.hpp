@@ -29,6 +29,10 @@ inline constexpr std::uint64_t outcome_purge_every = 1024;
 inline constexpr std::string_view snapshots_schema =
     "create table cleave_snapshots(stream text primary key, version bigint not null, state text "
     "not null)";
+// Then: the shape of the aggregate's state a snapshot holds (event_sourced::snapshot_version);
+// snapshots from before it have shape 0.
+inline constexpr std::string_view snapshot_shapes_schema =
+    "alter table cleave_snapshots add column shape bigint not null default 0";
 
 // NULL for an empty string, else its text.
 inline sql_value text_or_null(const std::string& s) {
