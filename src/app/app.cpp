@@ -230,7 +230,7 @@ json projections_json(projector& p) {
 app::app(app_config config)
     : config_(std::move(config)),
       store_(open_store(config_)),
-      projector_(std::make_unique<cleave::projector>(*store_)),
+      projector_(std::make_unique<cleave::projector>(*store_, &upcasters_)),
       // Stacked on the projector's source: a group's members apply inline projections too.
       grouped_(config_.group_commit ? std::make_unique<cleave::group_commit>(
                                           projector_->source(), 32,

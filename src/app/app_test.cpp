@@ -86,6 +86,46 @@ run_result run(cleave::app& app, std::vector<std::string> args) {
   return {code, out, ::testing::internal::GetCapturedStderr()};
 }
 
+// Release 1 stored notes as "wiring.note_posted"; today's name is "wiring.note_added".
+struct note_posted {
+  std::string id;
+};
+CLEAVE_EVENT(note_posted, "wiring.note_posted", id)
+struct post_note {
+  std::string id;
+};
+CLEAVE_COMMAND(post_note, "wiring.post_note", id)
+
+TEST(app_upcasters, reach_the_apps_projector_its_rebuilds_and_events_tail) {
+  cleave::app app{in_memory()};
+  app.commands().add([](const post_note& c, cleave::write_context& tx) -> cleave::result<void> {
+    tx.emit("note-" + c.id, note_posted{c.id});
+    return {};
+  });
+  app.upcasters().add("wiring.note_posted", "wiring.note_added");
+  app.add_projection(notes());
+  app.migrate();
+  for (const auto* id : {"a", "b", "c"}) ASSERT_TRUE(app.commands().send(post_note{id}));
+  app.projections().catch_up();
+  auto count = [&] {
+    cleave::read_scope tx(app.store(), {}, cleave::strong());
+    cleave::read_context ctx(&*tx, {});
+    return ctx.one<std::int64_t>("select count(*) from notes").value_or(-1);
+  };
+  EXPECT_EQ(count(), 3) << "the old events were dropped";
+  cleave::rebuild_options verified;
+  verified.verify = true;
+  const auto rebuilt = app.projections().rebuild("notes", verified);
+  EXPECT_EQ(rebuilt.differences, 0);
+  EXPECT_TRUE(rebuilt.swapped);
+  EXPECT_EQ(count(), 3);
+
+  const auto tail = run(app, {"events", "tail"});
+  EXPECT_EQ(tail.code, 0) << tail.err;
+  EXPECT_THAT(tail.out, ::testing::HasSubstr(R"("type":"wiring.note_added")"));
+  EXPECT_THAT(tail.out, ::testing::HasSubstr(R"("stored_type":"wiring.note_posted")"));
+}
+
 TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
   cleave::app app{in_memory()};
   for (const std::vector<std::string>& args : {std::vector<std::string>{"send", "--help"},

@@ -142,13 +142,16 @@ int events(app& a, std::span<const std::string> args) {
   position_token after;
   for (;;) {
     auto batch = a.store().read_events(after, 500);
-    for (const auto& e : batch) {
-      std::cout << json{{"position", e.position.to_string()}, {"stream", e.stream},
-                        {"version", e.stream_version},        {"type", e.type},
-                        {"payload", e.payload.value()},       {"correlation_id", e.correlation_id},
-                        {"recorded_at_ms", e.recorded_at_ms}}
-                       .dump()
-                << '\n';
+    for (auto& e : batch) {
+      // As the app's readers see it: upcast, with the name it is stored under when that differs.
+      const std::string stored_type = e.type;
+      a.upcasters().apply(e.type, e.payload);
+      json line{{"position", e.position.to_string()}, {"stream", e.stream},
+                {"version", e.stream_version},        {"type", e.type},
+                {"payload", e.payload.value()},       {"correlation_id", e.correlation_id},
+                {"recorded_at_ms", e.recorded_at_ms}};
+      if (stored_type != e.type) line["stored_type"] = stored_type;
+      std::cout << line.dump() << '\n';
       after = e.position;
     }
     std::cout.flush();

@@ -29,6 +29,7 @@
 #include <cleave/read/projector.hpp>
 #include <cleave/store/group_commit.hpp>
 #include <cleave/store/store.hpp>
+#include <cleave/store/upcasting.hpp>
 
 namespace cleave {
 
@@ -103,6 +104,11 @@ class app {
   // The projector: register projections on it before the first command. Commands sent through
   // commands() apply its inline projections and wake its worker.
   cleave::projector& projections() noexcept { return *projector_; }
+  // Old event names and shapes, read as today's by every reader the app runs: its projector
+  // (handlers, folds, memory views, rebuilds) and `events tail`. Register them before the first
+  // command (not while workers run); give `&upcasters()` to the handlers' event_sourced
+  // aggregates. Set-based projections (`batch_sql`) see the log as stored.
+  cleave::upcasters& upcasters() noexcept { return upcasters_; }
   // The group commit the command bus sends through (config group_commit), else null.
   cleave::group_commit* group_commits() noexcept { return grouped_.get(); }
   // Registers a projection, created and registered on the projector by migrate() after the
@@ -150,6 +156,7 @@ class app {
  private:
   app_config config_;
   std::unique_ptr<cleave::store> store_;
+  cleave::upcasters upcasters_;  // before the projector, which reads through it
   std::unique_ptr<cleave::projector> projector_;
   std::unique_ptr<cleave::group_commit> grouped_;  // when config_.group_commit
   command_bus commands_;
