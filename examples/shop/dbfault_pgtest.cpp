@@ -971,6 +971,16 @@ class dbfault : public testing::Test {
   db_state initial_;
   std::unique_ptr<load> load_;
   std::vector<window> faults_;
+
+  // Holds a fault that has just begun for `how_long`, ends it with `end`, and records its window.
+  template <class End>
+  void hold_fault(std::chrono::milliseconds how_long, End&& end) {
+    window w{steady::now(), {}};
+    std::this_thread::sleep_for(how_long);
+    end();
+    w.end = steady::now();
+    faults_.push_back(w);
+  }
   steady::time_point created_ = steady::now(), load_started_;
 };
 
@@ -1023,11 +1033,7 @@ TEST_F(dbfault, row_locked) {
     pg_session holder(db_->url());
     holder.exec("begin");
     holder.exec("select * from products where id = 'cosy' for update");
-    window w{steady::now(), {}};
-    std::this_thread::sleep_for(10s);
-    holder.exec("rollback");
-    w.end = steady::now();
-    faults_.push_back(w);
+    hold_fault(10s, [&] { holder.exec("rollback"); });
   }
   std::this_thread::sleep_for(after_fault);
   const auto f = finish([](const sample& s) { return is_ok_order(s) && s.product != "cosy"; });
@@ -1107,16 +1113,13 @@ TEST_F(dbfault, primary_read_only) {
   const auto url = primary().url;
   undo writable([url] { set_read_only(url, false); });
   set_read_only(url, true);
-  window w{steady::now(), {}};
-  std::this_thread::sleep_for(5s);
-  writable.now();
-  w.end = steady::now();
-  faults_.push_back(w);
+  hold_fault(5s, [&] { writable.now(); });
   std::this_thread::sleep_for(after_fault);
   const auto f = finish();  // the refusals are 503s, never 403, and nothing is half-applied
   int refused = 0, accepted = 0;
   for (const auto& s : load_->samples())
-    if (s.what == kind::order && in(s.start, {w.start + 250ms, w.end}) && s.end <= w.end)
+    if (s.what == kind::order && in(s.start, {faults_[0].start + 250ms, faults_[0].end}) &&
+        s.end <= faults_[0].end)
       ++(ok(s.status) ? accepted : refused);
   note("orders_refused_accepted_during", fmt::format("{} / {}", refused, accepted));
   EXPECT_GT(refused, 0);
@@ -1174,11 +1177,7 @@ TEST_F(dbfault, sqlite_write_lock_held) {
   start_load();
   {
     sqlite_write_lock lock(dir_.file("shop.db"));
-    window w{steady::now(), {}};
-    std::this_thread::sleep_for(3s);
-    lock.release();
-    w.end = steady::now();
-    faults_.push_back(w);
+    hold_fault(3s, [&] { lock.release(); });
   }
   std::this_thread::sleep_for(after_fault);
   const auto f = finish();
