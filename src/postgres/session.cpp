@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/failure.hpp>
 
 #include "store_impl.hpp"
 
@@ -123,8 +124,7 @@ position_token store::impl::session::commit() {
   // Past the deadline nothing is sent: the answer is a definite timeout, not an unknown commit.
   if (conn->out_of_time()) {
     rollback();
-    throw error_exception(
-        {errc::timeout, "the request's deadline passed before the command committed", {}});
+    cleave::detail::throw_deadline_passed("before the command committed");
   }
   auto answers = conn->script_results(
       "select pg_current_xact_id_if_assigned()::text; commit; select pg_current_wal_lsn()::text");

@@ -59,10 +59,7 @@ store::impl::impl(const options& o) : opts(o) {
 
 namespace {
 
-[[noreturn]] void deadline_passed(std::string_view where) {
-  throw error_exception(
-      {errc::timeout, fmt::format("the request's deadline passed {}", where), {}});
-}
+using cleave::detail::throw_deadline_passed;
 
 }  // namespace
 
@@ -75,7 +72,7 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
                                            purpose p, bool own_work) {
   auto now = clock::now();
   const bool bounded = meta.deadline != clock::time_point::max();
-  if (bounded && meta.deadline <= now) deadline_passed("before it reached the database");
+  if (bounded && meta.deadline <= now) throw_deadline_passed("before it reached the database");
   session* s = nullptr;
   {
     std::unique_lock lock(mutex);
@@ -94,7 +91,8 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     };
     const auto until = std::min(now + opts.pool_timeout, meta.deadline);
     if (!available.wait_until(lock, until, usable)) {
-      if (until == meta.deadline) deadline_passed("while it waited for a database connection");
+      if (until == meta.deadline)
+        throw_deadline_passed("while it waited for a database connection");
       throw error_exception(
           {errc::unavailable,
            fmt::format("no PostgreSQL connection was free within {} ms", opts.pool_timeout.count()),

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <cleave/store/detail/append.hpp>
+#include <cleave/store/detail/failure.hpp>
 
 #include "store_impl.hpp"
 
@@ -63,16 +64,11 @@ store::impl::impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.
 // waited for until the request's deadline at the most (errc::timeout).
 write_transaction& store::impl::begin_write(const request_meta& meta) {
   const bool bounded = meta.deadline != clock::time_point::max();
-  const auto timeout = [] {
-    return error_exception({errc::timeout,
-                            "the request's deadline passed while it waited for the database's "
-                            "single writer",
-                            {}});
-  };
+  constexpr std::string_view waiting = "while it waited for the database's single writer";
   if (!bounded)
     write_mutex.lock();
   else if (!write_mutex.try_lock_until(meta.deadline))
-    throw timeout();
+    cleave::detail::throw_deadline_passed(waiting);
   auto busy_wait = opts.busy_timeout;
   bool deadline_first = false;
   if (bounded) {
@@ -90,7 +86,8 @@ write_transaction& store::impl::begin_write(const request_meta& meta) {
   } catch (const error_exception& e) {
     restore();
     write_mutex.unlock();
-    if (deadline_first && e.error().category == errc::unavailable) throw timeout();
+    if (deadline_first && e.error().category == errc::unavailable)
+      cleave::detail::throw_deadline_passed(waiting);
     throw;
   } catch (...) {
     restore();

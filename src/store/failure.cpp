@@ -58,6 +58,10 @@ plain plain_of(db_failure kind) {
 
 }  // namespace
 
+void throw_deadline_passed(std::string_view when) {
+  throw error_exception({errc::timeout, fmt::format("the request's deadline passed {}", when), {}});
+}
+
 void throw_db_failure(db_failure kind, std::string_view detail, std::string_view correlation_id,
                       std::string_view raised) {
   const auto [category, message] = plain_of(kind);

@@ -28,6 +28,9 @@ enum class db_failure {
   other,
 };
 
+// Throws errc::timeout: "the request's deadline passed <when>" (nothing the request did is kept).
+[[noreturn]] void throw_deadline_passed(std::string_view when);
+
 // Logs `detail` (spdlog: error for bugs, warn when unavailable, debug for transient failures,
 // info otherwise) and throws the plain error of `kind`: a cleave::transient_error for
 // serialization failures and deadlocks, else a cleave::error_exception. `raised` is the message a
