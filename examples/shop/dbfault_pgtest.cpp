@@ -1039,19 +1039,25 @@ TEST_F(dbfault, row_locked) {
   const auto f = finish([](const sample& s) { return is_ok_order(s) && s.product != "cosy"; });
   EXPECT_LE(f.p50_during, 1.5 * f.p50_before + 5.0) << "orders for other products slowed down";
   expect_refused_at_deadline(faults_[0], [](const sample& s) { return s.product == "cosy"; });
-  int slow = 0, checked = 0;
+  // Waiting behind the workers would cost a poll seconds; a poll now and then over 100 ms is the
+  // 2-core machine's scheduling (seen once in ~10 runs, at 244 ms, with nothing else running).
+  int failed = 0, slow = 0, stalled = 0, checked = 0;
   std::vector<double> health;
   for (const auto& s : load_->samples()) {
     if (s.what != kind::health) continue;
     ++checked;
     health.push_back(s.latency());
-    if ((!ok(s.status) || s.latency() > 100.0) && slow++ < 5)
-      ADD_FAILURE() << "/health: " << describe(s);
+    slow += s.latency() > 100.0;
+    const bool bad = !ok(s.status) || s.latency() > 1000.0;
+    if (bad && failed++ < 5) ADD_FAILURE() << "/health: " << describe(s);
+    stalled += bad;
   }
   note("health_polls", std::to_string(checked));
+  note("health_polls_over_100ms", std::to_string(slow));
   note("health_p50_max_ms",
        fmt::format("{:.1f} / {:.1f}", percentile(health, 0.5), percentile(health, 1.0)));
-  EXPECT_EQ(slow, 0) << "/health failed or took over 100 ms";
+  EXPECT_EQ(stalled, 0) << "/health failed or waited over 1 s";
+  EXPECT_LE(slow, std::max(1, checked / 50)) << "/health took over 100 ms in more than 2% of polls";
 }
 
 // The values of cleave_replica_up in /metrics ("absent" when there is none).
