@@ -159,10 +159,17 @@ json replicas_json(store& s) {
 }
 
 result<consistency> parse_consistency(std::string_view text) {
+  constexpr std::string_view accepting = ";dead_letters=accept";
+  if (text.ends_with(accepting)) {
+    auto wanted = parse_consistency(text.substr(0, text.size() - accepting.size()));
+    if (wanted) *wanted = wanted->accepting_dead_letters();
+    return wanted;
+  }
   auto bad = [&] {
-    return invalid(
-        "consistency",
-        fmt::format("'{}' is not eventual, strong, bounded=<ms> or at_least=<token>", text));
+    return invalid("consistency",
+                   fmt::format("'{}' is not eventual, strong, bounded=<ms> or at_least=<token> "
+                               "(each optionally followed by ;dead_letters=accept)",
+                               text));
   };
   if (text == "eventual") return eventual();
   if (text == "strong") return strong();

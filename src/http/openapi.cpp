@@ -82,8 +82,12 @@ json components(bool with_tokens) {
        header_parameter(
            "Cleave-Consistency",
            "eventual (the default), strong, bounded=<milliseconds> or "
-           "at_least=<token>; a 503 when it cannot be met in time.",
-           {{"type", "string"}, {"pattern", "^(eventual|strong|bounded=[0-9]+|at_least=.+)$"}})},
+           "at_least=<token>; a 503 when it cannot be met in time, or when a view the query "
+           "reads has parked events (dead letters) the answer would have to include, unless "
+           "followed by ;dead_letters=accept.",
+           {{"type", "string"},
+            {"pattern",
+             "^(eventual|strong|bounded=[0-9]+|at_least=[^;]+)(;dead_letters=accept)?$"}})},
       {"X-Correlation-Id",
        header_parameter("X-Correlation-Id",
                         "Names the request in the server's log (one is made when absent).")}};

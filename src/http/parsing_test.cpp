@@ -181,7 +181,8 @@ TEST(requested_consistency, a_malformed_header_is_a_validation_error_saying_what
     EXPECT_EQ(c.error().category, cleave::errc::validation) << bad;
   }
   EXPECT_EQ(requested_consistency("", "bogus").error().message,
-            "consistency: 'bogus' is not eventual, strong, bounded=<ms> or at_least=<token>");
+            "consistency: 'bogus' is not eventual, strong, bounded=<ms> or at_least=<token> "
+            "(each optionally followed by ;dead_letters=accept)");
   for (const char* bad : {"zzz", "1.2", "1.2.3.4", "-1.2.3", "1..3"}) {
     auto c = requested_consistency(bad, "");
     ASSERT_FALSE(c) << bad;

@@ -76,9 +76,17 @@ sql_value result_set::get(std::size_t column) const {
     case int4_oid:
     case int8_oid:
       return integer(row_, c);
+    case numeric_oid: {
+      // An integral numeric (sum() of bigints, round()) reads as an integer, as SQLite's does;
+      // one with a fraction, or beyond 64 bits, as a double.
+      const auto t = text(row_, c);
+      std::int64_t v = 0;
+      const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+      if (ec == std::errc{} && end == t.data() + t.size()) return v;
+      return std::strtod(PQgetvalue(result_, row_, c), nullptr);
+    }
     case float4_oid:
     case float8_oid:
-    case numeric_oid:
       return std::strtod(PQgetvalue(result_, row_, c), nullptr);
     default:
       return text(row_, c);

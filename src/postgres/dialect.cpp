@@ -17,12 +17,19 @@ store::migration_statements store::migration_sql() const {
           .now = "now()"};
 }
 
+namespace {
+// {events}.recorded_at_ms: Unix milliseconds, rounded as the log's readers round them.
+constexpr std::string_view recorded_at_ms_sql =
+    "round(extract(epoch from recorded_at) * 1000)::bigint";
+}  // namespace
+
 std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,
                                      position_token after, position_token through) {
   const auto run = [&](std::string_view rows, std::span<const sql_value> params) {
     const std::string sql = cleave::detail::replace_all(
         statement, "{events}",
-        fmt::format("(select * from cleave_events where {}) as events", rows));
+        fmt::format("(select *, {} as recorded_at_ms from cleave_events where {}) as events",
+                    recorded_at_ms_sql, rows));
     return tx.exec(sql, params);
   };
   // Spelled out rather than as row comparisons ((transaction_id, position) > (…)): PostgreSQL

@@ -24,6 +24,7 @@ TEST(postgres_gap, an_open_transaction_holds_the_reader_back_until_it_ends) {
   auto& slow = db->begin_write({});
   cleave::write_context slow_ctx(&slow, cleave::detail::no_meta);
   slow_ctx.emit(conformance::tick{1, 1});
+  slow.position_so_far();  // (events are sent when their position is needed, or at commit)
 
   for (int i = 0; i < 3; ++i) {  // later writers commit
     auto& fast = db->begin_write({});

@@ -24,6 +24,29 @@ using detail::connection;
 using detail::parse_lsn;
 using detail::parse_u64;
 
+// The class (first key) of the advisory locks taken on streams: "clv" in ASCII, apart from the
+// single-key locks of migrations and leases.
+constexpr std::int32_t stream_lock_class = 0x636c76;
+
+// The second key of a stream's advisory lock: the same for every process (FNV-1a of its name).
+// Two streams that share one only take turns more than they need.
+std::int32_t stream_lock_key(std::string_view stream) {
+  std::uint32_t h = 2166136261u;
+  for (const unsigned char c : stream) h = (h ^ c) * 16777619u;
+  return static_cast<std::int32_t>(h);
+}
+
+// Whether JSON text holds the escape \u0000 (a backslash that is not itself escaped).
+bool holds_nul(std::string_view json_text) {
+  for (auto at = json_text.find("u0000"); at != std::string_view::npos;
+       at = json_text.find("u0000", at + 1)) {
+    std::size_t backslashes = 0;
+    while (backslashes < at && json_text[at - 1 - backslashes] == '\\') ++backslashes;
+    if (backslashes % 2 == 1) return true;
+  }
+  return false;
+}
+
 std::string retention_interval(std::chrono::seconds s) {
   return fmt::format("{} seconds", s.count());
 }
@@ -33,23 +56,61 @@ std::string retention_interval(std::chrono::seconds s) {
 std::uint64_t store::impl::session::append(const pending_event& e) {
   std::int64_t version = 0;
   if (!e.stream.empty()) {
-    const sql_value stream[] = {e.stream};
-    const auto current = static_cast<std::uint64_t>(
-        conn->run(cleave::detail::stream_version_sql, stream).integer(0, 0));
-    version = static_cast<std::int64_t>(
-        cleave::detail::next_stream_version(e.stream, current, e.expected_version));
+    auto known = std::find_if(stream_versions.begin(), stream_versions.end(),
+                              [&](const auto& v) { return v.first == e.stream; });
+    if (known == stream_versions.end()) {
+      const sql_value stream[] = {e.stream};
+      const auto current = static_cast<std::uint64_t>(
+          conn->run(cleave::detail::stream_version_sql, stream).integer(0, 0));
+      known = stream_versions.insert(stream_versions.end(), {std::string(e.stream), current});
+    }
+    known->second =
+        cleave::detail::next_stream_version(e.stream, known->second, e.expected_version);
+    version = static_cast<std::int64_t>(known->second);
   }
-  const std::string payload = e.payload.dump();
-  const auto params =
-      cleave::detail::event_row_params(e, version, payload, command_id, correlation_id);
-  auto r = conn->run(
-      "insert into cleave_events(stream, stream_version, type, payload, command_id, "
-      "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
-      "returning position, transaction_id::text",
-      params);
-  last_position = static_cast<std::uint64_t>(r.integer(0, 0));
-  transaction_id = parse_u64(r.text(0, 1));
+  std::string payload = e.payload.dump();
+  // Refused now, as the database would refuse it when it is sent.
+  if (e.stream.find('\0') != std::string_view::npos || holds_nul(payload))
+    cleave::detail::throw_db_failure(cleave::detail::db_failure::nul_character,
+                                     "an appended event's stream or payload holds U+0000",
+                                     correlation_id);
+  unsent.push_back({std::string(e.stream), std::string(e.type), std::move(payload), command_id,
+                    correlation_id, version});
   return static_cast<std::uint64_t>(version);
+}
+
+// Two transactions appending to the same streams in opposite orders would each hold the index
+// entry of one stream's next version while waiting for the other's: a deadlock. So the events
+// are sent together, once the handler is done, and a transaction appending to several streams
+// first takes a lock per stream (a transaction-scoped advisory lock, released at its end) in one
+// order for everybody: the one that gets the first lock appends to all of them before the other
+// can. The events keep the order the handler appended them in.
+void store::impl::session::send_appends() {
+  if (unsent.empty()) return;
+  std::vector<std::int32_t> locks;
+  for (const auto& u : unsent)
+    if (!u.stream.empty()) locks.push_back(stream_lock_key(u.stream));
+  std::sort(locks.begin(), locks.end());
+  locks.erase(std::unique(locks.begin(), locks.end()), locks.end());
+  if (locks.size() > 1) {  // (one stream alone waits for one other transaction at most)
+    std::string sql;
+    for (const auto key : locks)
+      sql += fmt::format("select pg_advisory_xact_lock({}, {});", stream_lock_class, key);
+    conn->script(sql);
+  }
+  const auto sending = std::exchange(unsent, {});
+  for (const auto& u : sending) {
+    const pending_event e{u.type, u.stream, json(), std::nullopt};
+    const auto params =
+        cleave::detail::event_row_params(e, u.version, u.payload, u.command_id, u.correlation_id);
+    auto r = conn->run(
+        "insert into cleave_events(stream, stream_version, type, payload, command_id, "
+        "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
+        "returning position, transaction_id::text",
+        params);
+    last_position = static_cast<std::uint64_t>(r.integer(0, 0));
+    transaction_id = parse_u64(r.text(0, 1));
+  }
 }
 
 std::optional<remembered_outcome> store::impl::session::remembered() {
@@ -74,6 +135,7 @@ std::optional<remembered_outcome> store::impl::session::remembered() {
 }
 
 void store::impl::session::remember(const remembered_outcome& outcome) {
+  send_appends();  // the outcome records their position
   const std::string text = outcome_to_json(outcome).dump();
   const auto keep = retention_interval(owner->opts.outcome_retention);
   const std::string xid = std::to_string(transaction_id);  // 0 when nothing was appended
@@ -125,6 +187,12 @@ position_token store::impl::session::commit() {
   if (conn->out_of_time()) {
     rollback();
     cleave::detail::throw_deadline_passed("before the command committed");
+  }
+  try {
+    send_appends();
+  } catch (...) {
+    rollback();  // gives the session back: after the error is made
+    throw;
   }
   auto answers = conn->script_results(
       "select pg_current_xact_id_if_assigned()::text; commit; select pg_current_wal_lsn()::text");

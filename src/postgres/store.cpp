@@ -134,6 +134,8 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
   s->rebind(meta);
   s->transaction_id = 0;
   s->last_position = 0;
+  s->unsent.clear();
+  s->stream_versions.clear();
   return *s;
 }
 

@@ -52,8 +52,16 @@ struct store::impl {
     std::unique_ptr<detail::connection> conn;
     // Copied from the request, which need not outlive the transaction.
     std::string command_id, correlation_id;
-    std::uint64_t transaction_id = 0;  // set by the first append
+    std::uint64_t transaction_id = 0;  // set when the first appended event is sent
     std::uint64_t last_position = 0;
+    // Events appended but not sent yet (send_appends), and the version each stream appended to
+    // has reached in this transaction.
+    struct unsent_event {
+      std::string stream, type, payload, command_id, correlation_id;
+      std::int64_t version = 0;
+    };
+    std::vector<unsent_event> unsent;
+    std::vector<std::pair<std::string, std::uint64_t>> stream_versions;
     clock::time_point deadline = clock::time_point::max();  // the request's
 
     void query(std::string_view sql, std::span<const sql_value> params,
@@ -69,12 +77,16 @@ struct store::impl {
     }
     void script(std::string_view sql) override { conn->script(sql); }
 
+    // Appends are held until something needs them sent (commit, remember, position_so_far),
+    // then sent with the streams locked in one order: see send_appends.
     std::uint64_t append(const pending_event& e) override;
+    void send_appends();
 
     std::optional<remembered_outcome> remembered() override;
     void remember(const remembered_outcome& outcome) override;
     void rebind(const request_meta& meta) override;
     position_token position_so_far() override {
+      send_appends();
       return position_token(transaction_id, last_position);
     }
 

@@ -51,6 +51,18 @@ result<void> read_your_writes::check(const query_bus& queries) const {
   return fail(errc::validation, std::move(message), std::move(unknown));
 }
 
+result<void> read_your_writes::refuse_parked(const std::string& view, position_token before,
+                                             const consistency& wanted) const {
+  if (wanted.accepts_dead_letters) return {};
+  const auto parked = projector_.dead_letters_through(view, before);
+  if (parked == 0) return {};
+  return fail(errc::unavailable,
+              fmt::format("the view '{}' has {} parked event{} (dead letters) that this read would "
+                          "have to include, so it is not current; replay them once the handler is "
+                          "fixed, or ask with eventual consistency or ;dead_letters=accept",
+                          view, parked, parked == 1 ? "" : "s"));
+}
+
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,
                                       next_step next) {
   const auto& wanted = meta.consistency;
@@ -67,6 +79,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                     fmt::format("the view '{}' is {} ms behind the log, more than the {} ms "
                                 "allowed; try again",
                                 name, stale.count(), wanted.max_staleness.count()));
+      if (auto parked = refuse_parked(name, {}, wanted); !parked) return parked;
     }
     return read_views_now(meta, next);
   }
@@ -88,6 +101,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                               "short of the requested {}; try again",
                               name, at.to_string(), behind, token.to_string()));
     }
+    if (auto parked = refuse_parked(name, token, wanted); !parked) return parked;
   }
   return read_views_now(meta, next);
 }

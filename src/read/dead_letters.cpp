@@ -33,6 +33,21 @@ std::vector<projector::dead_letter> projector::dead_letters(std::string_view nam
   return out;
 }
 
+std::size_t projector::dead_letters_through(std::string_view name, position_token token) {
+  if (const auto* m = find_memory(name)) return m->failures().size();
+  const auto& p = find(name);
+  if (p.def.mode() == projection_mode::inline_) return 0;  // its failures fail the command
+  const bool all = token.empty();
+  return reading(*p.views, [&](read_context& ctx) {
+    return static_cast<std::size_t>(
+        ctx.one<std::int64_t>(
+               "select count(*) from cleave_dead_letters where projection = $1 and "
+               "($2 = 1 or transaction_id < $3 or (transaction_id = $3 and position <= $4))",
+               name, all ? 1 : 0, tx_of(token), pos_of(token))
+            .value_or(0));
+  });
+}
+
 std::size_t projector::replay_dead_letters(std::string_view name) {
   const auto& p = find(name);
   std::size_t replayed = 0;

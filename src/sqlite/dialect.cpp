@@ -22,7 +22,8 @@ std::int64_t store::exec_over_events(write_session& tx, std::string_view stateme
                                      position_token after, position_token through) {
   const std::string sql = cleave::detail::replace_all(
       statement, "{events}",
-      "(select * from cleave_events where position > $1 and position <= $2) as events");
+      "(select *, recorded_at as recorded_at_ms from cleave_events where position > $1 and "
+      "position <= $2) as events");
   const sql_value params[] = {static_cast<std::int64_t>(after.position()),
                               static_cast<std::int64_t>(through.position())};
   return tx.exec(sql, params);

@@ -187,7 +187,8 @@ json replicas_json(store& s);
 json projections_json(projector& p);
 
 // Reads a consistency as the CLI and HTTP spell it: "eventual", "strong", "bounded=<ms>" or
-// "at_least=<token>"; anything else is a validation error.
+// "at_least=<token>", each optionally followed by ";dead_letters=accept" (answer even from views
+// missing parked events); anything else is a validation error.
 result<consistency> parse_consistency(std::string_view text);
 
 // Blocks SIGINT and SIGTERM in the calling thread (call it before starting threads, which

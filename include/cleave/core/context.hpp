@@ -3,6 +3,7 @@
 // A query handler gets only a read_context, which offers no way to write.
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -58,13 +59,25 @@ void from_sql(const sql_value& v, std::string_view column, T& out) {
   } else if (is_null) {
     throw_row_mismatch(column, "is NULL but the field is not optional");
   } else if constexpr (std::is_same_v<T, bool> || std::is_integral_v<T>) {
-    auto* i = std::get_if<std::int64_t>(&v);
-    if (!i) throw_row_mismatch(column, "is not an integer");
-    if constexpr (std::is_same_v<T, bool>) {
-      out = *i != 0;
+    // A number that holds an integer fits, whatever type the database gave it (PostgreSQL's
+    // sum() of bigints is numeric; SQLite's sum() of reals is real).
+    std::int64_t value = 0;
+    if (auto* i = std::get_if<std::int64_t>(&v)) {
+      value = *i;
+    } else if (auto* d = std::get_if<double>(&v)) {
+      if (!(*d >= -0x1p63 && *d < 0x1p63) || std::trunc(*d) != *d)  // (NaN fails both)
+        throw_row_mismatch(column,
+                           "is a number with a fraction, or beyond 64 bits, not an integer: "
+                           "round or cast it in the query");
+      value = static_cast<std::int64_t>(*d);
     } else {
-      if (!std::in_range<T>(*i)) throw_row_mismatch(column, "is out of the field's range");
-      out = static_cast<T>(*i);
+      throw_row_mismatch(column, "is not an integer");
+    }
+    if constexpr (std::is_same_v<T, bool>) {
+      out = value != 0;
+    } else {
+      if (!std::in_range<T>(value)) throw_row_mismatch(column, "is out of the field's range");
+      out = static_cast<T>(value);
     }
   } else if constexpr (std::is_floating_point_v<T>) {
     if (auto* d = std::get_if<double>(&v))

@@ -38,23 +38,32 @@ using clock = std::chrono::steady_clock;
 // returned (read-your-writes); `bounded(max)` waits until they are at most `max` behind the log;
 // `strong` waits until they hold every command committed before the query (and reads the primary,
 // never a replica). Waits end at the request's deadline, with errc::unavailable.
+// A view with parked events (dead letters) that the read would have to include is not current,
+// however far its checkpoint has got: every level but `eventual` answers errc::unavailable naming
+// the view, unless the caller accepts them (`strong().accepting_dead_letters()`).
 struct consistency {
   enum class level { eventual, at_least, bounded, strong };
   level required = level::eventual;
   position_token token;                        // at_least
   std::chrono::milliseconds max_staleness{0};  // bounded
+  bool accepts_dead_letters = false;           // answer from views missing parked events
+  consistency accepting_dead_letters() const noexcept {
+    auto out = *this;
+    out.accepts_dead_letters = true;
+    return out;
+  }
 };
 inline consistency eventual() noexcept {
   return {};
 }
 inline consistency at_least(position_token token) noexcept {
-  return {consistency::level::at_least, token, {}};
+  return {consistency::level::at_least, token, {}, false};
 }
 inline consistency bounded(std::chrono::milliseconds max_staleness) noexcept {
-  return {consistency::level::bounded, {}, max_staleness};
+  return {consistency::level::bounded, {}, max_staleness, false};
 }
 inline consistency strong() noexcept {
-  return {consistency::level::strong, {}, {}};
+  return {consistency::level::strong, {}, {}, false};
 }
 
 struct request_meta {

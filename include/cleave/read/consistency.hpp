@@ -3,7 +3,8 @@
 // every projection the query reads has reached the token, woken by the projector as batches
 // commit (no polling), bounded by the request's deadline (or a default budget). When the views
 // cannot get there in time, the query fails with errc::unavailable saying how far behind they
-// are — never stale data presented as fresh.
+// are — never stale data presented as fresh. Nor does a view with parked events (dead letters) the
+// read would have to include answer it (see cleave::consistency).
 //
 //   projector.add(order_views);
 //   queries.use<cleave::read_your_writes>(projector)
@@ -69,6 +70,10 @@ class read_your_writes final : public behavior {
  private:
   // Runs the rest of the pipeline with the read sent where the views it waited for are current.
   result<void> read_views_now(const request_meta& meta, next_step next);
+  // errc::unavailable when `view` has parked events before `before` (any, if empty) and the
+  // caller does not accept them.
+  result<void> refuse_parked(const std::string& view, position_token before,
+                             const consistency& wanted) const;
 
   projector& projector_;
   std::chrono::milliseconds budget_;

@@ -153,7 +153,9 @@ class projection {
  public:
   // Set-based instead of handlers: one SQL statement applies a whole batch, `{events}` standing
   // for the batch's rows of the log as a subquery named `events` (columns position, stream,
-  // stream_version, type, payload, …; `payload->>'field'` reads a member on both backends) and
+  // stream_version, type, payload, …; `payload->>'field'` reads a member on both backends;
+  // `recorded_at_ms` is when the event was recorded, in Unix milliseconds on both, where
+  // `recorded_at` is the backend's own type) and
   // `{view}` for the table, e.g.
   //   insert into {view}(stream, n) select stream, count(*) from {events} group by stream
   //   on conflict(stream) do update set n = {view}.n + excluded.n

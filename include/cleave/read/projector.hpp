@@ -134,6 +134,10 @@ class projector {
   void set_max_attempts(int n) noexcept { max_attempts_ = n < 1 ? 1 : n; }
   // The events parked for `name`, oldest first.
   std::vector<dead_letter> dead_letters(std::string_view name);
+  // How many parked events of `name` are at or before `token` (all of them for an empty token):
+  // those a read at least as fresh as `token` would have to include. For a memory view, its
+  // failures.
+  std::size_t dead_letters_through(std::string_view name, position_token token);
   // Applies the parked events of `name` again, each in its own transaction; those that now
   // succeed leave the dead letters. Returns how many did.
   std::size_t replay_dead_letters(std::string_view name);

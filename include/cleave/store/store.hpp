@@ -179,8 +179,8 @@ class store : public session_source {
 
   // Runs a set-based projection's `statement` in `tx`, with `{events}` standing for the log's
   // rows after `after` and up to `through` (a derived table named `events` with the log's columns:
-  // stream, stream_version, type, payload, recorded_at, …), planned for that span. Returns the
-  // rows it changed.
+  // stream, stream_version, type, payload, recorded_at, …, and recorded_at_ms: Unix milliseconds,
+  // a bigint on every backend), planned for that span. Returns the rows it changed.
   virtual std::int64_t exec_over_events(write_session& tx, std::string_view statement,
                                         position_token after, position_token through) = 0;
 
