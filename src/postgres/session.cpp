@@ -3,6 +3,7 @@
 // now and then), and commits, returning the position token with the commit's LSN.
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <optional>
 #include <string>
@@ -34,6 +35,15 @@ std::int32_t stream_lock_key(std::string_view stream) {
   std::uint32_t h = 2166136261u;
   for (const unsigned char c : stream) h = (h ^ c) * 16777619u;
   return static_cast<std::int32_t>(h);
+}
+
+// Whether `sql` begins with `words` (letters compared without case, after leading blanks).
+bool starts_with_words(std::string_view sql, std::string_view words) {
+  const auto start = sql.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos || sql.size() - start < words.size()) return false;
+  for (std::size_t i = 0; i < words.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(sql[start + i])) != words[i]) return false;
+  return true;
 }
 
 // Whether JSON text holds the escape \u0000 (a backslash that is not itself escaped).
@@ -111,6 +121,19 @@ void store::impl::session::send_appends() {
     last_position = static_cast<std::uint64_t>(r.integer(0, 0));
     transaction_id = parse_u64(r.text(0, 1));
   }
+}
+
+// Held appends follow savepoints (group commit puts each member in one): those held are sent
+// before a savepoint is taken, and those held since are dropped when it is rolled back to — as
+// is what this transaction knows of its streams' versions, read again on the next append.
+std::int64_t store::impl::session::exec(std::string_view sql, std::span<const sql_value> params) {
+  if (starts_with_words(sql, "savepoint")) {
+    send_appends();
+  } else if (starts_with_words(sql, "rollback to")) {
+    unsent.clear();
+    stream_versions.clear();
+  }
+  return conn->run(sql, params).affected();
 }
 
 std::optional<remembered_outcome> store::impl::session::remembered() {

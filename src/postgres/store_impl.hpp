@@ -72,9 +72,7 @@ struct store::impl {
         on_row(rows);
       }
     }
-    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
-      return conn->run(sql, params).affected();
-    }
+    std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
     void script(std::string_view sql) override { conn->script(sql); }
 
     // Appends are held until something needs them sent (commit, remember, position_so_far),

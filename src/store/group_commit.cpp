@@ -114,8 +114,10 @@ class group_commit::member final : public detail::forwarding_transaction {
     position_token mine;
     try {
       if (doomed_) std::rethrow_exception(doomed_);
-      dooming([&] { lane_.shared->exec("release savepoint cleave_member", {}); });
-      mine = lane_.shared->position_so_far();
+      dooming([&] {
+        mine = lane_.shared->position_so_far();  // (a backend holding appends sends them now)
+        lane_.shared->exec("release savepoint cleave_member", {});
+      });
       ++lane_.members;
     } catch (...) {
       end();

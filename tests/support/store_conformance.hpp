@@ -486,6 +486,26 @@ TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
   book_concurrently(grouped_commands, *this->db);
 }
 
+// Group commit runs each member in a savepoint: a member rolled back takes its events with it,
+// and the next one's append to the same stream gets the next version, without a gap.
+TYPED_TEST_P(store_conformance, a_savepoint_rolled_back_takes_its_events_with_it) {
+  auto& tx = this->db->begin_write({});
+  cleave::write_context ctx(&tx, cleave::detail::no_meta);
+  EXPECT_EQ(ctx.emit("s", tick{1, 1}), 1u);
+  tx.exec("savepoint member", {});
+  EXPECT_EQ(ctx.emit("s", tick{2, 1}), 2u);
+  EXPECT_EQ(ctx.emit("t", tick{2, 2}), 1u);
+  tx.exec("rollback to savepoint member", {});
+  tx.exec("release savepoint member", {});
+  EXPECT_EQ(ctx.emit("s", tick{3, 1}), 2u);
+  tx.commit();
+  const auto log = this->db->read_events({}, 100);
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0].stream_version, 1u);
+  EXPECT_EQ(log[1].stream_version, 2u);
+  EXPECT_EQ(log[1].payload.value()["writer"], 3);
+}
+
 TYPED_TEST_P(store_conformance, one_statement_per_exec) {
   this->db->migrate("bookings", booking_schema);
   this->commands.add(run_sql_handler);
@@ -695,7 +715,8 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_refused,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
-    one_statement_per_exec, a_unique_violation_says_so_without_sql_names_or_values,
+    a_savepoint_rolled_back_takes_its_events_with_it, one_statement_per_exec,
+    a_unique_violation_says_so_without_sql_names_or_values,
     a_nul_in_a_message_is_refused_at_decoding, a_nul_built_by_a_handler_is_refused_by_every_backend,
     reusing_an_id_with_another_payload_is_refused_and_has_no_effect,
     a_replay_names_the_request_that_ran_the_command);
