@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -158,26 +159,18 @@ json replicas_json(store& s) {
   return out;
 }
 
-result<consistency> parse_consistency(std::string_view text) {
-  constexpr std::string_view accepting = ";dead_letters=accept";
-  if (text.ends_with(accepting)) {
-    auto wanted = parse_consistency(text.substr(0, text.size() - accepting.size()));
-    if (wanted) *wanted = wanted->accepting_dead_letters();
-    return wanted;
-  }
-  auto bad = [&] {
-    return invalid("consistency",
-                   fmt::format("'{}' is not eventual, strong, bounded=<ms> or at_least=<token> "
-                               "(each optionally followed by ;dead_letters=accept)",
-                               text));
-  };
+namespace {
+
+// One level as spelled: "eventual", "strong", "bounded=<ms>" or "at_least=<token>"; nullopt for
+// anything else but a malformed token, which says what is wrong with it.
+std::optional<result<consistency>> parse_level(std::string_view text) {
   if (text == "eventual") return eventual();
   if (text == "strong") return strong();
   if (text.starts_with("bounded=")) {
     const auto digits = text.substr(8);
     std::int64_t ms = -1;
     const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), ms);
-    if (ec != std::errc{} || end != digits.data() + digits.size() || ms < 0) return bad();
+    if (ec != std::errc{} || end != digits.data() + digits.size() || ms < 0) return std::nullopt;
     return bounded(std::chrono::milliseconds(ms));
   }
   if (text.starts_with("at_least=")) {
@@ -185,7 +178,22 @@ result<consistency> parse_consistency(std::string_view text) {
     if (!token) return std::unexpected(token.error());
     return at_least(*token);
   }
-  return bad();
+  return std::nullopt;
+}
+
+}  // namespace
+
+result<consistency> parse_consistency(std::string_view text) {
+  constexpr std::string_view accepting = ";dead_letters=accept";  // at most once, at the end
+  const bool accepts = text.ends_with(accepting);
+  auto wanted = parse_level(accepts ? text.substr(0, text.size() - accepting.size()) : text);
+  if (!wanted)
+    return invalid("consistency",
+                   fmt::format("'{}' is not eventual, strong, bounded=<ms> or at_least=<token> "
+                               "(each optionally followed by ;dead_letters=accept)",
+                               text));
+  if (accepts && *wanted) **wanted = (*wanted)->accepting_dead_letters();
+  return std::move(*wanted);
 }
 
 namespace {

@@ -125,6 +125,7 @@ TYPED_TEST_P(evolving, a_view_with_parked_events_refuses_reads_that_must_include
   ASSERT_TRUE(parsed);
   EXPECT_TRUE(parsed->accepts_dead_letters);
   EXPECT_FALSE(cleave::parse_consistency("strong;dead_letters=maybe"));
+  EXPECT_FALSE(cleave::parse_consistency("strong;dead_letters=accept;dead_letters=accept"));
 }
 
 // PostgreSQL's sum() of bigints is numeric, SQLite's an integer; avg() is numeric or real. What
