@@ -703,9 +703,81 @@ void ryw_separate_projector(const std::string& database, const char* backend, co
       inprocess_errors));
 }
 
+// Sends `place` commands from 8 clients until `done()` says stop (asked between commands);
+// returns commands/s.
+template <class Done>
+double write_rate(cleave::command_bus& commands, Done&& done) {
+  std::atomic<bool> stop{false};
+  std::atomic<std::int64_t> sent{0};
+  std::vector<std::thread> clients;
+  const auto t0 = clock_type::now();
+  for (int c = 0; c < 8; ++c)
+    clients.emplace_back([&, c] {
+      for (int i = 0; !stop; ++i)
+        if (commands.send(bench::place_item{fmt::format("s{}", (c * 7919 + i) % streams), 1}))
+          ++sent;
+    });
+  while (!done()) std::this_thread::sleep_for(5ms);
+  stop = true;
+  for (auto& t : clients) t.join();
+  return static_cast<double>(sent.load()) / seconds_since(t0);
+}
+
+// A changed projection (version 2 of the counter view) built beside the live one and swapped in
+// by the worker while 8 clients write; against the write rate without it, same run. swap_ms: the
+// longest a read of the view waited meanwhile (the swap renames the tables under a lock).
+void blue_green_rebuild_postgres(const std::string& url, std::int64_t n) {
+  cleave::postgres::store db({.url = url, .pool_size = 12});
+  empty_log(db, {"counts_bg"});
+  exec(db, "delete from cleave_rebuilds");
+  seed(db, true, n);
+  vacuum_log(url);
+  double baseline = 0;
+  {
+    cleave::projector release1(db);
+    release1.add(counter("counts_bg"));
+    release1.catch_up();
+    cleave::command_bus commands{&release1.source()};
+    commands.add(place);
+    release1.start();
+    const auto until = clock_type::now() + 3s;
+    baseline = write_rate(commands, [&] { return clock_type::now() >= until; });
+    release1.stop();
+  }
+  cleave::projector release2(db);
+  release2.add(counter("counts_bg").version(2));
+  cleave::command_bus commands{&release2.source()};
+  commands.add(place);
+  std::atomic<bool> reading{true};
+  double longest_read_ms = 0;
+  std::thread reader([&] {
+    while (reading) {
+      const auto t0 = clock_type::now();
+      scalar(db, "select count(*) from counts_bg");
+      longest_read_ms = std::max(longest_read_ms, seconds_since(t0) * 1000);
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  const auto t0 = clock_type::now();
+  release2.start();
+  const auto limit = t0 + 300s;
+  const double during = write_rate(commands, [&] {
+    return !release2.status("counts_bg").upgrading || clock_type::now() >= limit;
+  });
+  const double rebuild_s = seconds_since(t0);
+  reading = false;
+  reader.join();
+  const bool swapped = !release2.status("counts_bg").upgrading;
+  release2.stop();
+  line(fmt::format(
+      R"({{"bench":"read","case":"blue_green_rebuild_postgres","unit":"commands/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"target":0.7,"swap_ms":{:.1f},"swap_ms_target":100,"rebuild_s":{:.2f},"swapped":{},"events":{},"clients":8,"baseline_is":"the same 8 clients writing without the rebuild","swap_ms_is":"the longest read of the view while it was rebuilt and swapped"}})",
+      during, baseline, during / baseline, longest_read_ms, rebuild_s, swapped ? "true" : "false",
+      n));
+}
+
 // Whether CLEAVE_BENCH_READ_CASES (a comma-separated list of group names; empty or unset: all)
-// asks for `group`: sqlite, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres,
-// replica.
+// asks for `group`: sqlite, lag_inprocess, ryw_sqlite, postgres, blue_green_postgres,
+// lag_postgres, ryw_postgres, replica.
 bool wanted(std::string_view group) {
   const char* v = std::getenv("CLEAVE_BENCH_READ_CASES");
   if (!v || !*v) return true;
@@ -758,6 +830,7 @@ int main(int argc, char** argv) {
         vacuum_log(url);
         one_type_in_ten_case(db, "postgres", n);
       }
+      if (wanted("blue_green_postgres")) blue_green_rebuild_postgres(url, n);
       if (wanted("lag_postgres")) lag_postgres_crossprocess(url, argv[0]);
       if (wanted("ryw_postgres")) ryw_separate_projector(url, "postgres", argv[0]);
       if (const char* standby = std::getenv("CLEAVE_BENCH_PG_STANDBY_URL"); standby && *standby) {

@@ -231,6 +231,8 @@ json status_json(const projection_status& s) {
            {"lag_seconds", s.lag_seconds},
            {"dead_letters", s.dead_letters}};
   if (s.rebuild_position) out["rebuild_position"] = *s.rebuild_position;
+  if (!s.version.empty()) out["version"] = s.version;
+  if (s.upgrading) out["upgrading"] = true;
   return out;
 }
 
@@ -296,7 +298,7 @@ void app::stop_workers() {
 }
 
 bool app::start_rebuild(const std::string& name, bool verify) {
-  projector_->status(name);  // throws not_found for an unknown name
+  projector_->check_rebuildable(name);  // not_found, or validation: refused before it starts
   std::lock_guard lock(jobs_mutex_);
   auto& job = jobs_[name];
   if (job.running) return false;

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cleave/core/detail/string_hash.hpp>
 #include <cleave/store/detail/sql_text.hpp>
 #include "internal.hpp"
 
@@ -20,6 +21,10 @@ using namespace read_detail;
 
 std::string expand_view(std::string_view sql, std::string_view table) {
   return detail::replace_all(sql, "{view}", table);
+}
+
+std::string projection::version_key() const {
+  return fmt::format("{}:{:016x}", version_, detail::stable_hash(fmt::format("{}\n{}\n{}\n{}", schema_, batch_sql_, select_, key_)));
 }
 
 std::string view_context::with_table(std::string_view sql) const {

@@ -19,6 +19,18 @@ result<void> read_your_writes::read_views_now(const request_meta& meta, next_ste
 
 namespace {
 
+// " while its new version is built beside it (…position P)" — or nothing when
+// the view is not being upgraded: why a view stands still.
+std::string upgrade_note(projector& views, const std::string& name) {
+  const auto s = views.status(name);
+  if (!s.upgrading) return "";
+  return s.rebuild_position
+             ? fmt::format(" while its new version is built beside it (which has reached "
+                           "position {})",
+                           *s.rebuild_position)
+             : std::string(" while its new version is built beside it");
+}
+
 // "'a', 'b'" — or "none" for no names.
 template <class Names, class Name>
 std::string quoted_list(const Names& names, Name name_of) {
@@ -76,9 +88,10 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
       const auto stale = projector_.wait_fresh(name, wanted.max_staleness, deadline);
       if (stale > wanted.max_staleness)
         return fail(errc::unavailable,
-                    fmt::format("the view '{}' is {} ms behind the log, more than the {} ms "
+                    fmt::format("the view '{}' is {} ms behind the log{}, more than the {} ms "
                                 "allowed; try again",
-                                name, stale.count(), wanted.max_staleness.count()));
+                                name, stale.count(), upgrade_note(projector_, name),
+                                wanted.max_staleness.count()));
       if (auto parked = refuse_parked(name, {}, wanted); !parked) return parked;
     }
     return read_views_now(meta, next);
@@ -97,9 +110,10 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
                                 token.to_string()));
       const auto behind = projector_.log().distance(at).events;
       return fail(errc::unavailable,
-                  fmt::format("the view '{}' is at position {} ({} events behind the log), "
+                  fmt::format("the view '{}' is at position {} ({} events behind the log{}), "
                               "short of the requested {}; try again",
-                              name, at.to_string(), behind, token.to_string()));
+                              name, at.to_string(), behind, upgrade_note(projector_, name),
+                              token.to_string()));
     }
     if (auto parked = refuse_parked(name, token, wanted); !parked) return parked;
   }

@@ -25,6 +25,15 @@ inline constexpr migration checkpoint_schema[] = {
     {3, "rebuilds",
      "create table cleave_rebuilds(name text primary key, shadow text not null,"
      "  transaction_id bigint not null, position bigint not null)"},
+    // What built each view (projection::version_key) and what a rebuild builds; null for a view
+    // made before versions were recorded (taken as the current version).
+    {4, "versions",
+     "alter table cleave_checkpoints add column version text;"
+     "alter table cleave_rebuilds add column version text"},
+    // Tables of versions swapped out, dropped once their grace period has passed.
+    {5, "retired views",
+     "create table cleave_retired_views(name text primary key, projection text not null,"
+     "  drop_after_ms bigint not null)"},
 };
 
 struct parked_row {
@@ -40,8 +49,13 @@ struct rebuild_row {
   std::string shadow;
   std::int64_t transaction_id = 0;
   std::int64_t position = 0;
+  std::string version;  // what it builds; empty for a rebuild begun before versions
 };
-CLEAVE_RECORD(rebuild_row, shadow, transaction_id, position)
+CLEAVE_RECORD(rebuild_row, shadow, transaction_id, position, version)
+
+// The columns of a rebuild_row.
+inline constexpr std::string_view rebuild_columns =
+    "shadow, transaction_id, position, coalesce(version, '') as version";
 
 struct token_row {
   std::int64_t transaction_id = 0;

@@ -55,6 +55,8 @@ void projector::add(projection p, store* views) {
         "view is in the write database",
         p.name()));
   if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
+  const auto version = p.version_key();
+  const bool upgrade = needs_upgrade(p, *views, version);
   if (p.mode() == projection_mode::materialized) {
     const std::string sql =
         db_.materialized_view_schema(p.table(), p.select_sql(), p.key_columns());
@@ -67,14 +69,38 @@ void projector::add(projection p, store* views) {
   }
   writing(*views, [&](write_transaction&, write_context& tx) {
     tx.exec(
-        "insert into cleave_checkpoints(name, transaction_id, position) values ($1, 0, 0) "
-        "on conflict(name) do nothing",
-        p.name());
+        "insert into cleave_checkpoints(name, transaction_id, position, version) values ($1, 0, "
+        "0, $2) on conflict(name) do nothing",
+        p.name(), version);
+    // A view made before versions were recorded is taken as the current version.
+    tx.exec("update cleave_checkpoints set version = $2 where name = $1 and version is null",
+            p.name(), version);
     return true;
   });
   auto types = p.event_types();
   if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
-  projections_.push_back({std::move(p), views, std::move(types)});
+  entry added{std::move(p), views, std::move(types), version};
+  added.upgrading->store(upgrade);
+  if (upgrade)
+    spdlog::info("projection {}: the live view is of another version; building version {} beside it",
+                 added.def.name(), version);
+  projections_.push_back(std::move(added));
+}
+
+bool projector::needs_upgrade(const projection& p, store& views, const std::string& version) {
+  if (p.mode() == projection_mode::memory) return false;
+  const auto live = reading(views, [&](read_context& ctx) {
+    return ctx.one<std::string>(
+        "select coalesce(version, '') from cleave_checkpoints where name = $1", p.name());
+  });
+  if (!live || live->empty() || *live == version) return false;
+  if (p.mode() != projection_mode::async || p.schema_sql().empty())
+    throw std::logic_error(fmt::format(
+        "projection '{}' changed version (its view was built by {}, this one is {}), but only "
+        "an async projection with a schema can be rebuilt beside its live view; make it async "
+        "for the change, or drop its view and its cleave_checkpoints row to start it afresh",
+        p.name(), *live, version));
+  return true;
 }
 
 void projector::add(memory_view_base& view) {
@@ -140,6 +166,7 @@ projection_status projector::status(std::string_view name) {
   out.name = p.def.name();
   out.mode = p.def.mode();
   out.checkpoint = checkpoint(name);
+  out.upgrading = p.upgrading->load();
   if (out.mode == projection_mode::async || out.mode == projection_mode::materialized) {
     fill_lag(db_, out);
   }
@@ -149,8 +176,12 @@ projection_status projector::status(std::string_view name) {
                               name)
             .value_or(0));
     if (auto r = ctx.one<rebuild_row>(
-            "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name))
+            fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name))
       out.rebuild_position = static_cast<std::uint64_t>(r->position);
+    out.version =
+        ctx.one<std::string>("select coalesce(version, '') from cleave_checkpoints where name = $1",
+                             name)
+            .value_or("");
     return 0;
   });
   return out;

@@ -1,18 +1,25 @@
 // Rebuilds: a projection built again from the log into a shadow table, in named steps —
-// start (or resume an interrupted one), fill (chunks that each commit and move the rebuild's own
-// position), then swap: with the live checkpoint compared-and-set, optionally verify the shadow
-// against the live view brought to the same position, and put the shadow in the live view's
-// place, all in one transaction (readers never see a missing or half-built view).
+// start (or resume an interrupted one of the same version), fill (chunks that each commit and
+// move the rebuild's own position), then swap: in one transaction, the live table taken first and
+// then its checkpoint (the order of live batches), the shadow brought to the live view's
+// position, optionally compared with it (a plain-words report of what differs), and renamed into
+// its place; the old table is kept for a grace period (readers never see a missing or half-built
+// view). Upgrades — a projection registered with another version than its live view's — are
+// rebuilds taken a step at a time by the worker.
 
 #include <cleave/read/projector.hpp>
 
 #include <chrono>
 #include <future>
 #include <limits>
+#include <optional>
 #include <thread>
 #include <utility>
+#include <variant>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "internal.hpp"
@@ -20,6 +27,87 @@
 namespace cleave {
 
 using namespace read_detail;
+
+namespace {
+
+// A value of a row, as a sample key in a message.
+std::string text_of(const sql_value& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::monostate>) return "null";
+        else if constexpr (std::is_same_v<T, std::string_view>)
+          return x.size() > 40 ? fmt::format("'{}…'", x.substr(0, 40)) : fmt::format("'{}'", x);
+        else return fmt::format("{}", x);
+      },
+      v);
+}
+
+std::vector<std::string> columns_of(write_session& tx, std::string_view table) {
+  std::vector<std::string> out;
+  tx.query(fmt::format("select * from {} limit 1", table), {}, [&](const row_view& r) {
+    for (std::size_t i = 0; i < r.size(); ++i) out.emplace_back(r.column_name(i));
+  });
+  return out;
+}
+
+std::int64_t count_of(write_session& tx, const std::string& sql) {
+  std::int64_t n = 0;
+  tx.query(sql, {}, [&](const row_view& r) { n = std::get<std::int64_t>(r.get(0)); });
+  return n;
+}
+
+// The rows of `a` that `b` lacks: how many, and the first column of up to five of them.
+std::pair<std::int64_t, std::string> only_in(write_session& tx, std::string_view a,
+                                             std::string_view b) {
+  const auto rows = fmt::format("select * from {} except select * from {}", a, b);
+  const auto n = count_of(tx, fmt::format("select count(*) from ({}) as d", rows));
+  std::string keys;
+  tx.query(fmt::format("select * from ({}) as d limit 5", rows), {}, [&](const row_view& r) {
+    keys += fmt::format("{}{}", keys.empty() ? "" : ", ", text_of(r.get(0)));
+  });
+  return {n, n > 5 ? keys + ", …" : keys};
+}
+
+// What differs between the live view and the rebuilt one, in plain words (empty when nothing
+// does); `rows` is set to how many rows differ.
+std::string describe_difference(write_session& tx, std::string_view live, std::string_view rebuilt,
+                                std::int64_t& rows) {
+  const auto live_rows = count_of(tx, fmt::format("select count(*) from {}", live));
+  const auto rebuilt_rows = count_of(tx, fmt::format("select count(*) from {}", rebuilt));
+  const auto counts = fmt::format("the live view has {} rows, the rebuilt one {}", live_rows,
+                                  rebuilt_rows);
+  rows = live_rows + rebuilt_rows;
+  if (live_rows == 0 || rebuilt_rows == 0) return rows == 0 ? "" : counts;
+  const auto live_columns = columns_of(tx, live);
+  const auto rebuilt_columns = columns_of(tx, rebuilt);
+  if (live_columns != rebuilt_columns)
+    return fmt::format("the rebuilt view has the columns ({}) where the live view has ({}); {}",
+                       fmt::join(rebuilt_columns, ", "), fmt::join(live_columns, ", "), counts);
+  try {
+    const auto [gone, gone_keys] = only_in(tx, live, rebuilt);
+    const auto [added, added_keys] = only_in(tx, rebuilt, live);
+    rows = gone + added;
+    if (rows == 0) return "";
+    std::string out = counts;
+    const auto rows_are = [](std::int64_t n) {
+      return n == 1 ? std::string("1 row is") : fmt::format("{} rows are", n);
+    };
+    if (gone > 0)
+      out += fmt::format("; {} only in the live view (first column: {})", rows_are(gone),
+                         gone_keys);
+    if (added > 0)
+      out += fmt::format("; {} only in the rebuilt one (first column: {})", rows_are(added),
+                         added_keys);
+    return out;
+  } catch (const error_exception&) {
+    return fmt::format("the views' columns ({}) have the same names but do not compare (their "
+                       "types differ); {}",
+                       fmt::join(live_columns, ", "), counts);
+  }
+}
+
+}  // namespace
 
 class projector::rebuilding {
  public:
@@ -37,60 +125,54 @@ class projector::rebuilding {
                    : set_based_  ? owner.opts_.max_set_based_batch
                                  : owner.opts_.max_batch) {}
 
+  // The whole rebuild: the shadow filled to the end of the log, then swapped in.
   rebuild_progress run() {
     start_or_resume();
-    fill({});
-    for (int attempt = 0;; ++attempt) {
-      const auto live_at = owner_.checkpoint(name_);
-      if (at_ < live_at) {
-        const auto before = at_;
-        fill(live_at);
-        // The log is held back (a long transaction on PostgreSQL): give it a moment.
-        if (at_ == before) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        continue;
-      }
-      switch (swap(live_at)) {
-        case swap_outcome::swapped:
-          progress_.swapped = true;
-          owner_.announce_progress();
-          report(true);
-          return progress_;
-        case swap_outcome::differs:
-          spdlog::warn("projection {}: rebuild differs from the live view in {} rows; not swapped",
-                       name_, progress_.differences);
-          report(true);
-          return progress_;
-        case swap_outcome::live_moved:
-          break;
-      }
-      if (attempt > 1000)
-        throw error_exception({errc::unavailable,
-                               fmt::format("rebuild of '{}' could not catch the live view", name_),
-                               {}});
-    }
+    fill(std::numeric_limits<std::size_t>::max());
+    swap_retrying();
+    return progress_;
+  }
+
+  // Up to `budget` events into the shadow; the swap too, when that reached the end of the log.
+  rebuild_progress advance(std::size_t budget) {
+    start_or_resume();
+    if (fill(budget)) swap_retrying();
+    return progress_;
   }
 
  private:
-  enum class swap_outcome { swapped, differs, live_moved };
+  enum class swap_outcome { swapped, differs, lost };
 
   // Finds the rebuild under way, or starts one: a fresh shadow table and its row, in one commit.
-  // The events to apply are counted beside the first chunks, for a progress callback.
+  // A rebuild of another version (or one begun before versions) is dropped, never resumed. The
+  // events to apply are counted beside the first chunks, for a progress callback.
   void start_or_resume() {
-    auto current = reading(views_, [&](read_context& ctx) {
-      return ctx.one<rebuild_row>(
-          "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name_);
-    });
+    std::optional<rebuild_row> current;
+    if (auto row = reading(views_, [&](read_context& ctx) {
+          return ctx.one<rebuild_row>(
+              fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns),
+              name_);
+        }))
+      current = std::move(*row);
+    if (current && current->version != p_.version) {
+      spdlog::info("projection {}: dropping the shadow {} of another version ({})", name_,
+                   current->shadow, current->version.empty() ? "unrecorded" : current->version);
+      owner_.discard_rebuild(name_);
+      current.reset();
+    }
     if (current) {
       state_ = *current;
       progress_.resumed = true;
     } else {
+      state_ = {};
       state_.shadow = fmt::format("{}_rebuild_{}", p_.def.table(), unix_ms());
+      state_.version = p_.version;
       writing(views_, [&](write_transaction& tx, write_context& ctx) {
         tx.script(expand_view(p_.def.schema_sql(), state_.shadow));
         ctx.exec(
-            "insert into cleave_rebuilds(name, shadow, transaction_id, position) values ($1, $2, "
-            "0, 0)",
-            name_, state_.shadow);
+            "insert into cleave_rebuilds(name, shadow, transaction_id, position, version) values "
+            "($1, $2, 0, 0, $3)",
+            name_, state_.shadow, state_.version);
         return true;
       });
     }
@@ -101,29 +183,36 @@ class projector::rebuilding {
       });
   }
 
-  // Applies chunks into the shadow up to `until` (empty: the log's end).
-  void fill(position_token until) {
+  // Applies chunks into the shadow until the end of the log (true) or until `budget` events
+  // are applied (false).
+  bool fill(std::size_t budget) {
+    bool stopped = false;
+    const auto spend = [&](std::size_t n) {
+      budget -= std::min(budget, n);
+      stopped = budget == 0;
+      return !stopped;
+    };
     if (set_based_) {
-      owner_.stream_spans(at_, first_chunk_, max_chunk_, until, [&](const log_span& span) {
+      owner_.stream_spans(at_, first_chunk_, max_chunk_, {}, [&](const log_span& span) {
         commit_chunk(span.events, span.last, [&](write_transaction& tx) {
           owner_.apply_set_based(p_, tx, state_.shadow, at_, span.last);
         });
-        return true;
+        return spend(span.events);
       });
-      return;
+      return !stopped;
     }
     // Every event (not only the handled types): progress counts events against the log's.
-    owner_.stream_batches(
-        at_, first_chunk_, max_chunk_, {}, [&](std::vector<stored_event>& events, position_token) {
-          const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
-                                                return until < e.position;
-                                              }) > 0;
-          if (events.empty()) return false;
-          commit_chunk(events.size(), events.back().position, [&](write_transaction& tx) {
-            owner_.apply_batch(p_, tx, state_.shadow, events, state_.shadow, 1);
-          });
-          return !past;
-        });
+    owner_.stream_batches(at_, first_chunk_, max_chunk_, {},
+                          [&](std::vector<stored_event>& events, position_token) {
+                            if (events.empty()) return false;
+                            commit_chunk(events.size(), events.back().position,
+                                         [&](write_transaction& tx) {
+                                           owner_.apply_batch(p_, tx, state_.shadow, events,
+                                                              state_.shadow, 1);
+                                         });
+                            return spend(events.size());
+                          });
+    return !stopped;
   }
 
   // One chunk: applied to the shadow with the rebuild's own position moved from at_ to `to`.
@@ -144,52 +233,113 @@ class projector::rebuilding {
     report();
   }
 
-  // The swap, with the live checkpoint (at `live_at`, behind or at the shadow) moved to the
-  // shadow's position by compare-and-set: a live batch that raced it fails its own.
-  swap_outcome swap(position_token live_at) {
-    // Verify: the live view is brought to the shadow's position first, then compared.
-    std::vector<stored_event> live_gap;
-    if (options_.verify && live_at < at_ && !set_based_) {
-      live_gap = owner_.db_.read_events(live_at, std::numeric_limits<std::int32_t>::max());
-      std::erase_if(live_gap, [&](const stored_event& e) { return at_ < e.position; });
+  // Applies the log after `from` up to `to` to `table` inside `tx` (a chunk's worth at a time).
+  void apply_span(write_transaction& tx, std::string_view table, std::string_view park_as,
+                  position_token from, position_token to) {
+    if (!(from < to)) return;
+    if (set_based_) return owner_.apply_set_based(p_, tx, table, from, to);
+    owner_.stream_batches(from, first_chunk_, max_chunk_, {},
+                          [&](std::vector<stored_event>& events, position_token) {
+                            const bool past = std::erase_if(events, [&](const stored_event& e) {
+                                                return to < e.position;
+                                              }) > 0;
+                            if (!events.empty()) owner_.apply_batch(p_, tx, table, events, park_as, 1);
+                            return !past && !events.empty();
+                          });
+  }
+
+  void swap_retrying() {
+    for (int attempt = 1;; ++attempt) {
+      swap_outcome outcome;
+      try {
+        outcome = swap();
+      } catch (const transient_error& e) {
+        // A deadlock or a serialization failure the database chose this swap for: nothing of
+        // it stayed; take the locks again.
+        if (attempt >= 10) throw;
+        spdlog::info("projection {}: swap given up by the database ({}); trying again", name_,
+                     e.error().message);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5 * attempt));
+        continue;
+      }
+      switch (outcome) {
+        case swap_outcome::swapped:
+          progress_.swapped = true;
+          owner_.announce_progress();
+          break;
+        case swap_outcome::differs:
+          spdlog::warn("projection {}: the rebuilt view differs from the live one ({}); not "
+                       "swapped, and the rebuilt view is dropped",
+                       name_, progress_.difference);
+          owner_.discard_rebuild(name_);
+          break;
+        case swap_outcome::lost:
+          throw error_exception(
+              {errc::conflict, fmt::format("another rebuild of '{}' swapped first", name_), {}});
+      }
+      report(true);
+      return;
     }
+  }
+
+  // The swap, in one transaction: the live view's table first (renamed away, which waits for
+  // a live batch writing it), then its checkpoint — the order of a live batch, which writes its
+  // view before it moves its checkpoint; the other order deadlocks on PostgreSQL. The shadow is
+  // brought to where the live view is (when that is further), optionally compared with it, and
+  // renamed into its place; the checkpoint records the shadow's position and version.
+  swap_outcome swap() {
+    const auto& live = p_.def.table();
+    const auto retired = fmt::format("{}_retired_{}", live, unix_ms());
     bool differs = false;
-    const auto live = p_.def.table();
+    progress_.difference.clear();
     const bool swapped = writing(views_, [&](write_transaction& tx, write_context& ctx) {
-      if (ctx.exec("update cleave_checkpoints set transaction_id = $2, position = $3 where name "
-                   "= $1 and transaction_id = $4 and position = $5",
-                   name_, tx_of(at_), pos_of(at_), tx_of(live_at), pos_of(live_at)) != 1)
-        return false;  // the live view moved meanwhile: look again
+      tx.exec(fmt::format("alter table {} rename to {}", live, retired), {});
+      // Taken for this swap (a rebuild running beside it would find it gone).
+      if (ctx.exec("delete from cleave_rebuilds where name = $1 and shadow = $2 and "
+                   "transaction_id = $3 and position = $4",
+                   name_, state_.shadow, tx_of(at_), pos_of(at_)) != 1)
+        return false;
+      ctx.exec("update cleave_checkpoints set position = position where name = $1", name_);
+      const auto row = ctx.one<token_row>(
+          "select transaction_id, position from cleave_checkpoints where name = $1", name_);
+      const auto live_at = row ? token_of(row->transaction_id, row->position) : position_token{};
+      const auto live_version =
+          ctx.one<std::string>(
+                 "select coalesce(version, '') from cleave_checkpoints where name = $1", name_)
+              .value_or("");
+      const auto through = at_ < live_at ? live_at : at_;
+      apply_span(tx, state_.shadow, state_.shadow, at_, through);
       if (options_.verify) {
-        if (set_based_)
-          owner_.apply_set_based(p_, tx, live, live_at, at_);
-        else
-          owner_.apply_batch(p_, tx, live, live_gap, name_, 1);
-        progress_.differences =
-            rows_only_in(ctx, live, state_.shadow) + rows_only_in(ctx, state_.shadow, live);
-        if (progress_.differences != 0) {
-          differs = true;
-          return false;
+        if (live_version != p_.version) {
+          progress_.difference = fmt::format(
+              "not compared: the live view is of another version ({}, the rebuilt one {})",
+              live_version, p_.version);
+        } else {
+          apply_span(tx, retired, name_, live_at, through);
+          progress_.difference = describe_difference(tx, retired, state_.shadow,
+                                                     progress_.differences);
+          if (progress_.differences != 0) {
+            differs = true;
+            return false;
+          }
         }
       }
-      tx.exec(fmt::format("drop table {}", live), {});
+      ctx.exec(
+          "update cleave_checkpoints set transaction_id = $2, position = $3, version = $4 where "
+          "name = $1",
+          name_, tx_of(through), pos_of(through), p_.version);
       tx.exec(fmt::format("alter table {} rename to {}", state_.shadow, live), {});
       // Dead letters now are the rebuild's: the old view's no longer apply.
       ctx.exec("delete from cleave_dead_letters where projection = $1", name_);
       ctx.exec("update cleave_dead_letters set projection = $1 where projection = $2", name_,
                state_.shadow);
-      ctx.exec("delete from cleave_rebuilds where name = $1", name_);
+      ctx.exec(
+          "insert into cleave_retired_views(name, projection, drop_after_ms) values ($1, $2, $3)",
+          retired, name_, unix_ms() + owner_.opts_.retired_grace.count());
       return true;
     });
     if (differs) return swap_outcome::differs;
-    return swapped ? swap_outcome::swapped : swap_outcome::live_moved;
-  }
-
-  static std::int64_t rows_only_in(write_context& ctx, std::string_view a, std::string_view b) {
-    return ctx
-        .one<std::int64_t>(fmt::format(
-            "select count(*) from (select * from {} except select * from {}) as d", a, b))
-        .value_or(0);
+    return swapped ? swap_outcome::swapped : swap_outcome::lost;
   }
 
   // Hands the progress to the callback (the total waits for its count).
@@ -212,7 +362,67 @@ class projector::rebuilding {
   std::future<std::uint64_t> total_;
 };
 
+void projector::check_rebuildable(std::string_view name) const {
+  if (find_memory(name))
+    throw error_exception(
+        {errc::validation,
+         fmt::format("'{}' is an in-memory view: it is built from the log each time its process "
+                     "starts, so there is no table to rebuild",
+                     name),
+         {}});
+  const auto& p = find(name);
+  if (p.def.mode() == projection_mode::materialized) return;
+  if (p.def.mode() != projection_mode::async || p.def.schema_sql().empty())
+    throw error_exception(
+        {errc::validation,
+         fmt::format("projection '{}' cannot be rebuilt: only an async projection with a schema "
+                     "has a view to rebuild beside the live one",
+                     name),
+         {}});
+}
+
+std::size_t projector::upgrade_step(const entry& p, std::size_t budget) {
+  const auto live = reading(*p.views, [&](read_context& ctx) {
+    return ctx.one<std::string>(
+        "select coalesce(version, '') from cleave_checkpoints where name = $1", p.def.name());
+  });
+  if (live && *live == p.version) {  // another process swapped it in
+    p.upgrading->store(false);
+    return 0;
+  }
+  const rebuild_options plain;
+  const auto progress = rebuilding(*this, p, plain).advance(budget);
+  if (progress.swapped) {
+    p.upgrading->store(false);
+    spdlog::info("projection {}: version {} is live", p.def.name(), p.version);
+    return progress.applied + 1;  // a step taken even when no event was left to apply
+  }
+  return progress.applied;
+}
+
+void projector::drop_retired() {
+  std::vector<store*> stores;
+  for (const auto& p : projections_)
+    if (std::find(stores.begin(), stores.end(), p.views) == stores.end())
+      stores.push_back(p.views);
+  for (auto* views : stores) {
+    const auto due = reading(*views, [&](read_context& ctx) {
+      return ctx.many<std::string>(
+          "select name from cleave_retired_views where drop_after_ms <= $1", unix_ms());
+    });
+    for (const auto& table : due) {
+      writing(*views, [&](write_transaction& tx, write_context& ctx) {
+        tx.exec(fmt::format("drop table if exists {}", table), {});
+        ctx.exec("delete from cleave_retired_views where name = $1", table);
+        return true;
+      });
+      spdlog::info("projector: dropped {}, a view's previous version", table);
+    }
+  }
+}
+
 rebuild_progress projector::rebuild(std::string_view name, const rebuild_options& options) {
+  check_rebuildable(name);
   const auto& p = find(name);
   if (p.def.mode() == projection_mode::materialized) {
     // A materialized view is rebuilt whole by its refresh.
@@ -223,21 +433,16 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     if (options.on_progress) options.on_progress(done);
     return done;
   }
-  if (p.def.mode() != projection_mode::async || p.def.schema_sql().empty())
-    throw error_exception(
-        {errc::validation,
-         fmt::format("projection '{}' cannot be rebuilt: only an async projection with a schema "
-                     "has a view to rebuild beside the live one",
-                     name),
-         {}});
-  return rebuilding(*this, p, options).run();
+  auto done = rebuilding(*this, p, options).run();
+  if (done.swapped) p.upgrading->store(false);  // the registered version is live
+  return done;
 }
 
 void projector::discard_rebuild(std::string_view name) {
   const auto& p = find(name);
   writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
     if (auto r = ctx.one<rebuild_row>(
-            "select shadow, transaction_id, position from cleave_rebuilds where name = $1", name)) {
+            fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name)) {
       tx.exec(fmt::format("drop table if exists {}", r->shadow), {});
       ctx.exec("delete from cleave_dead_letters where projection = $1", r->shadow);
     }

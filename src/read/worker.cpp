@@ -27,16 +27,26 @@ std::chrono::milliseconds projector::next_wait() const {
 }
 
 std::size_t projector::catch_up(std::size_t batch) {
-  const auto applied = catch_up_async(batch);
+  std::size_t applied = 0;
+  for (;;) {  // until every upgrade has swapped (each call takes a step of them)
+    const auto n = catch_up_async(batch);
+    applied += n;
+    const bool upgrading = std::any_of(projections_.begin(), projections_.end(),
+                                       [](const entry& p) { return p.upgrading->load(); });
+    if (!upgrading || n == 0) break;
+  }
   refresh_materialized(true);
+  drop_retired();
   return applied;
 }
 
 std::size_t projector::catch_up_async(std::size_t batch) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
-  for (const auto& p : projections_)
-    if (p.def.mode() == projection_mode::async) applied += catch_up_one(p, batch);
+  for (const auto& p : projections_) {
+    if (p.def.mode() != projection_mode::async) continue;
+    applied += p.upgrading->load() ? upgrade_step(p, opts_.max_batch) : catch_up_one(p, batch);
+  }
   for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;
 }
@@ -70,6 +80,10 @@ void projector::run_worker() {
     try {
       applied = catch_up_async();
       refresh_materialized(false);
+      if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
+        retired_checked_ = clock::now();
+        drop_retired();
+      }
     } catch (const error_exception& e) {
       spdlog::error("projector: {}", e.error().describe());
     } catch (const std::exception& e) {

@@ -99,6 +99,18 @@ class projection {
     return *this;
   }
 
+  // The projection's version (1 unless declared). What a view is built by — this number, its
+  // schema, its batch_sql (or a materialized view's select) — is recorded with it; when an application starts with any of them
+  // changed, the projector builds the new version beside the live view (blue/green) and swaps it
+  // in. Raise the number when only the handlers change.
+  projection& version(std::uint32_t v) {
+    version_ = v;
+    return *this;
+  }
+  std::uint32_t declared_version() const noexcept { return version_; }
+  // The recorded identity of what builds the view: "<version>:<hash of its SQL>".
+  std::string version_key() const;
+
   // Handles one event type: `void(const E&, cleave::view_context&)`, E a CLEAVE_EVENT.
   template <class F>
   projection& on(F&& handler) {
@@ -218,6 +230,7 @@ class projection {
   std::string name_, table_, schema_, select_, key_, batch_sql_;
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
+  std::uint32_t version_ = 1;
   std::map<std::string, apply_fn, std::less<>> handlers_;
   std::map<std::string, fold_fn, std::less<>> folds_;
 };

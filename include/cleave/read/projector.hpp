@@ -49,6 +49,9 @@ struct projector_options {
   // tries the lease.
   std::chrono::milliseconds poll{1000};
   std::chrono::milliseconds standby_retry{200};
+  // How long the table of a view's previous version is kept after a new one is swapped in (to
+  // look at, or to put back by hand) before the worker drops it.
+  std::chrono::milliseconds retired_grace{std::chrono::minutes(10)};
 };
 
 // Where a projection stands.
@@ -60,6 +63,10 @@ struct projection_status {
   double lag_seconds = 0;        // how long ago the oldest of those was recorded; 0 when current
   std::size_t dead_letters = 0;
   std::optional<std::uint64_t> rebuild_position;  // set while a rebuild is under way
+  std::string version;  // what built the live view (projection::version_key); empty for none
+  // The registered projection's version differs from the live view's: the new version is being
+  // built beside it (the live view keeps answering eventual reads) and swapped in when done.
+  bool upgrading = false;
 };
 
 // How a rebuild is going; handed to the progress callback after each chunk.
@@ -71,6 +78,9 @@ struct rebuild_progress {
   bool swapped = false;           // the shadow is now the live view
   bool resumed = false;           // an interrupted rebuild was picked up
   std::int64_t differences = -1;  // rows that differ from the live view (verify mode), else -1
+  // Verify mode: what differs, in plain words (columns, row counts, a sample of the keys of
+  // differing rows), or why nothing was compared; empty when nothing differs.
+  std::string difference;
 };
 
 struct rebuild_options {
@@ -78,7 +88,8 @@ struct rebuild_options {
   // double while the log goes on, up to max_batch (a fold) or max_set_based_batch (set-based).
   std::size_t chunk = 0;
   // Compare the shadow with the live view (both brought to the same position) before the
-  // swap; when they differ the shadow is left in place and not swapped in.
+  // swap; when they differ nothing is swapped and the shadow is dropped. Only a rebuild of the
+  // live view's own version is compared (a refactoring check): one to a new version is not.
   bool verify = false;
   std::function<void(const rebuild_progress&)> on_progress;
 };
@@ -96,6 +107,10 @@ class projector {
   // in `views` (another store; null: the event log's own). Refuses what cannot be atomic: an
   // inline projection whose view lives elsewhere than the write database. Register every
   // projection before start() and before the first command. `views` must outlive the projector.
+  // When the view was built by another version of an async projection (projection::version),
+  // the new version is built beside it by the worker (or catch_up()) and swapped in; until then
+  // the old view answers eventual reads and its checkpoint stands still. An inline or
+  // materialized projection whose version changed is refused (std::logic_error).
   void add(projection p, store* views = nullptr);
   // Registers an in-memory view (not owned; it must outlive the projector), built from the log
   // by the async worker or catch_up().
@@ -117,9 +132,10 @@ class projector {
   bool leading() const noexcept { return leading_; }
 
   // Applies every event the async projections have not seen yet, in batches, on the calling
-  // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once), and refreshes
-  // every materialized view that is behind; returns how many events were applied (to each
-  // projection, summed).
+  // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once), takes every
+  // upgrade to a new version through its swap, refreshes every materialized view that is behind
+  // and drops old versions' tables past their grace; returns how many events were applied (to
+  // each projection, summed).
   std::size_t catch_up(std::size_t batch = 0);  // the first batch (0: the options'); then growing
 
   // An event whose handler kept failing, set aside so the projection could go on.
@@ -178,9 +194,15 @@ class projector {
 
   // Rebuilds async projection `name` from position 0 into a shadow table, in chunks that each
   // commit, then swaps it in for the live view in one transaction (readers never see a missing
-  // or half-built view). An interrupted rebuild resumes where its last chunk committed. Throws
-  // error_exception (not_found for an unknown name; invalid for an inline or table-less one).
+  // or half-built view); the live view's table is kept for options.retired_grace. An
+  // interrupted rebuild of the same version resumes where its last chunk committed; a shadow of
+  // another version is dropped. The swap takes the live view's table before its checkpoint, as
+  // batches do, and is tried again when the database gives it up (deadlock, serialization).
+  // Throws error_exception (not_found for an unknown name; validation for a view that has no
+  // table to rebuild: inline, in-memory, table-less).
   rebuild_progress rebuild(std::string_view name, const rebuild_options& options = {});
+  // Throws what rebuild(name) would throw before starting: for a caller that starts it later.
+  void check_rebuildable(std::string_view name) const;
   // Drops the shadow table of an unfinished rebuild of `name` (one that failed verification,
   // say); the live view is untouched.
   void discard_rebuild(std::string_view name);
@@ -194,7 +216,18 @@ class projector {
     projection def;
     store* views;
     std::vector<std::string> read_types;  // the stored types it reads (empty: all)
+    std::string version;                  // def.version_key()
+    // The live view is of another version: the worker builds this one and swaps it in.
+    std::unique_ptr<std::atomic<bool>> upgrading = std::make_unique<std::atomic<bool>>(false);
   };
+  // Decides at add() how the view of `p` (async or inline or materialized) stands against its
+  // version: made now, taken as it is, or to be upgraded (true).
+  bool needs_upgrade(const projection& p, store& views, const std::string& version);
+  // One step of the upgrade of `p` to its registered version: up to a batch's worth of the
+  // rebuild, and the swap once it has caught up. Returns the events applied.
+  std::size_t upgrade_step(const entry& p, std::size_t budget);
+  // Drops the tables of old versions whose grace period has passed (at most once a second).
+  void drop_retired();
   // Catches `p` up from its checkpoint in batches that grow from `batch` while full; returns the
   // events applied.
   std::size_t catch_up_one(const entry& p, std::size_t batch);
@@ -268,7 +301,8 @@ class projector {
   int max_attempts_ = 3;
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
-  std::unique_ptr<waiting> waiting_;                  // last: its thread uses the members above
+  clock::time_point retired_checked_{};  // when drop_retired() last looked (worker thread)
+  std::unique_ptr<waiting> waiting_;    // last: its thread uses the members above
 };
 
 }  // namespace cleave
