@@ -251,8 +251,11 @@ class projector::rebuilding {
   void swap_retrying() {
     for (int attempt = 1;; ++attempt) {
       swap_outcome outcome;
+      const auto began = clock::now();
       try {
         outcome = swap();
+        progress_.swap_ms =
+            std::chrono::duration<double, std::milli>(clock::now() - began).count();
       } catch (const transient_error& e) {
         // A deadlock or a serialization failure the database chose this swap for: nothing of
         // it stayed; take the locks again.
@@ -390,11 +393,15 @@ std::size_t projector::upgrade_step(const entry& p, std::size_t budget) {
     p.upgrading->store(false);
     return 0;
   }
-  const rebuild_options plain;
-  const auto progress = rebuilding(*this, p, plain).advance(budget);
+  // Each step is one chunk of the largest size: a step starts afresh (from the rebuild's row), so
+  // chunks that grew from a small first one would shrink again at every step.
+  rebuild_options step;
+  step.chunk = budget;
+  const auto progress = rebuilding(*this, p, step).advance(budget);
   if (progress.swapped) {
     p.upgrading->store(false);
-    spdlog::info("projection {}: version {} is live", p.def.name(), p.version);
+    spdlog::info("projection {}: version {} is live (the swap took {:.1f} ms)", p.def.name(),
+                 p.version, progress.swap_ms);
     return progress.applied + 1;  // a step taken even when no event was left to apply
   }
   return progress.applied;

@@ -45,7 +45,10 @@ std::size_t projector::catch_up_async(std::size_t batch) {
   std::size_t applied = 0;
   for (const auto& p : projections_) {
     if (p.def.mode() != projection_mode::async) continue;
-    applied += p.upgrading->load() ? upgrade_step(p, opts_.max_batch) : catch_up_one(p, batch);
+    applied += p.upgrading->load()
+                   ? upgrade_step(p, p.def.batch_sql_text().empty() ? opts_.max_batch
+                                                                    : opts_.max_set_based_batch)
+                   : catch_up_one(p, batch);
   }
   for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;

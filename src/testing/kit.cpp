@@ -11,8 +11,16 @@ verdict no(std::string why) {
 }  // namespace
 
 command_kit::command_kit(std::span<const migration> migrations, std::string_view component)
-    : store_({.path = ":memory:"}), commands_(&store_) {
-  if (!migrations.empty()) store_.migrate(component, migrations);
+    : store_(std::make_unique<sqlite::store>(sqlite::options{.path = ":memory:"})),
+      commands_(std::make_unique<cleave::command_bus>(store_.get())) {
+  if (!migrations.empty()) store_->migrate(component, migrations);
+}
+
+void detail::append_stored(session_source& source, std::string_view stream,
+                           std::string_view type, const json& payload) {
+  write_scope tx(source, cleave::detail::no_meta);
+  tx->append({.type = type, .stream = stream, .payload = payload, .expected_version = {}});
+  tx.commit();
 }
 
 void detail::run_sql(session_source& source, std::string_view sql) {

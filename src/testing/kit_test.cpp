@@ -117,4 +117,38 @@ TEST_F(kit, each_kit_has_its_own_database) {
   EXPECT_TRUE(other.then_response(std::int64_t{0}));
 }
 
+// Release 1 stored `library.book_added` under its old name and shape; release 2 reads it through
+// an upcaster, in a handler's aggregate as in a test's.
+TEST(command_kit, loads_an_aggregate_with_public_calls_through_the_upcasters) {
+  cleave::upcasters rewrites;
+  rewrites.add("library.book_catalogued", "library.book_added", [](cleave::json& payload) {
+    payload["isbn"] = payload["code"];
+  });
+  const cleave::event_sourced<book, book_added, book_lent> upcast_books{&rewrites};
+  cleave::testing::command_kit kit;
+  kit.given_stored("isbn-1", "library.book_catalogued", cleave::json{{"code", "isbn-1"}})
+      .given("isbn-1", book_lent{"isbn-1", "Ada"});
+  const auto loaded =
+      kit.read([&](const cleave::read_context& tx) { return upcast_books.load(tx, "isbn-1"); });
+  EXPECT_TRUE(loaded.state.exists);
+  EXPECT_EQ(loaded.state.lent_to, "Ada");
+  EXPECT_EQ(loaded.version, 2u);
+}
+
+cleave::testing::command_kit library_kit() {
+  cleave::testing::command_kit kit{library::schema};
+  kit.commands().add(lend_book);
+  kit.commands().add(loans);
+  return kit;
+}
+
+// A kit made by a factory works where it lands.
+TEST(command_kit, moves_out_of_a_factory) {
+  auto kit = library_kit();
+  kit.given("isbn-2", book_added{"isbn-2"}).when(lend{"isbn-2", "Grace"});
+  EXPECT_TRUE(kit.then_events(book_lent{"isbn-2", "Grace"}));
+  kit.when(count_loans{});
+  EXPECT_TRUE(kit.then_response(std::int64_t{1}));
+}
+
 }  // namespace

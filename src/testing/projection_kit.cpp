@@ -4,11 +4,16 @@ namespace cleave::testing {
 
 projection_kit::projection_kit(projection p, std::span<const migration> migrations,
                                std::string_view component)
-    : store_(sqlite::options{.path = ":memory:"}),
+    : projection_kit(std::move(p), upcasters{}, migrations, component) {}
+
+projection_kit::projection_kit(projection p, const upcasters& rewrites,
+                               std::span<const migration> migrations, std::string_view component)
+    : store_(std::make_unique<sqlite::store>(sqlite::options{.path = ":memory:"})),
+      rewrites_(std::make_unique<upcasters>(rewrites)),
       name_(p.name()),
       table_(p.table()),
-      projector_(std::make_unique<cleave::projector>(store_)) {
-  if (!migrations.empty()) store_.migrate(component, migrations);
+      projector_(std::make_unique<cleave::projector>(*store_, rewrites_.get())) {
+  if (!migrations.empty()) store_->migrate(component, migrations);
   projector_->set_max_attempts(1);  // a failing handler parks its event at once
   projector_->add(std::move(p));
 }

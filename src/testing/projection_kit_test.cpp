@@ -83,4 +83,39 @@ TEST(projection_kit, inline_projections_and_materialized_views_work_the_same_way
   EXPECT_TRUE(mv.then_rows("select id, amount from {view}", std::vector<balance>{{"x", 500}}));
 }
 
+// Release 1 stored deposits as `kit.money_in` with `sum`; the view reads them through the kit's
+// upcasters, as the application's projector would.
+TEST(projection_kit, old_events_reach_the_view_through_its_upcasters) {
+  cleave::upcasters rewrites;
+  rewrites.add("kit.money_in", "kit.deposited", [](cleave::json& payload) {
+    payload["amount"] = payload["sum"];
+  });
+  cleave::testing::projection_kit kit{balances(), rewrites};
+  kit.given("a1", account_opened{"a1", "Ada"})
+      .given_stored("a1", "kit.money_in", cleave::json{{"id", "a1"}, {"sum", 7}})
+      .given("a1", deposited{"a1", 3});
+  auto v = kit.then_rows("select id, amount from {view}", std::vector<balance>{{"a1", 10}});
+  EXPECT_TRUE(v) << v.why;
+}
+
+cleave::testing::projection_kit balances_kit() {
+  return cleave::testing::projection_kit{balances()};
+}
+
+cleave::memory_view<std::int64_t> opened_count() {
+  cleave::memory_view<std::int64_t> view{"opened"};
+  view.on([](const account_opened&, std::int64_t& n) { ++n; });
+  return view;
+}
+
+// Kits and memory views made by factories work where they land.
+TEST(projection_kit, kits_and_memory_views_move_out_of_factories) {
+  auto kit = balances_kit();
+  auto opened = opened_count();
+  kit.projector().add(opened);
+  kit.given("a1", account_opened{"a1", "Ada"}, deposited{"a1", 2});
+  EXPECT_TRUE(kit.then_rows("select id, amount from {view}", std::vector<balance>{{"a1", 2}}));
+  EXPECT_EQ(opened.read([](const std::int64_t& n) { return n; }), 1);
+}
+
 }  // namespace

@@ -37,6 +37,12 @@ class memory_view_base {
   virtual ~memory_view_base() = default;
   memory_view_base(const memory_view_base&) = delete;
   memory_view_base& operator=(const memory_view_base&) = delete;
+  // Movable before it is registered (a projector keeps its address): factories may return one.
+  memory_view_base(memory_view_base&& other) noexcept
+      : name_(std::move(other.name_)),
+        checkpoint_(other.checkpoint_),
+        failures_(std::move(other.failures_)) {}
+  memory_view_base& operator=(memory_view_base&&) = delete;
 
   const std::string& name() const noexcept { return name_; }
   // The last event applied.
@@ -80,6 +86,8 @@ class memory_view final : public memory_view_base {
  public:
   explicit memory_view(std::string name, State initial = {})
       : memory_view_base(std::move(name)), state_(std::move(initial)) {}
+  // Before it is registered only (see memory_view_base).
+  memory_view(memory_view&&) noexcept(std::is_nothrow_move_constructible_v<State>) = default;
 
   // Handles one event type: `void(const E&, State&)`, E a CLEAVE_EVENT.
   template <class F>

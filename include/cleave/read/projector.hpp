@@ -78,6 +78,9 @@ struct rebuild_progress {
   bool swapped = false;           // the shadow is now the live view
   bool resumed = false;           // an interrupted rebuild was picked up
   std::int64_t differences = -1;  // rows that differ from the live view (verify mode), else -1
+  // How long the swap's transaction took (it holds the live table from its first statement
+  // to its commit: reads of the view wait that long at most), in milliseconds; 0 before.
+  double swap_ms = 0;
   // Verify mode: what differs, in plain words (columns, row counts, a sample of the keys of
   // differing rows), or why nothing was compared; empty when nothing differs.
   std::string difference;
@@ -223,8 +226,8 @@ class projector {
   // Decides at add() how the view of `p` (async or inline or materialized) stands against its
   // version: made now, taken as it is, or to be upgraded (true).
   bool needs_upgrade(const projection& p, store& views, const std::string& version);
-  // One step of the upgrade of `p` to its registered version: up to a batch's worth of the
-  // rebuild, and the swap once it has caught up. Returns the events applied.
+  // One step of the upgrade of `p` to its registered version: one chunk of `budget` events of
+  // the rebuild, and the swap once it has caught up. Returns the events applied.
   std::size_t upgrade_step(const entry& p, std::size_t budget);
   // Drops the tables of old versions whose grace period has passed (at most once a second).
   void drop_retired();

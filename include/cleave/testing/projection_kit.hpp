@@ -29,6 +29,9 @@ class projection_kit {
   // the application's tables), and `p` registered in whatever mode it was declared.
   explicit projection_kit(projection p, std::span<const migration> migrations = {},
                           std::string_view component = "app");
+  // The same, reading the log through `rewrites` (copied), as the application's projector does.
+  projection_kit(projection p, const upcasters& rewrites,
+                 std::span<const migration> migrations = {}, std::string_view component = "app");
 
   // Given: these events appended to `stream` in one transaction (inline projections apply them
   // in it); the async worker's part is done before the next `then`.
@@ -37,9 +40,16 @@ class projection_kit {
     detail::append_events(projector_->source(), stream, events...);
     return *this;
   }
+  // Given: an event as an older release stored it (its type and payload then), which the view
+  // reads through the kit's upcasters.
+  projection_kit& given_stored(std::string_view stream, std::string_view type,
+                               const json& payload) {
+    detail::append_stored(projector_->source(), stream, type, payload);
+    return *this;
+  }
   // Given: state written by SQL (the tables a materialized view reads).
   projection_kit& given_sql(std::string_view sql) {
-    detail::run_sql(store_, sql);
+    detail::run_sql(*store_, sql);
     return *this;
   }
 
@@ -48,7 +58,7 @@ class projection_kit {
   template <class T>
   std::vector<T> rows(std::string_view sql) {
     settle();
-    read_scope tx(store_, cleave::detail::no_meta);
+    read_scope tx(*store_, cleave::detail::no_meta);
     read_context ctx(&*tx, cleave::detail::no_meta);
     return ctx.many<T>(expand_view(sql, table_));
   }
@@ -62,13 +72,15 @@ class projection_kit {
   verdict then_dead_letters(std::size_t n);
 
   cleave::projector& projector() noexcept { return *projector_; }
-  cleave::store& store() noexcept { return store_; }
+  cleave::store& store() noexcept { return *store_; }
 
  private:
   void settle();
   static verdict compare(const json& got, const json& expected);
 
-  sqlite::store store_;
+  // Held apart, so the kit moves while the projector keeps their addresses.
+  std::unique_ptr<sqlite::store> store_;
+  std::unique_ptr<upcasters> rewrites_;
   std::string name_, table_;
   std::unique_ptr<cleave::projector> projector_;
 };
