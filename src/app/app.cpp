@@ -238,6 +238,14 @@ json status_json(const projection_status& s) {
 
 }  // namespace
 
+json rebuild_json(const rebuild_progress& p) {
+  json out{{"swapped", p.swapped},         {"applied", p.applied},
+           {"total", p.total},             {"resumed", p.resumed},
+           {"differences", p.differences}, {"swap_ms", p.swap_ms}};
+  if (!p.difference.empty()) out["difference"] = p.difference;
+  return out;
+}
+
 json projections_json(projector& p) {
   json out = json::array();
   for (const auto& name : p.names()) out.push_back(status_json(p.status(name)));

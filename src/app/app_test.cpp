@@ -123,6 +123,23 @@ TEST(app_upcasters, reach_the_apps_projector_its_rebuilds_and_events_tail) {
   EXPECT_THAT(tail.out, ::testing::HasSubstr(R"("stored_type":"wiring.note_posted")"));
 }
 
+// The admin API's rebuild of an in-memory view was accepted (202) and then failed in the
+// background with "no projection named …"; it is refused before any job starts.
+TEST(app_rebuilds, of_an_in_memory_view_are_refused_before_a_job_starts) {
+  cleave::app app{in_memory()};
+  cleave::memory_view<std::int64_t> counted{"counted"};
+  counted.on([](const note_added&, std::int64_t& n) { ++n; });
+  app.projections().add(counted);
+  try {
+    app.start_rebuild("counted");
+    ADD_FAILURE() << "a rebuild of an in-memory view was started";
+  } catch (const cleave::error_exception& e) {
+    EXPECT_EQ(e.error().category, cleave::errc::validation);
+    EXPECT_THAT(e.error().message, ::testing::HasSubstr("'counted' is an in-memory view"));
+  }
+  EXPECT_TRUE(app.rebuild_jobs().empty());
+}
+
 TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
   cleave::app app{in_memory()};
   for (const std::vector<std::string>& args : {std::vector<std::string>{"send", "--help"},

@@ -233,10 +233,7 @@ int projections(app& a, std::span<const std::string> args) {
     options.verify = verify;
     options.on_progress = draw_progress;
     const auto done = p.rebuild(name, options);
-    print_json({{"swapped", done.swapped},
-                {"applied", done.applied},
-                {"resumed", done.resumed},
-                {"differences", done.differences}});
+    print_json(rebuild_json(done));
     return done.swapped ? 0 : 1;
   }
   if (replay->parsed()) {

@@ -275,13 +275,13 @@ response router::openapi() const {
   auto rebuild = admin("admin.rebuild", "Rebuilds the projection's view in the background",
                        success("202", "Started; its progress shows in GET /admin/projections.",
                                json_content(object_of({{"started", string_schema()}}))),
-                       {403, 404, 409});
+                       {400, 403, 404, 409});
   rebuild["parameters"].push_back(
       {{"name", "verify"},
        {"in", "query"},
        {"description",
-        "Compare the rebuilt view with the live one first; keep the live one "
-        "when they differ."},
+        "Compare the rebuilt view with the live one (of the same version) first; keep the live "
+        "one when they differ, and say what differs."},
        {"schema", {{"type", "boolean"}}}});
   paths["/admin/projections/{name}/rebuild"]["post"] = std::move(rebuild);
 

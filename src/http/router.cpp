@@ -211,12 +211,10 @@ response router::admin(const request& r, const std::string& path, request_meta& 
     for (auto& item : list) {
       auto job = jobs.find(item["name"].get<std::string>());
       if (job == jobs.end()) continue;
-      item["rebuild"] = {{"running", job->second.running},
-                         {"applied", job->second.progress.applied},
-                         {"total", job->second.progress.total},
-                         {"swapped", job->second.progress.swapped},
-                         {"differences", job->second.progress.differences},
-                         {"error", job->second.error}};
+      auto rebuild = rebuild_json(job->second.progress);
+      rebuild["running"] = job->second.running;
+      rebuild["error"] = job->second.error;
+      item["rebuild"] = std::move(rebuild);
     }
     return ok({{"projections", list}, {"replicas", replicas_json(app_.store())}});
   }

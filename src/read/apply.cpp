@@ -48,6 +48,9 @@ void projector::apply_one_by_one(
     } catch (const std::exception& failure) {
       tx.exec("rollback to savepoint cleave_event", {});
       tx.exec("release savepoint cleave_event", {});
+      // A deadlock or serialization failure is the database's, not the handler's: the whole
+      // batch is tried again, and the event is not counted against its attempts.
+      if (dynamic_cast<const transient_error*>(&failure)) throw;
       const std::string key = fmt::format("{}@{}", park_as, e.position.to_string());
       {
         std::lock_guard lock(failures_mutex_);
@@ -87,6 +90,10 @@ void projector::apply_batch(const entry& p, write_transaction& tx, std::string_v
     for (const auto& e : events)
       if (const auto* handler = p.def.handler_for(e.type)) run(e, *handler);
     tx.exec("release savepoint cleave_batch", {});
+  } catch (const transient_error&) {
+    tx.exec("rollback to savepoint cleave_batch", {});
+    tx.exec("release savepoint cleave_batch", {});
+    throw;  // the database's failure, not a handler's (see apply_one_by_one)
   } catch (const std::exception&) {
     tx.exec("rollback to savepoint cleave_batch", {});
     tx.exec("release savepoint cleave_batch", {});

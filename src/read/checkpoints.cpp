@@ -40,8 +40,9 @@ bool projector::commit_batch(const entry& p, position_token from, position_token
       bool moved_on = false;
       try {
         const auto at = ctx.one<token_row>(
-            "select transaction_id, position from cleave_checkpoints where name = $1",
-            p.def.name());
+            "select transaction_id, position from cleave_checkpoints where name = $1 and "
+            "version = $2",
+            p.def.name(), p.version);
         moved_on = !at || token_of(at->transaction_id, at->position) != from;
       } catch (const std::exception&) {
       }

@@ -184,6 +184,10 @@ projection_status projector::status(std::string_view name) {
             .value_or("");
     return 0;
   });
+  if (out.upgrading && out.version == p.version) {  // another process swapped it in
+    p.upgrading->store(false);
+    out.upgrading = false;
+  }
   return out;
 }
 

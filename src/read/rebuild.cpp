@@ -30,6 +30,18 @@ using namespace read_detail;
 
 namespace {
 
+// A number in few characters: names built from a table's name and a time stay short of
+// PostgreSQL's 63.
+std::string base36(std::int64_t n) {
+  std::string out;
+  auto u = static_cast<std::uint64_t>(n);
+  do {
+    out.insert(out.begin(), "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36]);
+    u /= 36;
+  } while (u > 0);
+  return out;
+}
+
 // A value of a row, as a sample key in a message.
 std::string text_of(const sql_value& v) {
   return std::visit(
@@ -100,6 +112,8 @@ std::string describe_difference(write_session& tx, std::string_view live, std::s
       out += fmt::format("; {} only in the rebuilt one (first column: {})", rows_are(added),
                          added_keys);
     return out;
+  } catch (const transient_error&) {
+    throw;  // the database gave the swap up: it is tried again
   } catch (const error_exception&) {
     return fmt::format("the views' columns ({}) have the same names but do not compare (their "
                        "types differ); {}",
@@ -141,7 +155,7 @@ class projector::rebuilding {
   }
 
  private:
-  enum class swap_outcome { swapped, differs, lost };
+  enum class swap_outcome { swapped, differs, live_moved, lost };
 
   // Finds the rebuild under way, or starts one: a fresh shadow table and its row, in one commit.
   // A rebuild of another version (or one begun before versions) is dropped, never resumed. The
@@ -165,7 +179,8 @@ class projector::rebuilding {
       progress_.resumed = true;
     } else {
       state_ = {};
-      state_.shadow = fmt::format("{}_rebuild_{}", p_.def.table(), unix_ms());
+      state_.shadow =
+          fmt::format("{}_rebuild_{}", p_.def.table().substr(0, 40), base36(unix_ms()));
       state_.version = p_.version;
       writing(views_, [&](write_transaction& tx, write_context& ctx) {
         tx.script(expand_view(p_.def.schema_sql(), state_.shadow));
@@ -183,9 +198,9 @@ class projector::rebuilding {
       });
   }
 
-  // Applies chunks into the shadow until the end of the log (true) or until `budget` events
-  // are applied (false).
-  bool fill(std::size_t budget) {
+  // Applies chunks into the shadow until the end of the log, or `until` when set (true), or
+  // until `budget` events are applied (false).
+  bool fill(std::size_t budget, position_token until = {}) {
     bool stopped = false;
     const auto spend = [&](std::size_t n) {
       budget -= std::min(budget, n);
@@ -193,7 +208,7 @@ class projector::rebuilding {
       return !stopped;
     };
     if (set_based_) {
-      owner_.stream_spans(at_, first_chunk_, max_chunk_, {}, [&](const log_span& span) {
+      owner_.stream_spans(at_, first_chunk_, max_chunk_, until, [&](const log_span& span) {
         commit_chunk(span.events, span.last, [&](write_transaction& tx) {
           owner_.apply_set_based(p_, tx, state_.shadow, at_, span.last);
         });
@@ -204,13 +219,17 @@ class projector::rebuilding {
     // Every event (not only the handled types): progress counts events against the log's.
     owner_.stream_batches(at_, first_chunk_, max_chunk_, {},
                           [&](std::vector<stored_event>& events, position_token) {
+                            const bool past =
+                                !until.empty() && std::erase_if(events, [&](const stored_event& e) {
+                                  return until < e.position;
+                                }) > 0;
                             if (events.empty()) return false;
                             commit_chunk(events.size(), events.back().position,
                                          [&](write_transaction& tx) {
                                            owner_.apply_batch(p_, tx, state_.shadow, events,
                                                               state_.shadow, 1);
                                          });
-                            return spend(events.size());
+                            return spend(events.size()) && !past;
                           });
     return !stopped;
   }
@@ -218,12 +237,14 @@ class projector::rebuilding {
   // One chunk: applied to the shadow with the rebuild's own position moved from at_ to `to`.
   void commit_chunk(std::size_t count, position_token to,
                     function_ref<void(write_transaction&)> apply) {
+    // The rebuild's row before its shadow table: the order of the swap and of discard_rebuild.
     const bool moved = writing(views_, [&](write_transaction& tx, write_context& ctx) {
+      if (ctx.exec("update cleave_rebuilds set transaction_id = $2, position = $3 where name = "
+                   "$1 and transaction_id = $4 and position = $5",
+                   name_, tx_of(to), pos_of(to), tx_of(at_), pos_of(at_)) != 1)
+        return false;
       apply(tx);
-      return ctx.exec(
-                 "update cleave_rebuilds set transaction_id = $2, position = $3 where name = $1 "
-                 "and transaction_id = $4 and position = $5",
-                 name_, tx_of(to), pos_of(to), tx_of(at_), pos_of(at_)) == 1;
+      return true;
     });
     if (!moved)
       throw error_exception(
@@ -233,21 +254,8 @@ class projector::rebuilding {
     report();
   }
 
-  // Applies the log after `from` up to `to` to `table` inside `tx` (a chunk's worth at a time).
-  void apply_span(write_transaction& tx, std::string_view table, std::string_view park_as,
-                  position_token from, position_token to) {
-    if (!(from < to)) return;
-    if (set_based_) return owner_.apply_set_based(p_, tx, table, from, to);
-    owner_.stream_batches(from, first_chunk_, max_chunk_, {},
-                          [&](std::vector<stored_event>& events, position_token) {
-                            const bool past = std::erase_if(events, [&](const stored_event& e) {
-                                                return to < e.position;
-                                              }) > 0;
-                            if (!events.empty()) owner_.apply_batch(p_, tx, table, events, park_as, 1);
-                            return !past && !events.empty();
-                          });
-  }
-
+  // Swaps, bringing the shadow to the live view first whenever that moved on, and trying again
+  // when the database gave the swap up.
   void swap_retrying() {
     for (int attempt = 1;; ++attempt) {
       swap_outcome outcome;
@@ -276,9 +284,18 @@ class projector::rebuilding {
                        name_, progress_.difference);
           owner_.discard_rebuild(name_);
           break;
+        case swap_outcome::live_moved:
+          if (attempt >= 1000)
+            throw error_exception(
+                {errc::unavailable,
+                 fmt::format("rebuild of '{}' could not catch the live view", name_),
+                 {}});
+          continue;
         case swap_outcome::lost:
           throw error_exception(
-              {errc::conflict, fmt::format("another rebuild of '{}' swapped first", name_), {}});
+              {errc::conflict,
+               fmt::format("another rebuild of '{}' moved or swapped the same shadow", name_),
+               {}});
       }
       report(true);
       return;
@@ -286,43 +303,64 @@ class projector::rebuilding {
   }
 
   // The swap, in one transaction: the live view's table first (renamed away, which waits for
-  // a live batch writing it), then its checkpoint — the order of a live batch, which writes its
-  // view before it moves its checkpoint; the other order deadlocks on PostgreSQL. The shadow is
-  // brought to where the live view is (when that is further), optionally compared with it, and
-  // renamed into its place; the checkpoint records the shadow's position and version.
+  // a live batch writing it), then the rebuild's row, then the checkpoint — the order of a live
+  // batch, which writes its view before it moves its checkpoint (the other order deadlocks on
+  // PostgreSQL). When the live view got further than the shadow meanwhile, nothing changes:
+  // the shadow is brought there (outside the swap: the log is read on other connections) and
+  // the swap tried again. Otherwise the shadow is optionally compared with the live view
+  // brought to its position, and renamed into its place; the checkpoint records the shadow's
+  // position and version.
   swap_outcome swap() {
     const auto& live = p_.def.table();
-    const auto retired = fmt::format("{}_retired_{}", live, unix_ms());
-    bool differs = false;
+    const auto retired = fmt::format("{}_retired_{}", live.substr(0, 40), base36(unix_ms()));
+    const auto live_before = owner_.checkpoint(name_);
+    if (at_ < live_before) {
+      fill(std::numeric_limits<std::size_t>::max(), live_before);
+      return swap_outcome::live_moved;
+    }
+    // Verify: the events that bring the live view to the shadow's position, read beforehand.
+    std::vector<stored_event> live_gap;
+    if (options_.verify && live_before < at_ && !set_based_) {
+      live_gap = owner_.db_.read_events(live_before, std::numeric_limits<std::int32_t>::max());
+      std::erase_if(live_gap, [&](const stored_event& e) { return at_ < e.position; });
+    }
+    swap_outcome outcome = swap_outcome::swapped;
     progress_.difference.clear();
-    const bool swapped = writing(views_, [&](write_transaction& tx, write_context& ctx) {
+    writing(views_, [&](write_transaction& tx, write_context& ctx) {
       tx.exec(fmt::format("alter table {} rename to {}", live, retired), {});
       // Taken for this swap (a rebuild running beside it would find it gone).
       if (ctx.exec("delete from cleave_rebuilds where name = $1 and shadow = $2 and "
                    "transaction_id = $3 and position = $4",
-                   name_, state_.shadow, tx_of(at_), pos_of(at_)) != 1)
+                   name_, state_.shadow, tx_of(at_), pos_of(at_)) != 1) {
+        outcome = swap_outcome::lost;
         return false;
+      }
       ctx.exec("update cleave_checkpoints set position = position where name = $1", name_);
       const auto row = ctx.one<token_row>(
           "select transaction_id, position from cleave_checkpoints where name = $1", name_);
       const auto live_at = row ? token_of(row->transaction_id, row->position) : position_token{};
+      if (live_at != live_before) {
+        outcome = swap_outcome::live_moved;
+        return false;
+      }
       const auto live_version =
           ctx.one<std::string>(
                  "select coalesce(version, '') from cleave_checkpoints where name = $1", name_)
               .value_or("");
-      const auto through = at_ < live_at ? live_at : at_;
-      apply_span(tx, state_.shadow, state_.shadow, at_, through);
       if (options_.verify) {
         if (live_version != p_.version) {
           progress_.difference = fmt::format(
               "not compared: the live view is of another version ({}, the rebuilt one {})",
               live_version, p_.version);
         } else {
-          apply_span(tx, retired, name_, live_at, through);
+          if (set_based_)
+            owner_.apply_set_based(p_, tx, retired, live_at, at_);
+          else if (!live_gap.empty())
+            owner_.apply_batch(p_, tx, retired, live_gap, name_, 1);
           progress_.difference = describe_difference(tx, retired, state_.shadow,
                                                      progress_.differences);
           if (progress_.differences != 0) {
-            differs = true;
+            outcome = swap_outcome::differs;
             return false;
           }
         }
@@ -330,7 +368,7 @@ class projector::rebuilding {
       ctx.exec(
           "update cleave_checkpoints set transaction_id = $2, position = $3, version = $4 where "
           "name = $1",
-          name_, tx_of(through), pos_of(through), p_.version);
+          name_, tx_of(at_), pos_of(at_), p_.version);
       tx.exec(fmt::format("alter table {} rename to {}", state_.shadow, live), {});
       // Dead letters now are the rebuild's: the old view's no longer apply.
       ctx.exec("delete from cleave_dead_letters where projection = $1", name_);
@@ -341,8 +379,7 @@ class projector::rebuilding {
           retired, name_, unix_ms() + owner_.opts_.retired_grace.count());
       return true;
     });
-    if (differs) return swap_outcome::differs;
-    return swapped ? swap_outcome::swapped : swap_outcome::lost;
+    return outcome;
   }
 
   // Hands the progress to the callback (the total waits for its count).
@@ -448,12 +485,14 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
 void projector::discard_rebuild(std::string_view name) {
   const auto& p = find(name);
   writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
-    if (auto r = ctx.one<rebuild_row>(
-            fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name)) {
+    // The row before the shadow table, as the chunks and the swap take them.
+    auto r = ctx.one<rebuild_row>(
+        fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name);
+    ctx.exec("delete from cleave_rebuilds where name = $1", name);
+    if (r) {
       tx.exec(fmt::format("drop table if exists {}", r->shadow), {});
       ctx.exec("delete from cleave_dead_letters where projection = $1", r->shadow);
     }
-    ctx.exec("delete from cleave_rebuilds where name = $1", name);
     return true;
   });
 }

@@ -45,10 +45,19 @@ std::size_t projector::catch_up_async(std::size_t batch) {
   std::size_t applied = 0;
   for (const auto& p : projections_) {
     if (p.def.mode() != projection_mode::async) continue;
-    applied += p.upgrading->load()
-                   ? upgrade_step(p, p.def.batch_sql_text().empty() ? opts_.max_batch
-                                                                    : opts_.max_set_based_batch)
-                   : catch_up_one(p, batch);
+    if (!p.upgrading->load()) {
+      applied += catch_up_one(p, batch);
+      continue;
+    }
+    // An upgrade that fails (a new schema that does not run, another process's rebuild of the
+    // same view) holds back its own view only: it is logged and tried again on the next pass.
+    try {
+      applied += upgrade_step(p, p.def.batch_sql_text().empty() ? opts_.max_batch
+                                                                 : opts_.max_set_based_batch);
+    } catch (const error_exception& e) {
+      spdlog::error("projection {}: building version {}: {}", p.def.name(), p.version,
+                    e.error().describe());
+    }
   }
   for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;

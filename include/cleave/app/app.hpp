@@ -185,6 +185,8 @@ json replicas_json(store& s);
 // Where each of the projector's projections stands, as JSON (the `projections list` verb, the
 // HTTP admin API): name, mode, checkpoint, lag_events, lag_seconds, dead_letters.
 json projections_json(projector& p);
+// How a rebuild went (or is going), as the CLI and the admin API show it.
+json rebuild_json(const rebuild_progress& p);
 
 // Reads a consistency as the CLI and HTTP spell it: "eventual", "strong", "bounded=<ms>" or
 // "at_least=<token>", each optionally followed by ";dead_letters=accept" (answer even from views
