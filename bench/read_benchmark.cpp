@@ -775,8 +775,8 @@ void blue_green_rebuild_postgres(const std::string& url, std::int64_t n) {
   const bool swapped = upgrade.swapped && !release2.status("counts_bg").upgrading;
   line(fmt::format(
       R"({{"bench":"read","case":"blue_green_rebuild_postgres","unit":"commands/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"target":0.7,"swap_ms":{:.1f},"swap_ms_target":100,"read_max_ms":{:.1f},"rebuild_s":{:.2f},"swapped":{},"events":{},"clients":8,"baseline_is":"the same 8 clients writing without the rebuild","swap_ms_is":"how long the swap's transaction held the view's table","read_max_ms_is":"the longest read of the view while it was rebuilt and swapped"}})",
-      during, baseline, during / baseline, upgrade.swap_ms, longest_read_ms, rebuild_s, swapped ? "true" : "false",
-      n));
+      during, baseline, during / baseline, upgrade.swap_ms, longest_read_ms, rebuild_s,
+      swapped ? "true" : "false", n));
 }
 
 // Whether CLEAVE_BENCH_READ_CASES (a comma-separated list of group names; empty or unset: all)

@@ -113,6 +113,16 @@ TEST_F(shop_server, a_command_returns_its_result_and_position_and_the_query_sees
   ASSERT_EQ(q.status, 200) << q.body;
   EXPECT_EQ(body(q)["result"]["buyer"]["name"], "Ada Lovelace");
   EXPECT_EQ(body(q)["result"]["lines"][0]["product_name"], "Mug");
+  // The answer carries the position it reflects (its view's checkpoint), at or past the
+  // command's, which a client sends back to read nothing older.
+  const auto answered = body(q)["position"].get<std::string>();
+  ASSERT_FALSE(answered.empty());
+  EXPECT_EQ(q.headers["cleave-position"], answered);
+  EXPECT_FALSE(*cleave::position_token::parse(answered) <
+               *cleave::position_token::parse(r.headers["cleave-position"]));
+  auto again = http(port, "POST", "/queries/shop.order_summary", R"({"order_id":"o1"})",
+                    {{"Content-Type", "application/json"}, {"Cleave-Min-Position", answered}});
+  EXPECT_EQ(again.status, 200) << again.body;
 }
 
 TEST_F(shop_server, get_queries_take_their_scalar_fields_from_the_query_string) {

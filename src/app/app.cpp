@@ -239,9 +239,8 @@ json status_json(const projection_status& s) {
 }  // namespace
 
 json rebuild_json(const rebuild_progress& p) {
-  json out{{"swapped", p.swapped},         {"applied", p.applied},
-           {"total", p.total},             {"resumed", p.resumed},
-           {"differences", p.differences}, {"swap_ms", p.swap_ms}};
+  json out{{"swapped", p.swapped}, {"applied", p.applied},         {"total", p.total},
+           {"resumed", p.resumed}, {"differences", p.differences}, {"swap_ms", p.swap_ms}};
   if (!p.difference.empty()) out["difference"] = p.difference;
   return out;
 }

@@ -127,7 +127,8 @@ int ask(app& a, std::span<const std::string> args) {
   }
   auto r = a.queries().ask_json(name, *body, meta);
   if (!r) return report(r.error());
-  print_json({{"result", r->result}});
+  print_json(
+      {{"result", r->result}, {"position", a.read_consistency().position_of(name).to_string()}});
   return 0;
 }
 

@@ -145,6 +145,7 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
                           outcome ? "ok" : to_string(outcome.error().category));
+  if (outcome && !is_command) outcome->position = answered_position(name);
   // A replay answers as the first request did: a refusal with that request's correlation id.
   if (replay_of && !replay_of->empty()) meta.correlation_id = *replay_of;
   auto res = [&] {
@@ -160,6 +161,15 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
   }();
   if (replay_of) res.headers.emplace_back("Idempotent-Replayed", "true");
   return res;
+}
+
+position_token router::answered_position(std::string_view name) const {
+  try {
+    return app_.read_consistency().position_of(name);
+  } catch (const std::exception& e) {
+    spdlog::debug("reading the position of an answer to {}: {}", name, e.what());
+    return {};
+  }
 }
 
 std::optional<consistent_read> router::vet(request& r) const {

@@ -86,6 +86,9 @@ class router {
   response admin(const request& r, const std::string& path, request_meta& meta);
   response static_file(const std::string& path, const std::string& correlation_id) const;
   response problem(int status, const error& e, const std::string& correlation_id) const;
+  // The position the answer to query `name` reflects (read_your_writes::position_of); empty
+  // when it cannot be read (the answer stands: the position is a hint for the next read).
+  position_token answered_position(std::string_view name) const;
   // Who `r` comes from: the principal of its bearer token, an empty one when tokens are off.
   result<principal> credentials(const request& r) const;
   // 401 unless tokens are off or `r` carries a valid one, whose principal goes into `meta`.

@@ -24,7 +24,9 @@ std::string expand_view(std::string_view sql, std::string_view table) {
 }
 
 std::string projection::version_key() const {
-  return fmt::format("{}:{:016x}", version_, detail::stable_hash(fmt::format("{}\n{}\n{}\n{}", schema_, batch_sql_, select_, key_)));
+  return fmt::format(
+      "{}:{:016x}", version_,
+      detail::stable_hash(fmt::format("{}\n{}\n{}\n{}", schema_, batch_sql_, select_, key_)));
 }
 
 std::string view_context::with_table(std::string_view sql) const {

@@ -1,6 +1,7 @@
 #include <cleave/read/consistency.hpp>
 
 #include <algorithm>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -24,11 +25,11 @@ namespace {
 std::string upgrade_note(projector& views, const std::string& name) {
   const auto s = views.status(name);
   if (!s.upgrading) return "";
-  return s.rebuild_position
-             ? fmt::format(" while its new version is built beside it (which has reached "
-                           "position {})",
-                           *s.rebuild_position)
-             : std::string(" while its new version is built beside it");
+  return s.rebuild_position ? fmt::format(
+                                  " while its new version is built beside it (which has reached "
+                                  "position {})",
+                                  *s.rebuild_position)
+                            : std::string(" while its new version is built beside it");
 }
 
 // "'a', 'b'" — or "none" for no names.
@@ -73,6 +74,17 @@ result<void> read_your_writes::refuse_parked(const std::string& view, position_t
                           "have to include, so it is not current; replay them once the handler is "
                           "fixed, or ask with eventual consistency or ;dead_letters=accept",
                           view, parked, parked == 1 ? "" : "s"));
+}
+
+position_token read_your_writes::position_of(std::string_view wire_name) const {
+  auto it = reads_.find(wire_name);
+  if (it == reads_.end() || it->second.empty()) return projector_.log().head();
+  std::optional<position_token> lowest;
+  for (const auto& view : it->second) {
+    const auto at = projector_.checkpoint(view);
+    if (!lowest || at < *lowest) lowest = at;
+  }
+  return *lowest;
 }
 
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,

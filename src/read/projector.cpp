@@ -82,8 +82,9 @@ void projector::add(projection p, store* views) {
   entry added{std::move(p), views, std::move(types), version};
   added.upgrading->store(upgrade);
   if (upgrade)
-    spdlog::info("projection {}: the live view is of another version; building version {} beside it",
-                 added.def.name(), version);
+    spdlog::info(
+        "projection {}: the live view is of another version; building version {} beside it",
+        added.def.name(), version);
   projections_.push_back(std::move(added));
 }
 

@@ -47,10 +47,12 @@ std::string text_of(const sql_value& v) {
   return std::visit(
       [](const auto& x) -> std::string {
         using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, std::monostate>) return "null";
+        if constexpr (std::is_same_v<T, std::monostate>)
+          return "null";
         else if constexpr (std::is_same_v<T, std::string_view>)
           return x.size() > 40 ? fmt::format("'{}…'", x.substr(0, 40)) : fmt::format("'{}'", x);
-        else return fmt::format("{}", x);
+        else
+          return fmt::format("{}", x);
       },
       v);
 }
@@ -87,8 +89,8 @@ std::string describe_difference(write_session& tx, std::string_view live, std::s
                                 std::int64_t& rows) {
   const auto live_rows = count_of(tx, fmt::format("select count(*) from {}", live));
   const auto rebuilt_rows = count_of(tx, fmt::format("select count(*) from {}", rebuilt));
-  const auto counts = fmt::format("the live view has {} rows, the rebuilt one {}", live_rows,
-                                  rebuilt_rows);
+  const auto counts =
+      fmt::format("the live view has {} rows, the rebuilt one {}", live_rows, rebuilt_rows);
   rows = live_rows + rebuilt_rows;
   if (live_rows == 0 || rebuilt_rows == 0) return rows == 0 ? "" : counts;
   const auto live_columns = columns_of(tx, live);
@@ -106,8 +108,8 @@ std::string describe_difference(write_session& tx, std::string_view live, std::s
       return n == 1 ? std::string("1 row is") : fmt::format("{} rows are", n);
     };
     if (gone > 0)
-      out += fmt::format("; {} only in the live view (first column: {})", rows_are(gone),
-                         gone_keys);
+      out +=
+          fmt::format("; {} only in the live view (first column: {})", rows_are(gone), gone_keys);
     if (added > 0)
       out += fmt::format("; {} only in the rebuilt one (first column: {})", rows_are(added),
                          added_keys);
@@ -115,9 +117,10 @@ std::string describe_difference(write_session& tx, std::string_view live, std::s
   } catch (const transient_error&) {
     throw;  // the database gave the swap up: it is tried again
   } catch (const error_exception&) {
-    return fmt::format("the views' columns ({}) have the same names but do not compare (their "
-                       "types differ); {}",
-                       fmt::join(live_columns, ", "), counts);
+    return fmt::format(
+        "the views' columns ({}) have the same names but do not compare (their "
+        "types differ); {}",
+        fmt::join(live_columns, ", "), counts);
   }
 }
 
@@ -179,8 +182,7 @@ class projector::rebuilding {
       progress_.resumed = true;
     } else {
       state_ = {};
-      state_.shadow =
-          fmt::format("{}_rebuild_{}", p_.def.table().substr(0, 40), base36(unix_ms()));
+      state_.shadow = fmt::format("{}_rebuild_{}", p_.def.table().substr(0, 40), base36(unix_ms()));
       state_.version = p_.version;
       writing(views_, [&](write_transaction& tx, write_context& ctx) {
         tx.script(expand_view(p_.def.schema_sql(), state_.shadow));
@@ -217,20 +219,17 @@ class projector::rebuilding {
       return !stopped;
     }
     // Every event (not only the handled types): progress counts events against the log's.
-    owner_.stream_batches(at_, first_chunk_, max_chunk_, {},
-                          [&](std::vector<stored_event>& events, position_token) {
-                            const bool past =
-                                !until.empty() && std::erase_if(events, [&](const stored_event& e) {
-                                  return until < e.position;
-                                }) > 0;
-                            if (events.empty()) return false;
-                            commit_chunk(events.size(), events.back().position,
-                                         [&](write_transaction& tx) {
-                                           owner_.apply_batch(p_, tx, state_.shadow, events,
-                                                              state_.shadow, 1);
-                                         });
-                            return spend(events.size()) && !past;
-                          });
+    owner_.stream_batches(
+        at_, first_chunk_, max_chunk_, {}, [&](std::vector<stored_event>& events, position_token) {
+          const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
+                                                return until < e.position;
+                                              }) > 0;
+          if (events.empty()) return false;
+          commit_chunk(events.size(), events.back().position, [&](write_transaction& tx) {
+            owner_.apply_batch(p_, tx, state_.shadow, events, state_.shadow, 1);
+          });
+          return spend(events.size()) && !past;
+        });
     return !stopped;
   }
 
@@ -262,8 +261,7 @@ class projector::rebuilding {
       const auto began = clock::now();
       try {
         outcome = swap();
-        progress_.swap_ms =
-            std::chrono::duration<double, std::milli>(clock::now() - began).count();
+        progress_.swap_ms = std::chrono::duration<double, std::milli>(clock::now() - began).count();
       } catch (const transient_error& e) {
         // A deadlock or a serialization failure the database chose this swap for: nothing of
         // it stayed; take the locks again.
@@ -279,9 +277,10 @@ class projector::rebuilding {
           owner_.announce_progress();
           break;
         case swap_outcome::differs:
-          spdlog::warn("projection {}: the rebuilt view differs from the live one ({}); not "
-                       "swapped, and the rebuilt view is dropped",
-                       name_, progress_.difference);
+          spdlog::warn(
+              "projection {}: the rebuilt view differs from the live one ({}); not "
+              "swapped, and the rebuilt view is dropped",
+              name_, progress_.difference);
           owner_.discard_rebuild(name_);
           break;
         case swap_outcome::live_moved:
@@ -357,8 +356,8 @@ class projector::rebuilding {
             owner_.apply_set_based(p_, tx, retired, live_at, at_);
           else if (!live_gap.empty())
             owner_.apply_batch(p_, tx, retired, live_gap, name_, 1);
-          progress_.difference = describe_difference(tx, retired, state_.shadow,
-                                                     progress_.differences);
+          progress_.difference =
+              describe_difference(tx, retired, state_.shadow, progress_.differences);
           if (progress_.differences != 0) {
             outcome = swap_outcome::differs;
             return false;
@@ -447,8 +446,7 @@ std::size_t projector::upgrade_step(const entry& p, std::size_t budget) {
 void projector::drop_retired() {
   std::vector<store*> stores;
   for (const auto& p : projections_)
-    if (std::find(stores.begin(), stores.end(), p.views) == stores.end())
-      stores.push_back(p.views);
+    if (std::find(stores.begin(), stores.end(), p.views) == stores.end()) stores.push_back(p.views);
   for (auto* views : stores) {
     const auto due = reading(*views, [&](read_context& ctx) {
       return ctx.many<std::string>(

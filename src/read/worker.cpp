@@ -52,8 +52,8 @@ std::size_t projector::catch_up_async(std::size_t batch) {
     // An upgrade that fails (a new schema that does not run, another process's rebuild of the
     // same view) holds back its own view only: it is logged and tried again on the next pass.
     try {
-      applied += upgrade_step(p, p.def.batch_sql_text().empty() ? opts_.max_batch
-                                                                 : opts_.max_set_based_batch);
+      applied += upgrade_step(
+          p, p.def.batch_sql_text().empty() ? opts_.max_batch : opts_.max_set_based_batch);
     } catch (const error_exception& e) {
       spdlog::error("projection {}: building version {}: {}", p.def.name(), p.version,
                     e.error().describe());

@@ -16,8 +16,8 @@ command_kit::command_kit(std::span<const migration> migrations, std::string_view
   if (!migrations.empty()) store_->migrate(component, migrations);
 }
 
-void detail::append_stored(session_source& source, std::string_view stream,
-                           std::string_view type, const json& payload) {
+void detail::append_stored(session_source& source, std::string_view stream, std::string_view type,
+                           const json& payload) {
   write_scope tx(source, cleave::detail::no_meta);
   tx->append({.type = type, .stream = stream, .payload = payload, .expected_version = {}});
   tx.commit();

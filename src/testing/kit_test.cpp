@@ -121,9 +121,8 @@ TEST_F(kit, each_kit_has_its_own_database) {
 // an upcaster, in a handler's aggregate as in a test's.
 TEST(command_kit, loads_an_aggregate_with_public_calls_through_the_upcasters) {
   cleave::upcasters rewrites;
-  rewrites.add("library.book_catalogued", "library.book_added", [](cleave::json& payload) {
-    payload["isbn"] = payload["code"];
-  });
+  rewrites.add("library.book_catalogued", "library.book_added",
+               [](cleave::json& payload) { payload["isbn"] = payload["code"]; });
   const cleave::event_sourced<book, book_added, book_lent> upcast_books{&rewrites};
   cleave::testing::command_kit kit;
   kit.given_stored("isbn-1", "library.book_catalogued", cleave::json{{"code", "isbn-1"}})

@@ -87,9 +87,8 @@ TEST(projection_kit, inline_projections_and_materialized_views_work_the_same_way
 // upcasters, as the application's projector would.
 TEST(projection_kit, old_events_reach_the_view_through_its_upcasters) {
   cleave::upcasters rewrites;
-  rewrites.add("kit.money_in", "kit.deposited", [](cleave::json& payload) {
-    payload["amount"] = payload["sum"];
-  });
+  rewrites.add("kit.money_in", "kit.deposited",
+               [](cleave::json& payload) { payload["amount"] = payload["sum"]; });
   cleave::testing::projection_kit kit{balances(), rewrites};
   kit.given("a1", account_opened{"a1", "Ada"})
       .given_stored("a1", "kit.money_in", cleave::json{{"id", "a1"}, {"sum", 7}})

@@ -83,7 +83,8 @@ TYPED_TEST_P(evolving, a_view_with_parked_events_refuses_reads_that_must_include
   release2.set_max_attempts(1);
   cleave::projection changed{"cards_v"};
   changed
-      .schema("create table {view}(id text primary key, name text not null, visits bigint not null)")
+      .schema(
+          "create table {view}(id text primary key, name text not null, visits bigint not null)")
       .on([](const views::customer_registered& e, cleave::view_context& v) {
         v.exec("insert into {view}(id, name, visits, tier) values ($1, $2, 0, 'new')", e.id,
                e.name);
@@ -229,9 +230,11 @@ template <class Backend>
 std::int64_t tables_named(evolving<Backend>& t, const std::string& prefix) {
   const auto sql = t.db->dialect() == "sqlite"
                        ? "select count(*) as n from sqlite_master where type = 'table' and name "
-                         "like '" + prefix + "%'"
+                         "like '" +
+                             prefix + "%'"
                        : "select count(*) as n from information_schema.tables where table_name "
-                         "like '" + prefix + "%'";
+                         "like '" +
+                             prefix + "%'";
   return t.template read_one<std::int64_t>(sql).value_or(-1);
 }
 
@@ -292,10 +295,10 @@ TYPED_TEST_P(evolving, a_changed_projection_is_built_beside_the_live_one_and_swa
   EXPECT_FALSE(status.upgrading);
   EXPECT_NE(status.version, release1_version);
   EXPECT_EQ(status.checkpoint, this->db->head());
-  EXPECT_EQ(this->template read_one<std::int64_t>(
-                    "select count(*) as n from cards_bg where tier = 'new'")
-                .value_or(-1),
-            3);
+  EXPECT_EQ(
+      this->template read_one<std::int64_t>("select count(*) as n from cards_bg where tier = 'new'")
+          .value_or(-1),
+      3);
   meta.deadline = cleave::clock::now() + std::chrono::seconds(5);
   auto current = queries.ask(card_by_id{"c3"}, meta);
   ASSERT_TRUE(current) << current.error().describe();
@@ -355,10 +358,10 @@ TYPED_TEST_P(evolving, a_stale_shadow_of_another_version_is_dropped_never_resume
   EXPECT_FALSE(done.resumed);
   EXPECT_EQ(done.applied, 10u);
   EXPECT_EQ(tables_named(*this, *stale), 0) << "the stale shadow is dropped";
-  EXPECT_EQ(this->template read_one<std::int64_t>(
-                    "select count(*) as n from cards_st where tier = 'new'")
-                .value_or(-1),
-            10);
+  EXPECT_EQ(
+      this->template read_one<std::int64_t>("select count(*) as n from cards_st where tier = 'new'")
+          .value_or(-1),
+      10);
   EXPECT_FALSE(release2.status("cards_st").upgrading);
 
   // An in-memory view has no table to rebuild: refused at once, by name.

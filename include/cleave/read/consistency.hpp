@@ -49,6 +49,12 @@ class read_your_writes final : public behavior {
   result<void> handle(const message_ref& message, const request_meta& meta,
                       next_step next) override;
 
+  // The position an answer to query `wire_name` given just now reflects at most: the lowest
+  // checkpoint of the views it reads (declared with reads()), or the log's head for a query of
+  // the write tables. A client that sends it back as at_least(token) reads nothing older than
+  // what it saw. Reads it now (a round trip to the primary on PostgreSQL).
+  position_token position_of(std::string_view wire_name) const;
+
   // For a transport that must not hold a thread while a read waits (the HTTP server): what
   // park() did with a query.
   struct parking {

@@ -100,9 +100,9 @@ class projection {
   }
 
   // The projection's version (1 unless declared). What a view is built by — this number, its
-  // schema, its batch_sql (or a materialized view's select) — is recorded with it; when an application starts with any of them
-  // changed, the projector builds the new version beside the live view (blue/green) and swaps it
-  // in. Raise the number when only the handlers change.
+  // schema, its batch_sql (or a materialized view's select) — is recorded with it; when an
+  // application starts with any of them changed, the projector builds the new version beside the
+  // live view (blue/green) and swaps it in. Raise the number when only the handlers change.
   projection& version(std::uint32_t v) {
     version_ = v;
     return *this;

@@ -305,7 +305,7 @@ class projector {
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
   clock::time_point retired_checked_{};  // when drop_retired() last looked (worker thread)
-  std::unique_ptr<waiting> waiting_;    // last: its thread uses the members above
+  std::unique_ptr<waiting> waiting_;     // last: its thread uses the members above
 };
 
 }  // namespace cleave
