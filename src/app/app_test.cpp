@@ -140,6 +140,31 @@ TEST(app_rebuilds, of_an_in_memory_view_are_refused_before_a_job_starts) {
   EXPECT_TRUE(app.rebuild_jobs().empty());
 }
 
+struct notebook {
+  std::int64_t notes = 0;
+  void apply(const note_added&) { ++notes; }
+};
+
+// The aggregates the app makes read old events through its upcasters, as its projector does.
+TEST(app_upcasters, reach_the_apps_aggregates) {
+  cleave::app app{in_memory()};
+  app.upcasters().add("wiring.note_posted", "wiring.note_added");
+  app.migrate();
+  {  // what release 1 wrote
+    cleave::write_scope tx(app.store(), {});
+    cleave::write_context ctx(&*tx, {});
+    ctx.emit("book-1", note_posted{"a"});
+    ctx.emit("book-1", note_added{"b"});
+    tx.commit();
+  }
+  const auto books = app.aggregate<notebook, note_added>();
+  cleave::read_scope tx(app.store(), {}, cleave::strong());
+  const cleave::read_context ctx(&*tx, {});
+  const auto loaded = books.load(ctx, "book-1");
+  EXPECT_EQ(loaded.state.notes, 2);
+  EXPECT_EQ(loaded.version, 2u);
+}
+
 TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
   cleave::app app{in_memory()};
   for (const std::vector<std::string>& args : {std::vector<std::string>{"send", "--help"},

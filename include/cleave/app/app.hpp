@@ -30,6 +30,7 @@
 #include <cleave/store/group_commit.hpp>
 #include <cleave/store/store.hpp>
 #include <cleave/store/upcasting.hpp>
+#include <cleave/write/event_sourced.hpp>
 
 namespace cleave {
 
@@ -105,10 +106,16 @@ class app {
   // commands() apply its inline projections and wake its worker.
   cleave::projector& projections() noexcept { return *projector_; }
   // Old event names and shapes, read as today's by every reader the app runs: its projector
-  // (handlers, folds, memory views, rebuilds) and `events tail`. Register them before the first
-  // command (not while workers run); give `&upcasters()` to the handlers' event_sourced
-  // aggregates. Set-based projections (`batch_sql`) see the log as stored.
+  // (handlers, folds, memory views, rebuilds), `events tail` and the aggregates made by
+  // aggregate(). Register them before the first command (not while workers run). Set-based
+  // projections (`batch_sql`) see the log as stored.
   cleave::upcasters& upcasters() noexcept { return upcasters_; }
+  // An event-sourced aggregate whose stream is read through upcasters():
+  //   const auto accounts = app.aggregate<account, opened, deposited>().snapshot_every(100);
+  template <class A, class... E>
+  event_sourced<A, E...> aggregate() const {
+    return event_sourced<A, E...>{&upcasters_};
+  }
   // The group commit the command bus sends through (config group_commit), else null.
   cleave::group_commit* group_commits() noexcept { return grouped_.get(); }
   // Registers a projection, created and registered on the projector by migrate() after the
