@@ -63,6 +63,15 @@ struct token_row {
 };
 CLEAVE_RECORD(token_row, transaction_id, position)
 
+// The version recorded beside the checkpoint of projection `name`'s view (projection::
+// version_key); empty when there is none.
+inline std::string recorded_version(const read_context& ctx, std::string_view name) {
+  return ctx
+      .one<std::string>("select coalesce(version, '') from cleave_checkpoints where name = $1",
+                        name)
+      .value_or("");
+}
+
 inline position_token token_of(std::int64_t transaction, std::int64_t position) {
   return position_token(static_cast<std::uint64_t>(transaction),
                         static_cast<std::uint64_t>(position));

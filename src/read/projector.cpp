@@ -90,17 +90,15 @@ void projector::add(projection p, store* views) {
 
 bool projector::needs_upgrade(const projection& p, store& views, const std::string& version) {
   if (p.mode() == projection_mode::memory) return false;
-  const auto live = reading(views, [&](read_context& ctx) {
-    return ctx.one<std::string>(
-        "select coalesce(version, '') from cleave_checkpoints where name = $1", p.name());
-  });
-  if (!live || live->empty() || *live == version) return false;
+  const auto live =
+      reading(views, [&](read_context& ctx) { return recorded_version(ctx, p.name()); });
+  if (live.empty() || live == version) return false;
   if (p.mode() != projection_mode::async || p.schema_sql().empty())
     throw std::logic_error(fmt::format(
         "projection '{}' changed version (its view was built by {}, this one is {}), but only "
         "an async projection with a schema can be rebuilt beside its live view; make it async "
         "for the change, or drop its view and its cleave_checkpoints row to start it afresh",
-        p.name(), *live, version));
+        p.name(), live, version));
   return true;
 }
 
@@ -179,10 +177,7 @@ projection_status projector::status(std::string_view name) {
     if (auto r = ctx.one<rebuild_row>(
             fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name))
       out.rebuild_position = static_cast<std::uint64_t>(r->position);
-    out.version =
-        ctx.one<std::string>("select coalesce(version, '') from cleave_checkpoints where name = $1",
-                             name)
-            .value_or("");
+    out.version = recorded_version(ctx, name);
     return 0;
   });
   if (out.upgrading && out.version == p.version) {  // another process swapped it in

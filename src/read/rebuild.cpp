@@ -342,10 +342,7 @@ class projector::rebuilding {
         outcome = swap_outcome::live_moved;
         return false;
       }
-      const auto live_version =
-          ctx.one<std::string>(
-                 "select coalesce(version, '') from cleave_checkpoints where name = $1", name_)
-              .value_or("");
+      const auto live_version = recorded_version(ctx, name_);
       if (options_.verify) {
         if (live_version != p_.version) {
           progress_.difference = fmt::format(
@@ -421,11 +418,9 @@ void projector::check_rebuildable(std::string_view name) const {
 }
 
 std::size_t projector::upgrade_step(const entry& p, std::size_t budget) {
-  const auto live = reading(*p.views, [&](read_context& ctx) {
-    return ctx.one<std::string>(
-        "select coalesce(version, '') from cleave_checkpoints where name = $1", p.def.name());
-  });
-  if (live && *live == p.version) {  // another process swapped it in
+  const auto live =
+      reading(*p.views, [&](read_context& ctx) { return recorded_version(ctx, p.def.name()); });
+  if (live == p.version) {  // another process swapped it in
     p.upgrading->store(false);
     return 0;
   }
