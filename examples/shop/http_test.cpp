@@ -408,10 +408,18 @@ TEST_F(shop_server, the_admin_api_lists_views_rebuilds_them_and_metrics_show_the
   auto list = http(port, "GET", "/admin/projections");
   ASSERT_EQ(list.status, 200) << list.body;
   auto views = body(list)["projections"];
-  ASSERT_EQ(views.size(), 2u);
+  ASSERT_EQ(views.size(), 3u);
   EXPECT_EQ(views[0]["name"], "order_summaries");
   EXPECT_EQ(views[1]["name"], "top_products");
   EXPECT_EQ(views[1]["mode"], "materialized");
+  EXPECT_EQ(views[2]["name"], "order_payments");  // the payment deadline's process manager
+  // The placed order waits for its payment: its cancellation is scheduled, and its row says when.
+  EXPECT_TRUE(body(strong)["result"][0]["pay_by"].is_number());
+  auto schedules = http(port, "GET", "/admin/schedules");
+  ASSERT_EQ(schedules.status, 200) << schedules.body;
+  EXPECT_GE(body(schedules)["pending"], 1);
+  EXPECT_EQ(body(schedules)["schedules"][0]["command"], "shop.cancel_order");
+  EXPECT_EQ(body(schedules)["schedules"][0]["origin"], "order_payments");
   // The best sellers come from the materialized view, refreshed for a read that waits.
   auto top = http(port, "POST", "/queries/shop.top_products", R"({"limit":1})",
                   {{"Content-Type", "application/json"},
@@ -468,7 +476,22 @@ TEST_F(shop_server, the_application_verbs_run_its_handlers_directly) {
   EXPECT_EQ(tail_code, 0);
   EXPECT_THAT(tail, HasSubstr(R"("type":"shop.product_restocked")"));
   auto [status_code, status] = verb({"status"});
-  EXPECT_EQ(json::parse(status)["migrations"]["shop"], (json{1}));
+  EXPECT_EQ(json::parse(status)["migrations"]["shop"], (json{1, 2}));
+  // An order placed from the command line waits for its payment: a strong read of the orders
+  // waits for the process manager too, which scheduled the order's cancellation.
+  EXPECT_EQ(
+      verb({"send", "shop.place_order",
+            R"({"order_id":"v1","customer_id":"ada","lines":[{"product_id":"tea","quantity":1}]})"})
+          .first,
+      0);
+  auto [orders_code, orders] =
+      verb({"ask", "shop.customer_orders", R"({"customer_id":"ada"})", "--consistency", "strong"});
+  EXPECT_EQ(orders_code, 0);
+  EXPECT_THAT(orders, HasSubstr(R"("pay_by":)"));
+  auto [schedule_code, schedule] = verb({"schedule", "list"});
+  EXPECT_EQ(schedule_code, 0);
+  EXPECT_EQ(json::parse(schedule)[0]["command"], "shop.cancel_order");
+  EXPECT_EQ(json::parse(schedule)[0]["instance"], "v1");
   EXPECT_EQ(json::parse(status)["projections"][0]["name"], "order_summaries");
   auto [list_code, list] = verb({"projections", "list"});
   EXPECT_EQ(list_code, 0);

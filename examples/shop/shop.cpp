@@ -1,7 +1,9 @@
 #include "shop.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <numeric>
 
@@ -24,6 +26,7 @@ constexpr cleave::migration schema[] = {
      "  price_cents bigint not null, primary key (order_id, product_id));"
      "create index order_lines_product on order_lines(product_id);"
      "create index orders_customer on orders(customer_id);"},
+    {2, "payments", "alter table orders add column paid_at bigint"},
 };
 
 std::int64_t now_ms() {
@@ -103,11 +106,20 @@ cleave::result<placed_order> on_place_order(const place_order& c, cleave::write_
   return placed_order{c.order_id, total};
 }
 
+struct order_state {
+  std::string status;
+  std::optional<std::int64_t> paid_at;
+};
+CLEAVE_RECORD(order_state, status, paid_at)
+
 cleave::result<void> on_cancel_order(const cancel_order& c, cleave::write_context& tx) {
-  auto status = tx.one<std::string>("select status from orders where id = $1", c.order_id);
-  if (!status) return cleave::not_found(fmt::format("no order '{}'", c.order_id));
-  if (*status == "cancelled")
+  auto order = tx.one<order_state>("select status, paid_at from orders where id = $1", c.order_id);
+  if (!order) return cleave::not_found(fmt::format("no order '{}'", c.order_id));
+  if (order->status == "cancelled")
     return cleave::rejected(fmt::format("order '{}' is already cancelled", c.order_id));
+  if (order->paid_at)
+    return cleave::rejected(
+        fmt::format("order '{}' is paid: it is no longer cancelled", c.order_id));
   tx.exec(
       "update products set stock = stock + (select quantity from order_lines l where l.order_id = "
       "$1 "
@@ -118,6 +130,51 @@ cleave::result<void> on_cancel_order(const cancel_order& c, cleave::write_contex
   tx.emit(c.order_id, order_cancelled{c.order_id});
   return {};
 }
+
+// Pays an order once: an order cancelled (by its buyer, or for want of payment) is not paid.
+cleave::result<void> on_pay_order(const pay_order& c, cleave::write_context& tx) {
+  auto order = tx.one<order_state>("select status, paid_at from orders where id = $1", c.order_id);
+  if (!order) return cleave::not_found(fmt::format("no order '{}'", c.order_id));
+  if (order->status == "cancelled")
+    return cleave::rejected(fmt::format("order '{}' is cancelled: it cannot be paid", c.order_id));
+  if (order->paid_at)
+    return cleave::rejected(fmt::format("order '{}' is already paid", c.order_id));
+  const auto paid_at = now_ms();
+  tx.exec("update orders set paid_at = $2 where id = $1", c.order_id, paid_at);
+  tx.emit(c.order_id, order_paid{c.order_id, paid_at});
+  return {};
+}
+
+// ---- the payment deadline: a process manager that, when an order is placed, schedules its
+// cancellation after payment_timeout, and takes it back when the order is paid or cancelled ----
+
+}  // namespace
+
+cleave::process_manager<awaiting_payment> order_payments(std::chrono::milliseconds timeout) {
+  cleave::process_manager<awaiting_payment> m{"order_payments"};
+  // The schedule's key is the order's id (keys are the manager's own).
+  m.on(&order_placed::order_id,
+       [timeout](const order_placed& e, awaiting_payment& s, cleave::process_context& p) {
+         s.order_id = e.order_id;
+         p.schedule(timeout, cancel_order{e.order_id}, e.order_id);
+       })
+      .on(&order_paid::order_id,
+          [](const order_paid& e, awaiting_payment&, cleave::process_context& p) {
+            p.cancel_schedule(e.order_id);
+            p.complete();
+          })
+      .on(&order_cancelled::order_id,
+          [](const order_cancelled& e, awaiting_payment&, cleave::process_context& p) {
+            p.cancel_schedule(e.order_id);
+            p.complete();
+          })
+      // Paid (or cancelled) before the deadline's cancellation ran: nothing is left to do.
+      .on_rejected<cancel_order>([](const cancel_order&, const cleave::error&, awaiting_payment&,
+                                    cleave::process_context& p) { p.complete(); });
+  return m;
+}
+
+namespace {
 
 // ---- query handlers: read-only ----
 
@@ -172,8 +229,10 @@ cleave::result<order_view> on_order_summary(const order_summary& q,
 cleave::result<std::vector<order_row>> on_customer_orders(const customer_orders& q,
                                                           const cleave::read_context& db) {
   return db.many<order_row>(
-      "select order_id, status, total_cents, placed_at from order_summaries where customer_id = "
-      "$1 order by placed_at desc, order_id",
+      "select s.order_id, s.status, s.total_cents, s.placed_at, d.due_ms as pay_by "
+      "from order_summaries s left join cleave_schedules d on d.key = 'order_payments:' || "
+      "s.order_id and d.state = 'pending' where s.customer_id = $1 "
+      "order by s.placed_at desc, s.order_id",
       q.customer_id);
 }
 
@@ -199,6 +258,9 @@ cleave::projection order_summaries() {
       })
       .on([](const order_cancelled& e, cleave::view_context& v) {
         v.exec("update {view} set status = 'cancelled' where order_id = $1", e.order_id);
+      })
+      .on([](const order_paid& e, cleave::view_context& v) {
+        v.exec("update {view} set status = 'paid' where order_id = $1", e.order_id);
       });
   return p;
 }
@@ -272,6 +334,7 @@ void install(cleave::app& a) {
   commands.add(on_restock);
   commands.add(on_place_order);
   commands.add(on_cancel_order);
+  commands.add(on_pay_order);
   auto& queries = a.queries();
   queries.use<cleave::validation>();
   queries.add(on_product_stock);
@@ -282,9 +345,30 @@ void install(cleave::app& a) {
   queries.add(on_top_products);
   a.add_projection(order_summaries());
   a.reads("shop.order_summary", {"order_summaries"});
-  a.reads("shop.customer_orders", {"order_summaries"});
+  // (and the payment deadlines the process manager keeps)
+  a.reads("shop.customer_orders", {"order_summaries", "order_payments"});
   a.add_projection(top_products_view());
   a.reads("shop.top_products", {"top_products"});
+  a.add_process_manager(order_payments(payment_timeout(a.config())));
+}
+
+std::chrono::milliseconds payment_timeout(const cleave::app_config& config) {
+  std::int64_t ms = 15 * 60 * 1000;
+  if (auto it = config.settings.find("payment_timeout_ms");
+      it != config.settings.end() && it->is_number_integer() && it->get<std::int64_t>() > 0)
+    ms = it->get<std::int64_t>();
+  if (const char* v = std::getenv("SHOP_PAYMENT_TIMEOUT_MS"); v && *v) {
+    std::int64_t parsed = 0;
+    const std::string_view text = v;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), parsed);
+    if (ec != std::errc{} || end != text.data() + text.size() || parsed <= 0)
+      throw cleave::error_exception(
+          cleave::error{cleave::errc::validation,
+                        "SHOP_PAYMENT_TIMEOUT_MS must be a positive number of milliseconds",
+                        {}});
+    ms = parsed;
+  }
+  return std::chrono::milliseconds(ms);
 }
 
 void seed_demo_data(cleave::app& a) {

@@ -4,6 +4,7 @@
 // come from a view kept by an async projection (order_summaries); best sellers from a database
 // materialized view (top_products).
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -73,6 +74,12 @@ struct cancel_order {
 };
 CLEAVE_COMMAND(cancel_order, "shop.cancel_order", order_id)
 
+// Pays a placed order (before its payment deadline, after which the shop cancels it).
+struct pay_order {
+  std::string order_id;
+};
+CLEAVE_COMMAND(pay_order, "shop.pay_order", order_id)
+
 // ---- events ----
 struct customer_registered {
   std::string id;
@@ -115,6 +122,11 @@ struct order_cancelled {
   std::string order_id;
 };
 CLEAVE_EVENT(order_cancelled, "shop.order_cancelled", order_id)
+struct order_paid {
+  std::string order_id;
+  std::int64_t paid_at = 0;
+};
+CLEAVE_EVENT(order_paid, "shop.order_paid", order_id, paid_at)
 
 // ---- queries ----
 struct product {
@@ -176,8 +188,10 @@ struct order_row {
   std::string status;
   std::int64_t total_cents = 0;
   std::int64_t placed_at = 0;
+  // When an unpaid order is cancelled unless paid first (Unix ms); absent once paid or cancelled.
+  std::optional<std::int64_t> pay_by;
 };
-CLEAVE_RECORD(order_row, order_id, status, total_cents, placed_at)
+CLEAVE_RECORD(order_row, order_id, status, total_cents, placed_at, pay_by)
 
 struct customer_orders {
   std::string customer_id;
@@ -198,7 +212,23 @@ struct top_products {
 };
 CLEAVE_QUERY(top_products, "shop.top_products", limit)
 
-// Registers the shop's handlers and migrations on `a`.
+// How long a placed order waits for its payment before the shop cancels it (returning its
+// stock): the config file's "settings": {"payment_timeout_ms": N}, or SHOP_PAYMENT_TIMEOUT_MS;
+// 15 minutes unless set.
+std::chrono::milliseconds payment_timeout(const cleave::app_config& config);
+
+// What a process manager remembers of an order waiting for its payment.
+struct awaiting_payment {
+  std::string order_id;
+};
+CLEAVE_RECORD(awaiting_payment, order_id)
+
+// The process manager "order_payments": when an order is placed it schedules its cancellation
+// (`cancel_order`, returning its stock) after `timeout`, under the order's id as the key, and takes
+// it back when the order is paid or cancelled first.
+cleave::process_manager<awaiting_payment> order_payments(std::chrono::milliseconds timeout);
+
+// Registers the shop's handlers, migrations and its payment process manager on `a`.
 void install(cleave::app& a);
 // Adds demo customers and products when the shop has none.
 void seed_demo_data(cleave::app& a);

@@ -6,6 +6,8 @@
 
 #include <limits>
 
+#include <cleave/testing/process_kit.hpp>
+
 #include "shop.hpp"
 
 namespace {
@@ -89,6 +91,60 @@ TEST_F(shop_on_sqlite,
   EXPECT_EQ(order->lines[0].product_id, "tea");
   EXPECT_EQ(order->lines[1].product_id, "cosy");
   EXPECT_EQ(order->lines[2].product_id, "mug");
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(shop_on_sqlite, an_order_is_paid_once_and_a_paid_order_is_not_cancelled) {
+  ASSERT_TRUE(app.commands().send(shop::place_order{"p1", "ada", {{"mug", 2}}}));
+  ASSERT_TRUE(app.commands().send(shop::pay_order{"p1"}));
+  auto twice = app.commands().send(shop::pay_order{"p1"});
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().category, cleave::errc::rejected);
+  auto cancel = app.commands().send(shop::cancel_order{"p1"});
+  ASSERT_FALSE(cancel);
+  EXPECT_THAT(cancel.error().message, ::testing::HasSubstr("is paid"));
+  EXPECT_EQ(stock("mug"), 38);  // still held by the paid order
+  // A cancelled order cannot be paid.
+  ASSERT_TRUE(app.commands().send(shop::place_order{"p2", "ada", {{"mug", 1}}}));
+  ASSERT_TRUE(app.commands().send(shop::cancel_order{"p2"}));
+  auto late = app.commands().send(shop::pay_order{"p2"});
+  ASSERT_FALSE(late);
+  EXPECT_THAT(late.error().message, ::testing::HasSubstr("cancelled"));
+  EXPECT_EQ(app.commands().send(shop::pay_order{"nope"}).error().category, cleave::errc::not_found);
+}
+
+shop::order_placed placed(std::string id) {
+  shop::order_placed e;
+  e.order_id = std::move(id);
+  return e;
+}
+
+// The payment deadline through the process kit: scheduled when placed, sent when the clock
+// reaches it, taken back when paid.
+TEST(shop_payments, an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not) {
+  using namespace std::chrono_literals;
+  cleave::testing::process_kit kit{shop::order_payments(15min)};
+  kit.given("o1", placed("o1"));
+  kit.given("o2", placed("o2"));
+  auto v = kit.then_scheduled(std::vector<shop::cancel_order>{{"o1"}, {"o2"}});
+  EXPECT_TRUE(v) << v.why;
+  kit.given("o2", shop::order_paid{"o2", 0});
+  kit.advance(14min);
+  v = kit.then_sent(std::vector<shop::cancel_order>{});
+  EXPECT_TRUE(v) << v.why;
+  kit.advance(1min);
+  v = kit.then_sent(std::vector<shop::cancel_order>{{"o1"}});
+  EXPECT_TRUE(v) << v.why;
+  EXPECT_TRUE(kit.scheduled().empty());
+  // Paid meanwhile: the cancellation is refused, and the instance ends quietly.
+  kit.refuse<shop::cancel_order>({cleave::errc::rejected, "order 'o3' is paid", {}});
+  kit.given("o3", placed("o3"));
+  kit.advance(15min);
+  EXPECT_TRUE(kit.state("o3").is_null());
+  EXPECT_TRUE(kit.scheduled().empty());
 }
 
 }  // namespace

@@ -54,11 +54,12 @@ struct config_file {
   std::optional<std::vector<std::string>> replicas;
   std::optional<std::int64_t> replica_max_lag_ms, request_timeout_ms;
   std::optional<openapi_entry> openapi;
+  std::optional<json> settings;
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
               tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
-              max_parked_reads, group_commit, request_timeout_ms)
+              max_parked_reads, group_commit, request_timeout_ms, settings)
 
 }  // namespace
 
@@ -110,6 +111,10 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
     if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;
+    if (f.settings) {
+      if (!f.settings->is_object()) return invalid("settings", "must be an object");
+      c.settings = *f.settings;
+    }
     for (auto [value, into, name] :
          {std::tuple{f.replica_max_lag_ms, &c.replica_max_lag, "replica_max_lag_ms"},
           std::tuple{f.request_timeout_ms, &c.request_timeout, "request_timeout_ms"}}) {
@@ -277,6 +282,13 @@ app::app(app_config config)
     queries_.use<authorization>(roles);
   }
   consistency_ = &queries_.use<read_your_writes>(*projector_);
+  scheduler_ = std::make_unique<cleave::scheduler>(
+      *store_,
+      [this](std::string_view wire_name, const json& payload, const request_meta& meta) {
+        return commands_.send_json(wire_name, payload, meta);
+      },
+      scheduler_options{.request_timeout = config_.request_timeout});
+  projector_->add_leader_task([this] { return scheduler_->run_due(); });
   verbs::add_builtin(*this);
 }
 

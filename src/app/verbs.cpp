@@ -247,6 +247,18 @@ int projections(app& a, std::span<const std::string> args) {
   return 0;
 }
 
+int schedule(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Scheduled commands: those pending, soonest first, then those that failed.",
+               "schedule"};
+  cli.require_subcommand(1);
+  std::size_t limit = 200;
+  auto* list = cli.add_subcommand("list", "Prints the scheduled commands as JSON.");
+  list->add_option("--limit", limit, "at most this many")->check(CLI::Range(1, 100000));
+  if (auto done = parse(cli, args, "schedule list [--limit N]")) return *done;
+  print_json(schedules_json(a.schedules(), limit));
+  return 0;
+}
+
 int migrate(app& a, std::span<const std::string> args) {
   CLI::App cli{"Applies the application's migrations.", "migrate"};
   cli.allow_extras();  // ignored, as they always were
@@ -282,6 +294,10 @@ void add_builtin(app& a) {
       "                      the read side's views: where they stand, rebuilds, dead letters",
       projections);
   a.add_verb("migrate", "migrate             apply the application's migrations", migrate);
+  a.add_verb("schedule",
+             "schedule list [--limit N]\n"
+             "                      the scheduled commands: pending (soonest first) and failed",
+             schedule);
 }
 
 }  // namespace cleave::verbs

@@ -1,4 +1,5 @@
 #include <cleave/core/bus.hpp>
+#include <cleave/core/detail/schedules.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -108,6 +109,10 @@ result<void> write_once(session_source* source, const message_info& info, const 
         tx.commit();
         return replay(*prior, info, meta, out, step);
       }
+    }
+    if (!meta.schedule_id.empty() && !claim_schedule(*tx, meta.schedule_id)) {
+      tx.rollback();
+      return fail(errc::not_found, "the scheduled command was cancelled or replaced");
     }
     write_context ctx(&*tx, meta);
     auto outcome = step.run(ctx);

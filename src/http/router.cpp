@@ -207,11 +207,20 @@ response router::static_file(const std::string& path, const std::string& correla
 //   GET  /admin/projections/{name}/dead-letters
 //   POST /admin/projections/{name}/replay-dead-letters
 //   POST /admin/projections/{name}/rebuild[?verify=true]   202; progress in the listing
+//   GET  /admin/schedules                            scheduled commands: pending, then failed
 response router::admin(const request& r, const std::string& path, request_meta& meta) {
   auto& p = app_.projections();
   const auto ok = [](const json& body, int status = 200) {
     return response{status, "application/json", body.dump(), {}};
   };
+  if (path == "/admin/schedules") {
+    if (r.method != "GET")
+      return problem(405, {errc::validation, "use GET", {}}, meta.correlation_id);
+    const auto counts = app_.schedules().count();
+    return ok({{"pending", counts.pending},
+               {"failed", counts.failed},
+               {"schedules", schedules_json(app_.schedules())}});
+  }
   constexpr std::string_view prefix = "/admin/projections";
   if (path == prefix) {
     if (r.method != "GET")

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <cleave/core/detail/schedules.hpp>
 #include <cleave/store/detail/append.hpp>
 
 #include "store_impl.hpp"
@@ -44,6 +45,7 @@ constexpr migration own_migrations[] = {
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
     {3, "snapshots", cleave::detail::snapshots_schema},
     {4, "snapshot shapes", cleave::detail::snapshot_shapes_schema},
+    {5, "scheduled commands", cleave::detail::schedules_schema},
 };
 
 }  // namespace

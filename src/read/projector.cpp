@@ -93,6 +93,11 @@ bool projector::needs_upgrade(const projection& p, store& views, const std::stri
   const auto live =
       reading(views, [&](read_context& ctx) { return recorded_version(ctx, p.name()); });
   if (live.empty() || live == version) return false;
+  if (!p.not_rebuildable_reason().empty())
+    throw std::logic_error(fmt::format(
+        "projection '{}' changed version (its view was built by {}, this one is {}), but it "
+        "cannot be rebuilt: {}",
+        p.name(), live, version, p.not_rebuildable_reason()));
   if (p.mode() != projection_mode::async || p.schema_sql().empty())
     throw std::logic_error(fmt::format(
         "projection '{}' changed version (its view was built by {}, this one is {}), but only "

@@ -407,6 +407,11 @@ void projector::check_rebuildable(std::string_view name) const {
                      name),
          {}});
   const auto& p = find(name);
+  if (!p.def.not_rebuildable_reason().empty())
+    throw error_exception(
+        {errc::validation,
+         fmt::format("projection '{}' cannot be rebuilt: {}", name, p.def.not_rebuildable_reason()),
+         {}});
   if (p.def.mode() == projection_mode::materialized) return;
   if (p.def.mode() != projection_mode::async || p.def.schema_sql().empty())
     throw error_exception(

@@ -10,7 +10,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cleave/core/detail/schedules.hpp>
 #include <thread>
+
 #include "internal.hpp"
 
 namespace cleave {
@@ -23,7 +25,31 @@ std::chrono::milliseconds projector::next_wait() const {
   for (const auto& p : projections_)
     if (p.def.mode() == projection_mode::materialized)
       wait = std::min(wait, std::max(p.def.refresh().after, std::chrono::milliseconds(1)));
+  if (const auto next = next_task_ms_.load(); next != INT64_MAX) {
+    const auto until = std::chrono::milliseconds(next - cleave::detail::unix_now_ms());
+    wait = std::max(std::chrono::milliseconds(0), std::min(wait, until));
+  }
   return wait;
+}
+
+void projector::add_leader_task(leader_task task) {
+  leader_tasks_.push_back(std::move(task));
+}
+
+void projector::run_leader_tasks() {
+  std::int64_t soonest = INT64_MAX;
+  for (auto& task : leader_tasks_) {
+    try {
+      if (auto next = task()) soonest = std::min(soonest, *next);
+      continue;
+    } catch (const error_exception& e) {
+      spdlog::error("projector: {}", e.error().describe());
+    } catch (const std::exception& e) {
+      spdlog::error("projector: {}", e.what());
+    }
+    soonest = std::min(soonest, cleave::detail::unix_now_ms() + 1000);  // try again in a second
+  }
+  next_task_ms_ = soonest;
 }
 
 std::size_t projector::catch_up(std::size_t batch) {
@@ -37,6 +63,7 @@ std::size_t projector::catch_up(std::size_t batch) {
   }
   refresh_materialized(true);
   drop_retired();
+  run_leader_tasks();
   return applied;
 }
 
@@ -92,6 +119,7 @@ void projector::run_worker() {
     try {
       applied = catch_up_async();
       refresh_materialized(false);
+      run_leader_tasks();
       if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
         retired_checked_ = clock::now();
         drop_retired();

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <utility>
 
+#include <cleave/core/detail/schedules.hpp>
 #include <cleave/store/detail/append.hpp>
 #include <cleave/store/detail/failure.hpp>
 
@@ -42,6 +43,7 @@ constexpr migration own_migrations[] = {
      "create index cleave_commands_age on cleave_commands(recorded_at);"},
     {3, "snapshots", cleave::detail::snapshots_schema},
     {4, "snapshot shapes", cleave::detail::snapshot_shapes_schema},
+    {5, "scheduled commands", cleave::detail::schedules_schema},
 };
 
 }  // namespace

@@ -1,4 +1,5 @@
-// The read side's admin page: GET /admin/projections every second; rebuild and replay buttons.
+// The read side's admin page: GET /admin/projections and /admin/schedules every second; rebuild
+// and replay buttons.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -25,6 +26,19 @@ function rebuildCell(p) {
   if (job.swapped) return `swapped (${job.applied} events)`;
   if (job.differences > 0) return `not swapped: ${job.differences} rows differ`;
   return bar;
+}
+
+// Text for innerHTML: what a stranger put in a command's payload must not become markup.
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+async function loadSchedules() {
+  const { pending, failed, schedules } = await api("GET", "/admin/schedules");
+  $("schedule-counts").textContent = `${pending} pending, ${failed} failed`;
+  $("schedules").querySelector("tbody").innerHTML = schedules.map((s) => `
+    <tr class="${esc(s.state)}"><td>${esc(new Date(s.due_ms).toLocaleString())}</td><td>${esc(s.command)}</td>
+      <td><code>${esc(JSON.stringify(s.payload))}</code></td>
+      <td>${esc(s.origin ? `${s.origin} (${s.instance})` : s.subject || "—")}</td><td>${esc(s.state)}</td>
+      <td class="num">${s.attempts}</td><td>${esc(s.last_error || "")}</td></tr>`).join("");
 }
 
 async function load() {
@@ -68,5 +82,6 @@ $("projections").addEventListener("click", async (e) => {
   }
 });
 
-load().catch((e) => say(e.message, false));
-setInterval(() => load().catch((e) => say(e.message, false)), 1000);
+const loadAll = () => Promise.all([load(), loadSchedules()]).catch((e) => say(e.message, false));
+loadAll();
+setInterval(loadAll, 1000);

@@ -55,7 +55,9 @@ async function loadOrders() {
   $("orders").querySelector("tbody").innerHTML = orders.map((o) => `
     <tr class="clickable ${o.status}" data-order="${o.order_id}">
       <td>${o.order_id}</td><td class="status">${o.status}</td><td class="num">${money(o.total_cents)}</td>
-      <td>${o.status === "placed" ? `<button class="secondary cancel" data-order="${o.order_id}">Cancel</button>` : ""}</td>
+      <td class="deadline">${o.status === "placed" && o.pay_by ? `pay by ${new Date(o.pay_by).toLocaleTimeString()}` : ""}</td>
+      <td>${o.status === "placed" ? `<button class="pay" data-order="${o.order_id}">Pay</button>
+        <button class="secondary cancel" data-order="${o.order_id}">Cancel</button>` : ""}</td>
     </tr>`).join("");
   const top = await call("queries", "shop.top_products", { limit: 3 });
   $("top").innerHTML = top.map((t) => `<li>${t.name} — ${t.units_sold} sold</li>`).join("");
@@ -103,9 +105,16 @@ $("place").addEventListener("click", async () => {
 
 $("orders").addEventListener("click", async (event) => {
   const cancel = event.target.closest("button.cancel");
+  const pay = event.target.closest("button.pay");
   const row = event.target.closest("tr[data-order]");
   try {
-    if (cancel) {
+    if (pay) {
+      // Paid once, like cancelled once: the order's id makes the key.
+      await call("commands", "shop.pay_order", { order_id: pay.dataset.order }, `pay-${pay.dataset.order}`);
+      say(`Paid ${pay.dataset.order}.`, true);
+      await refresh();
+      await showSummary(pay.dataset.order);
+    } else if (cancel) {
       // An order is cancelled once: its id makes the key, so a second click gets the same answer.
       await call("commands", "shop.cancel_order", { order_id: cancel.dataset.order }, `cancel-${cancel.dataset.order}`);
       say(`Cancelled ${cancel.dataset.order}; its stock is back.`, true);

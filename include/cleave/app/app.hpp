@@ -30,6 +30,8 @@
 #include <cleave/store/group_commit.hpp>
 #include <cleave/store/store.hpp>
 #include <cleave/store/upcasting.hpp>
+#include <cleave/workflow/process_manager.hpp>
+#include <cleave/workflow/scheduler.hpp>
 #include <cleave/write/event_sourced.hpp>
 
 namespace cleave {
@@ -79,6 +81,8 @@ struct app_config {
   // The API's name and version in /openapi.json (the file's "openapi": {"title", "version"}).
   std::string api_title = "cleave application";
   std::string api_version = "1";
+  // The application's own settings (the file's "settings": {...}), for its install code to read.
+  json settings = json::object();
 };
 
 // Reads a configuration: defaults, then the JSON file (when it exists; a missing file is fine, a
@@ -121,6 +125,16 @@ class app {
   // Registers a projection, created and registered on the projector by migrate() after the
   // application's own migrations (its view may read or join their tables).
   void add_projection(projection p, cleave::store* views = nullptr);
+  // Registers a process manager: its projection (created by migrate(), as add_projection's),
+  // and how refusals of the commands it sends reach it.
+  template <class State>
+  void add_process_manager(const process_manager<State>& manager) {
+    add_projection(manager.as_projection());
+    scheduler_->on_refused(manager.name(), manager.refusal_handler());
+  }
+  // The scheduled commands (write_context::schedule, process managers), sent by the leading
+  // projector's worker when due.
+  cleave::scheduler& schedules() noexcept { return *scheduler_; }
   // Declares that query `wire_name` reads the views of these projections, so that its
   // consistency requests (at_least, bounded, strong) wait for them.
   void reads(std::string wire_name, std::vector<std::string> projection_names);
@@ -168,6 +182,7 @@ class app {
   std::unique_ptr<cleave::group_commit> grouped_;  // when config_.group_commit
   command_bus commands_;
   query_bus queries_;
+  std::unique_ptr<cleave::scheduler> scheduler_;  // sends through commands_
   read_your_writes* consistency_ = nullptr;
   std::vector<std::pair<projection, cleave::store*>> pending_projections_;
   mutable std::mutex jobs_mutex_;

@@ -3,6 +3,7 @@
 // A query handler gets only a read_context, which offers no way to write.
 
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -11,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <cleave/core/detail/schedules.hpp>
 #include <cleave/core/error.hpp>
 #include <cleave/core/json.hpp>
 #include <cleave/core/message.hpp>
@@ -210,6 +212,46 @@ class write_context : public read_context {
   template <class E>
   void emit(const E& e) {
     append(std::string_view{}, e, std::nullopt);
+  }
+
+  // Schedules `command` to be sent at `when`, stored in this transaction: it exists only if this
+  // command commits. The application's projector (the leader among processes) sends it once it is
+  // due, with the schedule's id as its command id and as this command's principal; one that comes
+  // due while no process runs is sent late, never lost. `key` names it for cancel_schedule(); a
+  // pending schedule with that key is replaced. Returns the key (a fresh one when none is given).
+  template <class C>
+  std::string schedule(std::chrono::system_clock::time_point when, const C& command,
+                       std::string_view key = {}) {
+    static_assert(
+        cleave::command<C>,
+        "schedule() takes a command: declare it with CLEAVE_COMMAND(type, \"name\", ...)");
+    if (!write_) detail::throw_no_store();
+    const json payload = to_json(command);
+    const auto due = std::chrono::duration_cast<std::chrono::milliseconds>(when.time_since_epoch());
+    return detail::insert_schedule(*write_, {.id = {},
+                                             .key = key,
+                                             .due_ms = due.count(),
+                                             .command = info_of<C>().wire_name,
+                                             .payload = &payload,
+                                             .origin = {},
+                                             .instance = {},
+                                             .runs_as = &meta_->principal,
+                                             .now_ms = detail::unix_now_ms()});
+  }
+  // The same, `after` from now.
+  template <class C, class Rep, class Period>
+  std::string schedule(std::chrono::duration<Rep, Period> after, const C& command,
+                       std::string_view key = {}) {
+    return schedule(std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(after),
+                    command, key);
+  }
+  // Cancels the pending schedule `key` in this transaction; false when none is pending (sent,
+  // cancelled, or never made). Once this commits the command is never sent: sending it takes its
+  // schedule out of the table in the scheduled command's own transaction.
+  bool cancel_schedule(std::string_view key) {
+    if (!write_) detail::throw_no_store();
+    return detail::cancel_schedule(*write_, key);
   }
 
  private:

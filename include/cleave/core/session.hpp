@@ -78,6 +78,10 @@ struct request_meta {
   // it passes them a copy (read_your_writes sends a query that waited for its views to the
   // primary, where those views are); the query bus hands the final value to begin_read().
   cleave::consistency consistency;
+  // For a command: the scheduled command it carries out (set by the scheduler). Its schedule is
+  // taken out of the table in the command's own transaction before the handler runs; when it is
+  // no longer pending (cancelled or replaced) the command does not run (errc::not_found).
+  std::string schedule_id;
 };
 
 // The command id for an idempotency key a transport (HTTP, the CLI) received from `who`: the key

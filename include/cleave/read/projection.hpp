@@ -73,6 +73,9 @@ class view_context {
   // The event being applied: its position, stream, metadata.
   const stored_event& event() const noexcept { return stored_; }
   std::string_view table() const noexcept { return table_; }
+  // The transaction the event is applied in, for parts of the framework built on projections
+  // (process managers).
+  write_session& session() const noexcept { return tx_; }
 
  private:
   std::string with_table(std::string_view sql) const;
@@ -206,6 +209,16 @@ class projection {
     return *this;
   }
 
+  // Its handlers have effects beyond its view (a process manager's commands): running them again
+  // from the start would repeat those effects, so it is never rebuilt, nor built afresh for a new
+  // version; `why` is what a refused rebuild says.
+  projection& not_rebuildable(std::string why) {
+    not_rebuildable_ = std::move(why);
+    return *this;
+  }
+  // Why it cannot be rebuilt; empty when it can.
+  const std::string& not_rebuildable_reason() const noexcept { return not_rebuildable_; }
+
   const std::string& name() const noexcept { return name_; }
   const std::string& table() const noexcept { return table_; }
   const std::string& schema_sql() const noexcept { return schema_; }
@@ -227,7 +240,7 @@ class projection {
   }
 
  private:
-  std::string name_, table_, schema_, select_, key_, batch_sql_;
+  std::string name_, table_, schema_, select_, key_, batch_sql_, not_rebuildable_;
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::uint32_t version_ = 1;

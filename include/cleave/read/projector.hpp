@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -213,6 +214,13 @@ class projector {
   // The event log's store.
   store& log() noexcept { return db_; }
 
+  // Work that only the leading projector does, run by its worker after each pass over the
+  // projections (and by catch_up()): it does what is due and returns when it next wants to run
+  // (Unix milliseconds; nullopt: only when woken), which the worker's sleep does not pass. A
+  // commit anywhere wakes the worker. Exceptions are logged. Add before start().
+  using leader_task = std::function<std::optional<std::int64_t>()>;
+  void add_leader_task(leader_task task);
+
  private:
   class inline_source;
   struct entry {
@@ -301,6 +309,11 @@ class projector {
   std::atomic<bool> refresh_wanted_{false};
   std::thread worker_, watcher_;
   std::unique_ptr<commit_watch> watch_;
+  std::vector<leader_task> leader_tasks_;
+  // The earliest time a leader task asked to run again (Unix ms; max: none); worker thread only.
+  std::atomic<std::int64_t> next_task_ms_{INT64_MAX};
+  // Runs the leader tasks, logging what they throw, and notes when they next want to run.
+  void run_leader_tasks();
   int max_attempts_ = 3;
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
