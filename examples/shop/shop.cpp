@@ -156,7 +156,10 @@ cleave::process_manager<awaiting_payment> order_payments(std::chrono::millisecon
   m.on(&order_placed::order_id,
        [timeout](const order_placed& e, awaiting_payment& s, cleave::process_context& p) {
          s.order_id = e.order_id;
-         p.schedule(timeout, cancel_order{e.order_id}, e.order_id);
+         // From when it was placed: a manager that was down does not move the deadline.
+         const auto placed =
+             std::chrono::system_clock::time_point(std::chrono::milliseconds(e.placed_at));
+         p.schedule(placed + timeout, cancel_order{e.order_id}, e.order_id);
        })
       .on(&order_paid::order_id,
           [](const order_paid& e, awaiting_payment&, cleave::process_context& p) {
@@ -168,7 +171,8 @@ cleave::process_manager<awaiting_payment> order_payments(std::chrono::millisecon
             p.cancel_schedule(e.order_id);
             p.complete();
           })
-      // Paid (or cancelled) before the deadline's cancellation ran: nothing is left to do.
+      // Paid (or cancelled) before the deadline's cancellation ran, or gone: nothing is left to
+      // do. (A cancellation refused for want of a role stays in the schedule table as failed.)
       .on_rejected<cancel_order>([](const cancel_order&, const cleave::error&, awaiting_payment&,
                                     cleave::process_context& p) { p.complete(); });
   return m;
@@ -353,7 +357,7 @@ void install(cleave::app& a) {
 }
 
 std::chrono::milliseconds payment_timeout(const cleave::app_config& config) {
-  std::int64_t ms = 15 * 60 * 1000;
+  std::int64_t ms = std::int64_t{15} * 60 * 1000;
   if (auto it = config.settings.find("payment_timeout_ms");
       it != config.settings.end() && it->is_number_integer() && it->get<std::int64_t>() > 0)
     ms = it->get<std::int64_t>();

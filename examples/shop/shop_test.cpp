@@ -116,9 +116,11 @@ TEST_F(shop_on_sqlite, an_order_is_paid_once_and_a_paid_order_is_not_cancelled) 
   EXPECT_EQ(app.commands().send(shop::pay_order{"nope"}).error().category, cleave::errc::not_found);
 }
 
-shop::order_placed placed(std::string id) {
+shop::order_placed placed(std::string id, std::chrono::system_clock::time_point at) {
   shop::order_placed e;
   e.order_id = std::move(id);
+  e.placed_at =
+      std::chrono::duration_cast<std::chrono::milliseconds>(at.time_since_epoch()).count();
   return e;
 }
 
@@ -127,8 +129,8 @@ shop::order_placed placed(std::string id) {
 TEST(shop_payments, an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not) {
   using namespace std::chrono_literals;
   cleave::testing::process_kit kit{shop::order_payments(15min)};
-  kit.given("o1", placed("o1"));
-  kit.given("o2", placed("o2"));
+  kit.given("o1", placed("o1", kit.now()));
+  kit.given("o2", placed("o2", kit.now()));
   auto v = kit.then_scheduled(std::vector<shop::cancel_order>{{"o1"}, {"o2"}});
   EXPECT_TRUE(v) << v.why;
   kit.given("o2", shop::order_paid{"o2", 0});
@@ -141,7 +143,7 @@ TEST(shop_payments, an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_
   EXPECT_TRUE(kit.scheduled().empty());
   // Paid meanwhile: the cancellation is refused, and the instance ends quietly.
   kit.refuse<shop::cancel_order>({cleave::errc::rejected, "order 'o3' is paid", {}});
-  kit.given("o3", placed("o3"));
+  kit.given("o3", placed("o3", kit.now()));
   kit.advance(15min);
   EXPECT_TRUE(kit.state("o3").is_null());
   EXPECT_TRUE(kit.scheduled().empty());

@@ -104,8 +104,8 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
         // Half are paid, some in time and some after their deadline.
         if (i % 2 == 0) {
           std::lock_guard lock(mutex);
-          to_pay.emplace_back(id, std::chrono::steady_clock::now() +
-                                      std::chrono::milliseconds(random() % 500));
+          to_pay.emplace_back(
+              id, std::chrono::steady_clock::now() + std::chrono::milliseconds(random() % 500));
         }
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(8));
@@ -198,16 +198,18 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
                          "('shop.order_paid', 'shop.order_cancelled') group by stream having "
                          "count(*) = 1) as once"),
             placed.load());
-  EXPECT_EQ(this->scalar(*shop,
-                         "select count(*) from (select command_id from cleave_events where "
-                         "command_id is not null group by command_id having count(*) > 1) as twice"),
-            0);
+  EXPECT_EQ(
+      this->scalar(*shop,
+                   "select count(*) from (select command_id from cleave_events where "
+                   "command_id is not null group by command_id having count(*) > 1) as twice"),
+      0);
   // Stock: what was there, plus restocks, less what live orders hold.
-  EXPECT_EQ(this->scalar(*shop,
-                         "select sum(stock) + (select coalesce(sum(l.quantity), 0) from order_lines "
-                         "l join orders o on o.id = l.order_id where o.status <> 'cancelled') from "
-                         "products"),
-            stock_before);
+  EXPECT_EQ(
+      this->scalar(*shop,
+                   "select sum(stock) + (select coalesce(sum(l.quantity), 0) from order_lines "
+                   "l join orders o on o.id = l.order_id where o.status <> 'cancelled') from "
+                   "products"),
+      stock_before);
   // Nothing left behind: no schedule pending or failed, no instance waiting.
   EXPECT_EQ(this->scalar(*shop, "select count(*) from cleave_schedules"), 0);
   EXPECT_EQ(this->scalar(*shop, "select count(*) from order_payments"), 0);

@@ -252,10 +252,22 @@ int schedule(app& a, std::span<const std::string> args) {
                "schedule"};
   cli.require_subcommand(1);
   std::size_t limit = 200;
+  std::string id;
   auto* list = cli.add_subcommand("list", "Prints the scheduled commands as JSON.");
   list->add_option("--limit", limit, "at most this many")->check(CLI::Range(1, 100000));
-  if (auto done = parse(cli, args, "schedule list [--limit N]")) return *done;
-  print_json(schedules_json(a.schedules(), limit));
+  auto* retry = cli.add_subcommand("retry", "Puts a failed schedule back, due now.");
+  retry->add_option("ID", id, "the schedule's id (schedule list)")->required();
+  auto* discard = cli.add_subcommand("discard", "Deletes a failed schedule.");
+  discard->add_option("ID", id, "the schedule's id (schedule list)")->required();
+  if (auto done = parse(cli, args, "schedule list [--limit N] | retry ID | discard ID"))
+    return *done;
+  if (list->parsed()) {
+    print_json(schedules_json(a.schedules(), limit));
+    return 0;
+  }
+  const bool done = retry->parsed() ? a.schedules().retry(id) : a.schedules().discard(id);
+  if (!done) return report({errc::not_found, fmt::format("no failed schedule '{}'", id), {}});
+  std::cout << (retry->parsed() ? "due again" : "discarded") << std::endl;
   return 0;
 }
 
@@ -295,8 +307,9 @@ void add_builtin(app& a) {
       projections);
   a.add_verb("migrate", "migrate             apply the application's migrations", migrate);
   a.add_verb("schedule",
-             "schedule list [--limit N]\n"
-             "                      the scheduled commands: pending (soonest first) and failed",
+             "schedule list [--limit N] | retry ID | discard ID\n"
+             "                      the scheduled commands: pending (soonest first) and failed;\n"
+             "                      a failed one sent again, or dropped",
              schedule);
 }
 

@@ -21,16 +21,21 @@ std::int64_t unix_now_ms() {
 
 std::string insert_schedule(write_session& tx, const schedule_request& r) {
   const std::string id = r.id.empty() ? random_schedule_id() : std::string(r.id);
-  const std::string key = r.key.empty() ? id : std::string(r.key);
+  std::string key = r.key.empty() ? id : std::string(r.key);
   const std::string payload = r.payload ? r.payload->dump() : std::string("{}");
   static const principal nobody;
   const principal& who = r.runs_as ? *r.runs_as : nobody;
   const std::string roles = json(who.roles).dump();
-  const std::array<sql_value, 10> row{std::string_view(id),      std::string_view(key),
-                                      r.due_ms,                  r.command,
-                                      std::string_view(payload), r.origin,
-                                      r.instance,                std::string_view(who.subject),
-                                      std::string_view(roles),   r.now_ms};
+  const std::array<sql_value, 10> row{std::string_view(id),
+                                      std::string_view(key),
+                                      r.due_ms,
+                                      r.command,
+                                      std::string_view(payload),
+                                      r.origin,
+                                      r.instance,
+                                      std::string_view(who.subject),
+                                      std::string_view(roles),
+                                      r.now_ms};
   tx.exec(
       "insert into cleave_schedules(id, key, due_ms, command, payload, origin, instance, subject, "
       "roles, state, created_ms) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) "

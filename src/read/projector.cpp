@@ -67,11 +67,14 @@ void projector::add(projection p, store* views) {
     const migration view[] = {{1, "view", sql}};
     views->migrate("projection:" + p.name(), view);
   }
+  // Where a view made now starts: the log's beginning, or its head for a projection that reacts
+  // only to what happens from now on.
+  const auto start = p.starts_at_head() ? db_.head() : position_token{};
   writing(*views, [&](write_transaction&, write_context& tx) {
     tx.exec(
-        "insert into cleave_checkpoints(name, transaction_id, position, version) values ($1, 0, "
-        "0, $2) on conflict(name) do nothing",
-        p.name(), version);
+        "insert into cleave_checkpoints(name, transaction_id, position, version) values ($1, $3, "
+        "$4, $2) on conflict(name) do nothing",
+        p.name(), version, tx_of(start), pos_of(start));
     // A view made before versions were recorded is taken as the current version.
     tx.exec("update cleave_checkpoints set version = $2 where name = $1 and version is null",
             p.name(), version);

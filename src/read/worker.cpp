@@ -100,6 +100,7 @@ void projector::notify() {
 
 void projector::run_worker() {
   std::unique_ptr<lease> held;
+  auto lease_checked = clock::time_point{};
   while (running_) {
     if (!opts_.lease.empty() && !held) {
       try {
@@ -119,6 +120,18 @@ void projector::run_worker() {
     try {
       applied = catch_up_async();
       refresh_materialized(false);
+      // Leader tasks have effects of their own (commands sent): a worker that lost its lease
+      // (paused, cut off) finds out before it runs them, at the cost of a round trip at most
+      // every quarter second.
+      if (held && clock::now() - lease_checked > std::chrono::milliseconds(250)) {
+        lease_checked = clock::now();
+        if (!held->held()) {
+          spdlog::warn("projector: lost the lease '{}'", opts_.lease);
+          held.reset();
+          leading_ = false;
+          continue;
+        }
+      }
       run_leader_tasks();
       if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
         retired_checked_ = clock::now();

@@ -18,21 +18,6 @@ constexpr std::string_view columns =
     "id, key, command, payload, origin, instance, subject, roles, state, due_ms, attempts, "
     "last_error";
 
-// Refusals that sending again would only repeat.
-bool is_refusal(errc category) {
-  switch (category) {
-    case errc::validation:
-    case errc::not_found:
-    case errc::rejected:
-    case errc::unauthorized:
-    case errc::forbidden:
-    case errc::idempotency_key_reused:
-      return true;
-    default:
-      return false;
-  }
-}
-
 struct state_count {
   std::string state;
   std::int64_t n = 0;
@@ -61,8 +46,21 @@ void scheduler::on_refused(std::string origin, refusal_fn handle) {
   refusals_[std::move(origin)] = std::move(handle);
 }
 
+std::string scheduler::command_id_of(std::string_view schedule_id) {
+  // No transport can send this id: an anonymous idempotency key has no space, and a principal's
+  // is scoped as "<subject> <key>" with subjects from the configuration.
+  return fmt::format("@schedule {}", schedule_id);
+}
+
 std::optional<std::int64_t> scheduler::run_due() {
   const auto now = now_();
+  // One query on a pass with nothing due (every pass of the worker runs this).
+  const auto next = read_primary(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
+    auto soonest = ctx.one<std::optional<std::int64_t>>(
+        "select min(due_ms) from cleave_schedules where state = 'pending'");
+    return soonest ? *soonest : std::nullopt;
+  });
+  if (!next || *next > now) return next;
   const auto due = read_primary(db_, [&](read_context& ctx) {
     return ctx.many<scheduled_command>(
         fmt::format("select {} from cleave_schedules where state = 'pending' and due_ms <= $1 "
@@ -71,49 +69,89 @@ std::optional<std::int64_t> scheduler::run_due() {
         now, static_cast<std::int64_t>(opts_.batch));
   });
   for (const auto& row : due) {
-    request_meta meta;
-    meta.command_id = row.id;
-    meta.schedule_id = row.id;
-    meta.correlation_id = "schedule:" + row.id;
-    meta.principal.subject = row.subject;
-    if (auto roles = parse_json(row.roles); roles && roles->is_array())
-      for (const auto& r : *roles)
-        if (r.is_string()) meta.principal.roles.push_back(r.get<std::string>());
-    meta.deadline = clock::now() + opts_.request_timeout;
-    auto payload = parse_json(row.payload);
-    auto outcome = payload ? send_(row.command, *payload, meta)
-                           : result<json_outcome>(std::unexpected(payload.error()));
-    if (outcome) continue;  // its transaction took the schedule away
-    if (is_refusal(outcome.error().category))
-      refused(row, outcome.error());
-    else
-      failed_for_now(row, outcome.error());
+    // One schedule that fails in an unexpected way (a refusal handler that throws, say) is tried
+    // again later like a passing failure; it never holds back the ones after it.
+    try {
+      send_one(row);
+    } catch (const error_exception& e) {
+      settle_failure(row, e.error());
+    } catch (const std::exception& e) {
+      settle_failure(row, error{errc::internal, e.what(), {}});
+    }
   }
   if (due.size() == opts_.batch) return now;  // more are due
   return read_primary(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
-    auto next = ctx.one<std::optional<std::int64_t>>(
+    auto soonest = ctx.one<std::optional<std::int64_t>>(
         "select min(due_ms) from cleave_schedules where state = 'pending'");
-    return next ? *next : std::nullopt;
+    return soonest ? *soonest : std::nullopt;
   });
 }
 
+void scheduler::send_one(const scheduled_command& row) {
+  request_meta meta;
+  meta.command_id = command_id_of(row.id);
+  meta.schedule_id = row.id;
+  meta.correlation_id = "schedule:" + row.id;
+  meta.principal.subject = row.subject;
+  if (auto roles = parse_json(row.roles); roles && roles->is_array())
+    for (const auto& r : *roles)
+      if (r.is_string()) meta.principal.roles.push_back(r.get<std::string>());
+  meta.deadline = clock::now() + opts_.request_timeout;
+  auto payload = parse_json(row.payload);
+  if (!payload) throw error_exception(payload.error());
+  auto outcome = send_(row.command, *payload, meta);
+  if (outcome) return;  // its transaction took the schedule away
+  const auto category = outcome.error().category;
+  if (category == errc::rejected || category == errc::validation || category == errc::not_found)
+    refused(row, outcome.error());
+  else if (category == errc::unauthorized || category == errc::forbidden ||
+           category == errc::idempotency_key_reused)
+    fail_for_good(row, outcome.error());  // not the manager's business rule: a setup to fix
+  else
+    settle_failure(row, outcome.error());
+}
+
+void scheduler::settle_failure(const scheduled_command& row, const error& why) noexcept {
+  try {
+    failed_for_now(row, why);
+  } catch (const std::exception& e) {
+    spdlog::error("scheduled {} ({}): recording a failed attempt: {}", row.command, row.id,
+                  e.what());
+  }
+}
+
 void scheduler::refused(const scheduled_command& row, const error& why) {
+  // Serializable: a manager's refusal handler changes its instance's state, which a batch of the
+  // manager (on another process, during a hand-over of the lease) may change too.
+  write_scope tx(db_, detail::no_meta, isolation::serializable);
+  const auto it = refusals_.find(row.origin);
+  if (it == refusals_.end() || !it->second(*tx, row, why)) {
+    mark_failed(*tx, row, fmt::format("refused: {}", why.message));
+  }
+  tx.commit();
+}
+
+void scheduler::fail_for_good(const scheduled_command& row, const error& why) {
+  spdlog::error("scheduled {} ({}) kept as failed: {}", row.command, row.id, why.describe());
   write_now(db_, [&](write_session& tx) {
-    if (auto it = refusals_.find(row.origin); it != refusals_.end() && it->second(tx, row, why))
-      return true;
-    const sql_value params[] = {std::string_view(row.id),
-                                std::string_view(fmt::format("refused: {}", why.message))};
-    tx.exec(
-        "update cleave_schedules set state = 'failed', attempts = attempts + 1, last_error = $2 "
-        "where id = $1 and state = 'pending'",
-        params);
+    mark_failed(tx, row, why.message);
     return true;
   });
 }
 
+void scheduler::mark_failed(write_session& tx, const scheduled_command& row, std::string_view why) {
+  const sql_value params[] = {std::string_view(row.id), why};
+  tx.exec(
+      "update cleave_schedules set state = 'failed', attempts = attempts + 1, last_error = $2 "
+      "where id = $1 and state = 'pending'",
+      params);
+}
+
 void scheduler::failed_for_now(const scheduled_command& row, const error& why) {
   const auto attempts = row.attempts + 1;
-  const auto backoff = std::min<std::int64_t>(60'000, 100LL << std::min<std::int64_t>(attempts, 10));
+  // 100 ms after the first failure, doubling, at most a minute.
+  const auto backoff =
+      std::min<std::int64_t>(60'000, std::int64_t{100} << std::min<std::int64_t>(attempts - 1, 10));
   spdlog::info("scheduled {} ({}) failed, attempt {}: {}", row.command, row.id, attempts,
                why.message);
   write_now(db_, [&](write_session& tx) {
@@ -130,6 +168,29 @@ void scheduler::failed_for_now(const scheduled_command& row, const error& why) {
   });
 }
 
+bool scheduler::retry(std::string_view id) {
+  bool done = false;
+  write_now(db_, [&](write_session& tx) {
+    const sql_value params[] = {id, now_()};
+    done = tx.exec(
+               "update cleave_schedules set state = 'pending', attempts = 0, due_ms = $2 "
+               "where id = $1 and state = 'failed'",
+               params) > 0;
+    return true;
+  });
+  return done;
+}
+
+bool scheduler::discard(std::string_view id) {
+  bool done = false;
+  write_now(db_, [&](write_session& tx) {
+    const sql_value params[] = {id};
+    done = tx.exec("delete from cleave_schedules where id = $1 and state = 'failed'", params) > 0;
+    return true;
+  });
+  return done;
+}
+
 std::vector<scheduled_command> scheduler::list(std::size_t limit) {
   return read_primary(db_, [&](read_context& ctx) {
     return ctx.many<scheduled_command>(
@@ -142,8 +203,8 @@ std::vector<scheduled_command> scheduler::list(std::size_t limit) {
 scheduler::counts scheduler::count() {
   return read_primary(db_, [&](read_context& ctx) {
     counts out;
-    for (const auto& r : ctx.many<state_count>(
-             "select state, count(*) as n from cleave_schedules group by state"))
+    for (const auto& r :
+         ctx.many<state_count>("select state, count(*) as n from cleave_schedules group by state"))
       (r.state == "failed" ? out.failed : out.pending) += r.n;
     return out;
   });

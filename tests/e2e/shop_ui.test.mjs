@@ -1,4 +1,5 @@
-// The shop's web UI in a real browser: place an order, see it in the order view, cancel it.
+// The shop's web UI in a real browser: place an order, see it in the order view, cancel it; pay
+// one before its deadline, and see one left unpaid cancelled at its deadline.
 // Run by ctest (shop_ui_e2e) with SHOP_BIN naming the shop executable.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -11,10 +12,10 @@ import { chromium } from "playwright-core";
 const shopBin = process.env.SHOP_BIN;
 const port = 20000 + Math.floor(Math.random() * 20000);
 
-async function startShop(dir) {
+async function startShop(dir, env = {}) {
   const shop = spawn(shopBin, ["serve"], {
     cwd: dir,
-    env: { ...process.env, CLEAVE_LISTEN: `127.0.0.1:${port}`, CLEAVE_LOG_LEVEL: "warn" },
+    env: { ...process.env, CLEAVE_LISTEN: `127.0.0.1:${port}`, CLEAVE_LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   await new Promise((resolve, reject) => {
@@ -135,6 +136,54 @@ test("a retry after a lost answer and a double click place one order", async () 
     await page.waitForFunction((expected) =>
       Number(document.querySelector('#products tr[data-product="teapot"] .stock')?.textContent) === expected,
       stockBefore - 1);
+  } finally {
+    await browser.close();
+    shop.kill("SIGTERM");
+    await new Promise((resolve) => shop.on("exit", resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("an order is paid with its Pay button; one left unpaid is cancelled at its deadline", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
+  const shop = await startShop(dir, { SHOP_PAYMENT_TIMEOUT_MS: "2000" });
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.waitForSelector("#products tbody tr");
+    const mugsBefore = Number(await page.textContent('#products tr[data-product="mug"] .stock'));
+    await page.selectOption("#customer", "grace");
+    await page.fill('#products tr[data-product="teapot"] input', "1");
+    await page.click("#place");
+    await page.waitForSelector("#message.ok");
+    // Placed and unpaid: its row says until when, and offers to pay.
+    await page.waitForFunction(() => /pay by/.test(document.querySelector("#orders tbody tr .deadline")?.textContent || ""));
+    await page.click("#orders button.pay");
+    await page.waitForFunction(() => document.querySelector("#orders tbody tr .status")?.textContent === "paid");
+    assert.equal(await page.$("#orders tbody tr button.pay"), null);
+
+    // Another, left unpaid: the shop cancels it at its deadline and its stock comes back.
+    await page.fill('#products tr[data-product="teapot"] input', "0");
+    await page.fill('#products tr[data-product="mug"] input', "3");
+    await page.click("#place");
+    await page.waitForFunction(() => /Placed/.test(document.querySelector("#message")?.textContent || "")
+      && document.querySelectorAll("#orders tbody tr").length === 2);
+    const unpaid = await page.getAttribute("#orders tbody tr:first-child", "data-order");
+    const until = Date.now() + 15000;
+    let status = "";
+    while (Date.now() < until) {
+      await page.reload();
+      await page.waitForSelector("#customer option", { state: "attached" });
+      await page.selectOption("#customer", "grace");
+      await page.waitForSelector(`#orders tbody tr[data-order="${unpaid}"]`);
+      status = await page.textContent(`#orders tbody tr[data-order="${unpaid}"] .status`);
+      if (status === "cancelled") break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    assert.equal(status, "cancelled");
+    assert.equal(Number(await page.textContent('#products tr[data-product="mug"] .stock')), mugsBefore);
+    await page.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-payment-e2e.png") });
   } finally {
     await browser.close();
     shop.kill("SIGTERM");

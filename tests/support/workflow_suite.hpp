@@ -4,8 +4,11 @@
 // many senders race — and a process manager's commands leave with ids of its own and come back
 // to it when refused.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +34,16 @@ struct keep_tab {
 };
 CLEAVE_COMMAND(keep_tab, "wf.keep_tab", id)
 
+// A command whose handler always throws (a bug): its schedule is tried again, never blocking.
+struct break_tab {
+  std::string id;
+};
+CLEAVE_COMMAND(break_tab, "wf.break_tab", id)
+struct schedule_break {
+  std::string id;
+};
+CLEAVE_COMMAND(schedule_break, "wf.schedule_break", id)
+
 struct tab_opened {
   std::string id;
 };
@@ -41,7 +54,8 @@ struct tab_closed {
 CLEAVE_EVENT(tab_closed, "wf.tab_closed", id)
 
 inline constexpr cleave::migration schema[] = {
-    {1, "tabs", "create table tabs(id text primary key, open bigint not null, closes bigint not null)"}};
+    {1, "tabs",
+     "create table tabs(id text primary key, open bigint not null, closes bigint not null)"}};
 
 inline cleave::result<void> on_open(const open_tab& c, cleave::write_context& tx) {
   tx.exec("insert into tabs(id, open, closes) values ($1, 1, 0)", c.id);
@@ -57,6 +71,15 @@ inline cleave::result<void> on_close(const close_tab& c, cleave::write_context& 
   if (*open == 0) return cleave::rejected("the tab is closed already");
   tx.exec("update tabs set open = 0, closes = closes + 1 where id = $1", c.id);
   tx.emit(c.id, tab_closed{c.id});
+  return {};
+}
+
+inline cleave::result<void> on_break(const break_tab&, cleave::write_context&) {
+  throw std::runtime_error("a bug");
+}
+
+inline cleave::result<void> on_schedule_break(const schedule_break& c, cleave::write_context& tx) {
+  tx.schedule(std::chrono::milliseconds(1), break_tab{c.id});
   return {};
 }
 
@@ -89,8 +112,10 @@ struct scheduling : testing::Test {
   Backend backend;
 
   // An application on the test's database (another process's, as each call makes another).
-  std::unique_ptr<cleave::app> make_app(bool run_projector, bool with_manager = false) {
+  std::unique_ptr<cleave::app> make_app(bool run_projector, bool with_manager = false,
+                                        std::map<std::string, std::string> roles = {}) {
     cleave::app_config config;
+    config.roles = std::move(roles);
     config.database = backend.location();
     config.run_projector = run_projector;
     config.log_level = "warn";
@@ -99,6 +124,8 @@ struct scheduling : testing::Test {
     a->commands().add(on_open);
     a->commands().add(on_close);
     a->commands().add(on_keep);
+    a->commands().add(on_break);
+    a->commands().add(on_schedule_break);
     if (with_manager) a->add_process_manager(tab_watch());
     a->migrate();
     return a;
@@ -185,10 +212,10 @@ TYPED_TEST_P(scheduling, racing_and_resending_senders_apply_each_command_once) {
   other.join();
   // A sender that died after sending sends the same schedule again: the first outcome answers.
   cleave::request_meta again;
-  again.command_id = due[0].id;
+  again.command_id = cleave::scheduler::command_id_of(due[0].id);
   again.schedule_id = due[0].id;
-  EXPECT_TRUE(first->commands().send_json(due[0].command, *cleave::parse_json(due[0].payload),
-                                          again));
+  EXPECT_TRUE(
+      first->commands().send_json(due[0].command, *cleave::parse_json(due[0].payload), again));
   EXPECT_EQ(this->scalar(*first, "select count(*) from tabs where closes = 1"), tabs);
   EXPECT_EQ(this->scalar(*first, "select count(*) from tabs where closes <> 1"), 0);
   EXPECT_EQ(this->scalar(*first, "select count(*) from cleave_schedules"), 0);
@@ -206,7 +233,7 @@ TYPED_TEST_P(scheduling, a_process_manager_sends_with_its_own_ids_and_takes_refu
   EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'p2'"), 1);
   EXPECT_EQ(this->scalar(*a,
                          "select count(*) from cleave_events where type = 'wf.tab_closed' and "
-                         "command_id like 'tab_watch@%#0'"),
+                         "command_id like '@schedule tab_watch@%#0'"),
             1);
   EXPECT_EQ(this->scalar(*a, "select count(*) from cleave_schedules"), 0);
   EXPECT_EQ(this->scalar(*a,
@@ -220,10 +247,77 @@ TYPED_TEST_P(scheduling, a_process_manager_sends_with_its_own_ids_and_takes_refu
   EXPECT_THROW(a->projections().rebuild("tab_watch"), cleave::error_exception);
 }
 
+// A caller who learns a schedule's id and sends another command under it as its idempotency
+// key (an anonymous HTTP caller's key is the command id) neither runs nor blocks the schedule.
+TYPED_TEST_P(scheduling, a_caller_cannot_take_a_schedules_command_id) {
+  auto a = this->make_app(false);
+  ASSERT_TRUE(a->commands().send(open_tab{"f1", 1}));
+  ASSERT_TRUE(a->commands().send(open_tab{"f2"}));
+  const auto row = a->schedules().list().at(0);
+  for (const auto& stolen : {row.id, cleave::scheduler::command_id_of(row.id)}) {
+    auto key = cleave::command_id_for({}, stolen);
+    if (!key) continue;  // not even a key a transport accepts
+    cleave::request_meta meta;
+    meta.command_id = *key;
+    (void)a->commands().send(close_tab{"f2"}, meta);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  (void)a->schedules().run_due();
+  EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'f1'"), 1);
+  EXPECT_EQ(this->scalar(*a, "select count(*) from cleave_schedules"), 0);
+}
+
+// A schedule whose command keeps failing is tried again with a growing pause and kept as failed
+// in the end; it never holds back the schedules after it. A command refused for want of a role is
+// kept as failed at once (not a business refusal: a setup to fix), and can be sent again.
+TYPED_TEST_P(scheduling, failing_and_forbidden_schedules_never_hold_back_the_others) {
+  auto a = this->make_app(false, false, {{"wf.close_tab", "closer"}});
+  ASSERT_TRUE(a->commands().send(schedule_break{"b1"}));
+  ASSERT_TRUE(a->commands().send(open_tab{"b2", 2}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  (void)a->schedules().run_due();
+  const auto rows = a->schedules().list();
+  ASSERT_EQ(rows.size(), 2u);
+  for (const auto& r : rows) {
+    if (r.command == "wf.break_tab") {
+      EXPECT_EQ(r.state, "pending");
+      EXPECT_EQ(r.attempts, 1);
+      EXPECT_TRUE(r.last_error.has_value());
+    } else {
+      EXPECT_EQ(r.state, "failed");  // the scheduler ran it as the anonymous caller who opened it
+      EXPECT_NE(r.last_error.value_or("").find("closer"), std::string::npos)
+          << r.last_error.value_or("");
+    }
+  }
+  EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'b2'"), 0);
+  const auto forbidden = std::find_if(rows.begin(), rows.end(),
+                                      [](const auto& r) { return r.command == "wf.close_tab"; });
+  EXPECT_TRUE(a->schedules().retry(forbidden->id));
+  EXPECT_FALSE(a->schedules().retry(forbidden->id));  // pending now, not failed
+  EXPECT_EQ(this->scalar(*a, "select count(*) from cleave_schedules where state = 'pending'"), 2);
+}
+
+// A process manager added to a running system reacts to what happens next, not to history.
+TYPED_TEST_P(scheduling, a_process_manager_added_later_starts_at_the_logs_head) {
+  {
+    auto before = this->make_app(false);
+    ASSERT_TRUE(before->commands().send(open_tab{"h1"}));
+  }
+  auto a = this->make_app(false, true);
+  ASSERT_TRUE(a->commands().send(open_tab{"h2"}));
+  a->projections().catch_up();
+  a->projections().catch_up();
+  EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'h1'"), 0);
+  EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'h2'"), 1);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(scheduling, a_command_scheduled_by_a_handler_is_sent_once_when_due,
                             a_cancelled_schedule_is_never_sent,
                             a_schedule_due_while_no_process_runs_is_sent_when_one_comes_back,
                             racing_and_resending_senders_apply_each_command_once,
-                            a_process_manager_sends_with_its_own_ids_and_takes_refusals);
+                            a_process_manager_sends_with_its_own_ids_and_takes_refusals,
+                            a_caller_cannot_take_a_schedules_command_id,
+                            failing_and_forbidden_schedules_never_hold_back_the_others,
+                            a_process_manager_added_later_starts_at_the_logs_head);
 
 }  // namespace workflows

@@ -7,6 +7,8 @@
 let lastPosition = "";
 const $ = (id) => document.getElementById(id);
 const money = (cents) => (cents / 100).toFixed(2);
+// Text for innerHTML: ids and names come from strangers (an order id is any text).
+const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 // crypto.randomUUID() exists only in secure contexts; the shop may be served over plain http.
 const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
   (b) => b.toString(16).padStart(2, "0")).join("");
@@ -36,16 +38,16 @@ function say(text, ok) {
 async function loadProducts() {
   const products = await call("queries", "shop.list_products");
   $("products").querySelector("tbody").innerHTML = products.map((p) => `
-    <tr data-product="${p.id}">
-      <td>${p.name}</td><td class="num">${money(p.price_cents)}</td>
-      <td class="num stock">${p.stock}</td>
-      <td class="num"><input type="number" min="0" value="0" aria-label="quantity of ${p.name}"></td>
+    <tr data-product="${esc(p.id)}">
+      <td>${esc(p.name)}</td><td class="num">${money(p.price_cents)}</td>
+      <td class="num stock">${esc(p.stock)}</td>
+      <td class="num"><input type="number" min="0" value="0" aria-label="quantity of ${esc(p.name)}"></td>
     </tr>`).join("");
 }
 
 async function loadCustomers() {
   const customers = await call("queries", "shop.list_customers");
-  $("customer").innerHTML = customers.map((c) => `<option value="${c.id}">${c.name}</option>`).join("");
+  $("customer").innerHTML = customers.map((c) => `<option value="${esc(c.id)}">${esc(c.name)}</option>`).join("");
 }
 
 async function loadOrders() {
@@ -53,14 +55,14 @@ async function loadOrders() {
   $("customer-name").textContent = $("customer").selectedOptions[0]?.textContent || "";
   const orders = await call("queries", "shop.customer_orders", { customer_id: customer });
   $("orders").querySelector("tbody").innerHTML = orders.map((o) => `
-    <tr class="clickable ${o.status}" data-order="${o.order_id}">
-      <td>${o.order_id}</td><td class="status">${o.status}</td><td class="num">${money(o.total_cents)}</td>
+    <tr class="clickable ${esc(o.status)}" data-order="${esc(o.order_id)}">
+      <td>${esc(o.order_id)}</td><td class="status">${esc(o.status)}</td><td class="num">${money(o.total_cents)}</td>
       <td class="deadline">${o.status === "placed" && o.pay_by ? `pay by ${new Date(o.pay_by).toLocaleTimeString()}` : ""}</td>
-      <td>${o.status === "placed" ? `<button class="pay" data-order="${o.order_id}">Pay</button>
-        <button class="secondary cancel" data-order="${o.order_id}">Cancel</button>` : ""}</td>
+      <td>${o.status === "placed" ? `<button class="pay" data-order="${esc(o.order_id)}">Pay</button>
+        <button class="secondary cancel" data-order="${esc(o.order_id)}">Cancel</button>` : ""}</td>
     </tr>`).join("");
   const top = await call("queries", "shop.top_products", { limit: 3 });
-  $("top").innerHTML = top.map((t) => `<li>${t.name} — ${t.units_sold} sold</li>`).join("");
+  $("top").innerHTML = top.map((t) => `<li>${esc(t.name)} — ${t.units_sold} sold</li>`).join("");
 }
 
 async function showSummary(orderId) {
@@ -68,7 +70,7 @@ async function showSummary(orderId) {
   $("summary").hidden = false;
   $("summary-id").textContent = `${s.order_id} (${s.status})`;
   $("summary-buyer").textContent = `for ${s.buyer.name}, ${money(s.total_cents)} in all`;
-  $("summary-lines").innerHTML = s.lines.map((l) => `<li>${l.quantity} × ${l.product_name} at ${money(l.price_cents)}</li>`).join("");
+  $("summary-lines").innerHTML = s.lines.map((l) => `<li>${l.quantity} × ${esc(l.product_name)} at ${money(l.price_cents)}</li>`).join("");
 }
 
 async function refresh() {

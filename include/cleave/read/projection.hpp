@@ -218,6 +218,14 @@ class projection {
   }
   // Why it cannot be rebuilt; empty when it can.
   const std::string& not_rebuildable_reason() const noexcept { return not_rebuildable_; }
+  // Registered for the first time, it starts at the log's head instead of its beginning: it
+  // handles the events committed from then on (a process manager added to a running system
+  // reacts to what happens next, not to history). Async only; a rebuild starts at the beginning.
+  projection& from_now_on(bool on = true) {
+    from_head_ = on;
+    return *this;
+  }
+  bool starts_at_head() const noexcept { return from_head_; }
 
   const std::string& name() const noexcept { return name_; }
   const std::string& table() const noexcept { return table_; }
@@ -244,6 +252,7 @@ class projection {
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::uint32_t version_ = 1;
+  bool from_head_ = false;
   std::map<std::string, apply_fn, std::less<>> handlers_;
   std::map<std::string, fold_fn, std::less<>> folds_;
 };

@@ -88,7 +88,8 @@ class process_kit {
   verdict then_scheduled(const std::vector<C>& expected) {
     json got = json::array();
     for (const auto& s : scheduled())
-      if (s.command == info_of<C>().wire_name) got.push_back(parse_json(s.payload).value_or(json()));
+      if (s.command == info_of<C>().wire_name)
+        got.push_back(parse_json(s.payload).value_or(json()));
     return compare("scheduled", got, to_json(expected));
   }
 

@@ -27,6 +27,8 @@
 // cancels — commits with the manager's checkpoint in one transaction. The commands leave through
 // the scheduler (cleave/workflow/scheduler.hpp), each with an id derived from the manager's name
 // and the event's position, so handling an event again after a crash can send nothing twice.
+// A manager registered for the first time starts at the log's head: it reacts to events
+// committed from then on, not to history (handle_history() for the whole log).
 
 #include <chrono>
 #include <cstdint>
@@ -156,9 +158,9 @@ void run_instance(write_session& tx, std::string_view table,
   }
   process_context ctx(tx, manager, instance, std::move(id_base), event, !stored);
   body(state, ctx);
-  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                       manager.now().time_since_epoch())
-                       .count();
+  const auto now =
+      std::chrono::duration_cast<std::chrono::milliseconds>(manager.now().time_since_epoch())
+          .count();
   if (ctx.completed()) {
     save_process_state(tx, table, instance, nullptr, now);
   } else {
@@ -186,6 +188,7 @@ class process_manager {
     projection_.schema(std::string(detail::process_state_schema))
         .not_rebuildable(
             "it is a process manager: handling its events again would send their commands again")
+        .from_now_on()
         .async();
   }
 
@@ -215,7 +218,8 @@ class process_manager {
   // kept in the schedule table as failed (`schedule list`).
   template <class C, class F>
   process_manager& on_rejected(F handler) {
-    static_assert(cleave::command<C>, "on_rejected<C>: C is a command declared with CLEAVE_COMMAND");
+    static_assert(cleave::command<C>,
+                  "on_rejected<C>: C is a command declared with CLEAVE_COMMAND");
     (*refusals_)[std::string(info_of<C>().wire_name)] =
         [info = info_, handler](write_session& tx, const scheduled_command& row,
                                 const error& why) mutable {
@@ -225,6 +229,13 @@ class process_manager {
               tx, info->name, *info, row.instance, row.id + "/r", nullptr,
               [&](State& s, process_context& ctx) { handler(*command, why, s, ctx); });
         };
+    return *this;
+  }
+
+  // Handle the log from its beginning when first registered (by default a manager starts at the
+  // log's head: its commands would otherwise act on every past event).
+  process_manager& handle_history() {
+    projection_.from_now_on(false);
     return *this;
   }
 
@@ -246,21 +257,21 @@ class process_manager {
 
   // How the scheduler hands it refusals of its commands.
   scheduler::refusal_fn refusal_handler() const {
-    return [refusals = refusals_](write_session& tx, const scheduled_command& row,
-                                  const error& why) {
-      auto it = refusals->find(row.command);
-      if (it == refusals->end()) return false;
-      if (!detail::claim_schedule(tx, row.id)) return true;  // handled elsewhere meanwhile
-      it->second(tx, row, why);
-      return true;
-    };
+    return
+        [refusals = refusals_](write_session& tx, const scheduled_command& row, const error& why) {
+          auto it = refusals->find(row.command);
+          if (it == refusals->end()) return false;
+          if (!detail::claim_schedule(tx, row.id)) return true;  // handled elsewhere meanwhile
+          it->second(tx, row, why);
+          return true;
+        };
   }
 
  private:
-  using refusal_map = std::map<std::string,
-                               std::function<void(write_session&, const scheduled_command&,
-                                                  const error&)>,
-                               std::less<>>;
+  using refusal_map =
+      std::map<std::string,
+               std::function<void(write_session&, const scheduled_command&, const error&)>,
+               std::less<>>;
   std::shared_ptr<process_context::manager_info> info_;
   std::shared_ptr<refusal_map> refusals_;
   projection projection_;

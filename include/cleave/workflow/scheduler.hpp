@@ -39,8 +39,8 @@ struct scheduled_command {
   std::int64_t attempts = 0;
   std::optional<std::string> last_error;
 };
-CLEAVE_RECORD(scheduled_command, id, key, command, payload, origin, instance, subject, roles,
-              state, due_ms, attempts, last_error)
+CLEAVE_RECORD(scheduled_command, id, key, command, payload, origin, instance, subject, roles, state,
+              due_ms, attempts, last_error)
 
 struct scheduler_options {
   std::size_t batch = 256;  // due schedules read at a time
@@ -61,7 +61,9 @@ class scheduler {
   // handled (its schedule is then gone), false to keep the schedule as failed.
   using refusal_fn =
       std::function<bool(write_session& tx, const scheduled_command& refused, const error& why)>;
-  // The time now, in Unix milliseconds (a test's clock may stand still or jump).
+  // The time now, in Unix milliseconds. Another clock than the system's (a test's, which may
+  // stand still or jump) is for a caller that runs run_due() itself: the projector's worker
+  // sleeps until the time run_due() returns by the system clock.
   using clock_fn = std::function<std::int64_t()>;
 
   // `db` is not owned and must outlive the scheduler.
@@ -72,8 +74,19 @@ class scheduler {
   void on_refused(std::string origin, refusal_fn handle);
 
   // Sends every schedule due now, in due order; returns when the next one is due (nullopt: none
-  // pending). The projector's leader task.
+  // pending). The projector's leader task. Outcomes: sent (the command's transaction took the
+  // schedule); refused by the command's rule (rejected, validation, not_found) — handed to the
+  // process manager that sent it (on_rejected), else kept as failed; refused for want of a role
+  // or for an id already used — kept as failed and logged as an error (a setup to fix); anything
+  // else — tried again later (scheduler_options::max_attempts).
   std::optional<std::int64_t> run_due();
+  // Puts a failed schedule back, due now; false when `id` names no failed schedule.
+  bool retry(std::string_view id);
+  // Deletes a failed schedule; false when `id` names no failed schedule.
+  bool discard(std::string_view id);
+  // The command id a schedule is sent with: its id, marked so that no caller's idempotency key
+  // can be it ("@schedule <id>").
+  static std::string command_id_of(std::string_view schedule_id);
   // Schedules pending and failed, soonest first (at most `limit`).
   std::vector<scheduled_command> list(std::size_t limit = 200);
   // How many are pending, and how many failed.
@@ -84,8 +97,13 @@ class scheduler {
   counts count();
 
  private:
+  void send_one(const scheduled_command& row);
   void refused(const scheduled_command& row, const error& why);
+  void fail_for_good(const scheduled_command& row, const error& why);
+  static void mark_failed(write_session& tx, const scheduled_command& row, std::string_view why);
   void failed_for_now(const scheduled_command& row, const error& why);
+  // failed_for_now(), logging what goes wrong on the way instead of throwing.
+  void settle_failure(const scheduled_command& row, const error& why) noexcept;
 
   store& db_;
   send_fn send_;

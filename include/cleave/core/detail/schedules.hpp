@@ -26,9 +26,9 @@ inline constexpr std::string_view schedules_schema =
     "create index cleave_schedules_due on cleave_schedules(state, due_ms)";
 
 struct schedule_request {
-  std::string_view id;  // unique among schedules ever made; empty: a random one
-  std::string_view key;  // empty: the id
-  std::int64_t due_ms = 0;  // Unix milliseconds
+  std::string_view id;       // unique among schedules ever made; empty: a random one
+  std::string_view key;      // empty: the id
+  std::int64_t due_ms = 0;   // Unix milliseconds
   std::string_view command;  // the command's wire name
   const json* payload = nullptr;
   std::string_view origin, instance;
