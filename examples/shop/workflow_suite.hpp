@@ -216,7 +216,39 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
   EXPECT_EQ(this->scalar(*shop, "select count(*) from cleave_dead_letters"), 0);
 }
 
+// The leading projector process dies with a deadline pending: the one standing by takes the
+// lease and sends the cancellation.
+TYPED_TEST_P(payment_deadlines, a_deadline_survives_a_projector_failover) {
+  auto shop = this->client();
+  const std::string database = this->backend.location();
+  constexpr auto timeout = std::chrono::milliseconds(1500);
+  auto leader = std::make_unique<projector_process>(database, timeout);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it has taken the lease
+  projector_process standby(database, timeout);
+  ASSERT_TRUE(shop->commands().send(shop::place_order{"f1", "ada", {{"mug", 2}}}));
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (this->scalar(*shop, "select count(*) from cleave_schedules") == 0 &&
+         std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(this->scalar(*shop, "select count(*) from cleave_schedules"), 1)
+      << "the leader's process manager did not schedule the deadline";
+  leader->kill_now();
+  const auto cancelled_by = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (this->scalar(*shop, "select count(*) from orders where status = 'cancelled'") == 0 &&
+         std::chrono::steady_clock::now() < cancelled_by)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(this->scalar(*shop,
+                         "select count(*) from orders where id = 'f1' and status = "
+                         "'cancelled'"),
+            1);
+  EXPECT_EQ(this->scalar(*shop,
+                         "select count(*) from cleave_events where type = "
+                         "'shop.order_cancelled'"),
+            1);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(payment_deadlines,
-                            every_order_is_paid_or_cancelled_once_while_projectors_are_killed);
+                            every_order_is_paid_or_cancelled_once_while_projectors_are_killed,
+                            a_deadline_survives_a_projector_failover);
 
 }  // namespace shop_workflow
