@@ -9,7 +9,9 @@
 
 #include <cleave/core/context.hpp>
 #include <cleave/core/detail/bus_core.hpp>
+#include <cleave/core/detail/schedules.hpp>
 #include <cleave/read/projector.hpp>
+#include <cleave/store/detail/scopes.hpp>
 #include <cleave/store/store.hpp>
 
 namespace cleave::read_detail {
@@ -84,32 +86,11 @@ inline std::int64_t pos_of(position_token t) {
 }
 
 inline std::int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return cleave::detail::unix_now_ms();
 }
 
-// Runs `body` with a read-only context on `db`, always ending the transaction.
-template <class F>
-auto reading(store& db, F&& body) {
-  // The primary, never a standby: a checkpoint read behind the truth would make batches fail
-  // their compare-and-set and waits last until the standby caught up.
-  read_scope tx(db, detail::no_meta, strong());
-  read_context ctx(&*tx, detail::no_meta);
-  return body(ctx);
-}
-
-// Runs `body` with a write context on `db`; commits unless it returns false or throws.
-template <class F>
-bool writing(store& db, F&& body) {
-  // Read committed: the projector is the only writer of its views and checkpoints, and a
-  // serializable batch could be given up for commands that merely append to the log.
-  write_scope tx(db, detail::no_meta, isolation::read_committed);
-  write_context ctx(&*tx, detail::no_meta);
-  if (!body(*tx, ctx)) return false;
-  tx.commit();
-  return true;
-}
+using cleave::detail::reading;
+using cleave::detail::writing;
 
 // Whether `token` lies within the log whose head is `head`: not past it in log order, and (on
 // PostgreSQL) not past the WAL position read with it.

@@ -4,6 +4,8 @@
 
 #include <cleave/workflow/scheduler.hpp>
 
+#include <cleave/store/detail/scopes.hpp>
+
 #include <algorithm>
 #include <utility>
 
@@ -24,19 +26,6 @@ struct state_count {
 };
 CLEAVE_RECORD(state_count, state, n)
 
-template <class F>
-auto read_primary(store& db, F&& body) {
-  read_scope tx(db, detail::no_meta, strong());
-  read_context ctx(&*tx, detail::no_meta);
-  return body(ctx);
-}
-
-template <class F>
-void write_now(store& db, F&& body) {
-  write_scope tx(db, detail::no_meta, isolation::read_committed);
-  if (body(*tx)) tx.commit();
-}
-
 }  // namespace
 
 scheduler::scheduler(store& db, send_fn send, scheduler_options opts, clock_fn now)
@@ -55,13 +44,13 @@ std::string scheduler::command_id_of(std::string_view schedule_id) {
 std::optional<std::int64_t> scheduler::run_due() {
   const auto now = now_();
   // One query on a pass with nothing due (every pass of the worker runs this).
-  const auto next = read_primary(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
+  const auto next = detail::reading(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
     auto soonest = ctx.one<std::optional<std::int64_t>>(
         "select min(due_ms) from cleave_schedules where state = 'pending'");
     return soonest ? *soonest : std::nullopt;
   });
   if (!next || *next > now) return next;
-  const auto due = read_primary(db_, [&](read_context& ctx) {
+  const auto due = detail::reading(db_, [&](read_context& ctx) {
     return ctx.many<scheduled_command>(
         fmt::format("select {} from cleave_schedules where state = 'pending' and due_ms <= $1 "
                     "order by due_ms, id limit $2",
@@ -80,7 +69,7 @@ std::optional<std::int64_t> scheduler::run_due() {
     }
   }
   if (due.size() == opts_.batch) return now;  // more are due
-  return read_primary(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
+  return detail::reading(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
     auto soonest = ctx.one<std::optional<std::int64_t>>(
         "select min(due_ms) from cleave_schedules where state = 'pending'");
     return soonest ? *soonest : std::nullopt;
@@ -133,7 +122,7 @@ void scheduler::refused(const scheduled_command& row, const error& why) {
 
 void scheduler::fail_for_good(const scheduled_command& row, const error& why) {
   spdlog::error("scheduled {} ({}) kept as failed: {}", row.command, row.id, why.describe());
-  write_now(db_, [&](write_session& tx) {
+  detail::writing(db_, [&](write_transaction& tx, write_context&) {
     mark_failed(tx, row, why.message);
     return true;
   });
@@ -154,7 +143,7 @@ void scheduler::failed_for_now(const scheduled_command& row, const error& why) {
       std::min<std::int64_t>(60'000, std::int64_t{100} << std::min<std::int64_t>(attempts - 1, 10));
   spdlog::info("scheduled {} ({}) failed, attempt {}: {}", row.command, row.id, attempts,
                why.message);
-  write_now(db_, [&](write_session& tx) {
+  detail::writing(db_, [&](write_transaction& tx, write_context&) {
     const std::string error_text = why.message;
     const sql_value params[] = {std::string_view(row.id), now_() + backoff,
                                 std::string_view(error_text),
@@ -170,7 +159,7 @@ void scheduler::failed_for_now(const scheduled_command& row, const error& why) {
 
 bool scheduler::retry(std::string_view id) {
   bool done = false;
-  write_now(db_, [&](write_session& tx) {
+  detail::writing(db_, [&](write_transaction& tx, write_context&) {
     const sql_value params[] = {id, now_()};
     done = tx.exec(
                "update cleave_schedules set state = 'pending', attempts = 0, due_ms = $2 "
@@ -183,7 +172,7 @@ bool scheduler::retry(std::string_view id) {
 
 bool scheduler::discard(std::string_view id) {
   bool done = false;
-  write_now(db_, [&](write_session& tx) {
+  detail::writing(db_, [&](write_transaction& tx, write_context&) {
     const sql_value params[] = {id};
     done = tx.exec("delete from cleave_schedules where id = $1 and state = 'failed'", params) > 0;
     return true;
@@ -192,7 +181,7 @@ bool scheduler::discard(std::string_view id) {
 }
 
 std::vector<scheduled_command> scheduler::list(std::size_t limit) {
-  return read_primary(db_, [&](read_context& ctx) {
+  return detail::reading(db_, [&](read_context& ctx) {
     return ctx.many<scheduled_command>(
         fmt::format("select {} from cleave_schedules order by state desc, due_ms, id limit $1",
                     columns),
@@ -201,7 +190,7 @@ std::vector<scheduled_command> scheduler::list(std::size_t limit) {
 }
 
 scheduler::counts scheduler::count() {
-  return read_primary(db_, [&](read_context& ctx) {
+  return detail::reading(db_, [&](read_context& ctx) {
     counts out;
     for (const auto& r :
          ctx.many<state_count>("select state, count(*) as n from cleave_schedules group by state"))
