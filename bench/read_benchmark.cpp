@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <libpq-fe.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -440,27 +441,46 @@ lag_result measure_lag(cleave::command_bus& commands, Visible&& visible_at, doub
   return out;
 }
 
-void lag_line(const char* name, const lag_result& r, const char* projector_is) {
+// `extra`: more members for the line, each starting with a comma.
+void lag_line(const char* name, const lag_result& r, const char* projector_is,
+              const std::string& extra = "") {
   line(fmt::format(
-      R"({{"bench":"read","case":"{}","unit":"ms","value":{:.3f},"baseline":{},"ratio":{:.1f},"p50_ms":{:.3f},"p99_ms":{:.3f},"samples":{},"commands_per_s":{:.0f},"max_commands_per_s":{:.0f},"projector":"{}","baseline_is":"Emmett's measured p99"}})",
+      R"({{"bench":"read","case":"{}","unit":"ms","value":{:.3f},"baseline":{},"ratio":{:.1f},"p50_ms":{:.3f},"p99_ms":{:.3f},"samples":{},"commands_per_s":{:.0f},"max_commands_per_s":{:.0f},"projector":"{}"{},"baseline_is":"Emmett's measured p99"}})",
       name, r.p99, emmett_p99_ms, emmett_p99_ms / std::max(r.p99, 1e-3), r.p50, r.p99, r.samples,
-      r.rate, r.max_rate, projector_is));
+      r.rate, r.max_rate, projector_is, extra));
 }
 
 void lag_inprocess(const std::string& path) {
-  std::filesystem::remove(path);
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
   cleave::sqlite::store db({.path = path, .sync = cleave::sqlite::durability::normal});
   cleave::projector p(db);
   p.add(counter("lag_counts"));
   cleave::command_bus commands{&p.source()};
   commands.add(place);
   p.start();
+  // The WAL file's size through the run (its high-water mark: checkpoints copy it back, and the
+  // next write starts it over, without shrinking the file).
+  std::vector<std::uintmax_t> wal_sizes;
+  std::atomic<bool> measuring{true};
+  std::thread sampler([&] {
+    while (measuring) {
+      std::error_code ec;
+      wal_sizes.push_back(std::filesystem::file_size(path + "-wal", ec));
+      std::this_thread::sleep_for(500ms);
+    }
+  });
   auto r = measure_lag(
       commands,
       [&](cleave::position_token t) { p.wait_for("lag_counts", t, cleave::clock::now() + 10s); },
       3.0);
+  measuring = false;
+  sampler.join();
   p.stop();
-  lag_line("lag_inprocess", r, "worker thread in the writing process (SQLite, synchronous=NORMAL)");
+  lag_line(
+      "lag_inprocess", r, "worker thread in the writing process (SQLite, synchronous=NORMAL)",
+      fmt::format(R"(,"wal_max_bytes":{},"wal_bytes_every_500ms":[{}])",
+                  wal_sizes.empty() ? 0 : *std::max_element(wal_sizes.begin(), wal_sizes.end()),
+                  fmt::join(wal_sizes, ",")));
 }
 
 // A store on `database`: a postgresql:// URL, else a SQLite file (synchronous=NORMAL).
