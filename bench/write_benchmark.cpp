@@ -194,8 +194,9 @@ class sqlite_baseline {
                *commit_ = nullptr;
 };
 
-void sqlite_case(std::string_view name, cleave::sqlite::durability sync,
-                 std::chrono::milliseconds slice) {
+// Returns the framework's rate.
+double sqlite_case(std::string_view name, cleave::sqlite::durability sync,
+                   std::chrono::milliseconds slice) {
   const std::string dir = fmt::format("/tmp/cleave-bench-write-{}", ::getpid());
   std::filesystem::remove_all(dir);
   const std::string path = dir + "/bench.db";
@@ -215,6 +216,7 @@ void sqlite_case(std::string_view name, cleave::sqlite::durability sync,
          fmt::format(",\"isolation\":\"serializable\",\"synchronous\":\"{}\"",
                      sync == cleave::sqlite::durability::full ? "full" : "normal"));
   std::filesystem::remove_all(dir);
+  return m.value;
 }
 
 // ---- PostgreSQL ----
@@ -333,8 +335,10 @@ void postgres_case(std::string_view name, const std::string& url, int clients,
 
 // Up to 32 in-flight commands sharing one transaction (a savepoint each) against one
 // transaction per command, both through the bus, at the same concurrency and durability.
+// `normal_rate`: a single client's rate without a sync per commit (sqlite_normal_1client, same
+// run), the ceiling a group's shared sync reaches toward; reported as ratio_to_normal. 0: none.
 void group_commit_case(std::string_view name, cleave::store& db, int clients, std::size_t lanes,
-                       std::chrono::milliseconds slice) {
+                       std::chrono::milliseconds slice, double normal_rate = 0) {
   db.migrate("bench", schema);
   cleave::group_commit grouped(db, 32, lanes);
   cleave::command_bus plain{&db};
@@ -351,10 +355,12 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
   const double per_group =
       static_cast<double>(grouped.commands_committed()) /
       static_cast<double>(std::max<std::uint64_t>(1, grouped.groups_committed()));
+  const std::string to_normal =
+      normal_rate > 0 ? fmt::format(",\"ratio_to_normal\":{:.3f}", m.value / normal_rate) : "";
   report(name, m, clients,
          fmt::format(",\"isolation\":\"serializable\",\"max_group\":32,"
-                     "\"commands_per_commit\":{:.1f},\"conflicts\":{}",
-                     per_group, conflicts.load()));
+                     "\"commands_per_commit\":{:.1f},\"conflicts\":{}{}",
+                     per_group, conflicts.load(), to_normal));
 }
 
 }  // namespace
@@ -368,12 +374,13 @@ int main(int argc, char** argv) {
                "cleave_bench_write: %s slices of %lld ms, alternating baseline and framework\n",
                quick ? "quick" : "full", static_cast<long long>(slice.count()));
   sqlite_case("sqlite_full_1client", cleave::sqlite::durability::full, slice);
-  sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
+  const double normal_rate =
+      sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
   {
     const std::string dir = fmt::format("/tmp/cleave-bench-group-{}", ::getpid());
     std::filesystem::remove_all(dir);
     cleave::sqlite::store db{{.path = dir + "/bench.db", .sync = cleave::sqlite::durability::full}};
-    group_commit_case("sqlite_group_commit_32", db, 32, 1, slice);
+    group_commit_case("sqlite_group_commit_32", db, 32, 1, slice, normal_rate);
     std::filesystem::remove_all(dir);
   }
   if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
