@@ -23,7 +23,7 @@
 // N is CLEAVE_BENCH_READ_EVENTS (default 1,000,000). PostgreSQL cases run when
 // CLEAVE_BENCH_PG_URL names a server, the replica case when CLEAVE_BENCH_PG_STANDBY_URL names its
 // standby (make bench starts both). CLEAVE_BENCH_READ_CASES=sqlite,postgres,... runs some groups
-// only (sqlite, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres, replica).
+// only (sqlite, memory, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres, replica).
 
 #include <algorithm>
 #include <array>
@@ -823,11 +823,11 @@ int main(int argc, char** argv) {
       std::filesystem::temp_directory_path() / fmt::format("cleave-bench-read-{}", getpid());
   std::filesystem::create_directories(dir);
   try {
-    if (wanted("sqlite")) {
+    if (wanted("sqlite") || wanted("memory")) {
       const auto path = (dir / "log.db").string();
       cleave::sqlite::store db({.path = path, .sync = cleave::sqlite::durability::normal});
       seed(db, false, n);
-      projection_case(db, "sqlite", n);
+      if (wanted("sqlite")) projection_case(db, "sqlite", n);
       memory_case(db, path, n);
     }
     if (wanted("sqlite_types")) {
