@@ -358,9 +358,14 @@ void install(cleave::app& a) {
 
 std::chrono::milliseconds payment_timeout(const cleave::app_config& config) {
   std::int64_t ms = std::int64_t{15} * 60 * 1000;
-  if (auto it = config.settings.find("payment_timeout_ms");
-      it != config.settings.end() && it->is_number_integer() && it->get<std::int64_t>() > 0)
+  if (auto it = config.settings.find("payment_timeout_ms"); it != config.settings.end()) {
+    if (!it->is_number_integer() || it->get<std::int64_t>() <= 0)
+      throw cleave::error_exception(
+          cleave::error{cleave::errc::validation,
+                        "settings.payment_timeout_ms must be a positive number of milliseconds",
+                        {}});
     ms = it->get<std::int64_t>();
+  }
   if (const char* v = std::getenv("SHOP_PAYMENT_TIMEOUT_MS"); v && *v) {
     std::int64_t parsed = 0;
     const std::string_view text = v;

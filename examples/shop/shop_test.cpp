@@ -150,3 +150,23 @@ TEST(shop_payments, an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_
 }
 
 }  // namespace
+
+namespace {
+
+TEST(shop_payments, the_payment_timeout_is_read_from_the_settings_and_a_bad_one_is_refused) {
+  cleave::app_config cfg;
+  EXPECT_EQ(shop::payment_timeout(cfg), std::chrono::minutes(15));
+  cfg.settings = {{"payment_timeout_ms", 250}};
+  EXPECT_EQ(shop::payment_timeout(cfg), std::chrono::milliseconds(250));
+  for (const auto& bad : {cleave::json("soon"), cleave::json(0), cleave::json(-5)}) {
+    cfg.settings = {{"payment_timeout_ms", bad}};
+    try {
+      (void)shop::payment_timeout(cfg);
+      ADD_FAILURE() << "accepted " << bad.dump();
+    } catch (const cleave::error_exception& e) {
+      EXPECT_THAT(e.error().message, ::testing::HasSubstr("payment_timeout_ms"));
+    }
+  }
+}
+
+}  // namespace
