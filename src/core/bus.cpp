@@ -103,6 +103,10 @@ result<void> write_once(session_source* source, const message_info& info, const 
     write_scope tx(*source, meta, step.level);
     if (idempotent) {
       if (auto prior = tx->remembered()) {
+        // A scheduled command that already ran (its first send's transaction took the schedule;
+        // this takes one left behind, so that it is not due for ever). A remembered refusal
+        // leaves it to the scheduler, which hands refusals on.
+        if (!meta.schedule_id.empty() && !prior->failure) claim_schedule(*tx, meta.schedule_id);
         // Committed, not rolled back, though it changed nothing: under group commit the outcome
         // read may be a member's of this very group, and commit() waits for the group (throwing
         // transient_error, to run again, when the group is given up) where rollback() would not.

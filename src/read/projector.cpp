@@ -67,9 +67,14 @@ void projector::add(projection p, store* views) {
     const migration view[] = {{1, "view", sql}};
     views->migrate("projection:" + p.name(), view);
   }
-  // Where a view made now starts: the log's beginning, or its head for a projection that reacts
-  // only to what happens from now on.
-  const auto start = p.starts_at_head() ? db_.head() : position_token{};
+  // Where a view made now starts: the log's beginning, or, for a projection that reacts only to
+  // what happens from now on, the log's gap-safe head (no transaction still running can commit
+  // an event below it; one that just committed may be handled, never one skipped).
+  position_token start;
+  if (p.starts_at_head() && reading(*views, [&](read_context& ctx) {
+        return !ctx.one<std::int64_t>("select 1 from cleave_checkpoints where name = $1", p.name());
+      }))
+    start = db_.readable_head();
   writing(*views, [&](write_transaction&, write_context& tx) {
     tx.exec(
         "insert into cleave_checkpoints(name, transaction_id, position, version) values ($1, $3, "

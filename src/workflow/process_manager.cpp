@@ -39,11 +39,19 @@ namespace detail {
 
 std::optional<std::string> load_process_state(write_session& tx, std::string_view table,
                                               std::string_view instance) {
-  read_context reader(&tx, no_meta);
-  auto found = reader.one<std::string>(
-      expand_view("select state from {view} where instance = $1", table), instance);
-  if (!found) return std::nullopt;
-  return std::move(*found);
+  // Read by a no-op update, which locks the row until the transaction ends: a refusal's handler
+  // and a batch of the manager (during a hand-over of the lease) change an instance one at a time.
+  std::optional<std::string> found;
+  const sql_value key[] = {instance};
+  tx.query(expand_view("update {view} set updated_ms = updated_ms where instance = $1 returning "
+                       "state",
+                       table),
+           key, [&](const row_view& row) {
+             const sql_value state = row.get(0);
+             if (auto* text = std::get_if<std::string_view>(&state); text && !found)
+               found.emplace(*text);
+           });
+  return found;
 }
 
 void save_process_state(write_session& tx, std::string_view table, std::string_view instance,

@@ -35,6 +35,10 @@ void scheduler::on_refused(std::string origin, refusal_fn handle) {
   refusals_[std::move(origin)] = std::move(handle);
 }
 
+void scheduler::runs_as(std::string origin, principal who) {
+  runs_as_[std::move(origin)] = std::move(who);
+}
+
 std::string scheduler::command_id_of(std::string_view schedule_id) {
   // No transport can send this id: an anonymous idempotency key has no space, and a principal's
   // is scoped as "<subject> <key>" with subjects from the configuration.
@@ -57,17 +61,21 @@ std::optional<std::int64_t> scheduler::run_due() {
                     columns),
         now, static_cast<std::int64_t>(opts_.batch));
   });
+  bool settled = true;  // false: an outcome could not be recorded (the row is due again)
   for (const auto& row : due) {
     // One schedule that fails in an unexpected way (a refusal handler that throws, say) is tried
     // again later like a passing failure; it never holds back the ones after it.
     try {
       send_one(row);
     } catch (const error_exception& e) {
-      settle_failure(row, e.error());
+      settled = settle_failure(row, e.error()) && settled;
     } catch (const std::exception& e) {
-      settle_failure(row, error{errc::internal, e.what(), {}});
+      settled = settle_failure(row, error{errc::internal, e.what(), {}}) && settled;
     }
   }
+  // A database that takes reads but not writes (read-only after a failover, a full disk) must
+  // not make the worker send the same rows in a loop: a second's pause.
+  if (!settled) return now_() + 1000;
   if (due.size() == opts_.batch) return now;  // more are due
   return detail::reading(db_, [&](read_context& ctx) -> std::optional<std::int64_t> {
     auto soonest = ctx.one<std::optional<std::int64_t>>(
@@ -81,13 +89,20 @@ void scheduler::send_one(const scheduled_command& row) {
   meta.command_id = command_id_of(row.id);
   meta.schedule_id = row.id;
   meta.correlation_id = "schedule:" + row.id;
-  meta.principal.subject = row.subject;
-  if (auto roles = parse_json(row.roles); roles && roles->is_array())
-    for (const auto& r : *roles)
-      if (r.is_string()) meta.principal.roles.push_back(r.get<std::string>());
+  if (auto who = runs_as_.find(row.origin); !row.origin.empty() && who != runs_as_.end()) {
+    meta.principal = who->second;  // the manager's roles now, not when it scheduled
+  } else {
+    meta.principal.subject = row.subject;
+    if (auto roles = parse_json(row.roles); roles && roles->is_array())
+      for (const auto& r : *roles)
+        if (r.is_string()) meta.principal.roles.push_back(r.get<std::string>());
+  }
   meta.deadline = clock::now() + opts_.request_timeout;
   auto payload = parse_json(row.payload);
-  if (!payload) throw error_exception(payload.error());
+  if (!payload) {
+    fail_for_good(row, payload.error());  // sending it again cannot help
+    return;
+  }
   auto outcome = send_(row.command, *payload, meta);
   if (outcome) return;  // its transaction took the schedule away
   const auto category = outcome.error().category;
@@ -96,16 +111,18 @@ void scheduler::send_one(const scheduled_command& row) {
   else if (category == errc::unauthorized || category == errc::forbidden ||
            category == errc::idempotency_key_reused)
     fail_for_good(row, outcome.error());  // not the manager's business rule: a setup to fix
-  else
-    settle_failure(row, outcome.error());
+  else if (!settle_failure(row, outcome.error()))
+    throw error_exception(outcome.error());  // counted as not settled by run_due
 }
 
-void scheduler::settle_failure(const scheduled_command& row, const error& why) noexcept {
+bool scheduler::settle_failure(const scheduled_command& row, const error& why) noexcept {
   try {
     failed_for_now(row, why);
+    return true;
   } catch (const std::exception& e) {
     spdlog::error("scheduled {} ({}): recording a failed attempt: {}", row.command, row.id,
                   e.what());
+    return false;
   }
 }
 
@@ -160,10 +177,12 @@ void scheduler::failed_for_now(const scheduled_command& row, const error& why) {
 bool scheduler::retry(std::string_view id) {
   bool done = false;
   detail::writing(db_, [&](write_transaction& tx, write_context&) {
-    const sql_value params[] = {id, now_()};
+    // A fresh id: the old one's outcome (a refusal) is remembered, and a retry must run it.
+    const std::string fresh = fmt::format("{}~{}", id, detail::random_schedule_id().substr(0, 8));
+    const sql_value params[] = {id, now_(), std::string_view(fresh)};
     done = tx.exec(
-               "update cleave_schedules set state = 'pending', attempts = 0, due_ms = $2 "
-               "where id = $1 and state = 'failed'",
+               "update cleave_schedules set id = $3, state = 'pending', attempts = 0, "
+               "last_error = null, due_ms = $2 where id = $1 and state = 'failed'",
                params) > 0;
     return true;
   });

@@ -43,6 +43,11 @@ struct schedule_break {
   std::string id;
 };
 CLEAVE_COMMAND(schedule_break, "wf.schedule_break", id)
+// Schedules the closing of a tab that may not exist yet.
+struct schedule_close {
+  std::string id;
+};
+CLEAVE_COMMAND(schedule_close, "wf.schedule_close", id)
 
 struct tab_opened {
   std::string id;
@@ -80,6 +85,11 @@ inline cleave::result<void> on_break(const break_tab&, cleave::write_context&) {
 
 inline cleave::result<void> on_schedule_break(const schedule_break& c, cleave::write_context& tx) {
   tx.schedule(std::chrono::milliseconds(1), break_tab{c.id});
+  return {};
+}
+
+inline cleave::result<void> on_schedule_close(const schedule_close& c, cleave::write_context& tx) {
+  tx.schedule(std::chrono::milliseconds(1), close_tab{c.id});
   return {};
 }
 
@@ -126,6 +136,7 @@ struct scheduling : testing::Test {
     a->commands().add(on_keep);
     a->commands().add(on_break);
     a->commands().add(on_schedule_break);
+    a->commands().add(on_schedule_close);
     if (with_manager) a->add_process_manager(tab_watch());
     a->migrate();
     return a;
@@ -297,6 +308,25 @@ TYPED_TEST_P(scheduling, failing_and_forbidden_schedules_never_hold_back_the_oth
   EXPECT_EQ(this->scalar(*a, "select count(*) from cleave_schedules where state = 'pending'"), 2);
 }
 
+// A refused schedule is kept as failed; once what it needed exists, `retry` runs it (under a
+// fresh id: its refusal is remembered under the old one).
+TYPED_TEST_P(scheduling, a_refused_schedule_runs_when_retried) {
+  auto a = this->make_app(false);
+  ASSERT_TRUE(a->commands().send(schedule_close{"ghost"}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  (void)a->schedules().run_due();
+  auto rows = a->schedules().list();
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].state, "failed");
+  EXPECT_NE(rows[0].last_error.value_or("").find("no such tab"), std::string::npos);
+  ASSERT_TRUE(a->commands().send(open_tab{"ghost"}));
+  ASSERT_TRUE(a->schedules().retry(rows[0].id));
+  (void)a->schedules().run_due();
+  EXPECT_EQ(this->scalar(*a, "select closes from tabs where id = 'ghost'"), 1);
+  EXPECT_EQ(this->scalar(*a, "select count(*) from cleave_schedules"), 0);
+  EXPECT_FALSE(a->schedules().discard(rows[0].id));
+}
+
 // A process manager added to a running system reacts to what happens next, not to history.
 TYPED_TEST_P(scheduling, a_process_manager_added_later_starts_at_the_logs_head) {
   {
@@ -318,6 +348,7 @@ REGISTER_TYPED_TEST_SUITE_P(scheduling, a_command_scheduled_by_a_handler_is_sent
                             a_process_manager_sends_with_its_own_ids_and_takes_refusals,
                             a_caller_cannot_take_a_schedules_command_id,
                             failing_and_forbidden_schedules_never_hold_back_the_others,
-                            a_process_manager_added_later_starts_at_the_logs_head);
+                            a_process_manager_added_later_starts_at_the_logs_head,
+                            a_refused_schedule_runs_when_retried);
 
 }  // namespace workflows

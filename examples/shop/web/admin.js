@@ -74,7 +74,7 @@ $("projections").addEventListener("click", async (e) => {
       $("letters").hidden = false;
       $("letters-of").textContent = name;
       $("letters").querySelector("tbody").innerHTML = dead_letters.map((d) =>
-        `<tr><td><code>${d.position}</code></td><td>${d.type}</td><td>${d.error}</td></tr>`).join("");
+        `<tr><td><code>${esc(d.position)}</code></td><td>${esc(d.type)}</td><td>${esc(d.error)}</td></tr>`).join("");
     }
     await load();
   } catch (err) {

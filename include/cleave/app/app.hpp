@@ -131,6 +131,7 @@ class app {
   void add_process_manager(const process_manager<State>& manager) {
     add_projection(manager.as_projection());
     scheduler_->on_refused(manager.name(), manager.refusal_handler());
+    scheduler_->runs_as(manager.name(), manager.runs_as());
   }
   // The scheduled commands (write_context::schedule, process managers), sent by the leading
   // projector's worker when due.

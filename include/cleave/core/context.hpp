@@ -216,7 +216,7 @@ class write_context : public read_context {
 
   // Schedules `command` to be sent at `when`, stored in this transaction: it exists only if this
   // command commits. The application's projector (the leader among processes) sends it once it is
-  // due, with the schedule's id as its command id and as this command's principal; one that comes
+  // due, with a command id made of the schedule's id, as this command's principal; one that comes
   // due while no process runs is sent late, never lost. `key` names it for cancel_schedule(); a
   // pending schedule with that key is replaced. Returns the key (a fresh one when none is given).
   template <class C>

@@ -3,7 +3,9 @@
 // test moves: given these events, then these commands were sent and these are scheduled; advance
 // the clock, and a deadline's command is sent. Commands are not run: the kit takes what the
 // manager sends (as the application's scheduler would hand it to the command bus) and answers
-// success — or a refusal the test asked for, which the manager's on_rejected handler then gets.
+// success — or a refusal the test asked for, which the manager's on_rejected handler then gets
+// (a refusal of category rejected, validation or not_found; others leave the schedule failed, as
+// the application's scheduler does).
 //
 //   cleave::testing::process_kit kit{shop::order_payments(std::chrono::minutes(15))};
 //   kit.given("o1", order_placed{.order_id = "o1"});
@@ -40,6 +42,7 @@ class process_kit {
     name_ = manager.name();
     projector_->add(manager.as_projection());
     scheduler_->on_refused(manager.name(), manager.refusal_handler());
+    scheduler_->runs_as(manager.name(), manager.runs_as());
   }
 
   // Given: these events appended to `stream` in one transaction; the manager handles them (and

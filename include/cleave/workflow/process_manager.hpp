@@ -212,7 +212,7 @@ class process_manager {
     return *this;
   }
 
-  // Handles a refusal (errc rejected, validation, not_found, forbidden, …) of a command C this
+  // Handles a refusal (errc rejected, validation, not_found) of a command C this
   // manager sent: `handler(const C&, const cleave::error&, State&, cleave::process_context&)`,
   // in one transaction with taking the schedule away. A refused command without a handler is
   // kept in the schedule table as failed (`schedule list`).
@@ -251,6 +251,8 @@ class process_manager {
   }
 
   const std::string& name() const noexcept { return info_->name; }
+  // Who its commands run as: "process:<name>", with roles().
+  const principal& runs_as() const noexcept { return info_->runs_as; }
 
   // The async projection that runs it (register it as any projection).
   const projection& as_projection() const noexcept { return projection_; }

@@ -4,10 +4,11 @@
 // those sharing a database sends, and a schedule that came due while none ran is sent when one
 // comes back — late, never lost.
 //
-// Exactly once in effect: a command is sent with its schedule's id as its command id, and its own
-// transaction takes the schedule out of the table before its handler runs (request_meta::
-// schedule_id). A crash between the send and anything after it resends the same id, which the
-// command bus answers with the first outcome; a schedule cancelled first is never run.
+// Exactly once in effect: a command is sent with its schedule's id as its command id (marked:
+// command_id_of), and its own transaction takes the schedule out of the table before its handler
+// runs (request_meta::schedule_id). A crash between the send and anything after it resends the same
+// id, which the command bus answers with the first outcome; a schedule cancelled first is never
+// run.
 
 #include <chrono>
 #include <cstdint>
@@ -26,7 +27,7 @@ namespace cleave {
 
 // One row of the schedule table, as the scheduler and the listings see it.
 struct scheduled_command {
-  std::string id;  // the command id it is sent with
+  std::string id;  // what its command id is made of (scheduler::command_id_of)
   std::string key;
   std::string command;  // wire name
   std::string payload;  // JSON
@@ -72,6 +73,9 @@ class scheduler {
 
   // Registers how process manager `origin` takes refusals of what it sent.
   void on_refused(std::string origin, refusal_fn handle);
+  // Who the commands process manager `origin` made run as (its roles now, also for schedules it
+  // made before they changed).
+  void runs_as(std::string origin, principal who);
 
   // Sends every schedule due now, in due order; returns when the next one is due (nullopt: none
   // pending). The projector's leader task. Outcomes: sent (the command's transaction took the
@@ -80,7 +84,8 @@ class scheduler {
   // or for an id already used — kept as failed and logged as an error (a setup to fix); anything
   // else — tried again later (scheduler_options::max_attempts).
   std::optional<std::int64_t> run_due();
-  // Puts a failed schedule back, due now; false when `id` names no failed schedule.
+  // Puts a failed schedule back, due now, under a fresh id (so that a remembered refusal is not
+  // just replayed); false when `id` names no failed schedule.
   bool retry(std::string_view id);
   // Deletes a failed schedule; false when `id` names no failed schedule.
   bool discard(std::string_view id);
@@ -102,14 +107,15 @@ class scheduler {
   void fail_for_good(const scheduled_command& row, const error& why);
   static void mark_failed(write_session& tx, const scheduled_command& row, std::string_view why);
   void failed_for_now(const scheduled_command& row, const error& why);
-  // failed_for_now(), logging what goes wrong on the way instead of throwing.
-  void settle_failure(const scheduled_command& row, const error& why) noexcept;
+  // failed_for_now(), logging what goes wrong on the way instead of throwing; false then.
+  bool settle_failure(const scheduled_command& row, const error& why) noexcept;
 
   store& db_;
   send_fn send_;
   scheduler_options opts_;
   clock_fn now_;
   std::map<std::string, refusal_fn, std::less<>> refusals_;
+  std::map<std::string, principal, std::less<>> runs_as_;
 };
 
 // The schedules as JSON (the `schedule list` verb, the HTTP admin API).
