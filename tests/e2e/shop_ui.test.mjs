@@ -182,6 +182,9 @@ test("an order is paid with its Pay button; one left unpaid is cancelled at its 
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
     assert.equal(status, "cancelled");
+    // The products shown were read before the orders: read them again, after the cancellation.
+    await page.reload();
+    await page.waitForSelector("#products tbody tr");
     assert.equal(Number(await page.textContent('#products tr[data-product="mug"] .stock')), mugsBefore);
     await page.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-payment-e2e.png") });
   } finally {
