@@ -14,9 +14,7 @@ std::string random_schedule_id() {
 }
 
 std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return unix_ms_of(std::chrono::system_clock::now());
 }
 
 std::string insert_schedule(write_session& tx, const schedule_request& r) {

@@ -10,7 +10,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <cleave/core/detail/schedules.hpp>
 #include <thread>
 
 #include "internal.hpp"

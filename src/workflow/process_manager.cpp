@@ -15,9 +15,7 @@ std::string process_context::add(std::int64_t due_ms, std::string_view wire_name
                                  const json& payload, std::string_view key) {
   // The n-th command of this event (or refusal): the same id however often it is handled.
   const std::string id = fmt::format("{}#{}", id_base_, sent_++);
-  const auto now =
-      std::chrono::duration_cast<std::chrono::milliseconds>(manager_.now().time_since_epoch())
-          .count();
+  const auto now = detail::unix_ms_of(manager_.now());
   const std::string stored_key = key.empty() ? id : scoped(key);
   detail::insert_schedule(tx_, {.id = id,
                                 .key = stored_key,

@@ -227,10 +227,9 @@ class write_context : public read_context {
         "schedule() takes a command: declare it with CLEAVE_COMMAND(type, \"name\", ...)");
     if (!write_) detail::throw_no_store();
     const json payload = to_json(command);
-    const auto due = std::chrono::duration_cast<std::chrono::milliseconds>(when.time_since_epoch());
     return detail::insert_schedule(*write_, {.id = {},
                                              .key = key,
-                                             .due_ms = due.count(),
+                                             .due_ms = detail::unix_ms_of(when),
                                              .command = info_of<C>().wire_name,
                                              .payload = &payload,
                                              .origin = {},

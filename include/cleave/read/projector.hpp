@@ -310,7 +310,8 @@ class projector {
   std::thread worker_, watcher_;
   std::unique_ptr<commit_watch> watch_;
   std::vector<leader_task> leader_tasks_;
-  // The earliest time a leader task asked to run again (Unix ms; max: none); worker thread only.
+  // The earliest time a leader task asked to run again (Unix ms; max: none); set by the worker
+  // and by catch_up().
   std::atomic<std::int64_t> next_task_ms_{INT64_MAX};
   // Runs the leader tasks, logging what they throw, and notes when they next want to run.
   void run_leader_tasks();

@@ -92,9 +92,7 @@ class process_context {
                        std::string_view key = {}) {
     static_assert(cleave::command<C>,
                   "schedule() and send() take a command declared with CLEAVE_COMMAND");
-    const auto due =
-        std::chrono::duration_cast<std::chrono::milliseconds>(when.time_since_epoch()).count();
-    return add(due, info_of<C>().wire_name, to_json(command), key);
+    return add(detail::unix_ms_of(when), info_of<C>().wire_name, to_json(command), key);
   }
   template <class C, class Rep, class Period>
   std::string schedule(std::chrono::duration<Rep, Period> after, const C& command,
@@ -158,9 +156,7 @@ void run_instance(write_session& tx, std::string_view table,
   }
   process_context ctx(tx, manager, instance, std::move(id_base), event, !stored);
   body(state, ctx);
-  const auto now =
-      std::chrono::duration_cast<std::chrono::milliseconds>(manager.now().time_since_epoch())
-          .count();
+  const auto now = unix_ms_of(manager.now());
   if (ctx.completed()) {
     save_process_state(tx, table, instance, nullptr, now);
   } else {

@@ -4,6 +4,7 @@
 // command's own transaction makes. The table is created by every backend's own migrations; the
 // scheduler (cleave/workflow) reads it and sends what is due.
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -46,6 +47,10 @@ bool cancel_schedule(write_session& tx, std::string_view key);
 bool claim_schedule(write_session& tx, std::string_view id);
 // A random id: 32 hex digits.
 std::string random_schedule_id();
+// A time of the system clock in Unix milliseconds, as the schedule table holds it.
+inline std::int64_t unix_ms_of(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
 // The current time in Unix milliseconds (the system clock).
 std::int64_t unix_now_ms();
 
