@@ -221,10 +221,10 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
 TYPED_TEST_P(payment_deadlines, a_deadline_survives_a_projector_failover) {
   auto shop = this->client();
   const std::string database = this->backend.location();
-  constexpr auto timeout = std::chrono::milliseconds(1500);
-  auto leader = std::make_unique<projector_process>(database, timeout);
+  constexpr auto failover_timeout = std::chrono::milliseconds(1500);
+  auto leader = std::make_unique<projector_process>(database, failover_timeout);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // it has taken the lease
-  projector_process standby(database, timeout);
+  projector_process standby(database, failover_timeout);
   ASSERT_TRUE(shop->commands().send(shop::place_order{"f1", "ada", {{"mug", 2}}}));
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (this->scalar(*shop, "select count(*) from cleave_schedules") == 0 &&
