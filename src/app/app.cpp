@@ -238,6 +238,7 @@ json status_json(const projection_status& s) {
   if (s.rebuild_position) out["rebuild_position"] = *s.rebuild_position;
   if (!s.version.empty()) out["version"] = s.version;
   if (s.upgrading) out["upgrading"] = true;
+  if (!s.group.empty()) out["group"] = s.group;
   return out;
 }
 

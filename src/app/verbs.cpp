@@ -190,10 +190,17 @@ int project(app& a, std::span<const std::string> args) {
       "leads; the others stand by).",
       "project"};
   cli.allow_extras();  // ignored, as they always were
-  if (auto done = parse(cli, args, "project")) return *done;
+  std::vector<std::string> groups;
+  cli.add_option("--group", groups,
+                 "run only this group of projections (repeatable; \"\" is the main group)");
+  if (auto done = parse(cli, args, "project [--group NAME]...")) return *done;
   block_stop_signals();
   a.migrate();
-  a.projections().start();
+  try {
+    a.projections().start(groups);
+  } catch (const std::invalid_argument& e) {
+    return report({errc::validation, e.what(), {}});
+  }
   std::cout << "projecting " << a.projections().names().size()
             << " projection(s); the leader applies, the others stand by" << std::endl;
   wait_for_stop_signal();
@@ -296,8 +303,10 @@ void add_builtin(app& a) {
   a.add_verb("status", "status              the database, the log head, migrations and handlers",
              status);
   a.add_verb("project",
-             "project             keep the async projections current until SIGINT/SIGTERM (one\n"
-             "                      process of several leads; the others stand by)",
+             "project [--group NAME]...\n"
+             "                      keep the async projections (of these groups) current until\n"
+             "                      SIGINT/SIGTERM (one process of several leads each group; the\n"
+             "                      others stand by)",
              project);
   a.add_verb(
       "projections",

@@ -61,6 +61,18 @@ std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch
 
 std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
   auto from = checkpoint(p.def.name());
+  if (const auto& sink = p.def.sink_handler()) {
+    // Outside any transaction: the checkpoint moves after the sink has returned.
+    return stream_batches(from, batch, opts_.max_batch, p.read_types,
+                          [&](std::vector<stored_event>& events, position_token to) {
+                            if (rewrites_)
+                              for (auto& e : events) rewrites_->apply(e.type, e.payload);
+                            if (!events.empty()) sink(events);
+                            if (!commit_batch(p, from, to, [](write_transaction&) {})) return false;
+                            from = to;
+                            return true;
+                          });
+  }
   if (p.def.batch_sql_text().empty()) {
     // Only the types it handles are read; the checkpoint moves past the others all the same.
     return stream_batches(from, batch, opts_.max_batch, p.read_types,

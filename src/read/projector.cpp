@@ -54,6 +54,14 @@ void projector::add(projection p, store* views) {
         "projection '{}' is set-based: it reads the log where it lives, so it is async and its "
         "view is in the write database",
         p.name()));
+  if (p.sink_handler() && (p.mode() != projection_mode::async || !p.batch_sql_text().empty() ||
+                           !p.folds().empty() || p.event_types().size() != p.sink_types().size()))
+    throw std::logic_error(fmt::format(
+        "projection '{}' has a sink: it is async, without handlers, folds or batch_sql", p.name()));
+  if (p.mode() != projection_mode::async && !p.group_name().empty())
+    throw std::logic_error(
+        fmt::format("projection '{}' is in group '{}': only async projections run in groups",
+                    p.name(), p.group_name()));
   if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
   const auto version = p.version_key();
   const bool upgrade = needs_upgrade(p, *views, version);
@@ -123,6 +131,14 @@ void projector::add(memory_view_base& view) {
   memory_views_.push_back(&view);
 }
 
+std::vector<std::string> projector::groups() const {
+  std::vector<std::string> out{""};
+  for (const auto& p : projections_)
+    if (std::find(out.begin(), out.end(), p.def.group_name()) == out.end())
+      out.push_back(p.def.group_name());
+  return out;
+}
+
 std::vector<std::string> projector::names() const {
   std::vector<std::string> out;
   out.reserve(projections_.size() + memory_views_.size());
@@ -179,6 +195,7 @@ projection_status projector::status(std::string_view name) {
   out.mode = p.def.mode();
   out.checkpoint = checkpoint(name);
   out.upgrading = p.upgrading->load();
+  out.group = p.def.group_name();
   if (out.mode == projection_mode::async || out.mode == projection_mode::materialized) {
     fill_lag(db_, out);
   }

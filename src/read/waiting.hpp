@@ -107,7 +107,7 @@ class projector::waiting {
   void ensure_watch() {
     std::unique_lock lock(mutex_);
     wake_.wait(lock, [&] { return !making_watch_; });
-    if (watch_ || owner_.leading_) return;
+    if (watch_ || owner_.leading()) return;
     making_watch_ = true;
     lock.unlock();
     std::unique_ptr<commit_watch> made;
@@ -141,7 +141,7 @@ class projector::waiting {
       // Blocking waiters are woken here only for progress made elsewhere (this process's own
       // batches wake them directly).
       std::vector<std::string> blocked;
-      if (watch_ && !owner_.leading_)
+      if (watch_ && !owner_.leading())
         for (const auto& [name, n] : blocking_names_) blocked.push_back(name);
       lock.unlock();
       ensure_watch();  // before the look: a batch committed after it wakes the watch
@@ -157,7 +157,7 @@ class projector::waiting {
       // The safety net, as for blocking waiters: a wake-up lost (a dropped connection) costs
       // this much at most.
       const auto until = std::min(next, clock::now() + std::chrono::milliseconds(200));
-      if (!watch_ || owner_.leading_) {  // leading: every batch is this process's own
+      if (!watch_ || owner_.leading()) {  // leading: every batch is this process's own
         wake_.wait_until(lock, until, [&] { return stopping_ || poked_; });
         continue;
       }

@@ -66,11 +66,12 @@ std::size_t projector::catch_up(std::size_t batch) {
   return applied;
 }
 
-std::size_t projector::catch_up_async(std::size_t batch) {
+std::size_t projector::catch_up_async(std::size_t batch, const std::string* group) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
   for (const auto& p : projections_) {
     if (p.def.mode() != projection_mode::async) continue;
+    if (group && p.def.group_name() != *group) continue;
     if (!p.upgrading->load()) {
       applied += catch_up_one(p, batch);
       continue;
@@ -85,25 +86,56 @@ std::size_t projector::catch_up_async(std::size_t batch) {
                     e.error().describe());
     }
   }
-  for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
+  if (!group || group->empty())
+    for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;
 }
 
 void projector::notify() {
   {
     std::lock_guard lock(wake_mutex_);
-    woken_ = true;
+    for (auto& w : workers_) w->woken = true;
   }
-  wake_.notify_one();
+  wake_.notify_all();
 }
 
-void projector::run_worker() {
+bool projector::leading() const noexcept {
+  return !workers_.empty() && std::all_of(workers_.begin(), workers_.end(),
+                                          [](const auto& w) { return w->leading.load(); });
+}
+
+bool projector::main_group_duties(lease* held, clock::time_point& lease_checked) {
+  refresh_materialized(false);
+  // Leader tasks have effects of their own (commands sent): a worker that lost its lease
+  // (paused, cut off) finds out before it runs them, at the cost of a round trip at most
+  // every quarter second.
+  if (held && clock::now() - lease_checked > std::chrono::milliseconds(250)) {
+    lease_checked = clock::now();
+    if (!held->held()) return false;
+  }
+  run_leader_tasks();
+  if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
+    retired_checked_ = clock::now();
+    drop_retired();
+  }
+  return true;
+}
+
+void projector::run_worker(worker_slot& slot) {
+  const bool main = slot.group.empty();
+  const std::string lease_name =
+      opts_.lease.empty() || main ? opts_.lease : fmt::format("{}.{}", opts_.lease, slot.group);
   std::unique_ptr<lease> held;
   auto lease_checked = clock::time_point{};
+  const auto lost = [&] {
+    spdlog::warn("projector: lost the lease '{}'", lease_name);
+    held.reset();
+    slot.leading = false;
+  };
   while (running_) {
-    if (!opts_.lease.empty() && !held) {
+    if (!lease_name.empty() && !held) {
       try {
-        held = db_.try_lease(opts_.lease);
+        held = db_.try_lease(lease_name);
       } catch (const std::exception& e) {
         spdlog::error("projector: taking the lease: {}", e.what());
       }
@@ -112,29 +144,15 @@ void projector::run_worker() {
         wake_.wait_for(lock, opts_.standby_retry, [&] { return !running_.load(); });
         continue;
       }
-      spdlog::info("projector: leading (lease '{}')", opts_.lease);
+      spdlog::info("projector: leading (lease '{}')", lease_name);
     }
-    leading_ = true;
+    slot.leading = true;
     std::size_t applied = 0;
     try {
-      applied = catch_up_async();
-      refresh_materialized(false);
-      // Leader tasks have effects of their own (commands sent): a worker that lost its lease
-      // (paused, cut off) finds out before it runs them, at the cost of a round trip at most
-      // every quarter second.
-      if (held && clock::now() - lease_checked > std::chrono::milliseconds(250)) {
-        lease_checked = clock::now();
-        if (!held->held()) {
-          spdlog::warn("projector: lost the lease '{}'", opts_.lease);
-          held.reset();
-          leading_ = false;
-          continue;
-        }
-      }
-      run_leader_tasks();
-      if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
-        retired_checked_ = clock::now();
-        drop_retired();
+      applied = catch_up_async(0, &slot.group);
+      if (main && !main_group_duties(held.get(), lease_checked)) {
+        lost();
+        continue;
       }
     } catch (const error_exception& e) {
       spdlog::error("projector: {}", e.error().describe());
@@ -144,20 +162,26 @@ void projector::run_worker() {
     if (applied > 0) continue;
     {
       std::unique_lock lock(wake_mutex_);
-      wake_.wait_for(lock, next_wait(), [&] { return woken_ || !running_; });
-      woken_ = false;
+      wake_.wait_for(lock, main ? next_wait() : opts_.poll,
+                     [&] { return slot.woken || !running_; });
+      slot.woken = false;
     }
-    if (held && !held->held()) {
-      spdlog::warn("projector: lost the lease '{}'", opts_.lease);
-      held.reset();
-      leading_ = false;
-    }
+    if (held && !held->held()) lost();
   }
-  leading_ = false;
+  slot.leading = false;
 }
 
-void projector::start() {
+void projector::start(std::vector<std::string> groups) {
+  const auto known = this->groups();
+  if (groups.empty()) groups = known;
+  for (const auto& g : groups)
+    if (std::find(known.begin(), known.end(), g) == known.end())
+      throw std::invalid_argument(fmt::format("no projection is in group '{}'", g));
   if (running_.exchange(true)) return;
+  for (const auto& g : groups) {
+    workers_.push_back(std::make_unique<worker_slot>());
+    workers_.back()->group = g;
+  }
   watch_ = db_.watch_commits();
   watcher_ = std::thread([this] {
     while (running_) {
@@ -165,16 +189,17 @@ void projector::start() {
       if (running_) notify();
     }
   });
-  worker_ = std::thread([this] { run_worker(); });
+  for (auto& w : workers_) w->thread = std::thread([this, &slot = *w] { run_worker(slot); });
 }
 
 void projector::stop() {
   if (!running_.exchange(false)) return;
   notify();
   watch_->interrupt();
-  worker_.join();
+  for (auto& w : workers_) w->thread.join();
   watcher_.join();
   watch_.reset();
+  workers_.clear();
 }
 
 }  // namespace cleave

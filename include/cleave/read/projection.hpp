@@ -227,6 +227,29 @@ class projection {
   }
   bool starts_at_head() const noexcept { return from_head_; }
 
+  // The group of async projections whose worker runs it (default: the main group, ""). Each group
+  // has a lease of its own (the projector's lease name, then "." and the group), so one process
+  // can run one group alone (`project --group NAME`) while another runs the rest.
+  projection& group(std::string name) {
+    group_ = std::move(name);
+    return *this;
+  }
+  const std::string& group_name() const noexcept { return group_; }
+
+  // Hands each batch to `sink` (the events of `types`, or of every type when empty, in log
+  // order) for effects outside the database (a relay to a broker); the checkpoint moves after it
+  // returns, in a transaction of its own (no database transaction is open while it runs). A sink
+  // that throws fails the batch, which is tried again from the same checkpoint: it must tolerate
+  // seeing events again. Async only; not with handlers, folds or batch_sql.
+  using sink_fn = std::function<void(std::span<const stored_event> events)>;
+  projection& sink(sink_fn sink, std::vector<std::string> types = {}) {
+    sink_ = std::move(sink);
+    sink_types_ = std::move(types);
+    return *this;
+  }
+  const sink_fn& sink_handler() const noexcept { return sink_; }
+  const std::vector<std::string>& sink_types() const noexcept { return sink_types_; }
+
   const std::string& name() const noexcept { return name_; }
   const std::string& table() const noexcept { return table_; }
   const std::string& schema_sql() const noexcept { return schema_; }
@@ -244,11 +267,14 @@ class projection {
     for (const auto& [type, handler] : handlers_) out.push_back(type);
     for (const auto& [type, fold] : folds_)
       if (!handlers_.contains(type)) out.push_back(type);
+    out.insert(out.end(), sink_types_.begin(), sink_types_.end());
     return out;
   }
 
  private:
-  std::string name_, table_, schema_, select_, key_, batch_sql_, not_rebuildable_;
+  std::string name_, table_, schema_, select_, key_, batch_sql_, not_rebuildable_, group_;
+  sink_fn sink_;
+  std::vector<std::string> sink_types_;
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::uint32_t version_ = 1;

@@ -68,6 +68,7 @@ struct projection_status {
   // The registered projection's version differs from the live view's: the new version is being
   // built beside it (the live view keeps answering eventual reads) and swapped in when done.
   bool upgrading = false;
+  std::string group;  // its projector group (projection::group); empty for the main one
 };
 
 // How a rebuild is going; handed to the progress callback after each chunk.
@@ -126,14 +127,19 @@ class projector {
   // each event is appended, and the async worker woken after each commit.
   session_source& source() noexcept;
 
-  // Starts / stops the async worker (and its commit watch). stop() lets the batch in progress
-  // finish.
-  void start();
+  // Starts / stops the async workers (and the commit watch): one per group of projections
+  // (projection::group), each holding its own lease. `groups` names the ones this process runs
+  // ("" is the main group, which also refreshes materialized views, keeps memory views and runs
+  // leader tasks); empty: all of them. Throws std::invalid_argument for an unknown group.
+  // stop() lets the batches in progress finish.
+  void start(std::vector<std::string> groups = {});
   void stop();
-  // Wakes the worker now.
+  // Wakes the workers now.
   void notify();
-  // Whether this projector's worker holds the lease (runs the async projections) now.
-  bool leading() const noexcept { return leading_; }
+  // Whether every worker this projector started holds its lease (runs its projections) now.
+  bool leading() const noexcept;
+  // The groups of the registered projections, the main one ("") first.
+  std::vector<std::string> groups() const;
 
   // Applies every event the async projections have not seen yet, in batches, on the calling
   // thread (no lease needed: the checkpoint compare-and-set keeps it exactly-once), takes every
@@ -259,7 +265,8 @@ class projector {
                            position_token until, function_ref<bool(const log_span&)> apply);
   // The first span of a set-based catch-up whose batch is `batch`.
   std::size_t first_set_based_span(std::size_t batch) const;
-  std::size_t catch_up_async(std::size_t batch = 0);
+  // Catches up the async projections of `group` (null: all) and the memory views (main group).
+  std::size_t catch_up_async(std::size_t batch = 0, const std::string* group = nullptr);
   void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
                        position_token from, position_token to);
   // Refreshes the materialized views that are behind and due (all that are behind when `force`);
@@ -288,7 +295,17 @@ class projector {
   auto await_progress(std::string_view name, Observe observe, Done done,
                       clock::time_point deadline);
   std::size_t catch_up_memory(memory_view_base& view, std::size_t batch);
-  void run_worker();
+  // One worker: a group's lease and thread; `woken` under wake_mutex_.
+  struct worker_slot {
+    std::string group;
+    std::thread thread;
+    std::atomic<bool> leading{false};
+    bool woken = false;
+  };
+  void run_worker(worker_slot& slot);
+  // What only the main group's worker does after catching up: materialized views, leader tasks
+  // (once it has checked that `held` is still held: false when it is not), retired views.
+  bool main_group_duties(lease* held, clock::time_point& lease_checked);
   class waiting;     // parked waits, and the store's progress watch while anyone waits
   class rebuilding;  // one rebuild's steps
 
@@ -303,11 +320,10 @@ class projector {
   std::mutex progress_mutex_;
   std::condition_variable progress_;  // notified after each committed batch
   std::uint64_t progress_count_ = 0;  // batches committed (and refreshes); under progress_mutex_
-  bool woken_ = false;
   std::atomic<bool> running_{false};
-  std::atomic<bool> leading_{false};
   std::atomic<bool> refresh_wanted_{false};
-  std::thread worker_, watcher_;
+  std::vector<std::unique_ptr<worker_slot>> workers_;
+  std::thread watcher_;
   std::unique_ptr<commit_watch> watch_;
   std::vector<leader_task> leader_tasks_;
   // The earliest time a leader task asked to run again (Unix ms; max: none); set by the worker

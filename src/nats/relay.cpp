@@ -1,0 +1,180 @@
+// The relay: a sink projection that publishes each batch of the log to a JetStream stream,
+// chained (each publish expects the one before as the stream's last message) and deduplicated
+// (Nats-Msg-Id), and lets the checkpoint move only once every publish is acknowledged.
+
+#include <cleave/nats/nats.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "client.hpp"
+
+namespace cleave::nats {
+
+namespace {
+
+// What the relay knows across batches: its connection, and the id of the stream's last message
+// (which the next publish expects).
+class relay_state {
+ public:
+  explicit relay_state(relay_options o) : o_(std::move(o)) {}
+
+  void publish(std::span<const stored_event> events) {
+    if (failures_ > 0) std::this_thread::sleep_until(retry_at_);  // backing off
+    try {
+      if (!client_) connect();
+      send(events);
+      failures_ = 0;
+    } catch (const std::exception& e) {
+      client_.reset();  // what was in flight is unknown: the stream's last id is read again
+      const auto backoff = detail::backoff(failures_, o_.max_backoff);
+      ++failures_;
+      retry_at_ = std::chrono::steady_clock::now() + backoff;
+      spdlog::warn("relay {}: {}; trying again in {} ms", o_.name, e.what(), backoff.count());
+      throw;
+    }
+  }
+
+ private:
+  void connect() {
+    auto c = std::make_unique<detail::client>(o_.url, o_.ack_timeout);
+    jsStreamInfo* info = nullptr;
+    jsErrCode code{};
+    auto s = js_GetStreamInfo(&info, c->js(), o_.stream.c_str(), nullptr, &code);
+    if (s == NATS_NOT_FOUND) {
+      jsStreamConfig cfg;
+      jsStreamConfig_Init(&cfg);
+      const std::string subjects = o_.prefix + ".>";
+      const char* list[] = {subjects.c_str()};
+      cfg.Name = o_.stream.c_str();
+      cfg.Subjects = list;
+      cfg.SubjectsLen = 1;
+      cfg.Storage = js_FileStorage;
+      cfg.Duplicates =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(o_.duplicate_window).count();
+      s = js_AddStream(&info, c->js(), &cfg, nullptr, &code);
+    }
+    detail::check(s, fmt::format("stream {}", o_.stream));
+    const std::uint64_t last = info->State.LastSeq;
+    jsStreamInfo_Destroy(info);
+    last_id_.clear();
+    if (last > 0) {
+      natsMsg* m = nullptr;
+      detail::check(js_GetMsg(&m, c->js(), o_.stream.c_str(), last, nullptr, &code),
+                    fmt::format("reading the last message of stream {}", o_.stream));
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id) last_id_ = id;
+      natsMsg_Destroy(m);
+    }
+    held_ = parse_id(last_id_);
+    client_ = std::move(c);
+    spdlog::info("relay {}: publishing to stream {} at {}", o_.name, o_.stream, o_.url);
+  }
+
+  void send(std::span<const stored_event> events) {
+    std::size_t sent = 0;
+    for (const auto& e : events) {
+      const auto id = message_id(e);
+      // Already in the stream (published before a crash, past the duplicate window): skipped.
+      if (held_ && !(*held_ < e.position)) continue;
+      natsMsg* m = nullptr;
+      const auto payload = e.payload.dump();
+      const auto subject = subject_of(e.type);
+      detail::check(natsMsg_Create(&m, subject.c_str(), nullptr, payload.data(),
+                                   static_cast<int>(payload.size())),
+                    "message");
+      const auto version = std::to_string(e.stream_version);
+      const auto recorded = std::to_string(e.recorded_at_ms);
+      natsMsgHeader_Set(m, "Cleave-Type", e.type.c_str());
+      natsMsgHeader_Set(m, "Cleave-Stream", e.stream.c_str());
+      natsMsgHeader_Set(m, "Cleave-Stream-Version", version.c_str());
+      natsMsgHeader_Set(m, "Cleave-Recorded-At", recorded.c_str());
+      if (!e.correlation_id.empty())
+        natsMsgHeader_Set(m, "Cleave-Correlation-Id", e.correlation_id.c_str());
+      jsPubOptions po;
+      jsPubOptions_Init(&po);
+      po.MsgId = id.c_str();
+      po.ExpectLastMsgId = last_id_.empty() ? nullptr : last_id_.c_str();
+      const auto s = js_PublishMsgAsync(client_->js(), &m, &po);
+      if (m) natsMsg_Destroy(m);  // not taken
+      detail::check(s, "publishing");
+      last_id_ = id;
+      ++sent;
+    }
+    if (sent == 0) return;
+    jsPubOptions wait;
+    jsPubOptions_Init(&wait);
+    wait.MaxWait = static_cast<std::int64_t>(o_.ack_timeout.count());
+    detail::check(js_PublishAsyncComplete(client_->js(), &wait), "waiting for acknowledgements");
+    if (auto failure = client_->take_failure())
+      throw error_exception({errc::unavailable, fmt::format("NATS: publishing: {}", *failure), {}});
+    held_.reset();  // everything from here on is new to the stream
+  }
+
+  // <prefix>.<type>, with what a subject cannot hold (spaces, wildcards) as '_'.
+  std::string subject_of(std::string_view type) const {
+    std::string out = o_.prefix + ".";
+    for (const char c : type) out += (c == ' ' || c == '*' || c == '>' || c == '\t') ? '_' : c;
+    return out;
+  }
+
+  static std::optional<position_token> parse_id(std::string_view id) {
+    const auto dot = id.find('.');
+    if (id.empty() || dot == std::string_view::npos) return std::nullopt;
+    std::uint64_t t = 0, p = 0;
+    try {
+      t = std::stoull(std::string(id.substr(0, dot)), nullptr, 16);
+      p = std::stoull(std::string(id.substr(dot + 1)), nullptr, 16);
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+    return position_token(t, p);
+  }
+
+  relay_options o_;
+  std::unique_ptr<detail::client> client_;
+  std::string last_id_;                 // the stream's last message id ("" when empty)
+  std::optional<position_token> held_;  // after a connect: the last position the stream holds
+  int failures_ = 0;
+  std::chrono::steady_clock::time_point retry_at_;
+};
+
+}  // namespace
+
+std::string message_id(const stored_event& e) {
+  return fmt::format("{:x}.{:x}", e.position.transaction(), e.position.position());
+}
+
+projection relay(relay_options options) {
+  projection p(options.name);
+  auto state = std::make_shared<relay_state>(options);
+  p.sink([state](std::span<const stored_event> events) { state->publish(events); }, options.types)
+      .group(options.group)
+      .not_rebuildable("its events went to a broker: publishing them again is not a rebuild");
+  return p;
+}
+
+void add_relay(app& a, relay_options options) {
+  const auto group = options.group;
+  a.add_projection(relay(std::move(options)));
+  a.add_verb("relay",
+             "relay               publish the event log to NATS JetStream until SIGINT/SIGTERM\n"
+             "                      (one process of several relays; the others stand by)",
+             [group](app& self, std::span<const std::string>) {
+               block_stop_signals();
+               self.migrate();
+               self.projections().start({group});
+               std::cout << "relaying (group '" << group
+                         << "'); the leader publishes, the others stand by" << std::endl;
+               wait_for_stop_signal();
+               self.projections().stop();
+               return 0;
+             });
+}
+
+}  // namespace cleave::nats
