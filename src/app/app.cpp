@@ -46,7 +46,7 @@ CLEAVE_RECORD(openapi_entry, title, version)
 struct config_file {
   std::optional<std::string> database, listen, log_level, static_dir;
   std::optional<std::int64_t> max_body_bytes, max_header_bytes, max_json_depth, max_connections,
-      idle_timeout_seconds, workers, max_parked_reads;
+      idle_timeout_seconds, workers, max_parked_reads, max_live_streams, live_heartbeat_ms;
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<principal_entry> cli_principal;
@@ -59,7 +59,8 @@ struct config_file {
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
               tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
-              max_parked_reads, group_commit, request_timeout_ms, settings)
+              max_parked_reads, group_commit, request_timeout_ms, settings, max_live_streams,
+              live_heartbeat_ms)
 
 }  // namespace
 
@@ -95,7 +96,8 @@ result<app_config> load_config(const std::filesystem::path& file) {
                    positive(f.max_json_depth, c.max_json_depth, "max_json_depth"),
                    positive(f.max_connections, c.max_connections, "max_connections"),
                    positive(f.workers, c.workers, "workers"),
-                   positive(f.max_parked_reads, c.max_parked_reads, "max_parked_reads")})
+                   positive(f.max_parked_reads, c.max_parked_reads, "max_parked_reads"),
+                   positive(f.max_live_streams, c.max_live_streams, "max_live_streams")})
       if (!r) return std::unexpected(r.error());
     if (f.idle_timeout_seconds) {
       if (*f.idle_timeout_seconds <= 0) return invalid("idle_timeout_seconds", "must be positive");
@@ -117,7 +119,8 @@ result<app_config> load_config(const std::filesystem::path& file) {
     }
     for (auto [value, into, name] :
          {std::tuple{f.replica_max_lag_ms, &c.replica_max_lag, "replica_max_lag_ms"},
-          std::tuple{f.request_timeout_ms, &c.request_timeout, "request_timeout_ms"}}) {
+          std::tuple{f.request_timeout_ms, &c.request_timeout, "request_timeout_ms"},
+          std::tuple{f.live_heartbeat_ms, &c.live_heartbeat, "live_heartbeat_ms"}}) {
       if (!value) continue;
       if (*value <= 0) return invalid(name, "must be positive");
       *into = std::chrono::milliseconds(*value);

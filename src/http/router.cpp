@@ -270,6 +270,84 @@ response router::admin(const request& r, const std::string& path, request_meta& 
   return problem(404, {errc::not_found, "no such admin route", {}}, meta.correlation_id);
 }
 
+std::optional<response> router::admin_denied(const request& r, request_meta& meta) const {
+  const bool open = app_.config().tokens.empty();
+  if (auto denied = authenticate(r, meta)) return denied;
+  if (open && !is_loopback(r.peer))
+    return problem(
+        403,
+        {errc::forbidden,
+         "the admin API and the event feed answer only loopback clients while no tokens are "
+         "configured",
+         {}},
+        meta.correlation_id);
+  if (!open && !meta.principal.has_role("admin"))
+    return problem(
+        403, {errc::forbidden, "the admin API and the event feed require the role 'admin'", {}},
+        meta.correlation_id);
+  return std::nullopt;
+}
+
+live_route router::live(const request& r) {
+  if (r.method != "GET") return live_route::none;
+  const std::string_view path = std::string_view(r.target).substr(0, r.target.find('?'));
+  if (path == "/events") return live_route::events;
+  if (path.starts_with("/queries/") && path.ends_with("/live") &&
+      path.size() > std::string_view("/queries//live").size())
+    return live_route::query;
+  return live_route::none;
+}
+
+request router::without_live(const request& r) {
+  request out = r;
+  const auto q = r.target.find('?');
+  const auto path_end = q == std::string::npos ? r.target.size() : q;
+  out.target = r.target.substr(0, path_end - 5) + r.target.substr(path_end);
+  return out;
+}
+
+std::variant<response, event_feed> router::open_feed(const request& r) {
+  request_meta meta;
+  meta.correlation_id = r.correlation_id.empty() ? new_correlation_id() : r.correlation_id;
+  if (auto denied = admin_denied(r, meta)) return std::move(*denied);
+  event_feed feed;
+  std::string after = r.last_event_id;
+  const auto q = r.target.find('?');
+  std::string_view rest =
+      q == std::string::npos ? std::string_view{} : std::string_view(r.target).substr(q + 1);
+  const auto bad = [&](std::string detail) {
+    return problem(400, {errc::validation, std::move(detail), {}}, meta.correlation_id);
+  };
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+    const auto eq = pair.find('=');
+    const auto key = pair.substr(0, eq);
+    const auto value =
+        percent_decode(eq == std::string_view::npos ? "" : pair.substr(eq + 1), true);
+    if (!value) return bad(fmt::format("parameter '{}' is not well percent-encoded", key));
+    if (key == "after") {
+      after = *value;
+    } else if (key == "types") {
+      std::string_view list = *value;
+      while (!list.empty()) {
+        const auto comma = list.find(',');
+        if (auto one = list.substr(0, comma); !one.empty()) feed.types.emplace_back(one);
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+      }
+    } else {
+      return bad(fmt::format("unknown parameter '{}': use after and types", key));
+    }
+  }
+  if (!after.empty()) {
+    auto token = position_token::parse(after);
+    if (!token) return bad("after (or Last-Event-ID) is not a position this service gave");
+    feed.after = *token;
+  }
+  return feed;
+}
+
 bool router::uses_workers(std::string_view target) {
   return target.starts_with("/commands/") || target.starts_with("/queries/") ||
          target.starts_with("/admin/");
@@ -322,18 +400,8 @@ response router::handle(const request& r) {
         res = {200, "text/plain; version=0.0.4", metrics_.render() + lag_metrics(app_), {}};
     } else if (path.starts_with("/admin/")) {
       route = "/admin";
-      const bool open = app_.config().tokens.empty();
-      if (auto denied = authenticate(r, meta))
+      if (auto denied = admin_denied(r, meta))
         res = std::move(*denied);
-      else if (open && !is_loopback(r.peer))
-        res = problem(403,
-                      {errc::forbidden,
-                       "the admin API answers only loopback clients while no tokens are configured",
-                       {}},
-                      correlation_id);
-      else if (!open && !meta.principal.has_role("admin"))
-        res = problem(403, {errc::forbidden, "the admin API requires the role 'admin'", {}},
-                      correlation_id);
       else
         res = admin(r, path, meta);
     } else if (path == "/openapi.json") {

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <cleave/app/app.hpp>
@@ -39,6 +40,7 @@ struct request {
   std::string timeout;           // Cleave-Timeout: milliseconds, shortening the request's deadline
   clock::time_point received{};  // when it arrived; handle() takes its own start when unset
   std::optional<std::string> idempotency_key;  // repeated fields joined by ", " (RFC 9110)
+  std::string last_event_id;                   // Last-Event-ID (a live stream resumed)
   std::string body;
   // When a query's wait for views ends (set by the server for a read it parked).
   clock::time_point deadline = clock::time_point::max();
@@ -58,6 +60,15 @@ struct response {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+// The live streams (Server-Sent Events; live.hpp): a query's answers as they change, and the log.
+enum class live_route { none, query, events };
+
+// What GET /events asks for: the events after `after` (of `types` only, unless empty).
+struct event_feed {
+  position_token after;
+  std::vector<std::string> types;
+};
+
 class router {
  public:
   // Register every handler on `a` before making its router.
@@ -74,6 +85,14 @@ class router {
   // (handle() answers it as it is). Reads no body and no database.
   std::optional<consistent_read> vet(request& r) const;
   metrics& stats() noexcept { return metrics_; }
+  // Whether `r` asks for a live stream: GET /queries/{name}/live?… (its answers as the views it
+  // reads move) or GET /events?after=…&types=… (the log). A live query's request is `r` with
+  // `/live` taken out of its path: answered by handle() like any GET of the query.
+  static live_route live(const request& r);
+  static request without_live(const request& r);
+  // GET /events: the feed it asks for (from `after`, else its Last-Event-ID, else the start),
+  // or the refusal — the same gate as the admin API, then a malformed token or type list.
+  std::variant<response, event_feed> open_feed(const request& r);
   // Whether answering `target` may involve a handler's database work (the buses, the admin
   // API), which runs on the workers; the rest (health, metrics, static files, the OpenAPI
   // document) is answered apart, so that busy workers never hold it.
@@ -84,6 +103,9 @@ class router {
                     std::string_view name, std::string_view query_string);
   response openapi() const;  // in openapi.cpp
   response admin(const request& r, const std::string& path, request_meta& meta);
+  // The admin API's gate (also the event feed's): authenticated; with tokens, the role "admin";
+  // without, a loopback client. The refusal, or nothing.
+  std::optional<response> admin_denied(const request& r, request_meta& meta) const;
   response static_file(const std::string& path, const std::string& correlation_id) const;
   response problem(int status, const error& e, const std::string& correlation_id) const;
   // The position the answer to query `name` reflects (read_your_writes::position_of); empty

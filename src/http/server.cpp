@@ -20,6 +20,7 @@
 
 #include "../app/verbs.hpp"
 #include "asio.hpp"
+#include "live.hpp"
 #include "router.hpp"
 
 namespace cleave::http {
@@ -59,7 +60,8 @@ struct server::impl {
       : app_(a),
         router_(a),
         workers_(a.config().workers),
-        parked_(std::make_shared<park_relay>(io_)) {}
+        parked_(std::make_shared<park_relay>(io_)),
+        hub_(a, router_) {}
 
   app& app_;
   detail::router router_;
@@ -77,6 +79,156 @@ struct server::impl {
   std::uint16_t port_ = 0;
   bool started_ = false, stopped_ = false;
   std::shared_ptr<park_relay> parked_;
+  detail::live_hub hub_;
+
+  // Runs `f` on the workers (database work never runs on the I/O thread).
+  template <class F>
+  auto on_workers(F f) -> awaitable<decltype(f())> {
+    co_return co_await net::co_spawn(
+        workers_.get_executor(), [&]() -> awaitable<decltype(f())> { co_return f(); },
+        use_awaitable);
+  }
+
+  // Writes `text` to a live stream; false when the client is gone or has not taken it within
+  // ten seconds (a slow consumer is dropped, not buffered for).
+  static awaitable<bool> send(beast::tcp_stream& stream, const std::string& text) {
+    beast::error_code ec;
+    stream.expires_after(std::chrono::seconds(10));
+    co_await net::async_write(stream, net::buffer(text), net::redirect_error(use_awaitable, ec));
+    stream.expires_never();
+    co_return !ec;
+  }
+
+  static std::string stream_head(const std::string& correlation_id) {
+    return fmt::format(
+        "HTTP/1.1 200 OK\r\nServer: cleave\r\nContent-Type: text/event-stream\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n"
+        "X-Correlation-Id: {}\r\n\r\nretry: 1000\n\n",
+        correlation_id);
+  }
+
+  // Sleeps until the subscriber is woken or a heartbeat is due; false when the server stops or
+  // the heartbeat cannot be written.
+  awaitable<bool> idle(beast::tcp_stream& stream, detail::live_subscriber& sub,
+                       net::steady_timer& timer) {
+    if (sub.gone) co_return false;
+    if (sub.poked.exchange(false)) co_return !stopping_;
+    timer.expires_after(app_.config().live_heartbeat);
+    beast::error_code ec;
+    co_await timer.async_wait(net::redirect_error(use_awaitable, ec));
+    if (stopping_ || sub.gone) co_return false;
+    if (!ec) co_return co_await send(stream, ": heartbeat\n\n");
+    sub.poked = false;
+    co_return true;
+  }
+
+  // A live stream (GET /queries/{name}/live, GET /events) until the client goes, the server
+  // stops, or a write stalls.
+  awaitable<void> live(beast::tcp_stream& stream, detail::request r, unsigned version,
+                       detail::live_route kind) {
+    if (r.correlation_id.empty()) r.correlation_id = detail::new_correlation_id();
+    if (!hub_.reserve()) {
+      co_await refuse(stream, version, 503, "too many live streams are open; try again later",
+                      r.correlation_id);
+      co_return;
+    }
+    auto sub = std::make_shared<detail::live_subscriber>();
+    auto timer = std::make_shared<net::steady_timer>(io_);
+    sub->wake = [this, t = std::weak_ptr<net::steady_timer>(timer)] {
+      net::post(io_, [t] {
+        if (auto p = t.lock()) p->cancel();
+      });
+    };
+    // A stream's client sends nothing after its request: a read that completes means it has
+    // gone (or broke the protocol), noticed at once rather than at the next write.
+    auto probe = std::make_shared<char>();
+    stream.socket().async_read_some(net::buffer(probe.get(), 1),
+                                    [sub, probe](beast::error_code, std::size_t) {
+                                      sub->gone = true;
+                                      sub->poke();
+                                    });
+    if (kind == detail::live_route::query)
+      co_await live_query(stream, r, version, sub, *timer);
+    else
+      co_await live_log(stream, r, version, sub, *timer);
+    beast::error_code ignored;
+    stream.socket().cancel(ignored);
+    hub_.forget(sub);
+    hub_.release();
+  }
+
+  awaitable<void> live_query(beast::tcp_stream& stream, const detail::request& r, unsigned version,
+                             const std::shared_ptr<detail::live_subscriber>& sub,
+                             net::steady_timer& timer) {
+    const auto query = detail::router::without_live(r);
+    const auto first = co_await on_workers([&] { return router_.handle(query); });
+    if (first.status != 200) {
+      co_await write_and_close(stream, first, version);
+      co_return;
+    }
+    const auto answer = json::parse(first.body, nullptr, false);
+    const auto position = answer.is_discarded() ? "" : answer.value("position", std::string());
+    const auto path = query.target.substr(0, query.target.find('?'));
+    hub_.watch_query(query, path.substr(std::string_view("/queries/").size()), position, first.body,
+                     sub);
+    if (!co_await send(stream, stream_head(r.correlation_id))) co_return;
+    // A stream resumed at the answer it had already got sends nothing until the answer moves.
+    if ((position.empty() || position != r.last_event_id) &&
+        !co_await send(stream, detail::sse_event(position, "result", first.body)))
+      co_return;
+    for (;;) {
+      if (auto event = sub->take()) {
+        if (!co_await send(stream, *event)) co_return;
+        continue;
+      }
+      if (!co_await idle(stream, *sub, timer)) co_return;
+    }
+  }
+
+  awaitable<void> live_log(beast::tcp_stream& stream, const detail::request& r, unsigned version,
+                           const std::shared_ptr<detail::live_subscriber>& sub,
+                           net::steady_timer& timer) {
+    auto opened = router_.open_feed(r);
+    if (auto* refused = std::get_if<detail::response>(&opened)) {
+      co_await write_and_close(stream, *refused, version);
+      co_return;
+    }
+    auto& feed = std::get<detail::event_feed>(opened);
+    hub_.watch_log(sub);
+    if (!co_await send(stream, stream_head(r.correlation_id))) co_return;
+    constexpr std::size_t batch = 500;
+    std::vector<stored_event> events;
+    for (;;) {
+      std::string text;
+      bool read = true;
+      const auto through = co_await on_workers([&] {
+        try {
+          return app_.store().read_events_into(feed.after, batch, events, feed.types);
+        } catch (const std::exception& e) {
+          spdlog::warn("event feed: {}", e.what());
+          read = false;
+          return feed.after;
+        }
+      });
+      if (!read) co_return;
+      for (auto& e : events) {
+        app_.upcasters().apply(e.type, e.payload);
+        text += detail::sse_event(e.position.to_string(), e.type,
+                                  json{{"position", e.position.to_string()},
+                                       {"stream", e.stream},
+                                       {"stream_version", e.stream_version},
+                                       {"type", e.type},
+                                       {"payload", e.payload.value()},
+                                       {"recorded_at_ms", e.recorded_at_ms},
+                                       {"correlation_id", e.correlation_id}}
+                                      .dump());
+      }
+      feed.after = through;
+      if (!text.empty() && !co_await send(stream, text)) co_return;
+      if (events.size() == batch) continue;  // more to come at once
+      if (!co_await idle(stream, *sub, timer)) co_return;
+    }
+  }
 
   // A query that must wait for views waits here, parked on the I/O thread, until they are
   // there or its deadline passes: a worker would be held for the whole wait. Sets the
@@ -223,7 +375,13 @@ struct server::impl {
       for (auto [it, end] = req.equal_range("Idempotency-Key"); it != end; ++it)
         r.idempotency_key = r.idempotency_key ? *r.idempotency_key + ", " + std::string(it->value())
                                               : std::string(it->value());
+      r.last_event_id = std::string(req["Last-Event-ID"]);
       r.body = std::move(req.body());
+      if (const auto kind = detail::router::live(r); kind != detail::live_route::none) {
+        end_request();  // a stream does not hold up stop()
+        co_await live(stream, std::move(r), version, kind);
+        break;
+      }
       std::optional<detail::response> refused = co_await park(r);
       detail::response res;
       if (refused)
@@ -320,6 +478,7 @@ void server::stop() {
     s.inflight_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return s.inflight_ == 0; });
   }
   s.parked_->close();
+  s.hub_.stop();
   s.io_.stop();
   s.io_thread_.join();
   s.workers_.join();

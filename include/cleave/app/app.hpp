@@ -62,6 +62,12 @@ struct app_config {
   // Reads waiting for views (read-your-writes) that the HTTP server parks, holding no thread;
   // beyond this many it answers 503 with Retry-After.
   std::size_t max_parked_reads = 4096;
+  // Server-Sent Event streams open at once (live queries, the event feed); beyond this many a
+  // new one is answered 503 with Retry-After. Each also counts against max_connections.
+  std::size_t max_live_streams = 1024;
+  // How often an idle live stream sends a comment, so that proxies keep it and a client that
+  // went away is noticed (config file: "live_heartbeat_ms").
+  std::chrono::milliseconds live_heartbeat{15000};
   // Bearer tokens and who they stand for; empty means no authentication.
   std::map<std::string, principal> tokens;
   // The role a command or query requires, by wire name: enforced by cleave::authorization on

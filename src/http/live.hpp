@@ -1,0 +1,91 @@
+#pragma once
+// Live streams (Server-Sent Events): the hub that watches what live queries read and the log's
+// head, and hands each stream its next event. One thread looks every `tick`: a query whose
+// views moved past what it last answered is run again once for all its subscribers with the
+// same request (coalesced), and the new answer replaces whatever a subscriber has not written
+// yet — a slow subscriber holds one event, never a queue. Event-feed subscribers are only woken
+// when the head moves: they read the log themselves. Internal to src/http.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cleave/app/app.hpp>
+
+#include "router.hpp"
+
+namespace cleave::http::detail {
+
+// One stream's mailbox: the latest event not written yet, and how to wake its writer.
+struct live_subscriber {
+  std::mutex mutex;
+  std::optional<std::string> pending;  // under mutex; replaced, never queued
+  std::function<void()> wake;          // set before subscribing; called from the hub's thread
+  std::atomic<bool> poked{false};      // something happened since the writer last looked
+  std::atomic<bool> gone{false};       // the client closed its end
+
+  // Stores `event` (replacing an unwritten one) and wakes the writer.
+  void deliver(std::string event);
+  // Wakes the writer with no event (the log moved: it reads it).
+  void poke();
+  std::optional<std::string> take();
+};
+
+// "id: <id>\nevent: <type>\ndata: <data>\n\n" (data on one line: JSON has no raw newlines).
+std::string sse_event(std::string_view id, std::string_view type, std::string_view data);
+
+class live_hub {
+ public:
+  live_hub(app& a, router& r, std::chrono::milliseconds tick = std::chrono::milliseconds(10));
+  ~live_hub();
+  live_hub(const live_hub&) = delete;
+  live_hub& operator=(const live_hub&) = delete;
+
+  // Takes a place for a new stream; false when max_live_streams are open. release() gives it
+  // back.
+  bool reserve();
+  void release();
+  std::size_t open_streams() const { return open_.load(); }
+
+  // Subscribes to query request `query` (a GET /queries/{name}?… request, as the router takes
+  // it), whose answer the subscriber has at `position` with body `body`.
+  void watch_query(const request& query, std::string name, std::string position, std::string body,
+                   const std::shared_ptr<live_subscriber>& s);
+  // Subscribes to the log's head: woken (with no event) when it moves.
+  void watch_log(const std::shared_ptr<live_subscriber>& s);
+  void forget(const std::shared_ptr<live_subscriber>& s);
+
+  void stop();
+
+ private:
+  struct query_group {
+    request query;
+    std::string name;
+    std::string position, result;  // the last answer: its position, its result (JSON)
+    std::vector<std::weak_ptr<live_subscriber>> subscribers;
+  };
+  void run();
+  void look();  // one tick
+
+  app& app_;
+  router& router_;
+  std::chrono::milliseconds tick_;
+  std::atomic<std::size_t> open_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;                        // under mutex_
+  std::map<std::string, query_group> groups_;    // by request key; under mutex_
+  std::vector<std::weak_ptr<live_subscriber>> log_watchers_;  // under mutex_
+  position_token head_;                          // the hub thread's
+  std::thread thread_;
+};
+
+}  // namespace cleave::http::detail
