@@ -96,6 +96,44 @@ test("place an order in the UI and see it in the order view", async () => {
   }
 });
 
+test("an order placed in another tab appears live, with the best sellers", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
+  const shop = await startShop(dir);
+  const browser = await launchBrowser();
+  try {
+    const watcher = await browser.newPage();
+    await watcher.goto(`http://127.0.0.1:${port}/`);
+    await watcher.waitForSelector("#products tbody tr");
+    await watcher.selectOption("#customer", "grace");
+    await watcher.waitForFunction(() => document.querySelector("#customer-name")?.textContent === "Grace Hopper");
+    const rowsBefore = await watcher.locator("#orders tbody tr[data-order]").count();
+
+    const other = await browser.newPage();
+    await other.goto(`http://127.0.0.1:${port}/`);
+    await other.waitForSelector("#products tbody tr");
+    await other.selectOption("#customer", "grace");
+    await other.fill('#products tr[data-product="mug"] input', "7");
+    await other.click("#place");
+    await other.waitForSelector("#message.ok");
+    const placed = (await other.textContent("#message")).match(/Placed (o-[a-z0-9]+)/)[1];
+
+    // The first tab was not touched: its list and its best sellers move by themselves.
+    await watcher.waitForSelector(`#orders tbody tr[data-order="${placed}"]`, { timeout: 10000 });
+    assert.equal(await watcher.locator("#orders tbody tr[data-order]").count(), rowsBefore + 1);
+    await watcher.waitForFunction(() => /Mug — \d+ sold/.test(document.querySelector("#top")?.textContent || ""),
+      null, { timeout: 10000 });
+    await watcher.waitForFunction(() =>
+      document.querySelector('#products tr[data-product="mug"] .stock')?.textContent === "33");
+    assert.equal(await watcher.textContent("#message"), "");
+    await watcher.screenshot({ path: join(process.env.E2E_OUT || dir, "shop-live-e2e.png") });
+  } finally {
+    await browser.close();
+    shop.kill("SIGTERM");
+    await new Promise((resolve) => shop.on("exit", resolve));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("a retry after a lost answer and a double click place one order", async () => {
   const dir = mkdtempSync(join(tmpdir(), "cleave-e2e-"));
   const shop = await startShop(dir);

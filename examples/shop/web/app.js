@@ -1,7 +1,9 @@
 // The shop's UI: plain fetch() calls to cleave's HTTP API. Each command's Cleave-Position is
 // carried into the following queries as Cleave-Min-Position, so the page reads its own writes.
 // Every command carries an Idempotency-Key, one per user action, so that a double click or a
-// retry after a lost answer gets the first outcome again instead of a second effect.
+// retry after a lost answer gets the first outcome again instead of a second effect. The order
+// list and the best sellers are also live (EventSource on /queries/{name}/live): what another
+// tab or another client does shows up without a reload.
 "use strict";
 
 let lastPosition = "";
@@ -16,7 +18,7 @@ const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
 // A refusal the server answered; any other error (the network) leaves the outcome unknown.
 class Refused extends Error {}
 
-async function call(kind, name, body, idempotencyKey) {
+async function send(kind, name, body, idempotencyKey) {
   const headers = { "Content-Type": "application/json" };
   if (kind === "queries" && lastPosition) headers["Cleave-Min-Position"] = lastPosition;
   if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
@@ -27,7 +29,15 @@ async function call(kind, name, body, idempotencyKey) {
     lastPosition = json.position;
     $("position").textContent = lastPosition;
   }
-  return json.result;
+  return json;
+}
+const call = async (kind, name, body, idempotencyKey) => (await send(kind, name, body, idempotencyKey)).result;
+
+// Log order of two positions ("<transaction>.<position>.<lsn>", hex): negative when a is older.
+function compare(a, b) {
+  const [ta, pa] = a.split(".").map((x) => BigInt("0x" + (x || "0")));
+  const [tb, pb] = b.split(".").map((x) => BigInt("0x" + (x || "0")));
+  return ta !== tb ? (ta < tb ? -1 : 1) : pa === pb ? 0 : pa < pb ? -1 : 1;
 }
 
 function say(text, ok) {
@@ -45,15 +55,20 @@ async function loadProducts() {
     </tr>`).join("");
 }
 
+// Live stock: only the numbers change, so what the user is typing stays.
+function renderStock(products) {
+  for (const p of products) {
+    const cell = document.querySelector(`#products tr[data-product="${CSS.escape(p.id)}"] .stock`);
+    if (cell) cell.textContent = p.stock;
+  }
+}
+
 async function loadCustomers() {
   const customers = await call("queries", "shop.list_customers");
   $("customer").innerHTML = customers.map((c) => `<option value="${esc(c.id)}">${esc(c.name)}</option>`).join("");
 }
 
-async function loadOrders() {
-  const customer = $("customer").value;
-  $("customer-name").textContent = $("customer").selectedOptions[0]?.textContent || "";
-  const orders = await call("queries", "shop.customer_orders", { customer_id: customer });
+function renderOrders(orders) {
   $("orders").querySelector("tbody").innerHTML = orders.map((o) => `
     <tr class="clickable ${esc(o.status)}" data-order="${esc(o.order_id)}">
       <td>${esc(o.order_id)}</td><td class="status">${esc(o.status)}</td><td class="num">${money(o.total_cents)}</td>
@@ -61,8 +76,43 @@ async function loadOrders() {
       <td>${o.status === "placed" ? `<button class="pay" data-order="${esc(o.order_id)}">Pay</button>
         <button class="secondary cancel" data-order="${esc(o.order_id)}">Cancel</button>` : ""}</td>
     </tr>`).join("");
-  const top = await call("queries", "shop.top_products", { limit: 3 });
-  $("top").innerHTML = top.map((t) => `<li>${esc(t.name)} — ${t.units_sold} sold</li>`).join("");
+}
+
+function renderTop(top) {
+  $("top").innerHTML = top.map((t) => `<li>${esc(t.name)} — ${esc(t.units_sold)} sold</li>`).join("");
+}
+
+// A live query: `render` gets its result now and again whenever it changes. The browser
+// reconnects by itself after a drop, sending the last event's id (Last-Event-ID), and the server
+// sends only what moved past it. An answer older than the one on screen (read through this
+// page's own command) is skipped.
+const live = {};
+let followed = null;  // the customer whose orders are followed
+const shown = {};  // key -> the position of the answer on screen
+function show(key, answer, render) {
+  if (shown[key] && answer.position && compare(answer.position, shown[key]) < 0) return;
+  shown[key] = answer.position;
+  render(answer.result);
+}
+function follow(key, url, render) {
+  live[key]?.close();
+  const source = new EventSource(url);
+  source.addEventListener("result", (event) => show(key, JSON.parse(event.data), render));
+  live[key] = source;
+}
+
+async function loadOrders() {
+  const customer = $("customer").value;
+  $("customer-name").textContent = $("customer").selectedOptions[0]?.textContent || "";
+  if (followed !== customer) delete shown.orders;
+  show("orders", await send("queries", "shop.customer_orders", { customer_id: customer }), renderOrders);
+  show("top", await send("queries", "shop.top_products", { limit: 3 }), renderTop);
+  if (followed !== customer) {
+    followed = customer;
+    follow("orders", `/queries/shop.customer_orders/live?customer_id=${encodeURIComponent(customer)}`, renderOrders);
+  }
+  if (!live.top) follow("top", "/queries/shop.top_products/live?limit=3", renderTop);
+  if (!live.stock) follow("stock", "/queries/shop.list_products/live", renderStock);
 }
 
 async function showSummary(orderId) {
