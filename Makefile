@@ -44,9 +44,10 @@ quickstart: bootstrap
 bench:
 	@scripts/bootstrap bench
 	cmake --preset release $(CMAKE_FLAGS)
-	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write cleave_bench_read cleave_bench_workflow shop
+	cmake --build --preset release --target cleave_bench_dispatch cleave_bench_write cleave_bench_read cleave_bench_workflow cleave_bench_live shop
 	./build/release/bench/cleave_bench_dispatch $(BENCH_ARGS)
 	./build/release/bench/cleave_bench_workflow
+	./build/release/bench/cleave_bench_live
 	scripts/pg-cluster start build/release/bench-pg
 	scripts/pg-cluster standby build/release/bench-pg-standby build/release/bench-pg
 	url=$$(cat build/release/bench-pg/url); standby=$$(cat build/release/bench-pg-standby/url); \

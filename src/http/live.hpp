@@ -81,10 +81,10 @@ class live_hub {
   std::atomic<std::size_t> open_{0};
   std::mutex mutex_;
   std::condition_variable wake_;
-  bool stopping_ = false;                        // under mutex_
-  std::map<std::string, query_group> groups_;    // by request key; under mutex_
+  bool stopping_ = false;                                     // under mutex_
+  std::map<std::string, query_group> groups_;                 // by request key; under mutex_
   std::vector<std::weak_ptr<live_subscriber>> log_watchers_;  // under mutex_
-  position_token head_;                          // the hub thread's
+  position_token head_;                                       // the hub thread's
   std::thread thread_;
 };
 

@@ -64,10 +64,12 @@ struct live_server : testing::Test {
       tx.emit(c.id, live::bumped{c.id, c.by});
       return {};
     });
-    app->commands().add([](const live::burst& c, cleave::write_context& tx) -> cleave::result<void> {
-      for (std::int64_t i = 0; i < c.n; ++i) tx.emit("noise", live::noise{std::string(400, 'x')});
-      return {};
-    });
+    app->commands().add(
+        [](const live::burst& c, cleave::write_context& tx) -> cleave::result<void> {
+          for (std::int64_t i = 0; i < c.n; ++i)
+            tx.emit("noise", live::noise{std::string(400, 'x')});
+          return {};
+        });
     cleave::projection totals{"totals"};
     totals.schema("create table {view}(id text primary key, total bigint not null)")
         .on([](const live::bumped& e, cleave::view_context& v) {
@@ -247,8 +249,8 @@ TEST_F(live_server, bad_live_requests_get_problems) {
   EXPECT_EQ(sse_stream(port, "/events", {{"Authorization", "Bearer user-token"}}).status, 403);
   EXPECT_EQ(sse_stream(port, "/events?after=nonsense", admin).status, 400);
   EXPECT_EQ(sse_stream(port, "/events?since=1", admin).status, 400);
-  EXPECT_EQ(sse_stream(port, "/events", {{"Authorization", "Bearer admin-token"},
-                                         {"Last-Event-ID", "x.y"}})
+  EXPECT_EQ(sse_stream(port, "/events",
+                       {{"Authorization", "Bearer admin-token"}, {"Last-Event-ID", "x.y"}})
                 .status,
             400);
   EXPECT_EQ(sse_stream(port, "/events", admin).status, 200);
