@@ -204,7 +204,7 @@ TEST_F(nats_fixture, relay_waits_for_the_broker_and_loses_nothing) {
   std::size_t sent = 0;
   std::thread writer([&] { sent = write_until(*a, stop, next); });
   std::this_thread::sleep_for(500ms);
-  server.stop(SIGTERM);  // the broker goes away mid-stream
+  server.stop(SIGKILL);  // the broker dies mid-stream
   std::this_thread::sleep_for(1500ms);
   // Meanwhile the relay is behind, and says so.
   const auto status = a->projections().status("nats_relay");
