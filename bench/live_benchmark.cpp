@@ -253,9 +253,10 @@ void fanout_case(const cleave::testing::temp_dir& dir) {
             e.id);
       });
   a.add_projection(std::move(totals));
-  a.queries().add([](const total& q, const cleave::read_context& db) -> cleave::result<std::int64_t> {
-    return db.one<std::int64_t>("select n from totals where id = $1", q.id).value_or(0);
-  });
+  a.queries().add(
+      [](const total& q, const cleave::read_context& db) -> cleave::result<std::int64_t> {
+        return db.one<std::int64_t>("select n from totals where id = $1", q.id).value_or(0);
+      });
   a.reads("bench.total", {"totals"});
   a.migrate();
   a.start_workers();
