@@ -46,6 +46,16 @@ void live_hub::stop() {
   }
   wake_.notify_all();
   thread_.join();
+  std::vector<std::shared_ptr<live_subscriber>> all;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& w : log_watchers_)
+      if (auto s = w.lock()) all.push_back(std::move(s));
+    for (const auto& [key, g] : groups_)
+      for (const auto& w : g.subscribers)
+        if (auto s = w.lock()) all.push_back(std::move(s));
+  }
+  for (auto& s : all) s->poke();
 }
 
 bool live_hub::reserve() {
@@ -67,25 +77,40 @@ std::string key_of(const request& r) {
 }
 }  // namespace
 
+namespace {
+std::string result_of(const std::string& body) {
+  const auto parsed = json::parse(body, nullptr, false);
+  return parsed.is_discarded() ? body : parsed.value("result", json()).dump();
+}
+}  // namespace
+
 void live_hub::watch_query(const request& query, std::string name, std::string position,
                            std::string body, const std::shared_ptr<live_subscriber>& s) {
-  std::lock_guard lock(mutex_);
-  auto [it, made] = groups_.try_emplace(key_of(query));
-  auto& g = it->second;
-  if (made) {
-    g.query = query;
-    g.name = std::move(name);
-    g.position = std::move(position);
-    const auto parsed = json::parse(body, nullptr, false);
-    g.result = parsed.is_discarded() ? body : parsed.value("result", json()).dump();
+  std::optional<std::string> newer;
+  {
+    std::lock_guard lock(mutex_);
+    auto [it, made] = groups_.try_emplace(key_of(query));
+    auto& g = it->second;
+    if (made) {
+      g.query = query;
+      g.name = std::move(name);
+      g.position = std::move(position);
+      g.result = result_of(body);
+      g.body = std::move(body);
+    } else if (g.position != position && g.result != result_of(body)) {
+      newer = sse_event(g.position, "result", g.body);
+    }
+    g.subscribers.push_back(s);
   }
-  g.subscribers.push_back(s);
   wake_.notify_all();
+  if (newer) s->deliver(std::move(*newer));
 }
 
 void live_hub::watch_log(const std::shared_ptr<live_subscriber>& s) {
-  std::lock_guard lock(mutex_);
-  log_watchers_.push_back(s);
+  {
+    std::lock_guard lock(mutex_);
+    log_watchers_.push_back(s);
+  }
   wake_.notify_all();
 }
 
@@ -122,24 +147,27 @@ void live_hub::run() {
 void live_hub::look() {
   std::vector<std::shared_ptr<live_subscriber>> to_wake;
   std::vector<std::pair<std::string, request>> queries;  // key, request
+  const auto now = clock::now();
   {
     std::lock_guard lock(mutex_);
     for (const auto& w : log_watchers_)
       if (auto s = w.lock()) to_wake.push_back(std::move(s));
-    for (const auto& [key, g] : groups_) queries.emplace_back(key, g.query);
+    for (const auto& [key, g] : groups_)
+      if (g.retry_at <= now) queries.emplace_back(key, g.query);
   }
   if (!to_wake.empty()) {
-    const auto head = app_.store().head();
+    // What a gap-safe reader can reach: on PostgreSQL a commit below a running transaction moves
+    // it when that transaction ends, not the head.
+    const auto head = app_.store().readable_head();
     if (head != head_) {
       head_ = head;
       for (auto& s : to_wake) s->poke();
     }
   }
-  // Each query's views are read once per tick; a query whose answer would move runs again.
-  std::map<std::string, position_token, std::less<>> positions;
+  // Each query's views are read once per tick; a query whose views moved runs again.
+  std::map<std::string, std::string, std::less<>> positions;
   for (auto& [key, query] : queries) {
-    std::string name;
-    std::string last;
+    std::string name, last;
     {
       std::lock_guard lock(mutex_);
       auto it = groups_.find(key);
@@ -149,25 +177,28 @@ void live_hub::look() {
     }
     auto at = positions.find(name);
     if (at == positions.end())
-      at = positions.emplace(name, app_.read_consistency().position_of(name)).first;
-    if (at->second.to_string() == last) continue;
+      at = positions.emplace(name, app_.read_consistency().position_of(name).to_string()).first;
+    // (Read before the query runs: a batch that commits meanwhile is seen next time.)
+    const std::string& position = at->second;
+    if (position == last) continue;
     query.received = clock::now();
     const auto answer = router_.handle(query);
-    if (answer.status != 200) continue;  // tried again next tick
-    const auto parsed = json::parse(answer.body, nullptr, false);
-    if (parsed.is_discarded()) continue;
-    const auto position = parsed.value("position", std::string());
     std::vector<std::shared_ptr<live_subscriber>> subscribers;
     {
       std::lock_guard lock(mutex_);
       auto it = groups_.find(key);
       if (it == groups_.end()) continue;
       auto& g = it->second;
+      if (answer.status != 200) {  // tried again in a second
+        g.retry_at = clock::now() + std::chrono::seconds(1);
+        continue;
+      }
       // Sent when the result changed, not when only the views moved under it.
-      auto result = parsed.value("result", json()).dump();
-      g.position = position.empty() ? at->second.to_string() : position;
+      auto result = result_of(answer.body);
+      g.position = position;
       if (result == g.result) continue;
       g.result = std::move(result);
+      g.body = answer.body;
       for (const auto& w : g.subscribers)
         if (auto s = w.lock()) subscribers.push_back(std::move(s));
     }

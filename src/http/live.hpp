@@ -56,20 +56,26 @@ class live_hub {
   std::size_t open_streams() const { return open_.load(); }
 
   // Subscribes to query request `query` (a GET /queries/{name}?… request, as the router takes
-  // it), whose answer the subscriber has at `position` with body `body`.
+  // it), whose answer `body` the subscriber has, read at `position` (the position of the views
+  // read before the query ran). When the streams already asking the same thing have a newer
+  // answer that differs, the subscriber gets it at once.
   void watch_query(const request& query, std::string name, std::string position, std::string body,
                    const std::shared_ptr<live_subscriber>& s);
   // Subscribes to the log's head: woken (with no event) when it moves.
   void watch_log(const std::shared_ptr<live_subscriber>& s);
   void forget(const std::shared_ptr<live_subscriber>& s);
 
+  // Stops the hub's thread, then wakes every stream (which, the server stopping, ends).
   void stop();
 
  private:
   struct query_group {
     request query;
     std::string name;
-    std::string position, result;  // the last answer: its position, its result (JSON)
+    std::string position;          // where the views were (before the last answer was read)
+    std::string body;              // the last answer sent, as GET answers it
+    std::string result;            // its "result" member, dumped: what is compared
+    clock::time_point retry_at{};  // after an answer that was not a 200
     std::vector<std::weak_ptr<live_subscriber>> subscribers;
   };
   void run();

@@ -147,30 +147,49 @@ struct server::impl {
                                       sub->gone = true;
                                       sub->poke();
                                     });
-    if (kind == detail::live_route::query)
-      co_await live_query(stream, r, version, sub, *timer);
-    else
-      co_await live_log(stream, r, version, sub, *timer);
-    beast::error_code ignored;
-    stream.socket().cancel(ignored);
-    hub_.forget(sub);
-    hub_.release();
+    // Its place and its subscription are given back on every path, an exception's included.
+    struct leaving {
+      detail::live_hub& hub;
+      std::shared_ptr<detail::live_subscriber> sub;
+      beast::tcp_stream& stream;
+      ~leaving() {
+        beast::error_code ignored;
+        stream.socket().cancel(ignored);
+        hub.forget(sub);
+        hub.release();
+      }
+    } guard{hub_, sub, stream};
+    try {
+      if (kind == detail::live_route::query)
+        co_await live_query(stream, r, version, sub, *timer);
+      else
+        co_await live_log(stream, r, version, sub, *timer);
+    } catch (const std::exception& e) {
+      spdlog::warn("live stream {} ended: {}", r.target, e.what());
+    }
   }
 
   awaitable<void> live_query(beast::tcp_stream& stream, const detail::request& r, unsigned version,
                              const std::shared_ptr<detail::live_subscriber>& sub,
                              net::steady_timer& timer) {
     const auto query = detail::router::without_live(r);
-    const auto first = co_await on_workers([&] { return router_.handle(query); });
+    const auto path = query.target.substr(0, query.target.find('?'));
+    const auto name = path.substr(std::string_view("/queries/").size());
+    // Where its views are, read before the answer: a batch that commits meanwhile is seen by
+    // the hub's next look, never taken as answered.
+    std::string position;
+    const auto first = co_await on_workers([&] {
+      try {
+        position = app_.read_consistency().position_of(name).to_string();
+      } catch (const std::exception&) {
+      }
+      return router_.handle(query);
+    });
     if (first.status != 200) {
       co_await write_and_close(stream, first, version);
       co_return;
     }
-    const auto answer = json::parse(first.body, nullptr, false);
-    const auto position = answer.is_discarded() ? "" : answer.value("position", std::string());
-    const auto path = query.target.substr(0, query.target.find('?'));
-    hub_.watch_query(query, path.substr(std::string_view("/queries/").size()), position, first.body,
-                     sub);
+    hub_.watch_query(query, name, position, first.body, sub);
     if (!co_await send(stream, stream_head(r.correlation_id))) co_return;
     // A stream resumed at the answer it had already got sends nothing until the answer moves.
     if ((position.empty() || position != r.last_event_id) &&
@@ -211,7 +230,11 @@ struct server::impl {
         }
       });
       if (!read) co_return;
+      // At most ~256 KB a write: a slow reader gets small writes, each with its own 10 s.
+      std::size_t taken = 0;
       for (auto& e : events) {
+        if (text.size() > 256 * 1024) break;
+        ++taken;
         app_.upcasters().apply(e.type, e.payload);
         text += detail::sse_event(e.position.to_string(), e.type,
                                   json{{"position", e.position.to_string()},
@@ -223,9 +246,10 @@ struct server::impl {
                                        {"correlation_id", e.correlation_id}}
                                       .dump());
       }
-      feed.after = through;
+      const bool whole = taken == events.size();
+      feed.after = whole ? through : events[taken - 1].position;
       if (!text.empty() && !co_await send(stream, text)) co_return;
-      if (events.size() == batch) continue;  // more to come at once
+      if (!whole || events.size() == batch) continue;  // more to come at once
       if (!co_await idle(stream, *sub, timer)) co_return;
     }
   }
@@ -478,7 +502,10 @@ void server::stop() {
     s.inflight_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return s.inflight_ == 0; });
   }
   s.parked_->close();
+  // Live streams end (their clients reconnect to another server): woken, they see stopping_.
   s.hub_.stop();
+  for (int i = 0; i < 200 && s.hub_.open_streams() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   s.io_.stop();
   s.io_thread_.join();
   s.workers_.join();

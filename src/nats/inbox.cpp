@@ -22,15 +22,17 @@ namespace {
 
 constexpr migration inbox_schema[] = {
     {1, "inbox dead letters",
-     "create table cleave_inbox_dead_letters(consumer text not null, message_id text not null,"
-     "  subject text not null, payload text not null, error text not null,"
-     "  recorded_ms bigint not null, primary key (consumer, message_id))"},
+     "create table cleave_inbox_dead_letters(stream text not null, consumer text not null,"
+     "  message_id text not null, subject text not null, payload text not null,"
+     "  error text not null, recorded_ms bigint not null, replays bigint not null default 0,"
+     "  primary key (stream, consumer, message_id))"},
 };
 
 struct dead_row {
   std::string message_id, subject, payload, error;
+  std::int64_t replays = 0;
 };
-CLEAVE_RECORD(dead_row, message_id, subject, payload, error)
+CLEAVE_RECORD(dead_row, message_id, subject, payload, error, replays)
 
 // Whether a failed send is the command's answer (kept as a dead letter), not a failure of the
 // moment (the message is redelivered).
@@ -48,6 +50,7 @@ struct inbox::impl {
   std::unique_ptr<detail::client> client;
   natsSubscription* sub = nullptr;
   int failures = 0;
+  std::int64_t created = 0;  // when the stream was made: a message without an id is seq@created
 
   impl(app& owner, inbox_options options) : a(owner), o(std::move(options)) {}
   ~impl() { disconnect(); }
@@ -89,6 +92,7 @@ struct inbox::impl {
     auto s = js_GetStreamInfo(&info, client->js(), o.stream.c_str(), nullptr, &code);
     if (s == NATS_NOT_FOUND) {
       std::vector<const char*> subjects;
+      subjects.reserve(o.routes.size());
       for (const auto& [subject, command] : o.routes) subjects.push_back(subject.c_str());
       jsStreamConfig cfg;
       jsStreamConfig_Init(&cfg);
@@ -98,6 +102,7 @@ struct inbox::impl {
       s = js_AddStream(&info, client->js(), &cfg, nullptr, &code);
     }
     detail::check(s, fmt::format("stream {}", o.stream));
+    created = info->Created;
     jsStreamInfo_Destroy(info);
   }
 
@@ -108,7 +113,7 @@ struct inbox::impl {
     jsMsgMetaData* meta = nullptr;
     std::string out = "seq:?";
     if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
-      out = fmt::format("seq:{}", meta->Sequence.Stream);
+      out = fmt::format("seq:{}@{}", meta->Sequence.Stream, created);
       jsMsgMetaData_Destroy(meta);
     }
     return out;
@@ -140,15 +145,16 @@ struct inbox::impl {
     spdlog::warn("inbox {}: message {} on {} parked: {}", o.consumer, id, subject, why.describe());
     cleave::detail::writing(a.store(), [&](write_transaction&, write_context& tx) {
       tx.exec(
-          "insert into cleave_inbox_dead_letters(consumer, message_id, subject, payload, error, "
-          "recorded_ms) values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
-          o.consumer, id, subject, payload, why.message, cleave::detail::unix_now_ms());
+          "insert into cleave_inbox_dead_letters(stream, consumer, message_id, subject, payload, "
+          "error, recorded_ms) values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing",
+          o.stream, o.consumer, id, subject, payload, why.message, cleave::detail::unix_now_ms());
       return true;
     });
   }
 
-  // Handles one message; acknowledged (or nak'ed for redelivery) before it returns.
-  void handle(natsMsg* m) {
+  // Handles one message; acknowledged (true), or nak'ed for redelivery (false) when its command
+  // failed for a reason of the moment.
+  bool handle(natsMsg* m) {
     const std::string id = id_of(m);
     const std::string subject = natsMsg_GetSubject(m);
     const std::string payload(natsMsg_GetData(m),
@@ -158,10 +164,18 @@ struct inbox::impl {
       spdlog::warn("inbox {}: message {}: {}; redelivered later", o.consumer, id,
                    outcome.error().describe());
       natsMsg_NakWithDelay(m, 1000, nullptr);
-      return;
+      return false;
     }
     if (!outcome) park(id, subject, payload, outcome.error());
     detail::check(natsMsg_AckSync(m, nullptr, nullptr), "acknowledging");
+    return true;
+  }
+
+  // Sleeps `how_long`, or less when stop() is called.
+  void pause(std::chrono::milliseconds how_long) const {
+    const auto until = clock::now() + how_long;
+    while (!stopping && clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
   std::size_t run(bool until_idle) {
@@ -179,24 +193,27 @@ struct inbox::impl {
         }
         detail::check(s, "fetching");
         try {
-          for (int i = 0; i < list.Count; ++i) {
-            handle(list.Msgs[i]);
-            ++handled;
-          }
+          // In order: after a message that must wait, the rest of the batch waits too (a later
+          // message may depend on it).
+          int i = 0;
+          for (; i < list.Count && handle(list.Msgs[i]); ++i) ++handled;
+          for (int rest = i + 1; rest < list.Count; ++rest)
+            natsMsg_NakWithDelay(list.Msgs[rest], 1000, nullptr);
+          if (i < list.Count)
+            pause(detail::backoff(failures++, o.max_backoff));
+          else
+            failures = 0;
         } catch (...) {
           natsMsgList_Destroy(&list);
           throw;
         }
         natsMsgList_Destroy(&list);
-        failures = 0;
       } catch (const std::exception& e) {
         disconnect();
         const auto backoff = detail::backoff(failures, o.max_backoff);
         ++failures;
         spdlog::warn("inbox {}: {}; trying again in {} ms", o.consumer, e.what(), backoff.count());
-        const auto until = clock::now() + backoff;
-        while (!stopping && clock::now() < until)
-          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        pause(backoff);
       }
     }
     return handled;
@@ -219,33 +236,41 @@ std::vector<inbox::dead_letter> inbox::dead_letters() const {
   return cleave::detail::reading(impl_->a.store(), [&](read_context& ctx) {
     std::vector<dead_letter> out;
     for (auto& r : ctx.many<dead_row>(
-             "select message_id, subject, payload, error from cleave_inbox_dead_letters "
-             "where consumer = $1 order by recorded_ms, message_id",
-             impl_->o.consumer))
+             "select message_id, subject, payload, error, replays from cleave_inbox_dead_letters "
+             "where stream = $1 and consumer = $2 order by recorded_ms, message_id",
+             impl_->o.stream, impl_->o.consumer))
       out.push_back({std::move(r.message_id), std::move(r.subject), std::move(r.payload),
-                     std::move(r.error)});
+                     std::move(r.error), r.replays});
     return out;
   });
 }
 
 std::size_t inbox::replay_dead_letters() {
   std::size_t done = 0;
-  for (const auto& d : dead_letters()) {
-    // A fresh command id: the first one's refusal is remembered under the message's own.
-    const auto id = fmt::format("{}~{}", impl_->command_id_of(d.message_id),
-                                cleave::detail::random_schedule_id());
-    if (!impl_->send(d.subject, d.payload, id)) continue;
-    cleave::detail::writing(impl_->a.store(), [&](write_transaction&, write_context& tx) {
-      tx.exec("delete from cleave_inbox_dead_letters where consumer = $1 and message_id = $2",
-              impl_->o.consumer, d.message_id);
+  auto& in = *impl_;
+  const auto update = [&](std::string_view sql, const dead_letter& d) {
+    cleave::detail::writing(in.a.store(), [&](write_transaction&, write_context& tx) {
+      tx.exec(sql, in.o.stream, in.o.consumer, d.message_id);
       return true;
     });
-    ++done;
+  };
+  for (const auto& d : dead_letters()) {
+    // Replay n has an id of its own (the first refusal is remembered under the message's id), the
+    // same however often it is tried: one that ran before a crash is not run twice.
+    const auto id = fmt::format("{}~{}", in.command_id_of(d.message_id), d.replays + 1);
+    constexpr std::string_view where = "where stream = $1 and consumer = $2 and message_id = $3";
+    if (const auto outcome = in.send(d.subject, d.payload, id); outcome) {
+      update(fmt::format("delete from cleave_inbox_dead_letters {}", where), d);
+      ++done;
+    } else if (refused(outcome.error().category)) {
+      update(fmt::format("update cleave_inbox_dead_letters set replays = replays + 1 {}", where),
+             d);
+    }
   }
   return done;
 }
 
-void add_inbox(app& a, inbox_options options) {
+void add_inbox(app& a, const inbox_options& options) {
   a.add_verb(
       "inbox",
       "inbox run | dead-letters | replay\n"

@@ -60,20 +60,34 @@ class relay_state {
       s = js_AddStream(&info, c->js(), &cfg, nullptr, &code);
     }
     detail::check(s, fmt::format("stream {}", o_.stream));
-    const std::uint64_t last = info->State.LastSeq;
+    last_seq_ = info->State.LastSeq;
+    const std::uint64_t first = info->State.FirstSeq;
     jsStreamInfo_Destroy(info);
-    last_id_.clear();
-    if (last > 0) {
+    held_.reset();
+    if (last_seq_ > 0 && last_seq_ >= first) {
       natsMsg* m = nullptr;
-      detail::check(js_GetMsg(&m, c->js(), o_.stream.c_str(), last, nullptr, &code),
-                    fmt::format("reading the last message of stream {}", o_.stream));
-      const char* id = nullptr;
-      if (natsMsgHeader_Get(m, "Nats-Msg-Id", &id) == NATS_OK && id) last_id_ = id;
-      natsMsg_Destroy(m);
+      // (Gone when purged or past the stream's age limit: then only the server's duplicate
+      // window keeps a republished event out.)
+      if (js_GetMsg(&m, c->js(), o_.stream.c_str(), last_seq_, nullptr, &code) == NATS_OK) {
+        const char *id = nullptr, *relay = nullptr;
+        natsMsgHeader_Get(m, "Nats-Msg-Id", &id);
+        natsMsgHeader_Get(m, "Cleave-Relay", &relay);
+        const std::string by = relay ? relay : "";
+        const std::string last_id = id ? id : "";
+        natsMsg_Destroy(m);
+        if (by != o_.name)
+          throw error_exception(
+              {errc::validation,
+               fmt::format("stream {} holds messages that relay {} did not publish (the last "
+                           "one's Cleave-Relay is '{}'): give the relay a stream of its own",
+                           o_.stream, o_.name, by),
+               {}});
+        held_ = parse_id(last_id);
+      }
     }
-    held_ = parse_id(last_id_);
     client_ = std::move(c);
-    spdlog::info("relay {}: publishing to stream {} at {}", o_.name, o_.stream, o_.url);
+    spdlog::info("relay {}: publishing to stream {} at {} (its last sequence {})", o_.name,
+                 o_.stream, o_.url, last_seq_);
   }
 
   void send(std::span<const stored_event> events) {
@@ -90,6 +104,7 @@ class relay_state {
                     "message");
       const auto version = std::to_string(e.stream_version);
       const auto recorded = std::to_string(e.recorded_at_ms);
+      natsMsgHeader_Set(m, "Cleave-Relay", o_.name.c_str());
       natsMsgHeader_Set(m, "Cleave-Type", e.type.c_str());
       natsMsgHeader_Set(m, "Cleave-Stream", e.stream.c_str());
       natsMsgHeader_Set(m, "Cleave-Stream-Version", version.c_str());
@@ -99,11 +114,13 @@ class relay_state {
       jsPubOptions po;
       jsPubOptions_Init(&po);
       po.MsgId = id.c_str();
-      po.ExpectLastMsgId = last_id_.empty() ? nullptr : last_id_.c_str();
+      // Stored only right after the one before: nothing lands ahead of a message that was lost.
+      // (The stream's sequence, unlike its last message id, survives a restart of the server.)
+      po.ExpectLastSeq = last_seq_;
       const auto s = js_PublishMsgAsync(client_->js(), &m, &po);
       if (m) natsMsg_Destroy(m);  // not taken
       detail::check(s, "publishing");
-      last_id_ = id;
+      ++last_seq_;
       ++sent;
     }
     if (sent == 0) return;
@@ -138,7 +155,7 @@ class relay_state {
 
   relay_options o_;
   std::unique_ptr<detail::client> client_;
-  std::string last_id_;                 // the stream's last message id ("" when empty)
+  std::uint64_t last_seq_ = 0;          // the stream's last sequence, counting what is in flight
   std::optional<position_token> held_;  // after a connect: the last position the stream holds
   int failures_ = 0;
   std::chrono::steady_clock::time_point retry_at_;

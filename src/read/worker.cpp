@@ -100,25 +100,19 @@ void projector::notify() {
 }
 
 bool projector::leading() const noexcept {
-  return !workers_.empty() && std::all_of(workers_.begin(), workers_.end(),
-                                          [](const auto& w) { return w->leading.load(); });
+  // Only a process that runs every group, and leads each, applies every batch itself.
+  std::lock_guard lock(wake_mutex_);
+  return !workers_.empty() && workers_.size() == group_count_ &&
+         std::all_of(workers_.begin(), workers_.end(),
+                     [](const auto& w) { return w->leading.load(); });
 }
 
-bool projector::main_group_duties(lease* held, clock::time_point& lease_checked) {
-  refresh_materialized(false);
-  // Leader tasks have effects of their own (commands sent): a worker that lost its lease
-  // (paused, cut off) finds out before it runs them, at the cost of a round trip at most
-  // every quarter second.
-  if (held && clock::now() - lease_checked > std::chrono::milliseconds(250)) {
-    lease_checked = clock::now();
-    if (!held->held()) return false;
-  }
+void projector::main_group_duties() {
   run_leader_tasks();
   if (clock::now() - retired_checked_ > std::chrono::seconds(1)) {
     retired_checked_ = clock::now();
     drop_retired();
   }
-  return true;
 }
 
 void projector::run_worker(worker_slot& slot) {
@@ -131,6 +125,14 @@ void projector::run_worker(worker_slot& slot) {
     spdlog::warn("projector: lost the lease '{}'", lease_name);
     held.reset();
     slot.leading = false;
+  };
+  // Leader tasks and sinks have effects of their own (commands sent, messages published): a
+  // worker that lost its lease (paused, cut off) finds out before it does them, at the cost of
+  // a round trip at most every quarter second.
+  const auto still_held = [&] {
+    if (!held || clock::now() - lease_checked <= std::chrono::milliseconds(250)) return true;
+    lease_checked = clock::now();
+    return held->held();
   };
   while (running_) {
     if (!lease_name.empty() && !held) {
@@ -149,10 +151,18 @@ void projector::run_worker(worker_slot& slot) {
     slot.leading = true;
     std::size_t applied = 0;
     try {
-      applied = catch_up_async(0, &slot.group);
-      if (main && !main_group_duties(held.get(), lease_checked)) {
+      if (!main && !still_held()) {
         lost();
         continue;
+      }
+      applied = catch_up_async(0, &slot.group);
+      if (main) {
+        refresh_materialized(false);
+        if (!still_held()) {
+          lost();
+          continue;
+        }
+        main_group_duties();
       }
     } catch (const error_exception& e) {
       spdlog::error("projector: {}", e.error().describe());
@@ -178,9 +188,15 @@ void projector::start(std::vector<std::string> groups) {
     if (std::find(known.begin(), known.end(), g) == known.end())
       throw std::invalid_argument(fmt::format("no projection is in group '{}'", g));
   if (running_.exchange(true)) return;
+  std::vector<std::unique_ptr<worker_slot>> slots;
   for (const auto& g : groups) {
-    workers_.push_back(std::make_unique<worker_slot>());
-    workers_.back()->group = g;
+    slots.push_back(std::make_unique<worker_slot>());
+    slots.back()->group = g;
+  }
+  {
+    std::lock_guard lock(wake_mutex_);  // notify() reads it from any thread
+    workers_ = std::move(slots);
+    group_count_ = known.size();
   }
   watch_ = db_.watch_commits();
   watcher_ = std::thread([this] {
@@ -199,6 +215,7 @@ void projector::stop() {
   for (auto& w : workers_) w->thread.join();
   watcher_.join();
   watch_.reset();
+  std::lock_guard lock(wake_mutex_);
   workers_.clear();
 }
 

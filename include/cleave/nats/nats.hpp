@@ -13,13 +13,16 @@
 // The relay is an async projection with a sink (projection::sink) in projector group "relay":
 // elected like any other (its own lease), its lag in status, /metrics and the admin page. It
 // publishes each event to `<prefix>.<event type>` with `Nats-Msg-Id` = the event's position, so
-// the server drops what it already holds, and chains each publish to the one before
-// (`Nats-Expected-Last-Msg-Id`), so no event is stored ahead of one that was lost: per-stream
-// (and log) order holds. Its checkpoint moves only after the server acknowledged the batch. A
-// broker that is down is waited for (backoff), never skipped.
+// the server drops what it already holds, and expects the stream's last sequence to be the one
+// before each publish (`Nats-Expected-Last-Sequence`), so no event is stored ahead of one that
+// was lost: per-stream (and log) order holds. Its checkpoint moves only after the server
+// acknowledged the batch. A broker that is down is waited for (backoff), never skipped. The
+// stream is the relay's own: a stream whose last message another publisher wrote is refused.
 //
 // The inbox turns each message into a command of this application, sent with the message's id
-// as its command id (a redelivered message has one effect), and acknowledges it once the
+// as its command id — `@nats <stream>/<Nats-Msg-Id>`, or `seq:<stream sequence>@<the stream's
+// creation>` for a message without one — so a redelivered message has one effect (a publisher's
+// id is its idempotency key), and acknowledges it once the
 // command's outcome is known; a refused command's message goes to the inbox's dead letters
 // (table cleave_inbox_dead_letters), which can be replayed.
 
@@ -42,9 +45,10 @@ struct relay_options {
   std::vector<std::string> types;        // the event types relayed; empty: all
   std::string name = "nats_relay";       // its projection: checkpoint, lag, admin
   std::string group = "relay";           // its projector group (`project --group relay`)
-  // How long the server keeps message ids to drop duplicates (the stream's Duplicates window):
-  // a relay that died after publishing and comes back within it republishes nothing twice.
-  // Past it, the relay still skips what the stream holds (it reads the stream's last id).
+  // How long the server keeps message ids to drop duplicates (the stream's Duplicates window,
+  // set when the relay makes the stream): a relay that died after publishing and comes back
+  // within it republishes nothing twice. Past it, the relay still skips what the stream holds:
+  // on connecting it reads the position in the stream's last message.
   std::chrono::seconds duplicate_window{120};
   std::chrono::milliseconds ack_timeout{5000};  // for a batch's acknowledgements
   std::chrono::milliseconds max_backoff{5000};  // between tries while the broker is down
@@ -92,11 +96,13 @@ class inbox {
     std::string subject;
     std::string payload;
     std::string error;
+    std::int64_t replays = 0;  // replays refused so far
   };
   // Messages whose command was refused (or that no route takes), oldest first.
   std::vector<dead_letter> dead_letters() const;
-  // Sends the dead letters' commands again (same command ids: one that ran is not run twice);
-  // those that now succeed leave the list. Returns how many did.
+  // Sends the dead letters' commands again, replay n of a message under command id
+  // `<its command id>~n` (one that ran before a crash is not run twice); those that now
+  // succeed leave the list. Returns how many did.
   std::size_t replay_dead_letters();
 
  private:
@@ -105,6 +111,6 @@ class inbox {
 };
 
 // Creates the inbox's table and adds the verb `inbox run | dead-letters | replay`.
-void add_inbox(app& a, inbox_options options);
+void add_inbox(app& a, const inbox_options& options);
 
 }  // namespace cleave::nats

@@ -303,9 +303,9 @@ class projector {
     bool woken = false;
   };
   void run_worker(worker_slot& slot);
-  // What only the main group's worker does after catching up: materialized views, leader tasks
-  // (once it has checked that `held` is still held: false when it is not), retired views.
-  bool main_group_duties(lease* held, clock::time_point& lease_checked);
+  // What only the main group's worker does after catching up and checking its lease: leader
+  // tasks, retired views.
+  void main_group_duties();
   class waiting;     // parked waits, and the store's progress watch while anyone waits
   class rebuilding;  // one rebuild's steps
 
@@ -315,14 +315,15 @@ class projector {
   std::vector<entry> projections_;
   std::vector<memory_view_base*> memory_views_;
   std::unique_ptr<inline_source> source_;
-  std::mutex wake_mutex_;
+  mutable std::mutex wake_mutex_;
   std::condition_variable wake_;
   std::mutex progress_mutex_;
   std::condition_variable progress_;  // notified after each committed batch
   std::uint64_t progress_count_ = 0;  // batches committed (and refreshes); under progress_mutex_
   std::atomic<bool> running_{false};
   std::atomic<bool> refresh_wanted_{false};
-  std::vector<std::unique_ptr<worker_slot>> workers_;
+  std::vector<std::unique_ptr<worker_slot>> workers_;  // under wake_mutex_ (its threads' own)
+  std::size_t group_count_ = 0;  // the groups there were at start(); under wake_mutex_
   std::thread watcher_;
   std::unique_ptr<commit_watch> watch_;
   std::vector<leader_task> leader_tasks_;
