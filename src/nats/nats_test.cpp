@@ -334,8 +334,11 @@ TEST_F(nats_fixture, refused_messages_are_parked_and_replayed) {
   EXPECT_NE(why["r-2"].find("no route for subject 'orders.unknown'"), std::string::npos);
   EXPECT_FALSE(why["r-3"].empty());
   EXPECT_EQ(in.replay_dead_letters(), 0u);  // still refused: counted, kept
-  for (const auto& d : in.dead_letters())
-    if (d.message_id == "r-1") EXPECT_EQ(d.replays, 1);
+  for (const auto& d : in.dead_letters()) {
+    if (d.message_id == "r-1") {
+      EXPECT_EQ(d.replays, 1);
+    }
+  }
   blocked = false;
   EXPECT_EQ(in.replay_dead_letters(), 1u);  // r-1 now runs (as replay 2); the others cannot
   EXPECT_EQ(in.dead_letters().size(), 2u);
