@@ -5,7 +5,9 @@
 #include <algorithm>
 
 #include <fmt/format.h>
+
 #include <spdlog/spdlog.h>
+#include <cleave/core/detail/string_hash.hpp>
 
 namespace cleave::http::detail {
 
@@ -77,12 +79,25 @@ std::string key_of(const request& r) {
 }
 }  // namespace
 
-namespace {
 std::string result_of(const std::string& body) {
   const auto parsed = json::parse(body, nullptr, false);
   return parsed.is_discarded() ? body : parsed.value("result", json()).dump();
 }
+
+namespace {
+std::string hash_of(std::string_view result) {
+  return fmt::format("{:016x}", cleave::detail::stable_hash(result));
+}
 }  // namespace
+
+std::string live_event_id(std::string_view position, std::string_view result) {
+  return fmt::format("{}/{}", position, hash_of(result));
+}
+
+bool names_result(std::string_view last_event_id, std::string_view result) {
+  const auto slash = last_event_id.rfind('/');
+  return slash != std::string_view::npos && last_event_id.substr(slash + 1) == hash_of(result);
+}
 
 void live_hub::watch_query(const request& query, std::string name, std::string position,
                            std::string body, const std::shared_ptr<live_subscriber>& s) {
@@ -98,7 +113,7 @@ void live_hub::watch_query(const request& query, std::string name, std::string p
       g.result = result_of(body);
       g.body = std::move(body);
     } else if (g.position != position && g.result != result_of(body)) {
-      newer = sse_event(g.position, "result", g.body);
+      newer = sse_event(live_event_id(g.position, g.result), "result", g.body);
     }
     g.subscribers.push_back(s);
   }
@@ -202,7 +217,8 @@ void live_hub::look() {
       for (const auto& w : g.subscribers)
         if (auto s = w.lock()) subscribers.push_back(std::move(s));
     }
-    const auto event = sse_event(position, "result", answer.body);
+    const auto event =
+        sse_event(live_event_id(position, result_of(answer.body)), "result", answer.body);
     for (auto& s : subscribers) s->deliver(event);
   }
 }

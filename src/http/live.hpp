@@ -42,6 +42,15 @@ struct live_subscriber {
 // "id: <id>\nevent: <type>\ndata: <data>\n\n" (data on one line: JSON has no raw newlines).
 std::string sse_event(std::string_view id, std::string_view type, std::string_view data);
 
+// The "result" member of a query's answer (as GET answers it), dumped: what live streams compare.
+std::string result_of(const std::string& body);
+// A live query's event id: "<position>/<hash of the result>". A stream resumed with it sends
+// nothing until the result differs from the one it names (the position only tells where the
+// views were).
+std::string live_event_id(std::string_view position, std::string_view result);
+// Whether `last_event_id` (a resumed stream's) names this result.
+bool names_result(std::string_view last_event_id, std::string_view result);
+
 class live_hub {
  public:
   live_hub(app& a, router& r, std::chrono::milliseconds tick = std::chrono::milliseconds(10));

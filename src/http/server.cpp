@@ -191,9 +191,11 @@ struct server::impl {
     }
     hub_.watch_query(query, name, position, first.body, sub);
     if (!co_await send(stream, stream_head(r.correlation_id))) co_return;
-    // A stream resumed at the answer it had already got sends nothing until the answer moves.
-    if ((position.empty() || position != r.last_event_id) &&
-        !co_await send(stream, detail::sse_event(position, "result", first.body)))
+    // A stream resumed at the answer it had already got sends nothing until the answer changes.
+    const auto result = detail::result_of(first.body);
+    if (!detail::names_result(r.last_event_id, result) &&
+        !co_await send(stream, detail::sse_event(detail::live_event_id(position, result), "result",
+                                                 first.body)))
       co_return;
     for (;;) {
       if (auto event = sub->take()) {
@@ -233,7 +235,7 @@ struct server::impl {
       // At most ~256 KB a write: a slow reader gets small writes, each with its own 10 s.
       std::size_t taken = 0;
       for (auto& e : events) {
-        if (text.size() > 256 * 1024) break;
+        if (text.size() > std::size_t{256} * 1024) break;
         ++taken;
         app_.upcasters().apply(e.type, e.payload);
         text += detail::sse_event(e.position.to_string(), e.type,

@@ -167,7 +167,7 @@ std::string message_id(const stored_event& e) {
   return fmt::format("{:x}.{:x}", e.position.transaction(), e.position.position());
 }
 
-projection relay(relay_options options) {
+projection relay(const relay_options& options) {
   projection p(options.name);
   auto state = std::make_shared<relay_state>(options);
   p.sink([state](std::span<const stored_event> events) { state->publish(events); }, options.types)

@@ -58,7 +58,7 @@ struct relay_options {
 std::string message_id(const stored_event& e);
 
 // The relay as a projection, to register with app.add_projection (add_relay does that).
-projection relay(relay_options options);
+projection relay(const relay_options& options);
 
 // Registers relay(options) and the verb `relay` (runs the projector group options.group alone
 // until SIGINT/SIGTERM).
