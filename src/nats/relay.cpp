@@ -176,9 +176,9 @@ projection relay(const relay_options& options) {
   return p;
 }
 
-void add_relay(app& a, relay_options options) {
+void add_relay(app& a, const relay_options& options) {
   const auto group = options.group;
-  a.add_projection(relay(std::move(options)));
+  a.add_projection(relay(options));
   a.add_verb("relay",
              "relay               publish the event log to NATS JetStream until SIGINT/SIGTERM\n"
              "                      (one process of several relays; the others stand by)",

@@ -62,7 +62,7 @@ projection relay(const relay_options& options);
 
 // Registers relay(options) and the verb `relay` (runs the projector group options.group alone
 // until SIGINT/SIGTERM).
-void add_relay(app& a, relay_options options);
+void add_relay(app& a, const relay_options& options);
 
 struct inbox_options {
   std::string url = "nats://127.0.0.1:4222";
