@@ -351,6 +351,10 @@ bool app::start_rebuild(const std::string& name, bool verify) {
   return true;
 }
 
+void app::add_inbox_source(std::string name, inbox_source source) {
+  inboxes_[std::move(name)] = std::move(source);
+}
+
 std::map<std::string, app::rebuild_job> app::rebuild_jobs() const {
   std::lock_guard lock(jobs_mutex_);
   return jobs_;

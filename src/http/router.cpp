@@ -208,6 +208,8 @@ response router::static_file(const std::string& path, const std::string& correla
 //   POST /admin/projections/{name}/replay-dead-letters
 //   POST /admin/projections/{name}/rebuild[?verify=true]   202; progress in the listing
 //   GET  /admin/schedules                            scheduled commands: pending, then failed
+//   GET  /admin/inboxes, POST /admin/inboxes/{name}/replay   messages from outside whose command
+//                                                    was refused (app::add_inbox_source)
 response router::admin(const request& r, const std::string& path, request_meta& meta) {
   auto& p = app_.projections();
   const auto ok = [](const json& body, int status = 200) {
@@ -221,6 +223,8 @@ response router::admin(const request& r, const std::string& path, request_meta& 
                {"failed", counts.failed},
                {"schedules", schedules_json(app_.schedules())}});
   }
+  if (path == "/admin/inboxes" || path.starts_with("/admin/inboxes/"))
+    return inboxes(r, path, meta);
   constexpr std::string_view prefix = "/admin/projections";
   if (path == prefix) {
     if (r.method != "GET")
@@ -346,6 +350,32 @@ std::variant<response, event_feed> router::open_feed(const request& r) {
     feed.after = *token;
   }
   return feed;
+}
+
+// GET /admin/inboxes: each inbox's dead letters; POST /admin/inboxes/{name}/replay.
+response router::inboxes(const request& r, const std::string& path, request_meta& meta) {
+  const auto& sources = app_.inbox_sources();
+  if (path == "/admin/inboxes") {
+    if (r.method != "GET")
+      return problem(405, {errc::validation, "use GET", {}}, meta.correlation_id);
+    json out = json::array();
+    for (const auto& [name, source] : sources)
+      out.push_back({{"name", name}, {"dead_letters", source.dead_letters()}});
+    return {200, "application/json", json{{"inboxes", out}}.dump(), {}};
+  }
+  const std::string rest = path.substr(std::string_view("/admin/inboxes/").size());
+  const auto slash = rest.find('/');
+  const auto source = sources.find(rest.substr(0, slash));
+  if (source == sources.end() || slash == std::string::npos || rest.substr(slash) != "/replay")
+    return problem(404, {errc::not_found, "no such inbox route", {}}, meta.correlation_id);
+  if (r.method != "POST")
+    return problem(405, {errc::validation, "use POST", {}}, meta.correlation_id);
+  const auto replayed = source->second.replay();
+  return {
+      200,
+      "application/json",
+      json{{"replayed", replayed}, {"still_parked", source->second.dead_letters().size()}}.dump(),
+      {}};
 }
 
 bool router::uses_workers(std::string_view target) {

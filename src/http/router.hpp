@@ -103,6 +103,7 @@ class router {
                     std::string_view name, std::string_view query_string);
   response openapi() const;  // in openapi.cpp
   response admin(const request& r, const std::string& path, request_meta& meta);
+  response inboxes(const request& r, const std::string& path, request_meta& meta);
   // The admin API's gate (also the event feed's): authenticated; with tokens, the role "admin";
   // without, a loopback client. The refusal, or nothing.
   std::optional<response> admin_denied(const request& r, request_meta& meta) const;

@@ -270,7 +270,25 @@ std::size_t inbox::replay_dead_letters() {
   return done;
 }
 
+namespace {
+json dead_letters_json(const inbox& in) {
+  json out = json::array();
+  for (const auto& d : in.dead_letters())
+    out.push_back({{"message_id", d.message_id},
+                   {"subject", d.subject},
+                   {"payload", d.payload},
+                   {"error", d.error},
+                   {"replays", d.replays}});
+  return out;
+}
+}  // namespace
+
 void add_inbox(app& a, const inbox_options& options) {
+  // For the admin API: reads and replays need no connection to the broker.
+  auto shared = std::make_shared<inbox>(a, options);
+  a.add_inbox_source(options.stream + ":" + options.consumer,
+                     {[shared] { return dead_letters_json(*shared); },
+                      [shared] { return shared->replay_dead_letters(); }});
   a.add_verb(
       "inbox",
       "inbox run | dead-letters | replay\n"
@@ -285,13 +303,7 @@ void add_inbox(app& a, const inbox_options& options) {
         self.migrate();
         inbox in(self, options);
         if (what == "dead-letters") {
-          json out = json::array();
-          for (const auto& d : in.dead_letters())
-            out.push_back({{"message_id", d.message_id},
-                           {"subject", d.subject},
-                           {"payload", d.payload},
-                           {"error", d.error}});
-          std::cout << out.dump(2) << std::endl;
+          std::cout << dead_letters_json(in).dump(2) << std::endl;
           return 0;
         }
         if (what == "replay") {

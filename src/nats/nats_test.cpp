@@ -15,6 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cleave/http/server.hpp>
+
+#include "http_client.hpp"
 #include "nats_server.hpp"
 #include "temp_dir.hpp"
 #include "test_app.hpp"
@@ -344,6 +347,45 @@ TEST_F(nats_fixture, refused_messages_are_parked_and_replayed) {
   EXPECT_EQ(in.dead_letters().size(), 2u);
   EXPECT_EQ(a.store().read_events({}, 10).size(), 1u);
   EXPECT_EQ(in.run(true), 0u);  // nothing was left unacknowledged
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(nats_fixture, the_admin_api_shows_and_replays_an_inboxs_dead_letters) {
+  cleave::app_config config;
+  config.database = database;
+  config.run_projector = false;
+  config.log_level = "error";
+  config.listen = "127.0.0.1:0";
+  cleave::app a(config);
+  nats_test::install(a, server.url());
+  a.migrate();
+  client c(server.url());
+  c.add_stream("ORDERS", "orders.>");
+  c.publish("orders.take", "neg-1", R"({"id":"n1","n":-1})");
+  cleave::nats::inbox in(a, nats_test::inbox_options(server.url()));
+  EXPECT_EQ(in.run(true), 1u);
+  cleave::http::server http(a);
+  http.start();
+  const auto listed = cleave::testing::http(http.port(), "GET", "/admin/inboxes");
+  ASSERT_EQ(listed.status, 200) << listed.body;
+  const auto body = cleave::json::parse(listed.body);
+  ASSERT_EQ(body["inboxes"].size(), 1u);
+  EXPECT_EQ(body["inboxes"][0]["name"], "ORDERS:cleave_inbox");
+  ASSERT_EQ(body["inboxes"][0]["dead_letters"].size(), 1u);
+  EXPECT_EQ(body["inboxes"][0]["dead_letters"][0]["message_id"], "neg-1");
+  EXPECT_EQ(body["inboxes"][0]["dead_letters"][0]["error"], "n must not be negative");
+  const auto replayed =
+      cleave::testing::http(http.port(), "POST", "/admin/inboxes/ORDERS:cleave_inbox/replay");
+  ASSERT_EQ(replayed.status, 200) << replayed.body;
+  EXPECT_EQ(cleave::json::parse(replayed.body)["still_parked"], 1);  // refused again
+  EXPECT_EQ(cleave::testing::http(http.port(), "POST", "/admin/inboxes/nope/replay").status, 404);
+  EXPECT_EQ(
+      cleave::testing::http(http.port(), "GET", "/admin/inboxes/ORDERS:cleave_inbox/replay").status,
+      405);
+  http.stop();
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// The read side's admin page: GET /admin/projections and /admin/schedules every second; rebuild
-// and replay buttons.
+// The read side's admin page: GET /admin/projections, /admin/schedules and /admin/inboxes every
+// second; rebuild and replay buttons.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -40,6 +40,26 @@ async function loadSchedules() {
       <td>${esc(s.origin ? `${s.origin} (${s.instance})` : s.subject || "—")}</td><td>${esc(s.state)}</td>
       <td class="num">${s.attempts}</td><td>${esc(s.last_error || "")}</td></tr>`).join("");
 }
+
+async function loadInboxes() {
+  const { inboxes } = await api("GET", "/admin/inboxes");
+  $("inboxes-panel").hidden = inboxes.length === 0;
+  $("inboxes").querySelector("tbody").innerHTML = inboxes.flatMap((i) => i.dead_letters.map((d, n) => `
+    <tr><td>${esc(i.name)}</td><td><code>${esc(d.message_id)}</code></td><td>${esc(d.subject)}</td>
+      <td><code>${esc(d.payload)}</code></td><td>${esc(d.error)}</td><td class="num">${esc(d.replays)}</td>
+      <td>${n === 0 ? `<button class="secondary replay-inbox" data-name="${esc(i.name)}">Replay all</button>` : ""}</td></tr>`)).join("");
+}
+
+$("inboxes").addEventListener("click", async (e) => {
+  if (!e.target.classList.contains("replay-inbox")) return;
+  try {
+    const r = await api("POST", `/admin/inboxes/${e.target.dataset.name}/replay`);
+    say(`Replayed ${r.replayed}; ${r.still_parked} still refused.`, true);
+    await loadInboxes();
+  } catch (err) {
+    say(err.message, false);
+  }
+});
 
 async function load() {
   const { projections, replicas } = await api("GET", "/admin/projections");
@@ -82,6 +102,6 @@ $("projections").addEventListener("click", async (e) => {
   }
 });
 
-const loadAll = () => Promise.all([load(), loadSchedules()]).catch((e) => say(e.message, false));
+const loadAll = () => Promise.all([load(), loadSchedules(), loadInboxes()]).catch((e) => say(e.message, false));
 loadAll();
 setInterval(loadAll, 1000);

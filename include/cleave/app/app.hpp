@@ -164,6 +164,16 @@ class app {
   // The rebuilds started since the app began, by projection.
   std::map<std::string, rebuild_job> rebuild_jobs() const;
 
+  // Where messages from outside (an inbox: cleave::nats) whose command was refused are kept:
+  // the admin API lists them (GET /admin/inboxes) and sends them again (POST
+  // /admin/inboxes/{name}/replay), as it does a projection's dead letters.
+  struct inbox_source {
+    std::function<json()> dead_letters;   // a JSON array, oldest first
+    std::function<std::size_t()> replay;  // sends them again; how many now ran
+  };
+  void add_inbox_source(std::string name, inbox_source source);
+  const std::map<std::string, inbox_source>& inbox_sources() const noexcept { return inboxes_; }
+
   // Registers the application's own migrations, applied by migrate() (and the `migrate` verb).
   // The span must outlive the app (a constexpr array, typically).
   void add_migrations(std::string component, std::span<const migration> steps);
@@ -194,6 +204,7 @@ class app {
   std::vector<std::pair<projection, cleave::store*>> pending_projections_;
   mutable std::mutex jobs_mutex_;
   std::map<std::string, rebuild_job> jobs_;
+  std::map<std::string, inbox_source> inboxes_;
   std::map<std::string, std::thread> job_threads_;
   std::vector<std::pair<std::string, std::span<const migration>>> migrations_;
   struct verb_entry {
