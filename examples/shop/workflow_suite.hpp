@@ -112,10 +112,11 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
     }
   });
   std::thread payer([&] {
-    while (firing || !to_pay.empty()) {
+    for (bool more = true; more;) {
       std::vector<std::string> due;
       {
         std::lock_guard lock(mutex);
+        more = firing || !to_pay.empty();
         const auto now = std::chrono::steady_clock::now();
         for (auto it = to_pay.begin(); it != to_pay.end();) {
           if (it->second > now) {
