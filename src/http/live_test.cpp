@@ -261,6 +261,9 @@ TEST_F(live_server, bad_live_requests_get_problems) {
   EXPECT_EQ(sse_stream(port, "/events", {{"Authorization", "Bearer user-token"}}).status, 403);
   EXPECT_EQ(sse_stream(port, "/events?after=nonsense", admin).status, 400);
   EXPECT_EQ(sse_stream(port, "/events?since=1", admin).status, 400);
+  // Far in the future: it would wait for events never written.
+  EXPECT_EQ(sse_stream(port, "/events?after=ffffffffffffffff.ffffffffffffffff.0", admin).status,
+            400);
   EXPECT_EQ(sse_stream(port, "/events",
                        {{"Authorization", "Bearer admin-token"}, {"Last-Event-ID", "x.y"}})
                 .status,

@@ -346,7 +346,9 @@ std::variant<response, event_feed> router::open_feed(const request& r) {
   }
   if (!after.empty()) {
     auto token = position_token::parse(after);
-    if (!token) return bad("after (or Last-Event-ID) is not a position this service gave");
+    // A position past the log's head would wait, silently, for events that were never written.
+    if (!token || !app_.projections().could_have_issued(*token))
+      return bad("after (or Last-Event-ID) is not a position this service gave");
     feed.after = *token;
   }
   return feed;

@@ -91,7 +91,8 @@ class router {
   static live_route live(const request& r);
   static request without_live(const request& r);
   // GET /events: the feed it asks for (from `after`, else its Last-Event-ID, else the start),
-  // or the refusal — the same gate as the admin API, then a malformed token or type list.
+  // or the refusal — the same gate as the admin API, then a malformed token or type list, or a
+  // position the log cannot have issued (past its head). Reads the head: call it on a worker.
   std::variant<response, event_feed> open_feed(const request& r);
   // Whether answering `target` may involve a handler's database work (the buses, the admin
   // API), which runs on the workers; the rest (health, metrics, static files, the OpenAPI

@@ -209,7 +209,7 @@ struct server::impl {
   awaitable<void> live_log(beast::tcp_stream& stream, const detail::request& r, unsigned version,
                            const std::shared_ptr<detail::live_subscriber>& sub,
                            net::steady_timer& timer) {
-    auto opened = router_.open_feed(r);
+    auto opened = co_await on_workers([&] { return router_.open_feed(r); });
     if (auto* refused = std::get_if<detail::response>(&opened)) {
       co_await write_and_close(stream, *refused, version);
       co_return;
