@@ -17,6 +17,10 @@ store::migration_statements store::migration_sql() const {
           .now = "now()"};
 }
 
+std::string_view store::now_ms_sql() const noexcept {
+  return "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+}
+
 namespace {
 // {events}.recorded_at_ms: Unix milliseconds, rounded as the log's readers round them.
 constexpr std::string_view recorded_at_ms_sql =

@@ -24,9 +24,11 @@ std::string expand_view(std::string_view sql, std::string_view table) {
 }
 
 std::string projection::version_key() const {
-  return fmt::format(
-      "{}:{:016x}", version_,
-      detail::stable_hash(fmt::format("{}\n{}\n{}\n{}", schema_, batch_sql_, select_, key_)));
+  // (One partition adds nothing: the key of a view made before partitions stays the same.)
+  const auto sliced = partitions_ > 1 ? fmt::format("\npartitions {}", partitions_) : "";
+  return fmt::format("{}:{:016x}", version_,
+                     detail::stable_hash(fmt::format("{}\n{}\n{}\n{}{}", schema_, batch_sql_,
+                                                     select_, key_, sliced)));
 }
 
 std::string view_context::with_table(std::string_view sql) const {

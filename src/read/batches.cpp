@@ -12,6 +12,7 @@
 
 #include <array>
 #include <future>
+#include "claims.hpp"
 #include "internal.hpp"
 
 namespace cleave {
@@ -41,9 +42,8 @@ std::size_t projector::stream_batches(
         return db_.read_events_into(from, batch, next, types);
       });
     }
-    const auto n = events.size();
     if (!apply(events, through)) return applied;  // (ahead's destructor waits for its read)
-    applied += n;
+    applied += events.size();  // (what apply left of them: a unit drops other units' events)
     if (!full) return applied;
   }
 }
@@ -59,42 +59,53 @@ std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch
                         });
 }
 
-std::size_t projector::catch_up_one(const entry& p, std::size_t batch) {
-  auto from = checkpoint(p.def.name());
+std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::size_t batch,
+                                     std::optional<std::int64_t> epoch) {
+  const auto& unit = p.units[index];
+  const auto row = reading(*p.views, [&](read_context& ctx) {
+    return ctx.one<unit_row>(fmt::format("{} where name = $1", unit_row_select), unit);
+  });
+  if (!row) return 0;  // (made at add(), or by the swap that brings a new version's units)
+  if (epoch && row->epoch != *epoch) return 0;  // claimed by another process since
+  auto from = token_of(row->transaction_id, row->position);
+  const auto held = [&] { return !claims_ || !epoch || claims_->epoch_of(unit) == epoch; };
+  const auto commit = [&](position_token to, function_ref<void(write_transaction&)> apply) {
+    if (!held() || !commit_batch(p, unit, row->epoch, from, to, apply)) return false;
+    from = to;
+    return true;
+  };
   if (const auto& sink = p.def.sink_handler()) {
     // Outside any transaction: the checkpoint moves after the sink has returned.
     return stream_batches(from, batch, opts_.max_batch, p.read_types,
                           [&](std::vector<stored_event>& events, position_token to) {
                             if (rewrites_)
                               for (auto& e : events) rewrites_->apply(e.type, e.payload);
+                            if (!held()) return false;  // (its effects are outside the database)
                             if (!events.empty()) sink(events);
-                            if (!commit_batch(p, from, to, [](write_transaction&) {})) return false;
-                            from = to;
-                            return true;
+                            return commit(to, [](write_transaction&) {});
                           });
   }
   if (p.def.batch_sql_text().empty()) {
     // Only the types it handles are read; the checkpoint moves past the others all the same.
+    // A unit of a partitioned projection applies its own streams' events only.
+    const bool sliced = p.units.size() > 1;
     return stream_batches(from, batch, opts_.max_batch, p.read_types,
                           [&](std::vector<stored_event>& events, position_token to) {
-                            if (!commit_batch(p, from, to, [&](write_transaction& tx) {
-                                  apply_batch(p, tx, p.def.table(), events, p.def.name(),
-                                              max_attempts_);
-                                }))
-                              return false;
-                            from = to;
-                            return true;
+                            if (sliced)
+                              std::erase_if(events, [&](const stored_event& e) {
+                                return !in_unit(p, index, e.stream);
+                              });
+                            return commit(to, [&](write_transaction& tx) {
+                              apply_batch(p, tx, p.def.table(), events, unit, max_attempts_);
+                            });
                           });
   }
   // Set-based: one statement per batch.
   return stream_spans(from, first_set_based_span(batch), opts_.max_set_based_batch, {},
                       [&](const log_span& span) {
-                        if (!commit_batch(p, from, span.last, [&](write_transaction& tx) {
-                              apply_set_based(p, tx, p.def.table(), from, span.last);
-                            }))
-                          return false;
-                        from = span.last;
-                        return true;
+                        return commit(span.last, [&](write_transaction& tx) {
+                          apply_set_based(p, tx, p.def.table(), from, span.last);
+                        });
                       });
 }
 

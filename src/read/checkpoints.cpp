@@ -1,5 +1,6 @@
-// Checkpoints: where each projection has got to in the log, read from its view store, and moved
-// only by a compare-and-set in the same transaction as the batch that got it there.
+// Checkpoints: where each unit of a projection has got to in the log, read from its view store,
+// and moved only by a compare-and-set (of position and lease epoch) in the same transaction as
+// the batch that got it there. A projection stands where the least of its units does.
 
 #include <cleave/read/projector.hpp>
 
@@ -10,24 +11,59 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cleave/core/detail/string_hash.hpp>
 #include "internal.hpp"
 
 namespace cleave {
 
 using namespace read_detail;
 
+bool projector::in_unit(const entry& p, std::size_t index, std::string_view stream) {
+  return p.units.size() < 2 || cleave::detail::stable_hash(stream) % p.units.size() == index;
+}
+
+std::vector<unit_row> projector::unit_checkpoints(const entry& p) {
+  auto rows = reading(*p.views, [&](read_context& ctx) {
+    return std::apply(
+        [&](const auto&... args) {
+          return ctx.many<unit_row>(fmt::format("{} {}", unit_row_select, unit_rows_where),
+                                    args...);
+        },
+        unit_rows_args(p.def.name()));
+  });
+  // The live view's units: those of the live version (the projection's own row holds it) — the
+  // registered partitioning's, or while a new one is built beside it, the one before (the
+  // projection's own row when that was not partitioned).
+  const auto own = std::find_if(rows.begin(), rows.end(),
+                                [&](const unit_row& r) { return r.name == p.def.name(); });
+  if (own == rows.end()) return {};
+  const auto live_version = own->version;
+  std::vector<unit_row> out;
+  for (const auto& unit : p.units)  // in unit order
+    for (const auto& r : rows)
+      if (r.name == unit && r.name != p.def.name() && r.version == live_version) out.push_back(r);
+  if (out.empty())
+    for (const auto& r : rows)
+      if (r.name != p.def.name() && r.version == live_version) out.push_back(r);
+  if (out.empty()) out.push_back(*own);
+  return out;
+}
+
 position_token projector::checkpoint(std::string_view name) {
   if (const auto* m = find_memory(name)) return m->checkpoint();
   const auto& p = find(name);
   if (p.def.mode() == projection_mode::inline_) return db_.head();
-  return reading(*p.views, [&](read_context& ctx) {
-    auto row = ctx.one<token_row>(
-        "select transaction_id, position from cleave_checkpoints where name = $1", name);
-    return row ? token_of(row->transaction_id, row->position) : position_token{};
-  });
+  // The least of its units': every event up to it is in the view.
+  std::optional<position_token> least;
+  for (const auto& r : unit_checkpoints(p)) {
+    const auto at = token_of(r.transaction_id, r.position);
+    if (!least || at < *least) least = at;
+  }
+  return least.value_or(position_token{});
 }
 
-bool projector::commit_batch(const entry& p, position_token from, position_token to,
+bool projector::commit_batch(const entry& p, std::string_view unit, std::int64_t epoch,
+                             position_token from, position_token to,
                              function_ref<void(write_transaction&)> apply) {
   const bool moved = writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
     try {
@@ -39,22 +75,22 @@ bool projector::commit_batch(const entry& p, position_token from, position_token
       // reading fails too, and the failure stands.)
       bool moved_on = false;
       try {
-        const auto at = ctx.one<token_row>(
-            "select transaction_id, position from cleave_checkpoints where name = $1 and "
-            "version = $2",
-            p.def.name(), p.version);
-        moved_on = !at || token_of(at->transaction_id, at->position) != from;
+        const auto at = ctx.one<unit_row>(
+            fmt::format("{} where name = $1 and version = $2", unit_row_select), unit, p.version);
+        moved_on = !at || token_of(at->transaction_id, at->position) != from || at->epoch != epoch;
       } catch (const std::exception&) {
       }
       if (moved_on) return false;
       throw;
     }
     // Another projector that moved the checkpoint first wins: its batch stands, this one not.
-    // So does a view of another version (swapped in by a process of another release).
+    // So does one that claimed the unit since (a raised epoch), and a view of another version
+    // (swapped in by a process of another release).
     return ctx.exec(
                "update cleave_checkpoints set transaction_id = $2, position = $3 "
-               "where name = $1 and transaction_id = $4 and position = $5 and version = $6",
-               p.def.name(), tx_of(to), pos_of(to), tx_of(from), pos_of(from), p.version) == 1;
+               "where name = $1 and transaction_id = $4 and position = $5 and version = $6 and "
+               "epoch = $7",
+               unit, tx_of(to), pos_of(to), tx_of(from), pos_of(from), p.version, epoch) == 1;
   });
   if (moved) announce_progress();
   return moved;

@@ -18,11 +18,13 @@ using namespace read_detail;
 
 std::vector<projector::dead_letter> projector::dead_letters(std::string_view name) {
   const auto& p = find(name);
+  const auto [own, prefix, length] = unit_rows_args(name);
   auto rows = reading(*p.views, [&](read_context& ctx) {
     return ctx.many<parked_row>(
-        "select transaction_id, position, type, payload, error from cleave_dead_letters "
-        "where projection = $1 order by transaction_id, position",
-        name);
+        fmt::format("select transaction_id, position, type, payload, error from "
+                    "cleave_dead_letters where {} order by transaction_id, position",
+                    of_projection_sql("projection")),
+        own, prefix, length);
   });
   std::vector<dead_letter> out;
   for (auto& r : rows) {
@@ -38,19 +40,25 @@ std::size_t projector::dead_letters_through(std::string_view name, position_toke
   const auto& p = find(name);
   if (p.def.mode() == projection_mode::inline_) return 0;  // its failures fail the command
   const bool all = token.empty();
+  const auto [own, prefix, length] = unit_rows_args(name);
   return reading(*p.views, [&](read_context& ctx) {
     return static_cast<std::size_t>(
         ctx.one<std::int64_t>(
-               "select count(*) from cleave_dead_letters where projection = $1 and "
-               "($2 = 1 or transaction_id < $3 or (transaction_id = $3 and position <= $4))",
-               name, all ? 1 : 0, tx_of(token), pos_of(token))
+               fmt::format("select count(*) from cleave_dead_letters where ({}) and "
+                           "($4 = 1 or transaction_id < $5 or (transaction_id = $5 and "
+                           "position <= $6))",
+                           of_projection_sql("projection")),
+               own, prefix, length, all ? 1 : 0, tx_of(token), pos_of(token))
             .value_or(0));
   });
 }
 
 std::size_t projector::replay_dead_letters(std::string_view name) {
   const auto& p = find(name);
+  const auto [own, prefix, length] = unit_rows_args(name);
   std::size_t replayed = 0;
+  // Each in a transaction of its own that applies it and deletes it: no checkpoint moves, so
+  // a replay that stops half-way (a crash) leaves the rest parked and the units where they are.
   for (const auto& letter : dead_letters(name)) {
     try {
       writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
@@ -62,10 +70,10 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
           view_context view(tx, p.def.table(), e);
           (*handler)(e.payload, view);
         }
-        ctx.exec(
-            "delete from cleave_dead_letters where projection = $1 and transaction_id = $2 and "
-            "position = $3",
-            name, tx_of(e.position), pos_of(e.position));
+        ctx.exec(fmt::format("delete from cleave_dead_letters where ({}) and transaction_id = $4 "
+                             "and position = $5",
+                             of_projection_sql("projection")),
+                 own, prefix, length, tx_of(e.position), pos_of(e.position));
         return true;
       });
     } catch (const std::exception& failure) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <tuple>
 
 #include <cleave/core/context.hpp>
 #include <cleave/core/detail/bus_core.hpp>
@@ -36,6 +37,15 @@ inline constexpr migration checkpoint_schema[] = {
     {5, "retired views",
      "create table cleave_retired_views(name text primary key, projection text not null,"
      "  drop_after_ms bigint not null)"},
+    // Units shared among projector processes: who holds each unit's lease, until when (the
+    // database's clock, Unix ms) and under which epoch (raised by each claim; a batch commits
+    // only under the epoch it read). The nodes table counts the live processes of each group.
+    {6, "unit leases",
+     "alter table cleave_checkpoints add column owner text;"
+     "alter table cleave_checkpoints add column epoch bigint not null default 0;"
+     "alter table cleave_checkpoints add column lease_until_ms bigint not null default 0;"
+     "create table cleave_projector_nodes(node text not null, grp text not null,"
+     "  seen_ms bigint not null, primary key (node, grp))"},
 };
 
 struct parked_row {
@@ -64,6 +74,37 @@ struct token_row {
   std::int64_t position = 0;
 };
 CLEAVE_RECORD(token_row, transaction_id, position)
+
+// A unit's checkpoint row: where it stands, under which lease epoch, and who holds it.
+struct unit_row {
+  std::string name;
+  std::int64_t transaction_id = 0;
+  std::int64_t position = 0;
+  std::int64_t epoch = 0;
+  std::string owner;  // empty when no one holds it
+  std::string version;
+};
+CLEAVE_RECORD(unit_row, name, transaction_id, position, epoch, owner, version)
+
+// The rows of cleave_checkpoints that belong to projection `name`: its own and its units'
+// (`<name>#<i>/<n>`, of any n), as `unit_row`s; the statement's parameters are
+// unit_rows_args(name).
+inline constexpr std::string_view unit_row_select =
+    "select name, transaction_id, position, epoch, coalesce(owner, '') as owner, "
+    "coalesce(version, '') as version from cleave_checkpoints";
+inline constexpr std::string_view unit_rows_where =
+    "where name = $1 or substr(name, 1, cast($3 as integer)) = $2";
+// Rows of a table keyed by projection name (dead letters) that belong to projection `name` or
+// one of its units: `where` + of_projection_sql("projection"), with unit_rows_args(name) first.
+inline std::string of_projection_sql(std::string_view column) {
+  return std::string(column) + " = $1 or substr(" + std::string(column) +
+         ", 1, cast($3 as integer)) = $2";
+}
+inline std::tuple<std::string, std::string, std::int64_t> unit_rows_args(std::string_view name) {
+  std::string prefix = std::string(name) + "#";
+  const auto length = static_cast<std::int64_t>(prefix.size());
+  return {std::string(name), std::move(prefix), length};
+}
 
 // The version recorded beside the checkpoint of projection `name`'s view (projection::
 // version_key); empty when there is none.

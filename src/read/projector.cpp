@@ -7,11 +7,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <utility>
+
+#include <unistd.h>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "claims.hpp"
 #include "inline_source.hpp"
 #include "internal.hpp"
 #include "waiting.hpp"
@@ -20,13 +24,31 @@ namespace cleave {
 
 using namespace read_detail;
 
+namespace {
+
+// "<host>-<pid>-<random>": unique among the processes sharing a database, and telling where
+// each runs.
+std::string made_up_node_name() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+  std::random_device random;
+  return fmt::format("{}-{}-{:04x}", host[0] ? host : "node", ::getpid(), random() & 0xffff);
+}
+
+}  // namespace
+
 projector::projector(store& db, const upcasters* rewrites, projector_options opts)
     : db_(db),
       rewrites_(rewrites),
       opts_(std::move(opts)),
       source_(std::make_unique<inline_source>(*this, db)),
+      node_(opts_.node.empty() ? made_up_node_name() : opts_.node),
       waiting_(std::make_unique<waiting>(*this)) {
   db_.migrate("cleave.projector", checkpoint_schema);
+}
+
+bool projector::shares_units() const noexcept {
+  return db_.concurrent_writers() > 1 && !opts_.lease.empty();
 }
 
 projector::~projector() {
@@ -58,12 +80,30 @@ void projector::add(projection p, store* views) {
                            !p.folds().empty() || p.event_types().size() != p.sink_types().size()))
     throw std::logic_error(fmt::format(
         "projection '{}' has a sink: it is async, without handlers, folds or batch_sql", p.name()));
+  if (p.name().find('#') != std::string::npos)
+    throw std::logic_error(fmt::format(
+        "projection '{}': '#' is not allowed in a projection's name (it names its units)",
+        p.name()));
+  if (p.partition_count() > 1 &&
+      (p.mode() != projection_mode::async || p.sink_handler() || !p.batch_sql_text().empty()))
+    throw std::logic_error(fmt::format(
+        "projection '{}' has partitions: only an async projection with handlers or folds can be "
+        "split into units (a set-based statement or a sink sees the whole log)",
+        p.name()));
   if (p.mode() != projection_mode::async && !p.group_name().empty())
     throw std::logic_error(
         fmt::format("projection '{}' is in group '{}': only async projections run in groups",
                     p.name(), p.group_name()));
   if (views != &db_) views->migrate("cleave.projector", checkpoint_schema);
   const auto version = p.version_key();
+  std::vector<std::string> all_units{p.name()};
+  if (p.partition_count() > 1) {
+    all_units.clear();
+    for (std::uint32_t i = 0; i < p.partition_count(); ++i)
+      all_units.push_back(fmt::format("{}#{}/{}", p.name(), i, p.partition_count()));
+  }
+  std::span<const std::string> units(all_units);
+  if (units.size() == 1) units = {};  // the projection's own row is its one unit
   const bool upgrade = needs_upgrade(p, *views, version);
   if (p.mode() == projection_mode::materialized) {
     const std::string sql =
@@ -91,11 +131,21 @@ void projector::add(projection p, store* views) {
     // A view made before versions were recorded is taken as the current version.
     tx.exec("update cleave_checkpoints set version = $2 where name = $1 and version is null",
             p.name(), version);
+    // The units of a partitioned view start where the view does (those of a new version's
+    // partitioning are made by the swap that brings it in).
+    if (!upgrade)
+      for (const auto& unit : units)
+        tx.exec(
+            "insert into cleave_checkpoints(name, transaction_id, position, version) select $2, "
+            "transaction_id, position, version from cleave_checkpoints where name = $1 "
+            "on conflict(name) do nothing",
+            p.name(), unit);
     return true;
   });
   auto types = p.event_types();
   if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
-  entry added{std::move(p), views, std::move(types), version};
+  entry added{std::move(p), views, std::move(types), version,
+              std::make_unique<std::atomic<bool>>(false), std::move(all_units)};
   added.upgrading->store(upgrade);
   if (upgrade)
     spdlog::info(
@@ -199,10 +249,22 @@ projection_status projector::status(std::string_view name) {
   if (out.mode == projection_mode::async || out.mode == projection_mode::materialized) {
     fill_lag(db_, out);
   }
+  if (out.mode == projection_mode::async) {
+    const auto rows = unit_checkpoints(p);
+    for (const auto& r : rows) {
+      projection_status one;
+      one.checkpoint = token_of(r.transaction_id, r.position);
+      if (rows.size() > 1) fill_lag(db_, one);
+      out.units.push_back({r.name, one.checkpoint,
+                           rows.size() > 1 ? one.lag_events : out.lag_events, r.owner});
+    }
+  }
   reading(*p.views, [&](read_context& ctx) {
+    const auto [own, prefix, length] = unit_rows_args(name);
     out.dead_letters = static_cast<std::size_t>(
-        ctx.one<std::int64_t>("select count(*) from cleave_dead_letters where projection = $1",
-                              name)
+        ctx.one<std::int64_t>(fmt::format("select count(*) from cleave_dead_letters where {}",
+                                          of_projection_sql("projection")),
+                              own, prefix, length)
             .value_or(0));
     if (auto r = ctx.one<rebuild_row>(
             fmt::format("select {} from cleave_rebuilds where name = $1", rebuild_columns), name))

@@ -312,16 +312,32 @@ class projector::rebuilding {
   swap_outcome swap() {
     const auto& live = p_.def.table();
     const auto retired = fmt::format("{}_retired_{}", live.substr(0, 40), base36(unix_ms()));
-    const auto live_before = owner_.checkpoint(name_);
+    // The live view's units: the shadow must have got as far as the furthest of them.
+    const auto units_before = owner_.unit_checkpoints(p_);
+    position_token live_before, live_least;
+    for (std::size_t i = 0; i < units_before.size(); ++i) {
+      const auto at = token_of(units_before[i].transaction_id, units_before[i].position);
+      if (live_before < at) live_before = at;
+      if (i == 0 || at < live_least) live_least = at;
+    }
     if (at_ < live_before) {
       fill(std::numeric_limits<std::size_t>::max(), live_before);
       return swap_outcome::live_moved;
     }
-    // Verify: the events that bring the live view to the shadow's position, read beforehand.
+    // Verify: the events that bring the live view (each unit of it) to the shadow's position,
+    // read beforehand.
     std::vector<stored_event> live_gap;
-    if (options_.verify && live_before < at_ && !set_based_) {
-      live_gap = owner_.db_.read_events(live_before, std::numeric_limits<std::int32_t>::max());
-      std::erase_if(live_gap, [&](const stored_event& e) { return at_ < e.position; });
+    if (options_.verify && live_least < at_ && !set_based_) {
+      live_gap = owner_.db_.read_events(live_least, std::numeric_limits<std::int32_t>::max());
+      const bool same_units = units_before.size() == p_.units.size();
+      std::erase_if(live_gap, [&](const stored_event& e) {
+        if (at_ < e.position) return true;
+        for (std::size_t i = 0; same_units && i < units_before.size(); ++i)
+          if (projector::in_unit(p_, i, e.stream))
+            return !(token_of(units_before[i].transaction_id, units_before[i].position) <
+                     e.position);
+        return false;
+      });
     }
     swap_outcome outcome = swap_outcome::swapped;
     progress_.difference.clear();
@@ -334,14 +350,22 @@ class projector::rebuilding {
         outcome = swap_outcome::lost;
         return false;
       }
-      ctx.exec("update cleave_checkpoints set position = position where name = $1", name_);
-      const auto row = ctx.one<token_row>(
-          "select transaction_id, position from cleave_checkpoints where name = $1", name_);
-      const auto live_at = row ? token_of(row->transaction_id, row->position) : position_token{};
-      if (live_at != live_before) {
-        outcome = swap_outcome::live_moved;
-        return false;
+      const auto [own, prefix, length] = unit_rows_args(name_);
+      ctx.exec(fmt::format("update cleave_checkpoints set position = position {}", unit_rows_where),
+               own, prefix, length);
+      const auto rows = ctx.many<unit_row>(fmt::format("{} {}", unit_row_select, unit_rows_where),
+                                           own, prefix, length);
+      for (const auto& before : units_before) {
+        const bool same = std::any_of(rows.begin(), rows.end(), [&](const unit_row& r) {
+          return r.name == before.name && r.transaction_id == before.transaction_id &&
+                 r.position == before.position;
+        });
+        if (!same) {
+          outcome = swap_outcome::live_moved;
+          return false;
+        }
       }
+      const auto live_at = live_least;
       const auto live_version = recorded_version(ctx, name_);
       if (options_.verify) {
         if (live_version != p_.version) {
@@ -361,13 +385,27 @@ class projector::rebuilding {
           }
         }
       }
+      // The projection's row and its units (a new partitioning's made, another's dropped) all
+      // stand at the shadow's position; their epochs stay, and so do the leases on them.
       ctx.exec(
           "update cleave_checkpoints set transaction_id = $2, position = $3, version = $4 where "
           "name = $1",
           name_, tx_of(at_), pos_of(at_), p_.version);
+      if (p_.units.size() > 1)
+        for (const auto& unit : p_.units)
+          ctx.exec(
+              "insert into cleave_checkpoints(name, transaction_id, position, version) values "
+              "($1, $2, $3, $4) on conflict(name) do update set transaction_id = "
+              "excluded.transaction_id, position = excluded.position, version = excluded.version",
+              unit, tx_of(at_), pos_of(at_), p_.version);
+      for (const auto& r : rows)
+        if (r.name != name_ && std::find(p_.units.begin(), p_.units.end(), r.name) == p_.units.end())
+          ctx.exec("delete from cleave_checkpoints where name = $1", r.name);
       tx.exec(fmt::format("alter table {} rename to {}", state_.shadow, live), {});
       // Dead letters now are the rebuild's: the old view's no longer apply.
-      ctx.exec("delete from cleave_dead_letters where projection = $1", name_);
+      ctx.exec(fmt::format("delete from cleave_dead_letters where {}",
+                           of_projection_sql("projection")),
+               own, prefix, length);
       ctx.exec("update cleave_dead_letters set projection = $1 where projection = $2", name_,
                state_.shadow);
       ctx.exec(

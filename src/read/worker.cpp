@@ -12,6 +12,7 @@
 
 #include <thread>
 
+#include "claims.hpp"
 #include "internal.hpp"
 
 namespace cleave {
@@ -66,29 +67,89 @@ std::size_t projector::catch_up(std::size_t batch) {
   return applied;
 }
 
-std::size_t projector::catch_up_async(std::size_t batch, const std::string* group) {
+std::size_t projector::try_upgrade_step(const entry& p) {
+  // An upgrade that fails (a new schema that does not run, another process's rebuild of the
+  // same view) holds back its own view only: it is logged and tried again on the next pass.
+  try {
+    return upgrade_step(
+        p, p.def.batch_sql_text().empty() ? opts_.max_batch : opts_.max_set_based_batch);
+  } catch (const error_exception& e) {
+    spdlog::error("projection {}: building version {}: {}", p.def.name(), p.version,
+                  e.error().describe());
+  }
+  return 0;
+}
+
+std::size_t projector::catch_up_async(std::size_t batch, const std::string* group,
+                                      const claims* held) {
   if (batch == 0) batch = opts_.batch;
   std::size_t applied = 0;
   for (const auto& p : projections_) {
     if (p.def.mode() != projection_mode::async) continue;
     if (group && p.def.group_name() != *group) continue;
     if (!p.upgrading->load()) {
-      applied += catch_up_one(p, batch);
+      for (std::size_t i = 0; i < p.units.size(); ++i) {
+        if (!held) {
+          applied += catch_up_unit(p, i, batch);
+        } else if (const auto epoch = held->epoch_of(p.units[i])) {
+          applied += catch_up_unit(p, i, batch, epoch);
+        }
+      }
       continue;
     }
-    // An upgrade that fails (a new schema that does not run, another process's rebuild of the
-    // same view) holds back its own view only: it is logged and tried again on the next pass.
-    try {
-      applied += upgrade_step(
-          p, p.def.batch_sql_text().empty() ? opts_.max_batch : opts_.max_set_based_batch);
-    } catch (const error_exception& e) {
-      spdlog::error("projection {}: building version {}: {}", p.def.name(), p.version,
-                    e.error().describe());
-    }
+    if (!held) applied += try_upgrade_step(p);  // (shared units: the leader's, every group's)
   }
   if (!group || group->empty())
     for (auto* m : memory_views_) applied += catch_up_memory(*m, batch);
   return applied;
+}
+
+void projector::run_shared_worker(worker_slot& slot) {
+  // The units come from the claims; the main group's duties (and upgrades, of every group) from
+  // a leader's lease, tried while another process holds it.
+  const bool main = slot.group.empty();
+  std::unique_ptr<lease> leader;
+  auto leader_tried = clock::time_point{}, leader_checked = clock::time_point{};
+  if (!main) slot.leading = true;
+  while (running_) {
+    std::size_t applied = 0;
+    try {
+      applied = catch_up_async(0, &slot.group, claims_.get());
+      if (main) {
+        if (leader && clock::now() - leader_checked > std::chrono::milliseconds(250)) {
+          leader_checked = clock::now();
+          if (!leader->held()) {
+            spdlog::warn("projector: lost the lease '{}'", opts_.lease);
+            leader.reset();
+          }
+        }
+        if (!leader && clock::now() - leader_tried >= opts_.standby_retry) {
+          leader_tried = clock::now();
+          leader = db_.try_lease(opts_.lease);
+          if (leader) spdlog::info("projector: leading (lease '{}')", opts_.lease);
+        }
+        slot.leading = leader != nullptr;
+        if (leader) {
+          for (const auto& p : projections_)
+            if (p.upgrading->load()) applied += try_upgrade_step(p);
+          refresh_materialized(false);
+          main_group_duties();
+        }
+      }
+    } catch (const error_exception& e) {
+      spdlog::error("projector: {}", e.error().describe());
+    } catch (const std::exception& e) {
+      spdlog::error("projector: {}", e.what());
+    }
+    if (applied > 0) continue;
+    std::unique_lock lock(wake_mutex_);
+    const auto wait = !main ? opts_.poll
+                      : leader ? next_wait()
+                               : std::min(next_wait(), opts_.standby_retry);
+    wake_.wait_for(lock, wait, [&] { return slot.woken || !running_; });
+    slot.woken = false;
+  }
+  slot.leading = false;
 }
 
 void projector::notify() {
@@ -104,7 +165,8 @@ bool projector::leading() const noexcept {
   std::lock_guard lock(wake_mutex_);
   return !workers_.empty() && workers_.size() == group_count_ &&
          std::all_of(workers_.begin(), workers_.end(),
-                     [](const auto& w) { return w->leading.load(); });
+                     [](const auto& w) { return w->leading.load(); }) &&
+         (!claims_ || claims_->holds_all());
 }
 
 void projector::main_group_duties() {
@@ -116,6 +178,7 @@ void projector::main_group_duties() {
 }
 
 void projector::run_worker(worker_slot& slot) {
+  if (claims_) return run_shared_worker(slot);
   const bool main = slot.group.empty();
   const std::string lease_name =
       opts_.lease.empty() || main ? opts_.lease : fmt::format("{}.{}", opts_.lease, slot.group);
@@ -193,10 +256,12 @@ void projector::start(std::vector<std::string> groups) {
     slots.push_back(std::make_unique<worker_slot>());
     slots.back()->group = g;
   }
+  auto held = shares_units() ? std::make_unique<claims>(*this, groups) : nullptr;
   {
-    std::lock_guard lock(wake_mutex_);  // notify() reads it from any thread
+    std::lock_guard lock(wake_mutex_);  // notify() and leading() read them from any thread
     workers_ = std::move(slots);
     group_count_ = known.size();
+    claims_ = std::move(held);
   }
   watch_ = db_.watch_commits();
   watcher_ = std::thread([this] {
@@ -213,6 +278,12 @@ void projector::stop() {
   notify();
   watch_->interrupt();
   for (auto& w : workers_) w->thread.join();
+  std::unique_ptr<claims> held;
+  {
+    std::lock_guard lock(wake_mutex_);
+    held = std::move(claims_);
+  }
+  held.reset();  // hands its units back (outside the lock: its thread may be notifying)
   watcher_.join();
   watch_.reset();
   std::lock_guard lock(wake_mutex_);

@@ -18,6 +18,10 @@ store::migration_statements store::migration_sql() const {
           .now = "cast((julianday('now') - 2440587.5) * 86400000 as integer)"};
 }
 
+std::string_view store::now_ms_sql() const noexcept {
+  return "cast((julianday('now') - 2440587.5) * 86400000 as integer)";
+}
+
 std::int64_t store::exec_over_events(write_session& tx, std::string_view statement,
                                      position_token after, position_token through) {
   const std::string sql = cleave::detail::replace_all(

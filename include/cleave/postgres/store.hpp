@@ -66,6 +66,7 @@ class store final : public cleave::store {
   std::string_view dialect() const noexcept override { return "postgresql"; }
   std::int64_t exec_over_events(write_session& tx, std::string_view statement, position_token after,
                                 position_token through) override;
+  std::string_view now_ms_sql() const noexcept override;
   std::string materialized_view_schema(std::string_view table, std::string_view select_sql,
                                        std::string_view key_columns) const override;
   void refresh_materialized_view(write_session& tx, std::string_view table,

@@ -236,6 +236,20 @@ class projection {
   }
   const std::string& group_name() const noexcept { return group_; }
 
+  // Splits the projection into `n` units of work, each owning the streams whose stable hash
+  // falls in its slice (a stream's events stay in order inside one unit; an event of no stream
+  // belongs to unit 0's slice like any other stream's hash). Each unit has its own checkpoint
+  // (`<name>#<i>/<n>` in cleave_checkpoints), its own dead letters, and — on a database with
+  // many writers — its own lease, so projector processes share the units. `n` is part of the
+  // view's version: changing it rebuilds the view beside the live one and swaps it in, never
+  // re-slices it in place. Async projections with handlers or folds only; 1 (the default) is
+  // one unit named as the projection.
+  projection& partitions(std::uint32_t n) {
+    partitions_ = n == 0 ? 1 : n;
+    return *this;
+  }
+  std::uint32_t partition_count() const noexcept { return partitions_; }
+
   // Hands each batch to `sink` (the events of `types`, or of every type when empty, in log
   // order) for effects outside the database (a relay to a broker); the checkpoint moves after it
   // returns, in a transaction of its own (no database transaction is open while it runs). A sink
@@ -278,6 +292,7 @@ class projection {
   refresh_policy refresh_;
   projection_mode mode_ = projection_mode::async;
   std::uint32_t version_ = 1;
+  std::uint32_t partitions_ = 1;
   bool from_head_ = false;
   std::map<std::string, apply_fn, std::less<>> handlers_;
   std::map<std::string, fold_fn, std::less<>> folds_;

@@ -3,11 +3,21 @@
 // the session source it hands to the command bus), async ones after commit, in batches, by a
 // worker thread woken when a command commits — in this process directly, from other processes
 // through the store's commit watch (PostgreSQL NOTIFY, SQLite data_version); a slow poll is the
-// safety net. Among processes sharing a database one projector leads (a lease, released when its
-// process dies); the others stand by and take over.
+// safety net.
 //
-// Exactly-once in effect: an async batch changes the view and moves the projection's checkpoint
-// in one transaction, with a compare-and-set on the checkpoint.
+// Async projections run as units of work: one per projection, or n for one declared with
+// projection::partitions(n). On a database with one writer (SQLite) one projector process
+// leads (a lease, released when its process dies) and runs every unit; the others stand by. On
+// a database with many writers (PostgreSQL) every projector process shares the units: each
+// claims units through leases in the database (cleave_checkpoints: owner, epoch, expiry by the
+// database's clock), renews them every quarter of projector_options::unit_lease, aims at
+// ⌈units / live processes⌉ of each group, releases the surplus when another process joins, and
+// takes a dead or stalled process's units once their lease has run out. The main group's duties
+// (materialized views, leader tasks, upgrades to a new version) stay with one leader.
+//
+// Exactly-once in effect: an async batch changes the view and moves the unit's checkpoint in one
+// transaction, with a compare-and-set on the checkpoint and on the lease's epoch (raised by each
+// claim) — a process that lost a unit can never commit a batch for it afterwards.
 
 #include <atomic>
 #include <chrono>
@@ -32,6 +42,10 @@
 
 namespace cleave {
 
+namespace read_detail {
+struct unit_row;
+}
+
 struct projector_options {
   // The lease the worker must hold to run async projections; processes sharing a database
   // with the same name elect one leader. Empty: no election (every worker runs).
@@ -53,6 +67,21 @@ struct projector_options {
   // How long the table of a view's previous version is kept after a new one is swapped in (to
   // look at, or to put back by hand) before the worker drops it.
   std::chrono::milliseconds retired_grace{std::chrono::minutes(10)};
+  // How long a unit's lease lasts unless renewed (a quarter of it is the renewal period), on a
+  // database whose processes share the units: a process that stops renewing (killed, paused,
+  // cut off) loses its units to the others after this long.
+  std::chrono::milliseconds unit_lease{1000};
+  // This process's name among projector processes (the owner of the units it holds); empty: the
+  // host name, process id and a random suffix.
+  std::string node;
+};
+
+// Where one unit of an async projection stands (projection::partitions).
+struct unit_status {
+  std::string name;  // the projection's name, or `<name>#<i>/<n>`
+  position_token checkpoint;
+  std::uint64_t lag_events = 0;
+  std::string owner;  // the projector process holding its lease; empty when none does
 };
 
 // Where a projection stands.
@@ -69,6 +98,9 @@ struct projection_status {
   // built beside it (the live view keeps answering eventual reads) and swapped in when done.
   bool upgrading = false;
   std::string group;  // its projector group (projection::group); empty for the main one
+  // Its units (async projections), each with its checkpoint, lag and owner. The projection's
+  // checkpoint is the least of theirs: a read at least as fresh as a token waits for every unit.
+  std::vector<unit_status> units;
 };
 
 // How a rebuild is going; handed to the progress callback after each chunk.
@@ -136,8 +168,11 @@ class projector {
   void stop();
   // Wakes the workers now.
   void notify();
-  // Whether every worker this projector started holds its lease (runs its projections) now.
+  // Whether every worker this projector started holds its lease (runs its projections) now —
+  // where processes share the units, whether this one holds every unit and leads the main group.
   bool leading() const noexcept;
+  // This process's name among projector processes (projector_options::node).
+  const std::string& node() const noexcept { return node_; }
   // The groups of the registered projections, the main one ("") first.
   std::vector<std::string> groups() const;
 
@@ -229,6 +264,7 @@ class projector {
 
  private:
   class inline_source;
+  class claims;  // the units this process holds, where processes share them
   struct entry {
     projection def;
     store* views;
@@ -236,7 +272,13 @@ class projector {
     std::string version;                  // def.version_key()
     // The live view is of another version: the worker builds this one and swaps it in.
     std::unique_ptr<std::atomic<bool>> upgrading = std::make_unique<std::atomic<bool>>(false);
+    // Its units' checkpoint names: the projection's own, or `<name>#<i>/<n>` for n partitions.
+    std::vector<std::string> units;
   };
+  // Unit `index` of `p` holds an event of stream `stream`.
+  static bool in_unit(const entry& p, std::size_t index, std::string_view stream);
+  // The checkpoint rows of p's current units (in unit order; one missing is left out).
+  std::vector<read_detail::unit_row> unit_checkpoints(const entry& p);
   // Decides at add() how the view of `p` (async or inline or materialized) stands against its
   // version: made now, taken as it is, or to be upgraded (true).
   bool needs_upgrade(const projection& p, store& views, const std::string& version);
@@ -245,13 +287,19 @@ class projector {
   std::size_t upgrade_step(const entry& p, std::size_t budget);
   // Drops the tables of old versions whose grace period has passed (at most once a second).
   void drop_retired();
-  // Catches `p` up from its checkpoint in batches that grow from `batch` while full; returns the
-  // events applied.
-  std::size_t catch_up_one(const entry& p, std::size_t batch);
-  // Applies `apply` and moves p's checkpoint from `from` to `to` in one transaction; false when
-  // another projector moved it first (nothing changed).
-  bool commit_batch(const entry& p, position_token from, position_token to,
-                    function_ref<void(write_transaction&)> apply);
+  // Catches unit `index` of `p` up from its checkpoint in batches that grow from `batch` while
+  // full; returns the events applied. With `epoch`, only while this process holds the unit's
+  // lease under that epoch (else under the epoch its checkpoint row has now).
+  std::size_t catch_up_unit(const entry& p, std::size_t index, std::size_t batch,
+                            std::optional<std::int64_t> epoch = std::nullopt);
+  // Applies `apply` and moves the checkpoint of p's unit `unit` from `from` to `to` in one
+  // transaction, under lease epoch `epoch`; false when another projector moved it first or
+  // claimed the unit since (nothing changed).
+  bool commit_batch(const entry& p, std::string_view unit, std::int64_t epoch, position_token from,
+                    position_token to, function_ref<void(write_transaction&)> apply);
+  // Whether this projector shares units with other processes through leases (a database with
+  // many writers, and a lease name set).
+  bool shares_units() const noexcept;
   // Reads the log after `from` in batches — only events of `types`, unless empty — growing
   // from `batch` up to `max` while they come back full, and hands each to `apply` with the
   // position it reaches (false: stop); while one batch is applied the next is read on another
@@ -265,8 +313,12 @@ class projector {
                            position_token until, function_ref<bool(const log_span&)> apply);
   // The first span of a set-based catch-up whose batch is `batch`.
   std::size_t first_set_based_span(std::size_t batch) const;
-  // Catches up the async projections of `group` (null: all) and the memory views (main group).
-  std::size_t catch_up_async(std::size_t batch = 0, const std::string* group = nullptr);
+  // Catches up the async projections of `group` (null: all) and the memory views (main group):
+  // every unit, and a step of each upgrade; with `held`, only the units it holds (no upgrades).
+  std::size_t catch_up_async(std::size_t batch = 0, const std::string* group = nullptr,
+                             const claims* held = nullptr);
+  // upgrade_step with the projection's largest batch, its failure logged (0 then).
+  std::size_t try_upgrade_step(const entry& p);
   void apply_set_based(const entry& p, write_transaction& tx, std::string_view table,
                        position_token from, position_token to);
   // Refreshes the materialized views that are behind and due (all that are behind when `force`);
@@ -303,6 +355,8 @@ class projector {
     bool woken = false;
   };
   void run_worker(worker_slot& slot);
+  // run_worker where processes share the units (claims_).
+  void run_shared_worker(worker_slot& slot);
   // What only the main group's worker does after catching up and checking its lease: leader
   // tasks, retired views.
   void main_group_duties();
@@ -336,6 +390,8 @@ class projector {
   std::mutex failures_mutex_;
   std::map<std::string, int, std::less<>> failures_;  // "projection@position" -> failed tries
   clock::time_point retired_checked_{};  // when drop_retired() last looked (worker thread)
+  std::string node_;                     // projector_options::node, or one made up
+  std::unique_ptr<claims> claims_;       // while started, where processes share the units
   std::unique_ptr<waiting> waiting_;     // last: its thread uses the members above
 };
 

@@ -214,6 +214,10 @@ class store : public session_source {
   // The read replicas queries may be served from, and how far behind each is (none by default).
   virtual std::vector<replica_status> replicas() { return {}; }
 
+  // An SQL expression for the database's clock now, in Unix milliseconds (a bigint): leases
+  // shared by processes on several machines are timed by this one clock.
+  virtual std::string_view now_ms_sql() const noexcept = 0;
+
   // How many write transactions can make progress at once (SQLite: one writer); a group commit
   // needs no more lanes than this.
   virtual std::size_t concurrent_writers() const noexcept { return SIZE_MAX; }
