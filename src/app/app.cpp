@@ -325,13 +325,17 @@ bool app::start_rebuild(const std::string& name, bool verify) {
   std::lock_guard lock(jobs_mutex_);
   auto& job = jobs_[name];
   if (job.running) return false;
+  // Refused here, not in the job, when another process rebuilds it.
+  std::shared_ptr<lease> reservation = projector_->reserve_rebuild(name);
+  if (!reservation) return false;
   if (auto t = job_threads_.find(name); t != job_threads_.end() && t->second.joinable())
     t->second.join();
   job = rebuild_job{};
   job.running = true;
-  job_threads_[name] = std::thread([this, name, verify] {
+  job_threads_[name] = std::thread([this, name, verify, reservation] {
     rebuild_options options;
     options.verify = verify;
+    options.reservation = reservation.get();
     options.on_progress = [&](const rebuild_progress& p) {
       std::lock_guard progress_lock(jobs_mutex_);
       jobs_[name].progress = p;

@@ -70,7 +70,15 @@ std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::siz
   auto from = token_of(row->transaction_id, row->position);
   const auto held = [&] { return !claims_ || !epoch || claims_->epoch_of(unit) == epoch; };
   const auto commit = [&](position_token to, function_ref<void(write_transaction&)> apply) {
-    if (!held() || !commit_batch(p, unit, row->epoch, from, to, apply)) return false;
+    if (!held()) return false;
+    if (!commit_batch(p, unit, row->epoch, from, to, apply)) {
+      if (epoch)
+        spdlog::warn(
+            "projection {}: a batch of unit {} was not committed: the unit's checkpoint or lease "
+            "moved on (another process claimed it)",
+            p.def.name(), unit);
+      return false;
+    }
     from = to;
     return true;
   };

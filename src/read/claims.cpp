@@ -157,7 +157,8 @@ bool projector::claims::tick() {
     }
   }
   // Its share of each group: the surplus released, then free units claimed up to it.
-  std::vector<unit_ref> to_release, to_claim;
+  std::vector<unit_ref> to_release;
+  std::vector<std::pair<std::vector<unit_ref>, std::size_t>> to_claim;  // candidates, how many
   for (std::size_t g = 0; g < groups_.size(); ++g) {
     const auto& group_units = per_group[g];
     if (group_units.empty()) continue;
@@ -184,8 +185,7 @@ bool projector::claims::tick() {
                   others.begin() + static_cast<std::ptrdiff_t>(cleave::detail::stable_hash(node) %
                                                                others.size()),
                   others.end());
-    for (std::size_t i = 0; i < others.size() && mine.size() + i < share; ++i)
-      to_claim.push_back(others[i]);
+    if (mine.size() < share) to_claim.emplace_back(std::move(others), share - mine.size());
   }
   {
     std::lock_guard lock(mutex_);
@@ -200,26 +200,45 @@ bool projector::claims::tick() {
                       "name = $1 and owner = $2",
                       name, node) >= 0;
     });
+  // The units free now (none held, or its lease run out), to try only those.
+  std::set<std::string, std::less<>> free;
+  if (!to_claim.empty())
+    for (auto* s : stores)
+      for (auto& name : reading(*s, [&](read_context& ctx) {
+             return ctx.many<std::string>(with_now(
+                 "select name from cleave_checkpoints where owner is null or lease_until_ms < "
+                 "{now}"));
+           }))
+        free.insert(std::move(name));
   bool gained = false;
-  for (const auto& u : to_claim) {
-    const auto claimed_at = clock::now();
-    std::optional<std::int64_t> epoch;
-    writing(*u.p->views, [&](write_transaction&, write_context& ctx) {
-      if (auto claimed = ctx.one<std::int64_t>(
-          with_now("update cleave_checkpoints set owner = $2, epoch = epoch + 1, lease_until_ms "
-                   "= {now} + $3 where name = $1 and (owner is null or lease_until_ms < {now}) "
-                   "returning epoch"),
-          u.name, node, lease_ms))
-        epoch = *claimed;
-      return true;
-    });
-    if (!epoch) continue;  // held by a live process
-    spdlog::info("projector: claimed {} (epoch {})", u.name, *epoch);
-    std::lock_guard lock(mutex_);
-    held_[u.name] = {*epoch, claimed_at + lease_};
-    gained = true;
-  }
+  for (auto& [candidates, wanted] : to_claim)
+    for (const auto& u : candidates) {
+      if (wanted == 0) break;
+      if (free.contains(u.name) && claim(u)) {
+        --wanted;
+        gained = true;
+      }
+    }
   return gained;
+}
+
+bool projector::claims::claim(const unit_ref& u) {
+  const auto claimed_at = clock::now();
+  std::optional<std::int64_t> epoch;
+  writing(*u.p->views, [&](write_transaction&, write_context& ctx) {
+    if (auto claimed = ctx.one<std::int64_t>(
+            with_now("update cleave_checkpoints set owner = $2, epoch = epoch + 1, "
+                     "lease_until_ms = {now} + $3 where name = $1 and (owner is null or "
+                     "lease_until_ms < {now}) returning epoch"),
+            u.name, owner_.node_, static_cast<std::int64_t>(lease_.count())))
+      epoch = *claimed;
+    return true;
+  });
+  if (!epoch) return false;  // a live process holds it
+  spdlog::info("projector: claimed {} (epoch {})", u.name, *epoch);
+  std::lock_guard lock(mutex_);
+  held_[u.name] = {*epoch, claimed_at + lease_};
+  return true;
 }
 
 }  // namespace cleave

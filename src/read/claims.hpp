@@ -50,6 +50,8 @@ class projector::claims {
   void run();
   // One round: alive, renew, even out. Returns whether it claimed a unit.
   bool tick();
+  // Claims `u` when it is free or its lease has run out; whether it did.
+  bool claim(const unit_ref& u);
   // The units of `group`'s projections that can be claimed now (not upgrading).
   std::vector<unit_ref> units_of(const std::string& group);
   std::string with_now(std::string_view sql) const;

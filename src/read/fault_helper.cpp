@@ -1,9 +1,17 @@
-// The projector as its own process, for the fault tests: a per-stream counter view ("tally")
-// over a database named by a path or a postgresql:// URL.
+// The projector as its own process, for the fault and scale tests: a per-stream counter view
+// ("tally", a fold; "unit_tally", a handler in 4 partitions) over a database named by a path or
+// a postgresql:// URL.
 //
 //   cleave_fault_projector DATABASE catch-up        applies everything, then exits 0
 //   cleave_fault_projector DATABASE serve MARKER    runs the worker (leader election); writes
 //                                                   MARKER while it leads; stops on SIGTERM
+//   cleave_fault_projector DATABASE share NODE [SLOW_MS]
+//                                                   runs the worker over unit_tally as projector
+//                                                   process NODE, sharing its units with the
+//                                                   others (each event taking SLOW_MS longer);
+//                                                   stops on SIGTERM
+//   cleave_fault_projector DATABASE replay SLOW_MS  replays unit_tally's dead letters, each
+//                                                   event taking SLOW_MS longer
 
 #include <csignal>
 #include <cstdio>
@@ -37,10 +45,28 @@ int main(int argc, char** argv) {
   opts.batch = 2000;
   opts.standby_retry = std::chrono::milliseconds(20);
   opts.poll = std::chrono::milliseconds(200);
+  if (mode == "share" && argc >= 4) opts.node = argv[3];
   cleave::projector p(*db, nullptr, opts);
-  p.add(fault::tally());
+  if (mode == "share" || mode == "replay") {
+    const int slow_arg = mode == "replay" ? 3 : 4;
+    const auto slow = std::chrono::milliseconds(argc > slow_arg ? std::stoi(argv[slow_arg]) : 0);
+    p.add(fault::unit_tally(4, nullptr, slow));
+  } else {
+    p.add(fault::tally());
+  }
   if (mode == "catch-up") {
     p.catch_up();
+    return 0;
+  }
+  if (mode == "replay") {
+    p.replay_dead_letters("unit_tally");
+    return 0;
+  }
+  if (mode == "share") {
+    p.start();
+    int sig = 0;
+    sigwait(&set, &sig);
+    p.stop();
     return 0;
   }
   if (mode != "serve" || argc < 4) return 2;

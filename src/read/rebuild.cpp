@@ -513,9 +513,21 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     if (options.on_progress) options.on_progress(done);
     return done;
   }
+  std::unique_ptr<lease> reserved;
+  if (!options.reservation && !(reserved = reserve_rebuild(name)))
+    throw error_exception(
+        {errc::conflict,
+         fmt::format("'{}' is being rebuilt already (by this or another process)", name),
+         {}});
   auto done = rebuilding(*this, p, options).run();
   if (done.swapped) p.upgrading->store(false);  // the registered version is live
   return done;
+}
+
+std::unique_ptr<lease> projector::reserve_rebuild(std::string_view name) {
+  // (Whatever the projector's lease is called, or when it has none: rebuilds of one view
+  // exclude each other.)
+  return db_.try_lease(fmt::format("cleave.rebuild.{}", name));
 }
 
 void projector::discard_rebuild(std::string_view name) {

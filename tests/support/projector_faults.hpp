@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,9 +45,17 @@ struct child_process {
   }
 };
 
-inline pid_t spawn(std::vector<std::string> args) {
+// Starts `args` (a path, then its arguments); its output and errors go to `log` when given.
+inline pid_t spawn(std::vector<std::string> args, const std::string& log = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
+    if (!log.empty()) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+    }
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -70,6 +79,26 @@ inline std::int64_t scalar(cleave::store& db, const std::string& sql) {
   return out;
 }
 
+// Appends n events of `type` over 1,000 streams (`prefix` and a number) with set-based SQL (the
+// log's own format).
+inline void seed(cleave::store& db, bool postgres, std::int64_t n,
+                 const std::string& type = "fault.ticked", const std::string& prefix = "s") {
+  if (postgres)
+    exec(db, fmt::format("insert into cleave_events(stream, stream_version, type, payload) "
+                         "select '{1}' || (i % 1000), i / 1000 + 1 + coalesce((select "
+                         "max(stream_version) from cleave_events where stream = '{1}0'), 0), "
+                         "'{2}', jsonb_build_object('stream', '{1}' || (i % 1000)) "
+                         "from generate_series(0, {0} - 1) as i",
+                         n, prefix, type));
+  else
+    exec(db, fmt::format("with recursive i(v) as (select 0 union all select v + 1 from i "
+                         "where v + 1 < {0}) "
+                         "insert into cleave_events(stream, stream_version, type, payload) "
+                         "select '{1}' || (v % 1000), v / 1000 + 1, '{2}', "
+                         "json_object('stream', '{1}' || (v % 1000)) from i",
+                         n, prefix, type));
+}
+
 template <class Backend>
 struct projector_faults : testing::Test {
   Backend backend;
@@ -81,21 +110,7 @@ struct projector_faults : testing::Test {
   }
 
   // Appends n events over 1,000 streams with set-based SQL (the log's own format).
-  void seed(std::int64_t n) {
-    if constexpr (Backend::is_postgres)
-      exec(*db, fmt::format("insert into cleave_events(stream, stream_version, type, payload) "
-                            "select 's' || (i % 1000), i / 1000 + 1, 'fault.ticked', "
-                            "jsonb_build_object('stream', 's' || (i % 1000)) "
-                            "from generate_series(0, {} - 1) as i",
-                            n));
-    else
-      exec(*db, fmt::format("with recursive i(v) as (select 0 union all select v + 1 from i "
-                            "where v + 1 < {}) "
-                            "insert into cleave_events(stream, stream_version, type, payload) "
-                            "select 's' || (v % 1000), v / 1000 + 1, 'fault.ticked', "
-                            "json_object('stream', 's' || (v % 1000)) from i",
-                            n));
-  }
+  void seed(std::int64_t n) { fault::seed(*db, Backend::is_postgres, n); }
 
   // Rows where the view and a fold of the log up to its checkpoint differ (0: exactly once).
   std::int64_t differences() {

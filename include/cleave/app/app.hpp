@@ -159,7 +159,8 @@ class app {
     bool running = false;
     std::string error;  // set when it failed
   };
-  // Starts rebuilding projection `name` on a thread of its own; false when one is running.
+  // Starts rebuilding projection `name` on a thread of its own; false when one is running (in
+  // this process or another).
   bool start_rebuild(const std::string& name, bool verify = false);
   // The rebuilds started since the app began, by projection.
   std::map<std::string, rebuild_job> rebuild_jobs() const;

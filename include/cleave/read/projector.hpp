@@ -129,6 +129,9 @@ struct rebuild_options {
   // live view's own version is compared (a refactoring check): one to a new version is not.
   bool verify = false;
   std::function<void(const rebuild_progress&)> on_progress;
+  // The rebuild's reservation, taken by the caller (projector::reserve_rebuild); null: the
+  // rebuild takes it itself.
+  const lease* reservation = nullptr;
 };
 
 class projector {
@@ -248,6 +251,10 @@ class projector {
   rebuild_progress rebuild(std::string_view name, const rebuild_options& options = {});
   // Throws what rebuild(name) would throw before starting: for a caller that starts it later.
   void check_rebuildable(std::string_view name) const;
+  // Reserves the rebuild of `name` among every process using the database (a lease, held while
+  // the object lives): null when a rebuild of it runs, here or in another process. rebuild()
+  // takes it unless handed one (rebuild_options::reservation), and refuses (conflict) without.
+  std::unique_ptr<lease> reserve_rebuild(std::string_view name);
   // Drops the shadow table of an unfinished rebuild of `name` (one that failed verification,
   // say); the live view is untouched.
   void discard_rebuild(std::string_view name);
