@@ -19,11 +19,18 @@
 //   ryw_separate_projector_sqlite / _postgres   16 sessions, each a command then an at_least read
 //       of an async view, in a process that does not project (the projector is a child
 //       process): the read's p50/p99, against the same with the projector in-process.
+//   scale_handler_postgres_{1,2,4}nodes   events/s of a 4-partition handler projection (an
+//       upsert per event) caught up by 1, 2 and 4 projector processes sharing its units, and the
+//       ratio to one process (CLEAVE_BENCH_SCALE_EVENTS events, default 200,000).
+//   rebalance_after_kill_ms   two projector processes share such a view while commands flow;
+//       from each kill -9 of one until every unit it held has committed under the other, p50/p99
+//       over ten kills.
 //
 // N is CLEAVE_BENCH_READ_EVENTS (default 1,000,000). PostgreSQL cases run when
 // CLEAVE_BENCH_PG_URL names a server, the replica case when CLEAVE_BENCH_PG_STANDBY_URL names its
 // standby (make bench starts both). CLEAVE_BENCH_READ_CASES=sqlite,postgres,... runs some groups
-// only (sqlite, memory, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres, replica).
+// only (sqlite, memory, lag_inprocess, ryw_sqlite, postgres, lag_postgres, ryw_postgres,
+// scale_postgres, replica).
 
 #include <algorithm>
 #include <array>
@@ -35,6 +42,7 @@
 #include <deque>
 #include <filesystem>
 #include <initializer_list>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -69,6 +77,21 @@ constexpr double emmett_p99_ms = 1348;
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// The per-stream counter view kept by a handler per event (one upsert each, a round trip on
+// PostgreSQL), in `partitions` units.
+cleave::projection handler_counter(const std::string& name, std::uint32_t partitions = 1) {
+  cleave::projection p{name};
+  p.schema("create table {view}(stream text primary key, n bigint not null)")
+      .partitions(partitions)
+      .on([](const bench::item_placed& e, cleave::view_context& v) {
+        v.exec(
+            "insert into {view}(stream, n) values ($1, 1) on conflict(stream) do update set n = "
+            "{view}.n + 1",
+            e.id);
+      });
+  return p;
 }
 
 // The per-stream counter view, as a fold: the batch's counts summed per stream, then written by
@@ -311,15 +334,7 @@ void one_type_in_ten_case(cleave::store& db, const char* backend, std::int64_t n
   line(fmt::format(
       R"({{"bench":"read","case":"projection_{}_one_type_in_ten","unit":"log events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"handled":{},"baseline_is":"the same fold reading every event"}})",
       backend, value, baseline, value / baseline, n, handled));
-  cleave::projection by_handler{"counts_by_handler"};
-  by_handler.schema("create table {view}(stream text primary key, n bigint not null)")
-      .on([](const bench::item_placed& e, cleave::view_context& v) {
-        v.exec(
-            "insert into {view}(stream, n) values ($1, 1) on conflict(stream) do update set n = "
-            "{view}.n + 1",
-            e.id);
-      });
-  const double handler_s = catch_up_with("counts_by_handler", std::move(by_handler));
+  const double handler_s = catch_up_with("counts_by_handler", handler_counter("counts_by_handler"));
   const double per_s = static_cast<double>(handled) / handler_s,
                fold_per_s = static_cast<double>(handled) / some_s;
   line(fmt::format(
@@ -802,6 +817,160 @@ void blue_green_rebuild_postgres(const std::string& url, std::int64_t n) {
 // Whether CLEAVE_BENCH_READ_CASES (a comma-separated list of group names; empty or unset: all)
 // asks for `group`: sqlite, lag_inprocess, ryw_sqlite, postgres, blue_green_postgres,
 // lag_postgres, ryw_postgres, replica.
+// The child process of the scale cases: projector process `node` sharing the units of the
+// 4-partition handler view `view` on `database` with the others.
+int share_until_terminated(const std::string& database, const std::string& view,
+                           const std::string& node) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  auto db = open_store(database);
+  cleave::projector_options opts;
+  opts.node = node;
+  cleave::projector p(*db, nullptr, opts);
+  p.add(handler_counter(view, 4));
+  p.start();
+  int sig = 0;
+  sigwait(&set, &sig);
+  p.stop();
+  return 0;
+}
+
+pid_t start_share_process(const char* self, const std::string& database, const std::string& view,
+                          const std::string& node) {
+  const pid_t child = fork();
+  if (child == 0) {
+    execl(self, self, "--share", database.c_str(), view.c_str(), node.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return child;
+}
+
+// Drops the view `view` of earlier runs, its checkpoints and its units'.
+void drop_view(cleave::store& db, const std::string& view) {
+  cleave::projector setup(db);  // (makes cleave's projector tables in a fresh database)
+  exec(db, fmt::format("drop table if exists {}", view));
+  exec(db, fmt::format("delete from cleave_migrations where component = 'projection:{}'", view));
+  exec(db, fmt::format("delete from cleave_checkpoints where name = '{0}' or name like '{0}#%'",
+                       view));
+  exec(db, "delete from cleave_projector_nodes");
+}
+
+// The 4-partition handler view caught up from the log's beginning by 1, 2 and 4 projector
+// processes sharing its units: events/s each, and the ratio to one process.
+void scale_handler_postgres(const std::string& url, const char* self, std::int64_t n) {
+  cleave::postgres::store db({.url = url});
+  const std::string view = "scale_counts";
+  double one_node = 0;
+  for (const int nodes : {1, 2, 4}) {
+    drop_view(db, view);
+    cleave::projector reader(db);
+    reader.add(handler_counter(view, 4));
+    const auto head = db.head();
+    std::vector<pid_t> children;
+    const auto t0 = clock_type::now();
+    for (int i = 0; i < nodes; ++i)
+      children.push_back(start_share_process(self, url, view, fmt::format("n{}", i)));
+    while (reader.checkpoint(view) < head && seconds_since(t0) < 600)
+      std::this_thread::sleep_for(10ms);
+    const double took = seconds_since(t0);
+    for (const auto child : children) stop_process(child);
+    if (scalar(db, fmt::format("select cast(coalesce(sum(n), 0) as bigint) from {}", view)) != n)
+      std::fprintf(stderr, "scale_handler_postgres_%dnodes: wrong counts\n", nodes);
+    const double value = static_cast<double>(n) / took;
+    if (nodes == 1) one_node = value;
+    line(fmt::format(
+        R"({{"bench":"read","case":"scale_handler_postgres_{}nodes","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"partitions":4,"nodes":{},"baseline_is":"the same with one projector process, its start included"}})",
+        nodes, value, one_node, value / one_node, n, nodes));
+  }
+}
+
+// Two projector processes share a 4-partition handler view while commands flow; one is killed
+// (SIGKILL) ten times: the time from each kill until every unit it held has committed a batch
+// under another process, p50/p99.
+void rebalance_after_kill(const std::string& url, const char* self) {
+  cleave::postgres::store db({.url = url});
+  const std::string view = "rebalance_counts";
+  drop_view(db, view);
+  {
+    cleave::projector setup(db);
+    setup.add(handler_counter(view, 4));
+    const auto head = db.head();
+    exec(db, fmt::format("update cleave_checkpoints set transaction_id = {}, position = {} where "
+                         "name like '{}%'",
+                         head.transaction(), head.position(), view));
+  }
+  std::atomic<bool> writing{true};
+  std::thread writer([&] {  // about 1,000 commands/s over 100 streams
+    cleave::command_bus commands{&db};
+    commands.add(place);
+    for (int i = 0; writing; ++i) {
+      (void)commands.send(bench::place_item{fmt::format("r{}", i % 100), 1});
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  struct unit_state {
+    std::string owner;
+    std::int64_t position = 0;
+  };
+  const auto units = [&] {
+    std::map<std::string, unit_state> out;
+    cleave::read_scope tx(db, {});
+    tx->query(fmt::format("select name, case when lease_until_ms > (extract(epoch from "
+                          "clock_timestamp()) * 1000) then coalesce(owner, '') else '' end, "
+                          "position from cleave_checkpoints where name like '{}#%'",
+                          view),
+              {}, [&](const cleave::row_view& r) {
+                out[std::string(std::get<std::string_view>(r.get(0)))] = {
+                    std::string(std::get<std::string_view>(r.get(1))),
+                    std::get<std::int64_t>(r.get(2))};
+              });
+    return out;
+  };
+  std::array<std::string, 2> names{"a0", "b0"};
+  std::array<pid_t, 2> children{start_share_process(self, url, view, names[0]),
+                                start_share_process(self, url, view, names[1])};
+  const auto even = [&] {
+    std::map<std::string, int> held;
+    for (const auto& [unit, s] : units()) ++held[s.owner];
+    return held[names[0]] == 2 && held[names[1]] == 2;
+  };
+  std::vector<double> ms;
+  for (int kill_no = 0; kill_no < 10; ++kill_no) {
+    const auto settle = clock_type::now();
+    while (!even() && seconds_since(settle) < 30) std::this_thread::sleep_for(10ms);
+    const int victim = kill_no % 2;
+    const auto before = units();
+    kill(children[victim], SIGKILL);
+    const auto t0 = clock_type::now();
+    waitpid(children[victim], nullptr, 0);
+    std::map<std::string, std::int64_t> orphaned;  // its units, and where they stood
+    for (const auto& [unit, s] : before)
+      if (s.owner == names[victim]) orphaned[unit] = s.position;
+    while (seconds_since(t0) < 30) {
+      const auto now = units();
+      const bool all_moved = std::all_of(orphaned.begin(), orphaned.end(), [&](const auto& u) {
+        const auto& s = now.at(u.first);
+        return s.owner == names[1 - victim] && s.position > u.second;
+      });
+      if (all_moved) break;
+      std::this_thread::sleep_for(2ms);
+    }
+    ms.push_back(seconds_since(t0) * 1000);
+    names[victim] += "'";
+    children[victim] = start_share_process(self, url, view, names[victim]);
+  }
+  writing = false;
+  writer.join();
+  for (const auto child : children) stop_process(child);
+  line(fmt::format(
+      R"({{"bench":"read","case":"rebalance_after_kill_ms","unit":"ms","p50":{:.0f},"p99":{:.0f},"kills":{},"unit_lease_ms":{},"partitions":4,"nodes":2,"target_p99_ms":2000,"measures":"kill -9 of a projector process until each unit it held has committed a batch under the other"}})",
+      percentile(ms, 0.5), percentile(ms, 0.99), ms.size(),
+      cleave::projector_options{}.unit_lease.count()));
+}
+
 bool wanted(std::string_view group) {
   const char* v = std::getenv("CLEAVE_BENCH_READ_CASES");
   if (!v || !*v) return true;
@@ -817,6 +986,8 @@ int main(int argc, char** argv) {
       "cleave", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
   if (argc == 4 && std::string(argv[1]) == "--project")
     return project_until_terminated(argv[2], argv[3]);
+  if (argc == 5 && std::string(argv[1]) == "--share")
+    return share_until_terminated(argv[2], argv[3], argv[4]);
   std::int64_t n = 1'000'000;
   if (const char* v = std::getenv("CLEAVE_BENCH_READ_EVENTS"); v && *v) n = std::atoll(v);
   const auto dir =
@@ -855,6 +1026,18 @@ int main(int argc, char** argv) {
         one_type_in_ten_case(db, "postgres", n);
       }
       if (wanted("blue_green_postgres")) blue_green_rebuild_postgres(url, n);
+      if (wanted("scale_postgres")) {
+        // A log of its own size: a handler projection takes a round trip per event.
+        std::int64_t scale_n = 200'000;
+        if (const char* v = std::getenv("CLEAVE_BENCH_SCALE_EVENTS"); v && *v)
+          scale_n = std::atoll(v);
+        cleave::postgres::store db({.url = url});
+        empty_log(db, {"scale_counts"});
+        seed(db, true, scale_n);
+        vacuum_log(url);
+        scale_handler_postgres(url, argv[0], scale_n);
+        rebalance_after_kill(url, argv[0]);
+      }
       if (wanted("lag_postgres")) lag_postgres_crossprocess(url, argv[0]);
       if (wanted("ryw_postgres")) ryw_separate_projector(url, "postgres", argv[0]);
       if (const char* standby = std::getenv("CLEAVE_BENCH_PG_STANDBY_URL"); standby && *standby) {
