@@ -242,6 +242,16 @@ json status_json(const projection_status& s) {
   if (!s.version.empty()) out["version"] = s.version;
   if (s.upgrading) out["upgrading"] = true;
   if (!s.group.empty()) out["group"] = s.group;
+  // Its units, where it has several or where processes share them (an owner).
+  if (s.units.size() > 1 || (s.units.size() == 1 && !s.units[0].owner.empty())) {
+    json units = json::array();
+    for (const auto& u : s.units)
+      units.push_back({{"name", u.name},
+                       {"checkpoint", u.checkpoint.to_string()},
+                       {"lag_events", u.lag_events},
+                       {"owner", u.owner}});
+    out["units"] = std::move(units);
+  }
   return out;
 }
 

@@ -81,6 +81,16 @@ std::string lag_metrics(app& a) {
                  "Age of the oldest event a projection has not applied.", "lag_seconds");
   per_projection("cleave_projection_dead_letters", "Events parked because their handler failed.",
                  "dead_letters");
+  // Each unit of a partitioned (or shared) projection, with the process holding it.
+  metric_family(out, "cleave_projection_unit_lag_events", "gauge",
+                "Events committed that a unit of a projection has not applied.");
+  for (const auto& p : all)
+    if (p.contains("units"))
+      for (const auto& u : p["units"])
+        out += fmt::format(
+            "cleave_projection_unit_lag_events{{projection=\"{}\",unit=\"{}\",owner=\"{}\"}} {}\n",
+            p["name"].get<std::string>(), u["name"].get<std::string>(),
+            u["owner"].get<std::string>(), u["lag_events"].dump());
   const auto replicas = a.store().replicas();
   if (replicas.empty()) return out;
   // A replica that is down has no lag to show: its lag lines are left out, not made up.

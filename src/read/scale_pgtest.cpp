@@ -314,7 +314,9 @@ TEST_F(scale, a_replay_of_dead_letters_killed_half_way_moves_no_checkpoint) {
   for (const auto& u : before) EXPECT_EQ(u.checkpoint, db->head()) << u.name;
   {
     child_process replay{spawn({CLEAVE_FAULT_PROJECTOR, backend.location(), "replay", "3"})};
-    std::this_thread::sleep_for(800ms);
+    // Killed once it has replayed some (a few milliseconds each), long before it is done.
+    EXPECT_TRUE(wait_until([&] { return p.dead_letters("unit_tally").size() < 1'000; }, 30s));
+    std::this_thread::sleep_for(100ms);
     kill(replay.pid, SIGKILL);
   }
   const auto parked = p.dead_letters("unit_tally").size();

@@ -76,7 +76,11 @@ async function load() {
       <td>${p.mode === "async" || p.mode === "materialized" ? `<button class="rebuild-button" data-name="${p.name}">Rebuild</button>` : ""}
           ${p.dead_letters > 0 ? `<button class="secondary replay" data-name="${p.name}">Replay</button>
           <button class="secondary letters" data-name="${p.name}">Show</button>` : ""}</td>
-    </tr>`).join("");
+    </tr>${(p.units || []).map((u) => `
+    <tr class="unit" data-unit="${esc(u.name)}">
+      <td>&nbsp;&nbsp;↳ ${esc(u.name)}</td><td>${u.owner ? `held by <code>${esc(u.owner)}</code>` : "not held"}</td>
+      <td><code>${esc(u.checkpoint || "0")}</code></td><td class="num">${u.lag_events}</td><td colspan="4"></td>
+    </tr>`).join("")}`).join("");
 }
 
 $("projections").addEventListener("click", async (e) => {
