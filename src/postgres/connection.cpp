@@ -199,6 +199,7 @@ PGresult* connection::await(bool sent, std::string_view verb, std::string_view s
 
 std::vector<result_set> connection::script_results(std::string_view sql) {
   std::vector<result_set> out;
+  if (pipelining_) sync();
   const std::string text(sql);
   if (PQsendQuery(conn_, text.c_str()) == 0) return out;
   const auto until = limit();
@@ -216,18 +217,26 @@ PGresult* connection::check(PGresult* r, std::string_view verb, std::string_view
   return r;
 }
 
-result_set connection::run(std::string_view sql, std::span<const sql_value> params,
-                           result_format format) {
+const std::string& connection::prepared_name(std::string_view sql, bool queue) {
   auto it = prepared_.find(sql);
-  if (it == prepared_.end()) {
-    std::string name = fmt::format("cleave_{}", prepared_.size());
-    std::string text(sql);
+  if (it != prepared_.end()) return it->second;
+  std::string name = fmt::format("cleave_{}", prepared_.size());
+  std::string text(sql);
+  if (queue) {  // its answer comes with the pipeline's
+    if (PQsendPrepare(conn_, name.c_str(), text.c_str(), 0, nullptr) == 0)
+      fail(nullptr, "preparing", sql);
+    queued_.push_back({text, true, 0});
+  } else {
     PQclear(!guarded()
                 ? check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr), "preparing", sql)
                 : await(PQsendPrepare(conn_, name.c_str(), text.c_str(), 0, nullptr) != 0,
                         "preparing", sql));
-    it = prepared_.emplace(std::move(text), std::move(name)).first;
   }
+  return prepared_.emplace(std::move(text), std::move(name)).first->second;
+}
+
+template <class Send>
+auto connection::with_params(std::string_view sql, std::span<const sql_value> params, Send&& send) {
   // Parameters travel as text; numbers are formatted into a small buffer each.
   constexpr std::size_t inline_params = 16;
   std::array<std::array<char, 32>, inline_params> numbers;
@@ -282,17 +291,125 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
       values[i] = copies.back().c_str();
     }
   }
-  const int count = static_cast<int>(params.size()), binary = format == result_format::binary;
-  if (!guarded())
+  return send(static_cast<int>(params.size()), values, lengths);
+}
+
+result_set connection::run(std::string_view sql, std::span<const sql_value> params,
+                           result_format format) {
+  if (pipelining_) sync();
+  const auto& name = prepared_name(sql, false);
+  const int binary = format == result_format::binary;
+  return with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
+    if (!guarded())
+      return result_set(check(
+          PQexecPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary), "running",
+          sql));
     return result_set(
-        check(PQexecPrepared(conn_, it->second.c_str(), count, values, lengths, nullptr, binary),
+        await(PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary) !=
+                  0,
               "running", sql));
-  return result_set(await(
-      PQsendQueryPrepared(conn_, it->second.c_str(), count, values, lengths, nullptr, binary) != 0,
-      "running", sql));
+  });
+}
+
+std::uint64_t connection::defer(std::string_view sql, std::span<const sql_value> params) {
+  if (!pipelining_) {
+    if (PQenterPipelineMode(conn_) == 0) fail(nullptr, "queueing", sql);
+    pipelining_ = true;
+  }
+  const auto& name = prepared_name(sql, true);
+  const auto ticket = rows_.size() + queued_rows_;
+  with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
+    if (PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, 0) == 0)
+      fail(nullptr, "queueing", sql);
+    return 0;
+  });
+  queued_.push_back({std::string(sql), false, ticket});
+  ++queued_rows_;
+  // The answers wait in the server's socket buffer until read: a sync every so many keeps them
+  // (and the server) from filling it.
+  if (queued_rows_ >= max_queued) sync();
+  return ticket;
+}
+
+std::int64_t connection::rows_of(std::uint64_t ticket) {
+  if (ticket >= rows_.size()) sync();
+  return ticket < rows_.size() ? rows_[ticket] : 0;
+}
+
+void connection::forget_rows() noexcept {
+  rows_.clear();
+}
+
+void connection::sync() {
+  if (!pipelining_) return;
+  PGresult* failed = nullptr;
+  std::string failed_sql;
+  const auto finish = [&] {
+    pipelining_ = false;
+    queued_.clear();
+    queued_rows_ = 0;
+  };
+  const bool sent = PQpipelineSync(conn_) != 0;
+  const auto until = limit();
+  std::size_t i = 0;
+  std::int64_t count = 0;
+  bool broke = !sent;
+  // Each queued statement's answer (a result, then null), then the sync's. A statement after a
+  // failed one is answered "aborted"; a preparation that did not succeed is forgotten.
+  while (!broke) {
+    if (!wait_readable(until)) {
+      broke = true;
+      break;
+    }
+    PGresult* r = PQgetResult(conn_);
+    if (!r) {  // the end of one statement's answer
+      if (i < queued_.size() && !queued_[i].prepare) rows_.push_back(count);
+      count = 0;
+      ++i;
+      continue;
+    }
+    const auto status = PQresultStatus(r);
+    if (status == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      break;
+    }
+    const bool prepare = i < queued_.size() && queued_[i].prepare;
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
+      if (!prepare) count = result_set(r).affected();
+      else PQclear(r);
+      continue;
+    }
+    if (prepare) prepared_.erase(queued_[i].sql);
+    if (!failed && status != PGRES_PIPELINE_ABORTED) {
+      failed = r;
+      failed_sql = i < queued_.size() ? queued_[i].sql : "";
+    } else {
+      PQclear(r);
+    }
+  }
+  if (broke || PQexitPipelineMode(conn_) == 0) {
+    // The connection broke or a deadline ran out: it cannot be used again.
+    broken_ = true;
+    finish();
+    PQclear(failed);
+    throw_db_failure(db_failure::timeout,
+                     "queued statements: no answer before the request's deadline",
+                     correlation_id_);
+  }
+  finish();
+  if (failed) fail(failed, "running", failed_sql);
+}
+
+void connection::discard_queued() noexcept {
+  try {
+    sync();
+  } catch (...) {
+    // Dropped with the transaction they belonged to.
+  }
 }
 
 result_set connection::script(std::string_view sql) {
+  if (pipelining_) sync();
   std::string text(sql);
   if (!guarded()) return result_set(check(PQexec(conn_, text.c_str()), "running", sql));
   return result_set(await(PQsendQuery(conn_, text.c_str()) != 0, "running", sql));

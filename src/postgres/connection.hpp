@@ -73,6 +73,20 @@ class connection {
                  result_format format = result_format::text);
   // Runs statements without parameters (BEGIN, COMMIT, DDL); returns the last result.
   result_set script(std::string_view sql);
+
+  // Queues a statement (pipeline mode, entered by the first): its answer is read with the
+  // others' at the next sync() — which any statement run or script() takes first, and which a
+  // thousand queued statements take by themselves. Returns its ticket for rows_of().
+  std::uint64_t defer(std::string_view sql, std::span<const sql_value> params);
+  // Reads the queued statements' answers and leaves pipeline mode; throws the first failure
+  // among them as run() would (a broken connection or a deadline that ran out: errc::timeout).
+  void sync();
+  // Drops the queued statements' answers without raising (before a rollback).
+  void discard_queued() noexcept;
+  // The rows queued statement `ticket` changed (sync()s first when it is still queued).
+  std::int64_t rows_of(std::uint64_t ticket);
+  // Forgets the counts of earlier transactions' queued statements.
+  void forget_rows() noexcept;
   // Sends statements without parameters and returns each one's result as it came, up to the
   // first failure, or fewer when the connection broke; never throws. For a commit whose answer
   // may be cut off.
@@ -119,6 +133,23 @@ class connection {
   // collect() of what was `sent` (else the connection's error), checked as check() does; a
   // guard that ran out is errc::timeout.
   PGresult* await(bool sent, std::string_view verb, std::string_view sql);
+  // The name `sql` is prepared under, preparing it first (queued in the pipeline with `queue`).
+  const std::string& prepared_name(std::string_view sql, bool queue);
+  // Calls send(count, values, lengths) with `params` as libpq takes them (text).
+  template <class Send>
+  auto with_params(std::string_view sql, std::span<const sql_value> params, Send&& send);
+
+  // A statement queued in the pipeline: a preparation, or a run with its ticket.
+  struct queued {
+    std::string sql;
+    bool prepare = false;
+    std::uint64_t ticket = 0;
+  };
+  static constexpr std::size_t max_queued = 1000;
+  bool pipelining_ = false;
+  std::vector<queued> queued_;
+  std::size_t queued_rows_ = 0;     // runs queued (not preparations)
+  std::vector<std::int64_t> rows_;  // the answered runs' counts, by ticket
 
   clock::time_point guard_ = clock::time_point::max();
   std::optional<std::chrono::milliseconds> within_;

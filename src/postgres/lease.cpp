@@ -18,6 +18,15 @@ class advisory_lease final : public lease {
     // A server that stops answering loses the lease rather than holding its caller.
     conn_->answer_within(std::chrono::milliseconds(2000));
   }
+  // Unlocked before the connection closes: the server ends a closed connection's session (and
+  // its locks) a moment later, and a holder taking the name again at once must find it free.
+  ~advisory_lease() override {
+    try {
+      if (conn_->healthy()) conn_->script("select pg_advisory_unlock_all()");
+    } catch (const error_exception&) {
+      // The connection's end releases it.
+    }
+  }
   bool held() override {
     try {
       conn_->script("select 1");

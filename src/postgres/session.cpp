@@ -303,6 +303,7 @@ void store::impl::session::rollback() noexcept {
   try {
     // Past the deadline too: a rollback that is answered keeps the connection.
     if (conn->healthy()) conn->guard_until(clock::now() + std::chrono::seconds(1));
+    conn->discard_queued();  // (their failure may be why it rolls back)
     conn->script("rollback");
   } catch (...) {
     // A broken connection is replaced when given back.

@@ -115,6 +115,7 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     s->conn->guard_until(grace_after(meta.deadline));
     s->conn->answer_within(replica_up ? std::optional(opts.replica_timeout) : std::nullopt);
     s->conn->set_writing(p == purpose::write);
+    s->conn->forget_rows();  // (the counts of another transaction's queued statements)
     if (bounded) {
       now = clock::now();
       const auto left = std::clamp<std::int64_t>(

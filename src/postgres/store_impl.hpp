@@ -73,6 +73,11 @@ struct store::impl {
       }
     }
     std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
+    // Queued in the connection's pipeline: sent with the next statements in one round trip.
+    deferred defer(std::string_view sql, std::span<const sql_value> params) override {
+      return {-1, conn->defer(sql, params)};
+    }
+    std::int64_t deferred_rows(std::uint64_t ticket) override { return conn->rows_of(ticket); }
     void script(std::string_view sql) override { conn->script(sql); }
 
     // Appends are held until something needs them sent (commit, remember, position_so_far),

@@ -86,13 +86,17 @@ void projector::apply_batch(const entry& p, write_transaction& tx, std::string_v
     view_context view(tx, table, e);
     handler(e.payload, view);
   };
-  // First the whole batch in one savepoint; only when a handler fails is it run again with a
-  // savepoint per event, to find the failing one (three statements per event, on PostgreSQL
-  // three round trips).
+  // First the whole batch in one savepoint, its statements queued (on PostgreSQL sent in one
+  // round trip, or a few: a pipeline; a failure among them surfaces at the release); only when a
+  // handler fails is it run again with a savepoint per event, each statement waited for, to find
+  // the failing one (three statements per event, on PostgreSQL three round trips).
   tx.exec("savepoint cleave_batch", {});
   try {
     for (const auto& e : events)
-      if (const auto* handler = p.def.handler_for(e.type)) run(e, *handler);
+      if (const auto* handler = p.def.handler_for(e.type)) {
+        view_context view(tx, table, e, true);
+        (*handler)(e.payload, view);
+      }
     tx.exec("release savepoint cleave_batch", {});
   } catch (const transient_error&) {
     tx.exec("rollback to savepoint cleave_batch", {});

@@ -67,8 +67,9 @@ std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::siz
   });
   if (!row) return 0;  // (made at add(), or by the swap that brings a new version's units)
   if (epoch && row->epoch != *epoch) return 0;  // claimed by another process since
+  if (row->version != p.version) return 0;      // swapped in by another release: not ours
   auto from = token_of(row->transaction_id, row->position);
-  const auto held = [&] { return !claims_ || !epoch || claims_->epoch_of(unit) == epoch; };
+  const auto held = [&] { return !epoch || claims_->epoch_of(unit) == epoch; };
   const auto commit = [&](position_token to, function_ref<void(write_transaction&)> apply) {
     if (!held()) return false;
     if (!commit_batch(p, unit, row->epoch, from, to, apply)) {

@@ -22,8 +22,9 @@ namespace {
 struct claimed_row {
   std::string name;
   std::int64_t epoch = 0;
+  std::string version;
 };
-CLEAVE_RECORD(claimed_row, name, epoch)
+CLEAVE_RECORD(claimed_row, name, epoch, version)
 
 }  // namespace
 
@@ -76,8 +77,8 @@ bool projector::claims::holds_all() const {
          })) >= units_;
 }
 
-std::string projector::claims::with_now(std::string_view sql) const {
-  return cleave::detail::replace_all(sql, "{now}", owner_.db_.now_ms_sql());
+std::string projector::claims::with_now(const store& s, std::string_view sql) {
+  return cleave::detail::replace_all(sql, "{now}", s.now_ms_sql());
 }
 
 void projector::claims::run() {
@@ -112,23 +113,12 @@ std::vector<projector::claims::unit_ref> projector::claims::units_of(const std::
 }
 
 bool projector::claims::tick() {
-  const auto began = clock::now();
   const auto& node = owner_.node_;
   const auto lease_ms = static_cast<std::int64_t>(lease_.count());
   auto& db = owner_.db_;
-  // Alive in each group (the share of each process is counted from these).
-  writing(db, [&](write_transaction&, write_context& ctx) {
-    for (const auto& g : groups_)
-      ctx.exec(with_now("insert into cleave_projector_nodes(node, grp, seen_ms) values ($1, $2, "
-                        "{now}) on conflict(node, grp) do update set seen_ms = excluded.seen_ms"),
-               node, g);
-    if (rounds_++ % 64 == 0)  // processes gone for a minute
-      ctx.exec(with_now("delete from cleave_projector_nodes where seen_ms < {now} - 60000 - $1"),
-               lease_ms);
-    return true;
-  });
   // Renewed: every unit it holds (also one its lease ran out on that no one claimed since: its
-  // epoch is unchanged, so no one else committed for it).
+  // epoch is unchanged, so no one else committed for it). A unit of another version (a process
+  // of another release swapped its view) is handed back.
   std::map<std::string, unit_ref, std::less<>> units;
   std::vector<std::vector<unit_ref>> per_group;
   std::set<store*> stores;
@@ -143,19 +133,36 @@ bool projector::claims::tick() {
   std::vector<std::pair<store*, std::string>> strays;  // held, but not a unit it runs
   for (auto* s : stores) {
     std::vector<claimed_row> rows;
+    const auto renewed_at = clock::now();
     writing(*s, [&](write_transaction&, write_context& ctx) {
-      rows = ctx.many<claimed_row>(with_now("update cleave_checkpoints set lease_until_ms = {now} "
-                                            "+ $2 where owner = $1 returning name, epoch"),
-                                   node, lease_ms);
+      rows = ctx.many<claimed_row>(
+          with_now(*s, "update cleave_checkpoints set lease_until_ms = {now} + $2 where owner = $1 "
+                       "returning name, epoch, coalesce(version, '') as version"),
+          node, lease_ms);
       return true;
     });
     for (const auto& r : rows) {
-      if (units.contains(r.name))
-        held[r.name] = {r.epoch, began + lease_};
+      const auto it = units.find(r.name);
+      if (it != units.end() && r.version == it->second.p->version)
+        held[r.name] = {r.epoch, renewed_at + lease_};
       else
         strays.emplace_back(s, r.name);
     }
   }
+  // Alive in each group (the share of each process is counted from these) — once its leases are
+  // renewed: a process that cannot renew them takes no share.
+  writing(db, [&](write_transaction&, write_context& ctx) {
+    for (const auto& g : groups_)
+      ctx.exec(with_now(db, "insert into cleave_projector_nodes(node, grp, seen_ms) values ($1, "
+                            "$2, {now}) on conflict(node, grp) do update set seen_ms = "
+                            "excluded.seen_ms"),
+               node, g);
+    if (rounds_++ % 64 == 0)  // processes gone for a minute
+      ctx.exec(
+          with_now(db, "delete from cleave_projector_nodes where seen_ms < {now} - 60000 - $1"),
+          lease_ms);
+    return true;
+  });
   // Its share of each group: the surplus released, then free units claimed up to it.
   std::vector<unit_ref> to_release;
   std::vector<std::pair<std::vector<unit_ref>, std::size_t>> to_claim;  // candidates, how many
@@ -165,7 +172,7 @@ bool projector::claims::tick() {
     const auto live = std::max<std::int64_t>(
         1, reading(db, [&](read_context& ctx) {
              return ctx
-                 .one<std::int64_t>(with_now("select count(*) from cleave_projector_nodes where "
+                 .one<std::int64_t>(with_now(db, "select count(*) from cleave_projector_nodes where "
                                              "grp = $1 and seen_ms >= {now} - $2"),
                                     groups_[g], lease_ms)
                  .value_or(1);
@@ -206,8 +213,8 @@ bool projector::claims::tick() {
     for (auto* s : stores)
       for (auto& name : reading(*s, [&](read_context& ctx) {
              return ctx.many<std::string>(with_now(
-                 "select name from cleave_checkpoints where owner is null or lease_until_ms < "
-                 "{now}"));
+                 *s, "select name from cleave_checkpoints where owner is null or lease_until_ms < "
+                     "{now}"));
            }))
         free.insert(std::move(name));
   bool gained = false;
@@ -227,10 +234,11 @@ bool projector::claims::claim(const unit_ref& u) {
   std::optional<std::int64_t> epoch;
   writing(*u.p->views, [&](write_transaction&, write_context& ctx) {
     if (auto claimed = ctx.one<std::int64_t>(
-            with_now("update cleave_checkpoints set owner = $2, epoch = epoch + 1, "
-                     "lease_until_ms = {now} + $3 where name = $1 and (owner is null or "
-                     "lease_until_ms < {now}) returning epoch"),
-            u.name, owner_.node_, static_cast<std::int64_t>(lease_.count())))
+            with_now(*u.p->views,
+                     "update cleave_checkpoints set owner = $2, epoch = epoch + 1, "
+                     "lease_until_ms = {now} + $3 where name = $1 and version = $4 and (owner is "
+                     "null or lease_until_ms < {now}) returning epoch"),
+            u.name, owner_.node_, static_cast<std::int64_t>(lease_.count()), u.p->version))
       epoch = *claimed;
     return true;
   });

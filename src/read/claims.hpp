@@ -54,7 +54,8 @@ class projector::claims {
   bool claim(const unit_ref& u);
   // The units of `group`'s projections that can be claimed now (not upgrading).
   std::vector<unit_ref> units_of(const std::string& group);
-  std::string with_now(std::string_view sql) const;
+  // `sql` with `{now}` as store `s` spells the database's clock (Unix ms).
+  static std::string with_now(const store& s, std::string_view sql);
 
   projector& owner_;
   const std::vector<std::string> groups_;

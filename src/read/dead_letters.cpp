@@ -61,21 +61,26 @@ std::size_t projector::replay_dead_letters(std::string_view name) {
   // a replay that stops half-way (a crash) leaves the rest parked and the units where they are.
   for (const auto& letter : dead_letters(name)) {
     try {
+      bool taken = false;
       writing(*p.views, [&](write_transaction& tx, write_context& ctx) {
         stored_event e;
         e.position = letter.position;
         e.type = letter.type;
         e.payload = letter.payload;
+        // Taken off the dead letters first: a replay running beside this one (another request,
+        // another process) or a rebuild's swap that took it already leaves it alone.
+        taken = ctx.exec(fmt::format("delete from cleave_dead_letters where ({}) and "
+                                     "transaction_id = $4 and position = $5",
+                                     of_projection_sql("projection")),
+                         own, prefix, length, tx_of(e.position), pos_of(e.position)) == 1;
+        if (!taken) return false;
         if (const auto* handler = p.def.handler_for(e.type)) {
           view_context view(tx, p.def.table(), e);
           (*handler)(e.payload, view);
         }
-        ctx.exec(fmt::format("delete from cleave_dead_letters where ({}) and transaction_id = $4 "
-                             "and position = $5",
-                             of_projection_sql("projection")),
-                 own, prefix, length, tx_of(e.position), pos_of(e.position));
         return true;
       });
+      if (!taken) continue;
     } catch (const std::exception& failure) {
       // Still failing: it stays parked.
       spdlog::warn("projection {}: replay of {} failed again: {}", name, letter.type,

@@ -111,27 +111,33 @@ void projector::run_shared_worker(worker_slot& slot) {
   std::unique_ptr<lease> leader;
   auto leader_tried = clock::time_point{}, leader_checked = clock::time_point{};
   if (!main) slot.leading = true;
+  // Whether it still leads, asked of the database at most every quarter second: before each of
+  // the duties with effects of their own, as run_worker does.
+  const auto leading_now = [&] {
+    if (leader && clock::now() - leader_checked > std::chrono::milliseconds(250)) {
+      leader_checked = clock::now();
+      if (!leader->held()) {
+        spdlog::warn("projector: lost the lease '{}'", opts_.lease);
+        leader.reset();
+      }
+    }
+    slot.leading = leader != nullptr;
+    return leader != nullptr;
+  };
   while (running_) {
     std::size_t applied = 0;
     try {
       applied = catch_up_async(0, &slot.group, claims_.get());
       if (main) {
-        if (leader && clock::now() - leader_checked > std::chrono::milliseconds(250)) {
-          leader_checked = clock::now();
-          if (!leader->held()) {
-            spdlog::warn("projector: lost the lease '{}'", opts_.lease);
-            leader.reset();
-          }
-        }
         if (!leader && clock::now() - leader_tried >= opts_.standby_retry) {
           leader_tried = clock::now();
           leader = db_.try_lease(opts_.lease);
           if (leader) spdlog::info("projector: leading (lease '{}')", opts_.lease);
         }
-        slot.leading = leader != nullptr;
-        if (leader) {
+        if (leading_now())
           for (const auto& p : projections_)
             if (p.upgrading->load()) applied += try_upgrade_step(p);
+        if (leading_now()) {
           refresh_materialized(false);
           main_group_duties();
         }

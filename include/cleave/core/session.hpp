@@ -133,6 +133,25 @@ class write_session : public read_session {
   virtual std::int64_t exec(std::string_view sql, std::span<const sql_value> params) = 0;
   // Runs statements without parameters, any number separated by `;` (a view's schema).
   virtual void script(std::string_view sql) = 0;
+  // What defer() did: ran the statement now (`rows` is what it changed) or queued it (`rows` is
+  // -1; `ticket` names it to deferred_rows).
+  struct deferred {
+    std::int64_t rows = -1;
+    std::uint64_t ticket = 0;
+  };
+  // Runs a statement whose count of changed rows may never be asked for. A backend that can
+  // queue statements (PostgreSQL's pipeline mode) sends it with the ones after it, in one round
+  // trip; its failure then surfaces at the next statement that waits for an answer (or when its
+  // count is asked for), as that statement's failure. By default it runs now.
+  virtual deferred defer(std::string_view sql, std::span<const sql_value> params) {
+    return {exec(sql, params), 0};
+  }
+  // The rows queued statement `ticket` changed, waiting for its answer (within its
+  // transaction).
+  virtual std::int64_t deferred_rows(std::uint64_t ticket) {
+    (void)ticket;
+    return 0;
+  }
   // Appends an event to the log inside this transaction; returns the stream's version after it
   // (0 for an event without a stream). Throws an error_exception with errc::conflict when the
   // expected version does not match.

@@ -45,22 +45,42 @@ struct refresh_policy {
 // `sql` with every `{view}` replaced by `table`: the statement a projection's SQL runs as.
 std::string expand_view(std::string_view sql, std::string_view table);
 
+// The rows a view's statement changed. In an async batch on PostgreSQL the statement is queued
+// and sent with the batch's others in one round trip: reading this count waits for its answer.
+class rows_changed {
+ public:
+  rows_changed(write_session& tx, write_session::deferred d) noexcept : tx_(&tx), d_(d) {}
+  operator std::int64_t() const {  // NOLINT: implicit, as the count it stands for
+    return d_.rows >= 0 ? d_.rows : tx_->deferred_rows(d_.ticket);
+  }
+
+ private:
+  write_session* tx_;
+  write_session::deferred d_;
+};
+
 // What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
 // transaction that applies the event, and the event as stored.
 class view_context {
  public:
-  view_context(write_session& tx, std::string_view table, const stored_event& stored) noexcept
-      : tx_(tx), table_(table), stored_(stored) {}
+  // `queue`: statements may be queued (write_session::defer) — an async batch's first pass,
+  // whose failure is found again event by event.
+  view_context(write_session& tx, std::string_view table, const stored_event& stored,
+               bool queue = false) noexcept
+      : tx_(tx), table_(table), stored_(stored), queue_(queue) {}
 
+  // Runs a statement on the view; a failure throws (error_exception), here or — for a queued
+  // statement — at the next statement that waits for an answer.
   template <class... Args>
-  std::int64_t exec(std::string_view sql, const Args&... args) {
+  rows_changed exec(std::string_view sql, const Args&... args) {
     const std::array<sql_value, sizeof...(Args)> params{detail::to_sql(args)...};
-    return tx_.exec(with_table(sql), params);
+    return exec_params(sql, params);
   }
   // The same with the parameters in a span: for statements built at run time, such as one
   // multi-row insert for a whole fold (`values ($1, $2), ($3, $4), …`).
-  std::int64_t exec_params(std::string_view sql, std::span<const sql_value> params) {
-    return tx_.exec(with_table(sql), params);
+  rows_changed exec_params(std::string_view sql, std::span<const sql_value> params) {
+    if (queue_) return {tx_, tx_.defer(with_table(sql), params)};
+    return {tx_, {tx_.exec(with_table(sql), params), 0}};
   }
   template <class T, class... Args>
   result<T> one(std::string_view sql, const Args&... args) {
@@ -84,6 +104,7 @@ class view_context {
   write_session& tx_;
   std::string_view table_;
   const stored_event& stored_;
+  bool queue_ = false;
 };
 
 class projection {
