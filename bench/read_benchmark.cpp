@@ -858,8 +858,25 @@ void drop_view(cleave::store& db, const std::string& view) {
   exec(db, "delete from cleave_projector_nodes");
 }
 
+// The machine's CPU time so far, busy and in all (jiffies, from /proc/stat's first line).
+std::pair<double, double> cpu_jiffies() {
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return {0, 0};
+  unsigned long long v[8] = {};
+  const int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                            &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (n < 5) return {0, 0};
+  double total = 0;
+  for (const auto x : v) total += static_cast<double>(x);
+  const double idle = static_cast<double>(v[3] + v[4]);  // idle, iowait
+  return {total - idle, total};
+}
+
 // The 4-partition handler view caught up from the log's beginning by 1, 2 and 4 projector
-// processes sharing its units: events/s each, and the ratio to one process.
+// processes sharing its units: events/s each, the ratio to one process, and how busy the
+// machine's CPUs were meanwhile (`cpu_busy`: where the time goes — round trips leave them idle,
+// work does not).
 void scale_handler_postgres(const std::string& url, const char* self, std::int64_t n) {
   cleave::postgres::store db({.url = url});
   const std::string view = "scale_counts";
@@ -870,20 +887,25 @@ void scale_handler_postgres(const std::string& url, const char* self, std::int64
     reader.add(handler_counter(view, 4));
     const auto head = db.head();
     std::vector<pid_t> children;
+    const auto cpu0 = cpu_jiffies();
     const auto t0 = clock_type::now();
     for (int i = 0; i < nodes; ++i)
       children.push_back(start_share_process(self, url, view, fmt::format("n{}", i)));
     while (reader.checkpoint(view) < head && seconds_since(t0) < 600)
       std::this_thread::sleep_for(10ms);
     const double took = seconds_since(t0);
+    const auto cpu1 = cpu_jiffies();
+    const double busy =
+        cpu1.second > cpu0.second ? (cpu1.first - cpu0.first) / (cpu1.second - cpu0.second) : 0;
     for (const auto child : children) stop_process(child);
     if (scalar(db, fmt::format("select cast(coalesce(sum(n), 0) as bigint) from {}", view)) != n)
       std::fprintf(stderr, "scale_handler_postgres_%dnodes: wrong counts\n", nodes);
     const double value = static_cast<double>(n) / took;
     if (nodes == 1) one_node = value;
     line(fmt::format(
-        R"({{"bench":"read","case":"scale_handler_postgres_{}nodes","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"partitions":4,"nodes":{},"baseline_is":"the same with one projector process, its start included"}})",
-        nodes, value, one_node, value / one_node, n, nodes));
+        R"({{"bench":"read","case":"scale_handler_postgres_{}nodes","unit":"events/s","value":{:.0f},"baseline":{:.0f},"ratio":{:.3f},"events":{},"partitions":4,"nodes":{},"cpu_busy":{:.2f},"cpus":{},"baseline_is":"the same with one projector process, its start included"}})",
+        nodes, value, one_node, value / one_node, n, nodes, busy,
+        std::thread::hardware_concurrency()));
   }
 }
 
