@@ -98,7 +98,9 @@ std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::siz
     // Only the types it handles are read; the checkpoint moves past the others all the same.
     // A unit of a partitioned projection applies its own streams' events only.
     const bool sliced = p.units.size() > 1;
-    return stream_batches(from, batch, opts_.max_batch, p.read_types,
+    const auto max = p.def.folds().empty() ? std::min(opts_.max_batch, opts_.max_handler_batch)
+                                           : opts_.max_batch;
+    return stream_batches(from, std::min(batch, max), max, p.read_types,
                           [&](std::vector<stored_event>& events, position_token to) {
                             if (sliced)
                               std::erase_if(events, [&](const stored_event& e) {

@@ -57,6 +57,10 @@ struct projector_options {
   // fewer round trips and commits when catching up or starting on a long log. A fold holds a
   // batch's events in memory; a set-based batch does not.
   std::size_t max_batch = 100'000;
+  // The same for projections with per-event handlers (no folds): each of their statements
+  // updates a row again in one transaction, and PostgreSQL finds a row's newest version by
+  // walking past those the transaction made before — smaller batches keep that walk short.
+  std::size_t max_handler_batch = 2000;
   // The same for set-based projections, whose batches the database runs as one statement (no
   // events held in memory): larger, so a long catch-up is a few scans of the log.
   std::size_t max_set_based_batch = 1'000'000;
