@@ -363,7 +363,12 @@ void connection::sync() {
     }
     PGresult* r = PQgetResult(conn_);
     if (!r) {  // the end of one statement's answer
-      if (i < queued_.size() && !queued_[i].prepare) rows_.push_back(count);
+      // (More ends than statements, or none coming: the connection broke.)
+      if (i >= queued_.size() || PQstatus(conn_) != CONNECTION_OK) {
+        broke = true;
+        break;
+      }
+      if (!queued_[i].prepare) rows_.push_back(count);
       count = 0;
       ++i;
       continue;
@@ -389,9 +394,10 @@ void connection::sync() {
   }
   if (broke || PQexitPipelineMode(conn_) == 0) {
     // The connection broke or a deadline ran out: it cannot be used again.
+    const bool lost = PQstatus(conn_) != CONNECTION_OK;
     broken_ = true;
     finish();
-    PQclear(failed);
+    if (failed || lost) fail(failed, "running", failed ? failed_sql : "queued statements");
     throw_db_failure(db_failure::timeout,
                      "queued statements: no answer before the request's deadline",
                      correlation_id_);
