@@ -853,8 +853,8 @@ void drop_view(cleave::store& db, const std::string& view) {
   cleave::projector setup(db);  // (makes cleave's projector tables in a fresh database)
   exec(db, fmt::format("drop table if exists {}", view));
   exec(db, fmt::format("delete from cleave_migrations where component = 'projection:{}'", view));
-  exec(db, fmt::format("delete from cleave_checkpoints where name = '{0}' or name like '{0}#%'",
-                       view));
+  exec(db,
+       fmt::format("delete from cleave_checkpoints where name = '{0}' or name like '{0}#%'", view));
   exec(db, "delete from cleave_projector_nodes");
 }
 

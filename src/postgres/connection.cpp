@@ -301,13 +301,12 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
   const int binary = format == result_format::binary;
   return with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
     if (!guarded())
-      return result_set(check(
-          PQexecPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary), "running",
-          sql));
-    return result_set(
-        await(PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary) !=
-                  0,
-              "running", sql));
+      return result_set(
+          check(PQexecPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary),
+                "running", sql));
+    return result_set(await(
+        PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary) != 0,
+        "running", sql));
   });
 }
 
@@ -380,8 +379,10 @@ void connection::sync() {
     }
     const bool prepare = i < queued_.size() && queued_[i].prepare;
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
-      if (!prepare) count = result_set(r).affected();
-      else PQclear(r);
+      if (!prepare)
+        count = result_set(r).affected();
+      else
+        PQclear(r);
       continue;
     }
     if (prepare) prepared_.erase(queued_[i].sql);
@@ -399,8 +400,7 @@ void connection::sync() {
     finish();
     if (failed || lost) fail(failed, "running", failed ? failed_sql : "queued statements");
     throw_db_failure(db_failure::timeout,
-                     "queued statements: no answer before the request's deadline",
-                     correlation_id_);
+                     "queued statements: no answer before the request's deadline", correlation_id_);
   }
   finish();
   if (failed) fail(failed, "running", failed_sql);

@@ -71,8 +71,8 @@ std::optional<std::int64_t> projector::claims::epoch_of(std::string_view unit) c
 bool projector::claims::holds_all() const {
   std::lock_guard lock(mutex_);
   const auto now = clock::now();
-  return units_ > 0 && static_cast<std::size_t>(std::count_if(held_.begin(), held_.end(), [&](
-                                                                  const auto& h) {
+  return units_ > 0 &&
+         static_cast<std::size_t>(std::count_if(held_.begin(), held_.end(), [&](const auto& h) {
            return now < h.second.until;
          })) >= units_;
 }
@@ -101,9 +101,8 @@ std::vector<projector::claims::unit_ref> projector::claims::units_of(const std::
     if (p.def.mode() != projection_mode::async || p.def.group_name() != group) continue;
     if (p.upgrading->load()) {
       // Swapped in by the leader (maybe in another process): its units are there to claim.
-      const auto live = reading(*p.views, [&](read_context& ctx) {
-        return recorded_version(ctx, p.def.name());
-      });
+      const auto live =
+          reading(*p.views, [&](read_context& ctx) { return recorded_version(ctx, p.def.name()); });
       if (live != p.version) continue;
       p.upgrading->store(false);
     }
@@ -136,8 +135,9 @@ bool projector::claims::tick() {
     const auto renewed_at = clock::now();
     writing(*s, [&](write_transaction&, write_context& ctx) {
       rows = ctx.many<claimed_row>(
-          with_now(*s, "update cleave_checkpoints set lease_until_ms = {now} + $2 where owner = $1 "
-                       "returning name, epoch, coalesce(version, '') as version"),
+          with_now(*s,
+                   "update cleave_checkpoints set lease_until_ms = {now} + $2 where owner = $1 "
+                   "returning name, epoch, coalesce(version, '') as version"),
           node, lease_ms);
       return true;
     });
@@ -153,9 +153,10 @@ bool projector::claims::tick() {
   // renewed: a process that cannot renew them takes no share.
   writing(db, [&](write_transaction&, write_context& ctx) {
     for (const auto& g : groups_)
-      ctx.exec(with_now(db, "insert into cleave_projector_nodes(node, grp, seen_ms) values ($1, "
-                            "$2, {now}) on conflict(node, grp) do update set seen_ms = "
-                            "excluded.seen_ms"),
+      ctx.exec(with_now(db,
+                        "insert into cleave_projector_nodes(node, grp, seen_ms) values ($1, "
+                        "$2, {now}) on conflict(node, grp) do update set seen_ms = "
+                        "excluded.seen_ms"),
                node, g);
     if (rounds_++ % 64 == 0)  // processes gone for a minute
       ctx.exec(
@@ -171,14 +172,15 @@ bool projector::claims::tick() {
     if (group_units.empty()) continue;
     const auto live = std::max<std::int64_t>(
         1, reading(db, [&](read_context& ctx) {
-             return ctx
-                 .one<std::int64_t>(with_now(db, "select count(*) from cleave_projector_nodes where "
-                                             "grp = $1 and seen_ms >= {now} - $2"),
-                                    groups_[g], lease_ms)
-                 .value_or(1);
-           }));
-    const auto share = (group_units.size() + static_cast<std::size_t>(live) - 1) /
-                       static_cast<std::size_t>(live);
+          return ctx
+              .one<std::int64_t>(with_now(db,
+                                          "select count(*) from cleave_projector_nodes where "
+                                          "grp = $1 and seen_ms >= {now} - $2"),
+                                 groups_[g], lease_ms)
+              .value_or(1);
+        }));
+    const auto share =
+        (group_units.size() + static_cast<std::size_t>(live) - 1) / static_cast<std::size_t>(live);
     std::vector<unit_ref> mine, others;
     for (const auto& u : group_units) (held.contains(u.name) ? mine : others).push_back(u);
     while (mine.size() > share) {
@@ -203,9 +205,10 @@ bool projector::claims::tick() {
   for (const auto& u : to_release) releases.emplace_back(u.p->views, u.name);
   for (const auto& [s, name] : releases)
     writing(*s, [&](write_transaction&, write_context& ctx) {
-      return ctx.exec("update cleave_checkpoints set owner = null, lease_until_ms = 0 where "
-                      "name = $1 and owner = $2",
-                      name, node) >= 0;
+      return ctx.exec(
+                 "update cleave_checkpoints set owner = null, lease_until_ms = 0 where "
+                 "name = $1 and owner = $2",
+                 name, node) >= 0;
     });
   // The units free now (none held, or its lease run out), to try only those.
   std::set<std::string, std::less<>> free;
@@ -213,8 +216,9 @@ bool projector::claims::tick() {
     for (auto* s : stores)
       for (auto& name : reading(*s, [&](read_context& ctx) {
              return ctx.many<std::string>(with_now(
-                 *s, "select name from cleave_checkpoints where owner is null or lease_until_ms < "
-                     "{now}"));
+                 *s,
+                 "select name from cleave_checkpoints where owner is null or lease_until_ms < "
+                 "{now}"));
            }))
         free.insert(std::move(name));
   bool gained = false;

@@ -62,7 +62,7 @@ class projector::claims {
   const std::chrono::milliseconds lease_;
   mutable std::mutex mutex_;
   std::map<std::string, held_unit, std::less<>> held_;  // under mutex_
-  std::size_t units_ = 0;                              // of the groups run; under mutex_
+  std::size_t units_ = 0;                               // of the groups run; under mutex_
   std::mutex stop_mutex_;
   std::condition_variable stop_;
   bool stopping_ = false;  // under stop_mutex_

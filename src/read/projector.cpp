@@ -144,8 +144,12 @@ void projector::add(projection p, store* views) {
   });
   auto types = p.event_types();
   if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
-  entry added{std::move(p), views, std::move(types), version,
-              std::make_unique<std::atomic<bool>>(false), std::move(all_units)};
+  entry added{std::move(p),
+              views,
+              std::move(types),
+              version,
+              std::make_unique<std::atomic<bool>>(false),
+              std::move(all_units)};
   added.upgrading->store(upgrade);
   if (upgrade)
     spdlog::info(
@@ -255,8 +259,8 @@ projection_status projector::status(std::string_view name) {
       projection_status one;
       one.checkpoint = token_of(r.transaction_id, r.position);
       if (rows.size() > 1) fill_lag(db_, one);
-      out.units.push_back({r.name, one.checkpoint,
-                           rows.size() > 1 ? one.lag_events : out.lag_events, r.owner});
+      out.units.push_back(
+          {r.name, one.checkpoint, rows.size() > 1 ? one.lag_events : out.lag_events, r.owner});
     }
   }
   reading(*p.views, [&](read_context& ctx) {

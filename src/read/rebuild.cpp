@@ -399,13 +399,14 @@ class projector::rebuilding {
               "excluded.transaction_id, position = excluded.position, version = excluded.version",
               unit, tx_of(at_), pos_of(at_), p_.version);
       for (const auto& r : rows)
-        if (r.name != name_ && std::find(p_.units.begin(), p_.units.end(), r.name) == p_.units.end())
+        if (r.name != name_ &&
+            std::find(p_.units.begin(), p_.units.end(), r.name) == p_.units.end())
           ctx.exec("delete from cleave_checkpoints where name = $1", r.name);
       tx.exec(fmt::format("alter table {} rename to {}", state_.shadow, live), {});
       // Dead letters now are the rebuild's: the old view's no longer apply.
-      ctx.exec(fmt::format("delete from cleave_dead_letters where {}",
-                           of_projection_sql("projection")),
-               own, prefix, length);
+      ctx.exec(
+          fmt::format("delete from cleave_dead_letters where {}", of_projection_sql("projection")),
+          own, prefix, length);
       ctx.exec("update cleave_dead_letters set projection = $1 where projection = $2", name_,
                state_.shadow);
       ctx.exec(

@@ -39,6 +39,22 @@ struct lease_row {
   std::int64_t epoch = 0;
 };
 
+// Where each unit_tally unit's lease stands now.
+std::map<std::string, lease_row> read_leases(cleave::store& db) {
+  std::map<std::string, lease_row> out;
+  auto& tx = db.begin_read({});
+  tx.query(
+      "select name, case when lease_until_ms > (extract(epoch from clock_timestamp()) * 1000) "
+      "then coalesce(owner, '') else '' end, epoch from cleave_checkpoints "
+      "where name like 'unit_tally#%'",
+      {}, [&](const cleave::row_view& r) {
+        out[std::string(std::get<std::string_view>(r.get(0)))] = {
+            std::string(std::get<std::string_view>(r.get(1))), std::get<std::int64_t>(r.get(2))};
+      });
+  tx.finish();
+  return out;
+}
+
 struct scale : ::testing::Test {
   cleave::testing::postgres_backend backend;
   std::unique_ptr<cleave::store> db = backend.open();
@@ -52,27 +68,13 @@ struct scale : ::testing::Test {
   // A projector process sharing the units as `node`, its log in a file of that name; each event
   // takes `slow_ms` longer.
   pid_t node(const std::string& name, int slow_ms = 0) {
-    return spawn({CLEAVE_FAULT_PROJECTOR, backend.location(), "share", name,
-                  std::to_string(slow_ms)},
-                 log_of(name));
+    return spawn(
+        {CLEAVE_FAULT_PROJECTOR, backend.location(), "share", name, std::to_string(slow_ms)},
+        log_of(name));
   }
   std::string log_of(const std::string& name) { return logs.file(name + ".log"); }
 
-  // Where each unit's lease stands now.
-  std::map<std::string, lease_row> leases() {
-    std::map<std::string, lease_row> out;
-    auto& tx = db->begin_read({});
-    tx.query(
-        "select name, case when lease_until_ms > (extract(epoch from clock_timestamp()) * 1000) "
-        "then coalesce(owner, '') else '' end, epoch from cleave_checkpoints "
-        "where name like 'unit_tally#%'",
-        {}, [&](const cleave::row_view& r) {
-          out[std::string(std::get<std::string_view>(r.get(0)))] = {std::string(std::get<std::string_view>(r.get(1))),
-                                                  std::get<std::int64_t>(r.get(2))};
-        });
-    tx.finish();
-    return out;
-  }
+  std::map<std::string, lease_row> leases() { return read_leases(*db); }
   // How many units `node` holds.
   std::size_t held_by(const std::string& node) {
     std::size_t n = 0;
@@ -188,27 +190,17 @@ TEST_F(scale, units_rebalance_as_nodes_join_and_leave_with_one_owner_at_a_time) 
     std::map<std::string, lease_row> last;
     std::map<std::pair<std::string, std::int64_t>, std::string> owner_of_epoch;
     while (sampling) {
-      std::map<std::string, lease_row> now;
-      auto& tx = sampler_db->begin_read({});
-      tx.query(
-          "select name, case when lease_until_ms > (extract(epoch from clock_timestamp()) * "
-          "1000) then coalesce(owner, '') else '' end, epoch from cleave_checkpoints "
-          "where name like 'unit_tally#%'",
-          {}, [&](const cleave::row_view& r) {
-            now[std::string(std::get<std::string_view>(r.get(0)))] = {std::string(std::get<std::string_view>(r.get(1))),
-                                                    std::get<std::int64_t>(r.get(2))};
-          });
-      tx.finish();
+      const auto now = read_leases(*sampler_db);
       for (const auto& [unit, l] : now) {
         if (auto it = last.find(unit); it != last.end() && l.epoch < it->second.epoch)
           violations.push_back(fmt::format("{}: epoch went back", unit));
         if (l.owner.empty()) continue;
         auto [it, fresh] = owner_of_epoch.emplace(std::pair{unit, l.epoch}, l.owner);
         if (!fresh && it->second != l.owner)
-          violations.push_back(fmt::format("{}: epoch {} held by {} and by {}", unit, l.epoch,
-                                           it->second, l.owner));
+          violations.push_back(
+              fmt::format("{}: epoch {} held by {} and by {}", unit, l.epoch, it->second, l.owner));
       }
-      last = std::move(now);
+      last = now;
       ++samples;
       std::this_thread::sleep_for(10ms);
     }

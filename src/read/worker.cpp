@@ -104,6 +104,24 @@ std::size_t projector::catch_up_async(std::size_t batch, const std::string* grou
   return applied;
 }
 
+void projector::log_worker_failure() {
+  try {
+    throw;
+  } catch (const error_exception& e) {
+    spdlog::error("projector: {}", e.error().describe());
+  } catch (const std::exception& e) {
+    spdlog::error("projector: {}", e.what());
+  } catch (...) {
+    spdlog::error("projector: an unknown failure");
+  }
+}
+
+void projector::sleep_until_woken(worker_slot& slot, std::chrono::milliseconds longest) {
+  std::unique_lock lock(wake_mutex_);
+  wake_.wait_for(lock, longest, [&] { return slot.woken || !running_; });
+  slot.woken = false;
+}
+
 void projector::run_shared_worker(worker_slot& slot) {
   // The units come from the claims; the main group's duties (and upgrades, of every group) from
   // a leader's lease, tried while another process holds it.
@@ -142,18 +160,13 @@ void projector::run_shared_worker(worker_slot& slot) {
           main_group_duties();
         }
       }
-    } catch (const error_exception& e) {
-      spdlog::error("projector: {}", e.error().describe());
-    } catch (const std::exception& e) {
-      spdlog::error("projector: {}", e.what());
+    } catch (...) {
+      log_worker_failure();
     }
     if (applied > 0) continue;
-    std::unique_lock lock(wake_mutex_);
-    const auto wait = !main ? opts_.poll
-                      : leader ? next_wait()
-                               : std::min(next_wait(), opts_.standby_retry);
-    wake_.wait_for(lock, wait, [&] { return slot.woken || !running_; });
-    slot.woken = false;
+    sleep_until_woken(slot, !main    ? opts_.poll
+                            : leader ? next_wait()
+                                     : std::min(next_wait(), opts_.standby_retry));
   }
   slot.leading = false;
 }
@@ -233,18 +246,11 @@ void projector::run_worker(worker_slot& slot) {
         }
         main_group_duties();
       }
-    } catch (const error_exception& e) {
-      spdlog::error("projector: {}", e.error().describe());
-    } catch (const std::exception& e) {
-      spdlog::error("projector: {}", e.what());
+    } catch (...) {
+      log_worker_failure();
     }
     if (applied > 0) continue;
-    {
-      std::unique_lock lock(wake_mutex_);
-      wake_.wait_for(lock, main ? next_wait() : opts_.poll,
-                     [&] { return slot.woken || !running_; });
-      slot.woken = false;
-    }
+    sleep_until_woken(slot, main ? next_wait() : opts_.poll);
     if (held && !held->held()) lost();
   }
   slot.leading = false;

@@ -368,6 +368,10 @@ class projector {
   void run_worker(worker_slot& slot);
   // run_worker where processes share the units (claims_).
   void run_shared_worker(worker_slot& slot);
+  // Logs the exception being handled (a worker's pass failed; the next one tries again).
+  static void log_worker_failure();
+  // Sleeps until the slot is woken, the projector stops, or `longest` passes.
+  void sleep_until_woken(worker_slot& slot, std::chrono::milliseconds longest);
   // What only the main group's worker does after catching up and checking its lease: leader
   // tasks, retired views.
   void main_group_duties();
