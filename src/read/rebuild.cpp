@@ -514,8 +514,8 @@ rebuild_progress projector::rebuild(std::string_view name, const rebuild_options
     if (options.on_progress) options.on_progress(done);
     return done;
   }
-  std::unique_ptr<lease> reserved;
-  if (!options.reservation && !(reserved = reserve_rebuild(name)))
+  const auto reserved = options.reservation ? nullptr : reserve_rebuild(name);
+  if (!options.reservation && !reserved)
     throw error_exception(
         {errc::conflict,
          fmt::format("'{}' is being rebuilt already (by this or another process)", name),
