@@ -334,6 +334,31 @@ TEST_F(scale, a_replay_of_dead_letters_killed_half_way_moves_no_checkpoint) {
   EXPECT_EQ(differences(), 0);
 }
 
+TEST_F(scale, changing_the_number_of_partitions_rebuilds_the_view_beside_the_live_one) {
+  seed(*db, true, 20'000);
+  {
+    cleave::projector four(*db);
+    four.add(unit_tally(4));
+    four.catch_up();
+  }
+  seed(*db, true, 5'000, "fault.ticked", "t");
+  cleave::projector two(*db);
+  two.add(unit_tally(2));
+  auto status = two.status("unit_tally");
+  EXPECT_TRUE(status.upgrading) << "a new partitioning must be built beside the live view";
+  ASSERT_EQ(status.units.size(), 4u) << "the live view's units stand until the swap";
+  two.catch_up();  // builds version "2 partitions" into a shadow and swaps it in
+  status = two.status("unit_tally");
+  EXPECT_FALSE(status.upgrading);
+  ASSERT_EQ(status.units.size(), 2u);
+  for (const auto& u : status.units) EXPECT_EQ(u.checkpoint, db->head()) << u.name;
+  EXPECT_EQ(scalar(*db, "select count(*) from cleave_checkpoints where name like 'unit_tally#%/4'"),
+            0)
+      << "the old partitioning's checkpoints outlived the swap";
+  EXPECT_EQ(differences(), 0);
+  EXPECT_EQ(applied(), 25'000);
+}
+
 TEST_F(scale, every_unit_advances_past_transactions_that_rolled_back) {
   for (int i = 0; i < 20; ++i) {
     auto& tx = db->begin_write({});
