@@ -268,6 +268,9 @@ void projector::start(std::vector<std::string> groups) {
     slots.push_back(std::make_unique<worker_slot>());
     slots.back()->group = g;
   }
+  // spdlog's registry made here, before the threads whose first lines may come at once (its
+  // lazy start is not seen as synchronized from an uninstrumented library: TSan).
+  (void)spdlog::default_logger_raw();
   auto held = shares_units() ? std::make_unique<claims>(*this, groups) : nullptr;
   {
     std::lock_guard lock(wake_mutex_);  // notify() and leading() read them from any thread
