@@ -53,13 +53,7 @@ position_token projector::checkpoint(std::string_view name) {
   if (const auto* m = find_memory(name)) return m->checkpoint();
   const auto& p = find(name);
   if (p.def.mode() == projection_mode::inline_) return db_.head();
-  // The least of its units': every event up to it is in the view.
-  std::optional<position_token> least;
-  for (const auto& r : unit_checkpoints(p)) {
-    const auto at = token_of(r.transaction_id, r.position);
-    if (!least || at < *least) least = at;
-  }
-  return least.value_or(position_token{});
+  return least_checkpoint(unit_checkpoints(p));
 }
 
 bool projector::commit_batch(const entry& p, std::string_view unit, std::int64_t epoch,

@@ -205,10 +205,11 @@ bool projector::claims::tick() {
   for (const auto& u : to_release) releases.emplace_back(u.p->views, u.name);
   for (const auto& [s, name] : releases)
     writing(*s, [&](write_transaction&, write_context& ctx) {
-      return ctx.exec(
-                 "update cleave_checkpoints set owner = null, lease_until_ms = 0 where "
-                 "name = $1 and owner = $2",
-                 name, node) >= 0;
+      ctx.exec(
+          "update cleave_checkpoints set owner = null, lease_until_ms = 0 where name = $1 and "
+          "owner = $2",
+          name, node);
+      return true;
     });
   // The units free now (none held, or its lease run out), to try only those.
   std::set<std::string, std::less<>> free;

@@ -5,8 +5,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <cleave/core/context.hpp>
 #include <cleave/core/detail/bus_core.hpp>
@@ -124,6 +126,16 @@ inline std::int64_t tx_of(position_token t) {
 }
 inline std::int64_t pos_of(position_token t) {
   return static_cast<std::int64_t>(t.position());
+}
+
+// The least of the units' checkpoints: every event up to it is in the view (empty for none).
+inline position_token least_checkpoint(const std::vector<unit_row>& units) {
+  std::optional<position_token> least;
+  for (const auto& r : units) {
+    const auto at = token_of(r.transaction_id, r.position);
+    if (!least || at < *least) least = at;
+  }
+  return least.value_or(position_token{});
 }
 
 inline std::int64_t unix_ms() {

@@ -247,14 +247,16 @@ projection_status projector::status(std::string_view name) {
   projection_status out;
   out.name = p.def.name();
   out.mode = p.def.mode();
-  out.checkpoint = checkpoint(name);
+  // An async projection's units read once: its checkpoint is the least of theirs.
+  const auto rows =
+      out.mode == projection_mode::async ? unit_checkpoints(p) : std::vector<unit_row>{};
+  out.checkpoint = out.mode == projection_mode::async ? least_checkpoint(rows) : checkpoint(name);
   out.upgrading = p.upgrading->load();
   out.group = p.def.group_name();
   if (out.mode == projection_mode::async || out.mode == projection_mode::materialized) {
     fill_lag(db_, out);
   }
   if (out.mode == projection_mode::async) {
-    const auto rows = unit_checkpoints(p);
     for (const auto& r : rows) {
       projection_status one;
       one.checkpoint = token_of(r.transaction_id, r.position);
