@@ -2,14 +2,18 @@
 // directly, in the same transaction shape and durability, in the same run. One JSON line per case
 // on stdout (case, rate, baseline rate, ratio); progress on stderr.
 //
-// Each command inserts a state row and appends one event to its stream. The baseline issues what
-// the framework issues for it: BEGIN, the state insert, the stream-version read, the event insert
+// Each command inserts a state row and appends one event to its stream. The baseline issues the
+// same effect by hand: BEGIN, the state insert, the stream-version read, the event insert
 // (returning its position), COMMIT (on PostgreSQL with the commit LSN in the same round trip), at
 // the same isolation — and on PostgreSQL at serializable runs a transaction again when the server
-// gives it up, as the bus does. Framework and baseline alternate in slices so drift on a shared
-// machine hits both alike. Each line states the isolation (SQLite's single writer is serializable).
+// gives it up, as the bus does. The postgres_append cases compare against the best hand-written
+// libpq instead: the same two inserts, the version computed in the statement, pipelined with
+// BEGIN and COMMIT in one round trip; and report a one-row insert transaction (pgbench's
+// simplest) beside. Sides alternate in slices so drift on a shared machine hits them alike. Each
+// line states the isolation (SQLite's single writer is serializable).
 //
 // PostgreSQL cases run when CLEAVE_BENCH_PG_URL names a server (make bench starts one).
+// CLEAVE_BENCH_WRITE_CASES=postgres_append,sqlite_full runs the cases whose names begin so.
 
 #include <atomic>
 #include <chrono>
@@ -105,17 +109,26 @@ struct measured {
   double baseline;  // baseline, operations/s
 };
 
+using operation = std::function<void(int, std::uint64_t)>;
+
+// Alternates the sides' slices, in turn; each side gets `rounds` slices. Returns each side's
+// operations/s.
+std::vector<double> compare_all(int clients, int rounds, std::chrono::milliseconds slice,
+                                const std::vector<operation>& sides) {
+  std::vector<std::uint64_t> done(sides.size(), 0);
+  for (int r = 0; r < rounds; ++r)
+    for (std::size_t i = 0; i < sides.size(); ++i) done[i] += run_slice(clients, slice, sides[i]);
+  const double seconds = std::chrono::duration<double>(slice).count() * rounds;
+  std::vector<double> rates;
+  for (const auto d : done) rates.push_back(static_cast<double>(d) / seconds);
+  return rates;
+}
+
 // Alternates baseline and framework slices; each side gets `rounds` slices.
 measured compare(int clients, int rounds, std::chrono::milliseconds slice,
-                 const std::function<void(int, std::uint64_t)>& framework,
-                 const std::function<void(int, std::uint64_t)>& baseline) {
-  std::uint64_t f = 0, b = 0;
-  for (int r = 0; r < rounds; ++r) {
-    b += run_slice(clients, slice, baseline);
-    f += run_slice(clients, slice, framework);
-  }
-  const double seconds = std::chrono::duration<double>(slice).count() * rounds;
-  return {static_cast<double>(f) / seconds, static_cast<double>(b) / seconds};
+                 const operation& framework, const operation& baseline) {
+  const auto rates = compare_all(clients, rounds, slice, {baseline, framework});
+  return {rates[1], rates[0]};
 }
 
 void report(std::string_view name, const measured& m, int clients, std::string_view extra = "") {
@@ -305,6 +318,134 @@ class pg_baseline {
   const char* begin_;
 };
 
+// The best hand-written libpq for a command's effect: BEGIN, the state insert, the event insert
+// with its stream version computed in the statement, COMMIT and the commit's LSN, all sent in
+// one round trip (pipeline mode); at serializable, run again when the server gives it up.
+class pg_pipelined_baseline {
+ public:
+  explicit pg_pipelined_baseline(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    prepare("state", "insert into items(id, quantity) values ($1, $2)");
+    prepare("event",
+            "insert into cleave_events(stream, stream_version, type, payload) "
+            "select $1, coalesce(max(stream_version), 0) + 1, $2, $3::jsonb from cleave_events "
+            "where stream = $1 and stream <> '' returning position, transaction_id::text");
+    PQenterPipelineMode(conn_);
+  }
+  ~pg_pipelined_baseline() { PQfinish(conn_); }
+
+  void command(const std::string& id, std::int64_t quantity) {
+    const std::string q = std::to_string(quantity);
+    const std::string payload = cleave::json{{"id", id}, {"quantity", quantity}}.dump();
+    while (!attempt(id, q, payload)) ++retries;
+  }
+  std::uint64_t retries = 0;
+
+ private:
+  // False when the server gave the transaction up (serialization failure or deadlock).
+  bool attempt(const std::string& id, const std::string& q, const std::string& payload) {
+    send("begin isolation level serializable");
+    const char* state[] = {id.c_str(), q.c_str()};
+    PQsendQueryPrepared(conn_, "state", 2, state, nullptr, nullptr, 0);
+    const char* event[] = {id.c_str(), "bench.item_placed", payload.c_str()};
+    PQsendQueryPrepared(conn_, "event", 3, event, nullptr, nullptr, 0);
+    send("commit");
+    send("select pg_current_wal_lsn()::text");
+    PQpipelineSync(conn_);
+    const bool ok = drain();
+    if (!ok) {
+      send("rollback");
+      PQpipelineSync(conn_);
+      drain();
+    }
+    return ok;
+  }
+  void send(const char* sql) {
+    PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+  }
+  // Reads every answer up to the sync; false when a statement was given up.
+  bool drain() {
+    bool ok = true;
+    for (;;) {
+      PGresult* r = PQgetResult(conn_);
+      if (!r) continue;  // the end of one statement's answer
+      const auto s = PQresultStatus(r);
+      if (s == PGRES_PIPELINE_SYNC) {
+        PQclear(r);
+        return ok;
+      }
+      if (s == PGRES_FATAL_ERROR) {
+        const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        if (!state || (std::string_view(state) != "40001" && std::string_view(state) != "40P01")) {
+          std::fprintf(stderr, "pipelined baseline: %s\n", PQresultErrorMessage(r));
+          std::exit(1);
+        }
+        ok = false;
+      }
+      PQclear(r);
+    }
+  }
+  void prepare(const char* name, const char* sql) {
+    PQclear(PQprepare(conn_, name, sql, 0, nullptr));
+  }
+  PGconn* conn_;
+};
+
+// A pgbench-style one-row insert transaction: one statement in its own transaction.
+class pg_one_row_insert {
+ public:
+  explicit pg_one_row_insert(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    PQclear(PQprepare(conn_, "row", "insert into items(id, quantity) values ($1, $2)", 0, nullptr));
+  }
+  ~pg_one_row_insert() { PQfinish(conn_); }
+  void insert(const std::string& id) {
+    const char* params[] = {id.c_str(), "1"};
+    PGresult* r = PQexecPrepared(conn_, "row", 2, params, nullptr, nullptr, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+      std::fprintf(stderr, "one-row insert: %s\n", PQresultErrorMessage(r));
+      std::exit(1);
+    }
+    PQclear(r);
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// A command that inserts one row and emits one event, through the bus, against the pipelined
+// hand-written baseline and a one-row insert transaction, at the same client count.
+void postgres_append_case(std::string_view name, const std::string& url, int clients,
+                          std::chrono::milliseconds slice) {
+  cleave::postgres::store db{{.url = url, .pool_size = static_cast<std::size_t>(clients)}};
+  db.migrate("bench", schema);
+  cleave::command_bus commands{&db};
+  commands.add(&place<bench::place_item>);
+  std::vector<std::unique_ptr<pg_pipelined_baseline>> raw;
+  std::vector<std::unique_ptr<pg_one_row_insert>> rows;
+  for (int c = 0; c < clients; ++c) {
+    raw.push_back(std::make_unique<pg_pipelined_baseline>(url));
+    rows.push_back(std::make_unique<pg_one_row_insert>(url));
+  }
+  std::atomic<std::uint64_t> conflicts{0};
+  const auto rates = compare_all(
+      clients, 3, slice,
+      {[&](int c, std::uint64_t n) {
+         raw[static_cast<std::size_t>(c)]->command(unique_id("b", c, n), 1);
+       },
+       [&](int c, std::uint64_t n) {
+         send_or_exit(commands, "framework", bench::place_item{unique_id("f", c, n), 1}, conflicts);
+       },
+       [&](int c, std::uint64_t n) {
+         rows[static_cast<std::size_t>(c)]->insert(unique_id("r", c, n));
+       }});
+  std::uint64_t baseline_retries = 0;
+  for (const auto& r : raw) baseline_retries += r->retries;
+  report(name, {rates[1], rates[0]}, clients,
+         fmt::format(",\"isolation\":\"serializable\",\"baseline_shape\":\"pipelined\","
+                     "\"one_row_insert_tx\":{:.0f},\"ratio_to_one_row_insert_tx\":{:.3f},"
+                     "\"conflicts\":{},\"baseline_retries\":{}",
+                     rates[2], rates[1] / rates[2], conflicts.load(), baseline_retries));
+}
+
 // C is the command: bench::place_item (serializable, the default) or one that opts down.
 template <class C>
 void postgres_case(std::string_view name, const std::string& url, int clients,
@@ -363,6 +504,22 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
                      per_group, conflicts.load(), to_normal));
 }
 
+// Whether case `name` runs: CLEAVE_BENCH_WRITE_CASES is a comma-separated list of name
+// prefixes (empty or unset: every case).
+bool wanted(std::string_view name) {
+  const char* v = std::getenv("CLEAVE_BENCH_WRITE_CASES");
+  if (!v || !*v) return true;
+  std::string_view list(v);
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    const auto prefix = list.substr(0, comma);
+    if (!prefix.empty() && name.starts_with(prefix)) return true;
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -373,10 +530,13 @@ int main(int argc, char** argv) {
   std::fprintf(stderr,
                "cleave_bench_write: %s slices of %lld ms, alternating baseline and framework\n",
                quick ? "quick" : "full", static_cast<long long>(slice.count()));
-  sqlite_case("sqlite_full_1client", cleave::sqlite::durability::full, slice);
-  const double normal_rate =
-      sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
-  {
+  if (wanted("sqlite_full_1client"))
+    sqlite_case("sqlite_full_1client", cleave::sqlite::durability::full, slice);
+  const bool group = wanted("sqlite_group_commit_32");
+  double normal_rate = 0;
+  if (group || wanted("sqlite_normal_1client"))
+    normal_rate = sqlite_case("sqlite_normal_1client", cleave::sqlite::durability::normal, slice);
+  if (group) {
     const std::string dir = fmt::format("/tmp/cleave-bench-group-{}", ::getpid());
     std::filesystem::remove_all(dir);
     cleave::sqlite::store db{{.path = dir + "/bench.db", .sync = cleave::sqlite::durability::full}};
@@ -384,12 +544,21 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(dir);
   }
   if (const char* url = std::getenv("CLEAVE_BENCH_PG_URL"); url && *url) {
-    postgres_case<bench::place_item>("postgres_1client", url, 1, slice);
-    postgres_case<bench::place_item>("postgres_16clients", url, 16, slice);
-    postgres_case<bench::place_item_read_committed>("postgres_16clients_read_committed", url, 16,
-                                                    slice);
-    cleave::postgres::store db{{.url = url, .pool_size = 32}};
-    group_commit_case("postgres_group_commit_32", db, 32, 4, slice);
+    if (wanted("postgres_append_1client"))
+      postgres_append_case("postgres_append_1client", url, 1, slice);
+    if (wanted("postgres_append_16clients"))
+      postgres_append_case("postgres_append_16clients", url, 16, slice);
+    if (wanted("postgres_1client"))
+      postgres_case<bench::place_item>("postgres_1client", url, 1, slice);
+    if (wanted("postgres_16clients"))
+      postgres_case<bench::place_item>("postgres_16clients", url, 16, slice);
+    if (wanted("postgres_16clients_read_committed"))
+      postgres_case<bench::place_item_read_committed>("postgres_16clients_read_committed", url, 16,
+                                                      slice);
+    if (wanted("postgres_group_commit_32")) {
+      cleave::postgres::store db{{.url = url, .pool_size = 32}};
+      group_commit_case("postgres_group_commit_32", db, 32, 4, slice);
+    }
   } else {
     std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");
   }

@@ -126,20 +126,30 @@ result<void> write_once(session_source* source, const message_info& info, const 
         remember_failure(*source, info, meta, step, outcome.error());
       return outcome;
     }
+    // Two retries raced (possible where writers run concurrently): the loser's record of the id
+    // collides — when it is made, or at the commit where the backend sends it with the COMMIT;
+    // its effects are rolled back and it returns the winner's outcome.
+    const auto lost_race = [&](const error_exception& e) -> std::optional<remembered_outcome> {
+      if (!idempotent || e.error().category != errc::conflict) return std::nullopt;
+      return look_up(*source, meta);
+    };
     if (idempotent) {
       try {
         tx->remember(first_outcome(info, meta, step, std::nullopt));
       } catch (const error_exception& e) {
-        // Two retries raced (possible where writers run concurrently): the loser's record of
-        // the id collides; its effects are rolled back and it returns the winner's outcome.
         tx.rollback();
-        if (e.error().category != errc::conflict) throw;
-        auto prior = look_up(*source, meta);
+        auto prior = lost_race(e);
         if (!prior) throw;
         return replay(*prior, info, meta, out, step);
       }
     }
-    out.position = tx.commit();  // on failure the transaction is already over
+    try {
+      out.position = tx.commit();  // on failure the transaction is already over
+    } catch (const error_exception& e) {
+      auto prior = lost_race(e);
+      if (!prior) throw;
+      return replay(*prior, info, meta, out, step);
+    }
     return {};
   } catch (const transient_error&) {
     throw;

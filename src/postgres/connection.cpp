@@ -1,5 +1,6 @@
 #include "connection.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstdlib>
@@ -33,6 +34,7 @@ db_failure failure_of(std::string_view state) {
   if (state == "23514") return db_failure::check;
   if (state == "23502") return db_failure::not_null;
   if (state == "P0001") return db_failure::raised;
+  if (state == "CLV01") return db_failure::stream_version;  // cleave_next_version()
   if (state == "40001") return db_failure::serialization;
   if (state == "40P01") return db_failure::deadlock;
   if (state == "25006") return db_failure::read_only;
@@ -44,11 +46,15 @@ db_failure failure_of(std::string_view state) {
   return db_failure::other;
 }
 
-std::int64_t result_set::affected() const {
-  std::string_view t = PQcmdTuples(result_);
+std::int64_t rows_affected(PGresult* r) {
+  std::string_view t = PQcmdTuples(r);
   std::int64_t v = 0;
   std::from_chars(t.data(), t.data() + t.size(), v);
   return v;
+}
+
+std::int64_t result_set::affected() const {
+  return rows_affected(result_);
 }
 
 std::uint64_t result_set::binary_u64(int row, int column) const {
@@ -119,6 +125,7 @@ connection::connection(const std::string& url, int connect_timeout) {
 }
 
 connection::~connection() {
+  forget_rows();
   PQfinish(conn_);
 }
 
@@ -296,9 +303,13 @@ auto connection::with_params(std::string_view sql, std::span<const sql_value> pa
 
 result_set connection::run(std::string_view sql, std::span<const sql_value> params,
                            result_format format) {
-  if (pipelining_) sync();
-  const auto& name = prepared_name(sql, false);
   const int binary = format == result_format::binary;
+  if (pipelining_) {  // sent after the queued statements, in the same round trip
+    const auto ticket = queue_run(sql, params, binary, true);
+    sync();
+    return std::move(*take(ticket));
+  }
+  const auto& name = prepared_name(sql, false);
   return with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
     if (!guarded())
       return result_set(
@@ -310,24 +321,55 @@ result_set connection::run(std::string_view sql, std::span<const sql_value> para
   });
 }
 
-std::uint64_t connection::defer(std::string_view sql, std::span<const sql_value> params) {
-  if (!pipelining_) {
-    if (PQenterPipelineMode(conn_) == 0) fail(nullptr, "queueing", sql);
-    pipelining_ = true;
-  }
-  const auto& name = prepared_name(sql, true);
+void connection::enter_pipeline(std::string_view sql) {
+  if (pipelining_) return;
+  if (PQenterPipelineMode(conn_) == 0) fail(nullptr, "queueing", sql);
+  pipelining_ = true;
+}
+
+std::uint64_t connection::queued_run(std::string_view sql, bool keep) {
   const auto ticket = rows_.size() + queued_rows_;
-  with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
-    if (PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, 0) == 0)
-      fail(nullptr, "queueing", sql);
-    return 0;
-  });
-  queued_.push_back({std::string(sql), false, ticket});
+  queued_.push_back({std::string(sql), false, ticket, keep});
   ++queued_rows_;
   // The answers wait in the server's socket buffer until read: a sync every so many keeps them
   // (and the server) from filling it.
   if (queued_rows_ >= max_queued) sync();
   return ticket;
+}
+
+std::uint64_t connection::queue_run(std::string_view sql, std::span<const sql_value> params,
+                                    int binary, bool keep) {
+  enter_pipeline(sql);
+  const auto& name = prepared_name(sql, true);
+  with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
+    if (PQsendQueryPrepared(conn_, name.c_str(), count, values, lengths, nullptr, binary) == 0)
+      fail(nullptr, "queueing", sql);
+    return 0;
+  });
+  return queued_run(sql, keep);
+}
+
+std::uint64_t connection::defer(std::string_view sql, std::span<const sql_value> params,
+                                bool keep) {
+  return queue_run(sql, params, 0, keep);
+}
+
+std::uint64_t connection::defer_plain(std::string_view sql, bool keep) {
+  enter_pipeline(sql);
+  const std::string text(sql);
+  if (PQsendQueryParams(conn_, text.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) == 0)
+    fail(nullptr, "queueing", sql);
+  return queued_run(sql, keep);
+}
+
+std::optional<result_set> connection::take(std::uint64_t ticket) {
+  if (ticket >= rows_.size()) sync();
+  const auto it =
+      std::find_if(kept_.begin(), kept_.end(), [&](const auto& k) { return k.first == ticket; });
+  if (it == kept_.end()) return std::nullopt;
+  result_set r(it->second);
+  kept_.erase(it);
+  return r;
 }
 
 std::int64_t connection::rows_of(std::uint64_t ticket) {
@@ -337,6 +379,8 @@ std::int64_t connection::rows_of(std::uint64_t ticket) {
 
 void connection::forget_rows() noexcept {
   rows_.clear();
+  for (auto& k : kept_) PQclear(k.second);
+  kept_.clear();
 }
 
 void connection::sync() {
@@ -352,6 +396,7 @@ void connection::sync() {
   const auto until = limit();
   std::size_t i = 0;
   std::int64_t count = 0;
+  PGresult* answer = nullptr;  // the answer of statement i, when it is kept
   bool broke = !sent;
   // Each queued statement's answer (a result, then null), then the sync's. A statement after a
   // failed one is answered "aborted"; a preparation that did not succeed is forgotten.
@@ -368,6 +413,7 @@ void connection::sync() {
         break;
       }
       if (!queued_[i].prepare) rows_.push_back(count);
+      if (answer) kept_.emplace_back(queued_[i].ticket, std::exchange(answer, nullptr));
       count = 0;
       ++i;
       continue;
@@ -378,11 +424,18 @@ void connection::sync() {
       break;
     }
     const bool prepare = i < queued_.size() && queued_[i].prepare;
+    const bool keep = i < queued_.size() && queued_[i].keep;
+    const auto keep_or_clear = [&](PGresult* kept) {
+      if (keep) {
+        PQclear(answer);
+        answer = kept;
+      } else {
+        PQclear(kept);
+      }
+    };
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
-      if (!prepare)
-        count = result_set(r).affected();
-      else
-        PQclear(r);
+      if (!prepare) count = rows_affected(r);
+      keep_or_clear(r);
       continue;
     }
     if (prepare) prepared_.erase(queued_[i].sql);
@@ -390,9 +443,10 @@ void connection::sync() {
       failed = r;
       failed_sql = i < queued_.size() ? queued_[i].sql : "";
     } else {
-      PQclear(r);
+      keep_or_clear(r);
     }
   }
+  PQclear(answer);
   if (broke || PQexitPipelineMode(conn_) == 0) {
     // The connection broke or a deadline ran out: it cannot be used again.
     const bool lost = PQstatus(conn_) != CONNECTION_OK;

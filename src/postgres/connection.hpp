@@ -23,6 +23,9 @@ namespace cleave::postgres::detail {
 // The kind of failure a SQLSTATE reports (unique violation, serialization failure, ...).
 cleave::detail::db_failure failure_of(std::string_view sqlstate);
 
+// The number of rows an INSERT, UPDATE or DELETE answered with `r` changed.
+std::int64_t rows_affected(PGresult* r);
+
 // An owned PGresult, readable as rows.
 class result_set final : public row_view {
  public:
@@ -75,9 +78,17 @@ class connection {
   result_set script(std::string_view sql);
 
   // Queues a statement (pipeline mode, entered by the first): its answer is read with the
-  // others' at the next sync() — which any statement run or script() takes first, and which a
-  // thousand queued statements take by themselves. Returns its ticket for rows_of().
-  std::uint64_t defer(std::string_view sql, std::span<const sql_value> params);
+  // others' at the next sync() — which a thousand queued statements take by themselves. A run()
+  // while statements are queued is queued after them and sent with them in the same round trip;
+  // script() syncs first. Returns its ticket for rows_of(), and for take() when `keep`.
+  std::uint64_t defer(std::string_view sql, std::span<const sql_value> params, bool keep = false);
+  // Queues one statement without parameters and unprepared (BEGIN, SET LOCAL, COMMIT).
+  std::uint64_t defer_plain(std::string_view sql, bool keep = false);
+  // Whether statements are queued, not yet synced.
+  bool pipelining() const noexcept { return pipelining_; }
+  // The answer of a statement queued with `keep`, once synced (failed or aborted ones too); an
+  // empty optional when none came (the connection broke first) or it was taken.
+  std::optional<result_set> take(std::uint64_t ticket);
   // Reads the queued statements' answers and leaves pipeline mode; throws the first failure
   // among them as run() would (a broken connection or a deadline that ran out: errc::timeout).
   void sync();
@@ -85,7 +96,7 @@ class connection {
   void discard_queued() noexcept;
   // The rows queued statement `ticket` changed (sync()s first when it is still queued).
   std::int64_t rows_of(std::uint64_t ticket);
-  // Forgets the counts of earlier transactions' queued statements.
+  // Forgets the counts and kept answers of earlier transactions' queued statements.
   void forget_rows() noexcept;
   // Sends statements without parameters and returns each one's result as it came, up to the
   // first failure, or fewer when the connection broke; never throws. For a commit whose answer
@@ -144,12 +155,21 @@ class connection {
     std::string sql;
     bool prepare = false;
     std::uint64_t ticket = 0;
+    bool keep = false;  // its answer is kept for take()
   };
+  // Queues a run of a prepared statement (text or binary results); returns its ticket.
+  std::uint64_t queue_run(std::string_view sql, std::span<const sql_value> params, int binary,
+                          bool keep);
+  // Enters pipeline mode when not in it yet.
+  void enter_pipeline(std::string_view sql);
+  // Notes a queued run; syncs when max_queued runs wait.
+  std::uint64_t queued_run(std::string_view sql, bool keep);
   static constexpr std::size_t max_queued = 1000;
   bool pipelining_ = false;
   std::vector<queued> queued_;
-  std::size_t queued_rows_ = 0;     // runs queued (not preparations)
-  std::vector<std::int64_t> rows_;  // the answered runs' counts, by ticket
+  std::size_t queued_rows_ = 0;                            // runs queued (not preparations)
+  std::vector<std::int64_t> rows_;                         // the answered runs' counts, by ticket
+  std::vector<std::pair<std::uint64_t, PGresult*>> kept_;  // kept answers, by ticket
 
   clock::time_point guard_ = clock::time_point::max();
   std::optional<std::chrono::milliseconds> within_;

@@ -24,6 +24,7 @@ namespace {
 using detail::connection;
 using detail::parse_lsn;
 using detail::parse_u64;
+using detail::result_set;
 
 // The class (first key) of the advisory locks taken on streams: "clv" in ASCII, apart from the
 // single-key locks of migrations and leases.
@@ -63,20 +64,39 @@ std::string retention_interval(std::chrono::seconds s) {
 
 }  // namespace
 
+// The version an append gets is computed by the insert itself (cleave_next_version), which
+// checks the version before it when the caller was told one or expected one: nothing is read
+// first, unless the caller wants the version and this transaction does not know it yet.
 std::uint64_t store::impl::session::append(const pending_event& e) {
-  std::int64_t version = 0;
+  std::uint64_t version = 0;
+  std::optional<std::int64_t> check;
   if (!e.stream.empty()) {
     auto known = std::find_if(stream_versions.begin(), stream_versions.end(),
                               [&](const auto& v) { return v.first == e.stream; });
-    if (known == stream_versions.end()) {
+    if (known == stream_versions.end())
+      known = stream_versions.insert(stream_versions.end(), {std::string(e.stream), std::nullopt});
+    const bool pending = !known->second && std::any_of(unsent.begin(), unsent.end(), [&](auto& u) {
+      return u.stream == e.stream;
+    });
+    if (!known->second && !e.expected_version && e.version_wanted) {
+      if (pending || !inserts.empty()) {  // what was appended to it must be counted first
+        send_appends();
+        conn->sync();
+        read_inserts();
+      }
       const sql_value stream[] = {e.stream};
-      const auto current = static_cast<std::uint64_t>(
+      known->second = static_cast<std::uint64_t>(
           conn->run(cleave::detail::stream_version_sql, stream).integer(0, 0));
-      known = stream_versions.insert(stream_versions.end(), {std::string(e.stream), current});
     }
-    known->second =
-        cleave::detail::next_stream_version(e.stream, known->second, e.expected_version);
-    version = static_cast<std::int64_t>(known->second);
+    if (known->second) {
+      version = cleave::detail::next_stream_version(e.stream, *known->second, e.expected_version);
+      check = static_cast<std::int64_t>(version - 1);
+      known->second = version;
+    } else if (e.expected_version) {
+      version = *e.expected_version + 1;
+      check = static_cast<std::int64_t>(*e.expected_version);
+      known->second = version;
+    }
   }
   std::string payload = e.payload.dump();
   // Refused now, as the database would refuse it when it is sent.
@@ -85,16 +105,17 @@ std::uint64_t store::impl::session::append(const pending_event& e) {
                                      "an appended event's stream or payload holds U+0000",
                                      correlation_id);
   unsent.push_back({std::string(e.stream), std::string(e.type), std::move(payload), command_id,
-                    correlation_id, version});
-  return static_cast<std::uint64_t>(version);
+                    correlation_id, check});
+  return version;
 }
 
 // Two transactions appending to the same streams in opposite orders would each hold the index
 // entry of one stream's next version while waiting for the other's: a deadlock. So the events
-// are sent together, once the handler is done, and a transaction appending to several streams
+// are queued together, once the handler is done, and a transaction appending to several streams
 // first takes a lock per stream (a transaction-scoped advisory lock, released at its end) in one
 // order for everybody: the one that gets the first lock appends to all of them before the other
-// can. The events keep the order the handler appended them in.
+// can. The events keep the order the handler appended them in. Queued, they travel with the
+// statement that next waits for an answer — at the latest COMMIT.
 void store::impl::session::send_appends() {
   if (unsent.empty()) return;
   std::vector<std::int32_t> locks;
@@ -102,38 +123,57 @@ void store::impl::session::send_appends() {
     if (!u.stream.empty()) locks.push_back(stream_lock_key(u.stream));
   std::sort(locks.begin(), locks.end());
   locks.erase(std::unique(locks.begin(), locks.end()), locks.end());
-  if (locks.size() > 1) {  // (one stream alone waits for one other transaction at most)
-    std::string sql;
+  if (locks.size() > 1)  // (one stream alone waits for one other transaction at most)
     for (const auto key : locks)
-      sql += fmt::format("select pg_advisory_xact_lock({}, {});", stream_lock_class, key);
-    conn->script(sql);
-  }
+      conn->defer_plain(
+          fmt::format("select pg_advisory_xact_lock({}, {})", stream_lock_class, key));
   const auto sending = std::exchange(unsent, {});
   for (const auto& u : sending) {
-    const pending_event e{u.type, u.stream, json(), std::nullopt};
-    const auto params =
-        cleave::detail::event_row_params(e, u.version, u.payload, u.command_id, u.correlation_id);
-    auto r = conn->run(
+    const sql_value params[] = {std::string_view(u.stream),
+                                u.check ? sql_value{*u.check} : sql_value{},
+                                std::string_view(u.type),
+                                std::string_view(u.payload),
+                                cleave::detail::text_or_null(u.command_id),
+                                cleave::detail::text_or_null(u.correlation_id)};
+    inserts.push_back(conn->defer(
         "insert into cleave_events(stream, stream_version, type, payload, command_id, "
-        "correlation_id) values ($1, $2, $3, $4::jsonb, $5, $6) "
+        "correlation_id) values ($1, cleave_next_version($1, $2), $3, $4::jsonb, $5, $6) "
         "returning position, transaction_id::text",
-        params);
-    last_position = static_cast<std::uint64_t>(r.integer(0, 0));
-    transaction_id = parse_u64(r.text(0, 1));
+        params, /*keep=*/true));
+    appended = true;
   }
 }
 
-// Held appends follow savepoints (group commit puts each member in one): those held are sent
-// before a savepoint is taken, and those held since are dropped when it is rolled back to — as
-// is what this transaction knows of its streams' versions, read again on the next append.
+void store::impl::session::read_inserts() {
+  for (const auto ticket : std::exchange(inserts, {})) {
+    auto r = conn->take(ticket);
+    if (!r || r->status() != PGRES_TUPLES_OK || r->rows() == 0) continue;
+    last_position = std::max(last_position, static_cast<std::uint64_t>(r->integer(0, 0)));
+    transaction_id = parse_u64(r->text(0, 1));
+  }
+}
+
+// Held appends follow savepoints (group commit puts each member in one): those held are queued
+// before a savepoint is taken or released, and those held since are dropped when it is rolled
+// back to — as is what this transaction knows of its streams' versions, read again on the next
+// append.
 std::int64_t store::impl::session::exec(std::string_view sql, std::span<const sql_value> params) {
-  if (starts_with_words(sql, "savepoint")) {
+  if (starts_with_words(sql, "savepoint") || starts_with_words(sql, "release")) {
     send_appends();
   } else if (starts_with_words(sql, "rollback to")) {
     unsent.clear();
     stream_versions.clear();
+    conn->discard_queued();  // (their failure is why it rolls back)
+    inserts.clear();
   }
   return conn->run(sql, params).affected();
+}
+
+write_session::deferred store::impl::session::defer(std::string_view sql,
+                                                    std::span<const sql_value> params) {
+  if (starts_with_words(sql, "rollback to")) return {exec(sql, params), 0};
+  if (starts_with_words(sql, "savepoint") || starts_with_words(sql, "release")) send_appends();
+  return {-1, conn->defer(sql, params)};
 }
 
 std::optional<remembered_outcome> store::impl::session::remembered() {
@@ -157,37 +197,31 @@ std::optional<remembered_outcome> store::impl::session::remembered() {
   return std::move(*prior);
 }
 
+// Queued, to travel with COMMIT. A live record of the id (a racing retry won) makes the insert
+// fail with a unique violation — a conflict, at the commit; an expired one not yet purged is
+// deleted first and gives way. The record's transaction and position are the database's own:
+// this transaction's id and the last position it appended, when it appended.
 void store::impl::session::remember(const remembered_outcome& outcome) {
   send_appends();  // the outcome records their position
   const std::string text = outcome_to_json(outcome).dump();
   const auto keep = retention_interval(owner->opts.outcome_retention);
-  const std::string xid = std::to_string(transaction_id);  // 0 when nothing was appended
-  const sql_value row[] = {std::string_view(command_id),
-                           std::string_view(outcome.command_type),
-                           std::string_view(text),
-                           std::string_view(xid),
-                           static_cast<std::int64_t>(last_position),
-                           std::string_view(keep)};
-  // A live record for the id means a racing retry won: no row changes, and this transaction
-  // is a conflict. An expired one not yet purged gives way.
-  auto r = conn->run(
+  const sql_value expired[] = {std::string_view(command_id), std::string_view(keep)};
+  conn->defer(
+      "delete from cleave_commands where command_id = $1 and recorded_at < now() - $2::interval",
+      expired);
+  const sql_value row[] = {std::string_view(command_id), std::string_view(outcome.command_type),
+                           std::string_view(text), std::int64_t{appended ? 1 : 0}};
+  conn->defer(
       "insert into cleave_commands(command_id, command_type, outcome, transaction_id, "
-      "position) "
-      "values ($1, $2, $3::jsonb, $4::text::xid8, $5) "
-      "on conflict (command_id) do update set command_type = excluded.command_type, "
-      "  outcome = excluded.outcome, transaction_id = excluded.transaction_id, "
-      "  position = excluded.position, recorded_at = now() "
-      "where cleave_commands.recorded_at < now() - $6::interval",
+      "position) values ($1, $2, $3::jsonb, "
+      "case when $4::int = 1 then pg_current_xact_id() else '0'::xid8 end, "
+      "case when $4::int = 1 then currval(pg_get_serial_sequence('cleave_events', 'position')) "
+      "else 0 end)",
       row);
-  if (r.affected() == 0)
-    throw error_exception(
-        {errc::conflict,
-         fmt::format("command id '{}' was recorded by a concurrent retry", command_id),
-         {}});
   if (owner->outcomes_recorded.fetch_add(1) % cleave::detail::outcome_purge_every ==
       cleave::detail::outcome_purge_every - 1) {
     const sql_value older[] = {std::string_view(keep)};
-    conn->run("delete from cleave_commands where recorded_at < now() - $1::interval", older);
+    conn->defer("delete from cleave_commands where recorded_at < now() - $1::interval", older);
   }
 }
 
@@ -201,49 +235,59 @@ void store::impl::session::rebind(const request_meta& meta) {
   conn->set_correlation_id(meta.correlation_id);
 }
 
-// One round trip: the transaction's id (when it has one: it wrote), COMMIT, and the WAL position
-// after it, each answer read on its own. COMMIT answered is the outcome. When the connection
-// breaks before COMMIT's answer, the transaction id says where to ask what became of it; without
-// one the transaction wrote nothing and committing it or not is the same.
+// One round trip: what is still queued (BEGIN when nothing was sent yet, the handler's queued
+// statements, the appends, the outcome's record), the transaction's id (when it has one: it
+// wrote), COMMIT, and the WAL position after it, each answer read on its own. COMMIT answered is
+// the outcome. When the connection breaks before COMMIT's answer, the transaction id says where
+// to ask what became of it; without one the transaction wrote nothing and committing it or not
+// is the same.
 position_token store::impl::session::commit() {
   // Past the deadline nothing is sent: the answer is a definite timeout, not an unknown commit.
   if (conn->out_of_time()) {
     rollback();
     cleave::detail::throw_deadline_passed("before the command committed");
   }
+  std::exception_ptr failure;
+  std::optional<result_set> id_answer, commit_answer, lsn_answer;
   try {
     send_appends();
+    const auto id_ticket =
+        conn->defer_plain("select pg_current_xact_id_if_assigned()::text", /*keep=*/true);
+    const auto commit_ticket = conn->defer_plain("commit", /*keep=*/true);
+    const auto lsn_ticket = conn->defer_plain("select pg_current_wal_lsn()::text", /*keep=*/true);
+    try {
+      conn->sync();
+    } catch (...) {
+      failure = std::current_exception();  // the first statement that failed, or the connection
+    }
+    read_inserts();
+    const auto keep = [&](std::optional<result_set>& into, std::uint64_t ticket) {
+      if (auto a = conn->take(ticket)) into.emplace(std::move(*a));
+    };
+    keep(id_answer, id_ticket);
+    keep(commit_answer, commit_ticket);
+    keep(lsn_answer, lsn_ticket);
   } catch (...) {
     rollback();  // gives the session back: after the error is made
     throw;
   }
-  auto answers = conn->script_results(
-      "select pg_current_xact_id_if_assigned()::text; commit; select pg_current_wal_lsn()::text");
-  const auto ok = [&](std::size_t i) {
-    return answers.size() > i &&
-           (answers[i].status() == PGRES_TUPLES_OK || answers[i].status() == PGRES_COMMAND_OK);
+  const auto answered = [](const std::optional<result_set>& a) {
+    return a && a->status() == PGRES_TUPLES_OK && a->rows() == 1;
   };
   std::optional<std::uint64_t> xid;
-  if (ok(0)) xid = answers[0].is_null(0, 0) ? 0 : parse_u64(answers[0].text(0, 0));
+  if (answered(id_answer)) xid = id_answer->is_null(0, 0) ? 0 : parse_u64(id_answer->text(0, 0));
   if (transaction_id != 0) xid = transaction_id;
-  const std::uint64_t lsn = ok(2) ? parse_lsn(answers[2].text(0, 0)) : 0;
-  const bool committed = ok(1) && answers[1].command_tag() == "COMMIT";
+  const std::uint64_t lsn = answered(lsn_answer) ? parse_lsn(lsn_answer->text(0, 0)) : 0;
+  const bool committed = commit_answer && commit_answer->status() == PGRES_COMMAND_OK &&
+                         commit_answer->command_tag() == "COMMIT";
   if (!committed && conn->healthy()) {
-    // A definite refusal (a serialization failure at commit, a deferred constraint): the
-    // transaction is rolled back; its error says why.
-    for (auto& a : answers)
-      if (a.status() == PGRES_FATAL_ERROR) {
-        try {
-          conn->raise(std::move(a), "committing");
-        } catch (...) {
-          rollback();  // gives the session back: after the error is made
-          throw;
-        }
-      }
-    rollback();
+    // A definite refusal (a statement's failure, a serialization failure at commit, a deferred
+    // constraint): the transaction is rolled back; its error says why.
+    rollback();  // gives the session back: after the error is made
+    if (failure) std::rethrow_exception(failure);
     throw error_exception({errc::internal, "the transaction was rolled back at its commit", {}});
   }
-  const bool appended = transaction_id != 0;
+  const bool wrote_events = appended;
   // What is needed after the session is given back (another request may take it at once).
   const position_token so_far(transaction_id, last_position, lsn);
   impl& pool = *owner;
@@ -259,7 +303,7 @@ position_token store::impl::session::commit() {
                              {}});
     pool.resolve_commit(*xid, until);
   }
-  if (appended) pool.announce_commit();
+  if (wrote_events) pool.announce_commit();
   return so_far;
 }
 
@@ -303,8 +347,15 @@ void store::impl::session::rollback() noexcept {
   try {
     // Past the deadline too: a rollback that is answered keeps the connection.
     if (conn->healthy()) conn->guard_until(clock::now() + std::chrono::seconds(1));
-    conn->discard_queued();  // (their failure may be why it rolls back)
-    conn->script("rollback");
+    // Sent with what is queued (their failure may be why it rolls back, and then it is skipped,
+    // and sent again on its own).
+    std::optional<result_set> rolled_back;
+    if (conn->pipelining()) {
+      const auto ticket = conn->defer_plain("rollback", /*keep=*/true);
+      conn->discard_queued();
+      if (auto a = conn->take(ticket)) rolled_back.emplace(std::move(*a));
+    }
+    if (!rolled_back || rolled_back->status() != PGRES_COMMAND_OK) conn->script("rollback");
   } catch (...) {
     // A broken connection is replaced when given back.
   }

@@ -46,6 +46,23 @@ constexpr migration own_migrations[] = {
     {3, "snapshots", cleave::detail::snapshots_schema},
     {4, "snapshot shapes", cleave::detail::snapshot_shapes_schema},
     {5, "scheduled commands", cleave::detail::schedules_schema},
+    // The version of an event appended to a stream, computed in the insert that appends it (one
+    // statement, no read before it): the stream's current version + 1, and a conflict (SQLSTATE
+    // CLV01) when the caller expected another current version.
+    {6, "stream versions in the append",
+     "create function cleave_next_version(p_stream text, p_expected bigint) returns bigint "
+     "language plpgsql as $$ "
+     "declare v_current bigint; "
+     "begin "
+     "  if p_stream = '' then return 0; end if; "
+     "  select coalesce(max(stream_version), 0) into v_current from cleave_events "
+     "    where stream = p_stream and stream <> ''; "
+     "  if p_expected is not null and v_current <> p_expected then "
+     "    raise exception using errcode = 'CLV01', message = format("
+     "      'stream ''%s'' is at version %s, expected %s', p_stream, v_current, p_expected); "
+     "  end if; "
+     "  return v_current + 1; "
+     "end $$"},
 };
 
 }  // namespace
@@ -116,14 +133,21 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     s->conn->answer_within(replica_up ? std::optional(opts.replica_timeout) : std::nullopt);
     s->conn->set_writing(p == purpose::write);
     s->conn->forget_rows();  // (the counts of another transaction's queued statements)
+    // A write transaction's BEGIN is queued, and travels with its first statement; a read's is
+    // sent now, so that a replica that cannot answer is found here.
+    const auto begin_with = [&](std::string_view sql) {
+      if (p == purpose::write)
+        s->conn->defer_plain(sql);
+      else
+        s->conn->script(sql);
+    };
+    begin_with(begin);
     if (bounded) {
       now = clock::now();
       const auto left = std::clamp<std::int64_t>(
           std::chrono::ceil<std::chrono::milliseconds>(meta.deadline - now).count(), 1, INT_MAX);
-      s->conn->script(fmt::format(
-          "{}; set local statement_timeout = {}; set local lock_timeout = {}", begin, left, left));
-    } else {
-      s->conn->script(begin);
+      begin_with(fmt::format("set local statement_timeout = {}", left));
+      begin_with(fmt::format("set local lock_timeout = {}", left));
     }
   } catch (...) {
     // A standby that cannot be reached, or stops answering, is set aside; one that was merely
@@ -137,8 +161,10 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
   s->rebind(meta);
   s->transaction_id = 0;
   s->last_position = 0;
+  s->appended = false;
   s->unsent.clear();
   s->stream_versions.clear();
+  s->inserts.clear();
   return *s;
 }
 

@@ -52,16 +52,20 @@ struct store::impl {
     std::unique_ptr<detail::connection> conn;
     // Copied from the request, which need not outlive the transaction.
     std::string command_id, correlation_id;
-    std::uint64_t transaction_id = 0;  // set when the first appended event is sent
+    std::uint64_t transaction_id = 0;  // known once an appended event's insert is answered
     std::uint64_t last_position = 0;
-    // Events appended but not sent yet (send_appends), and the version each stream appended to
-    // has reached in this transaction.
+    bool appended = false;  // an event's insert was queued or sent in this transaction
+    // Events appended but not queued yet (send_appends), each with the stream version its insert
+    // checks (the version before it, when the caller was told one), and what this transaction
+    // knows of its streams' versions: nullopt while an insert whose version the database
+    // computes is pending.
     struct unsent_event {
       std::string stream, type, payload, command_id, correlation_id;
-      std::int64_t version = 0;
+      std::optional<std::int64_t> check;
     };
     std::vector<unsent_event> unsent;
-    std::vector<std::pair<std::string, std::uint64_t>> stream_versions;
+    std::vector<std::pair<std::string, std::optional<std::uint64_t>>> stream_versions;
+    std::vector<std::uint64_t> inserts;  // tickets of queued inserts not yet read back
     clock::time_point deadline = clock::time_point::max();  // the request's
 
     void query(std::string_view sql, std::span<const sql_value> params,
@@ -74,9 +78,9 @@ struct store::impl {
     }
     std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
     // Queued in the connection's pipeline: sent with the next statements in one round trip.
-    deferred defer(std::string_view sql, std::span<const sql_value> params) override {
-      return {-1, conn->defer(sql, params)};
-    }
+    deferred defer(std::string_view sql, std::span<const sql_value> params) override;
+    // Reads back the positions of the inserts answered so far.
+    void read_inserts();
     std::int64_t deferred_rows(std::uint64_t ticket) override { return conn->rows_of(ticket); }
     void script(std::string_view sql) override { conn->script(sql); }
 
@@ -90,6 +94,8 @@ struct store::impl {
     void rebind(const request_meta& meta) override;
     position_token position_so_far() override {
       send_appends();
+      conn->sync();
+      read_inserts();
       return position_token(transaction_id, last_position);
     }
 

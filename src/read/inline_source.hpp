@@ -4,6 +4,7 @@
 // the command's own transaction, and wake the async worker after each commit. Internal to
 // src/read.
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -43,7 +44,16 @@ class projector::inline_source final : public session_source {
     void begin(write_transaction& inner) noexcept { inner_ = &inner; }
 
     std::uint64_t append(const pending_event& e) override {
-      const auto version = inner_->append(e);
+      const bool handled = std::any_of(
+          owner.owner_.projections_.begin(), owner.owner_.projections_.end(), [&](const auto& p) {
+            return p.def.mode() == projection_mode::inline_ && p.def.handler_for(e.type);
+          });
+      if (!handled) return inner_->append(e);
+      // Its handlers get the event as stored: with its stream version.
+      const auto version =
+          e.version_wanted
+              ? inner_->append(e)
+              : inner_->append({e.type, e.stream, e.payload, e.expected_version, true});
       stored_event stored;
       for (const auto& entry : owner.owner_.projections_) {
         const auto& p = entry.def;

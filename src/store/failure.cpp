@@ -28,6 +28,8 @@ plain plain_of(db_failure kind) {
       return {errc::internal, "a required column was given no value"};
     case db_failure::raised:
       return {errc::rejected, "a rule of the database refused the change"};
+    case db_failure::stream_version:
+      return {errc::conflict, "the stream is at another version than expected"};
     case db_failure::serialization:
       return {errc::conflict, "a concurrent command changed what this one read; try again"};
     case db_failure::deadlock:
@@ -72,7 +74,10 @@ void throw_db_failure(db_failure kind, std::string_view detail, std::string_view
                          ? spdlog::level::warn
                          : spdlog::level::info;
   spdlog::log(level, "database: {} [correlation {}]", detail, correlation_id);
-  std::string text(kind == db_failure::raised && !raised.empty() ? raised : message);
+  std::string text((kind == db_failure::raised || kind == db_failure::stream_version) &&
+                           !raised.empty()
+                       ? raised
+                       : message);
   if (category == errc::internal && !correlation_id.empty())
     text += fmt::format(" (correlation id {})", correlation_id);
   error e{category, std::move(text), {}};

@@ -101,6 +101,12 @@ class group_commit::member final : public detail::forwarding_transaction {
   std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override {
     return dooming([&] { return inner_->exec(sql, params); });
   }
+  deferred defer(std::string_view sql, std::span<const sql_value> params) override {
+    return dooming([&] { return inner_->defer(sql, params); });
+  }
+  std::int64_t deferred_rows(std::uint64_t ticket) override {
+    return dooming([&] { return inner_->deferred_rows(ticket); });
+  }
   std::uint64_t append(const pending_event& e) override {
     return dooming([&] { return inner_->append(e); });
   }
@@ -114,9 +120,11 @@ class group_commit::member final : public detail::forwarding_transaction {
     position_token mine;
     try {
       if (doomed_) std::rethrow_exception(doomed_);
+      // Queued where the backend queues statements: the release travels with the member's
+      // appends, in the round trip that learns their positions.
       dooming([&] {
+        lane_.shared->defer("release savepoint cleave_member", {});
         mine = lane_.shared->position_so_far();  // (a backend holding appends sends them now)
-        lane_.shared->exec("release savepoint cleave_member", {});
       });
       ++lane_.members;
     } catch (...) {
@@ -181,7 +189,7 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
       l.members = 0;
     }
     l.shared->rebind(meta);
-    l.shared->exec("savepoint cleave_member", {});
+    l.shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
     l.running->join();
   } catch (...) {
     l.abandon(std::current_exception());

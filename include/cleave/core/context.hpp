@@ -187,31 +187,34 @@ class write_context : public read_context {
   // The command's idempotency key; empty when the caller gave none.
   const std::string& command_id() const noexcept { return meta_->command_id; }
 
-  // Runs one statement in the command's transaction; returns the number of rows changed.
+  // Runs one statement in the command's transaction; returns the number of rows changed. On
+  // PostgreSQL the statement is queued and sent with the next one that needs an answer (a
+  // query, a count read, at the latest COMMIT): its failure surfaces there, as the command's.
   template <class... Args>
-  std::int64_t exec(std::string_view sql, const Args&... args) {
+  rows_changed exec(std::string_view sql, const Args&... args) {
     if (!write_) detail::throw_no_store();
     const std::array<sql_value, sizeof...(Args)> params{detail::to_sql(args)...};
-    return write_->exec(sql, params);
+    return {*write_, write_->defer(sql, params)};
   }
 
   // Appends an event to the log in the command's transaction: it commits or rolls back with the
-  // state change. `stream` names the aggregate or entity the event belongs to. Returns the
-  // stream's version after the append.
+  // state change. `stream` names the aggregate or entity the event belongs to. The stream's
+  // version is the database's to give (on PostgreSQL in the insert itself, with the commit);
+  // the overload with an expected version returns the version after the append.
   template <class E>
-  std::uint64_t emit(std::string_view stream, const E& e) {
-    return append(stream, e, std::nullopt);
+  void emit(std::string_view stream, const E& e) {
+    append(stream, e, std::nullopt, false);
   }
   // As emit(stream, e), but a conflict (errc::conflict, thrown and turned into the command's
   // error) unless the stream's version is `expected_version` before the append.
   template <class E>
   std::uint64_t emit(std::string_view stream, const E& e, std::uint64_t expected_version) {
-    return append(stream, e, expected_version);
+    return append(stream, e, expected_version, true);
   }
   // Appends an event that belongs to no stream.
   template <class E>
   void emit(const E& e) {
-    append(std::string_view{}, e, std::nullopt);
+    append(std::string_view{}, e, std::nullopt, false);
   }
 
   // Schedules `command` to be sent at `when`, stored in this transaction: it exists only if this
@@ -255,11 +258,13 @@ class write_context : public read_context {
 
  private:
   template <class E>
-  std::uint64_t append(std::string_view stream, const E& e, std::optional<std::uint64_t> expected) {
+  std::uint64_t append(std::string_view stream, const E& e, std::optional<std::uint64_t> expected,
+                       bool version_wanted) {
     static_assert(event<E>,
                   "emit() takes an event: declare it with CLEAVE_EVENT(type, \"name\", fields...)");
     if (!write_) detail::throw_no_store();
-    return write_->append(pending_event{info_of<E>().wire_name, stream, to_json(e), expected});
+    return write_->append(
+        pending_event{info_of<E>().wire_name, stream, to_json(e), expected, version_wanted});
   }
 
   write_session* write_;

@@ -113,6 +113,10 @@ struct pending_event {
   // When set, the append is a conflict unless the stream's current version (its number of
   // events, 0 for a new stream) equals this.
   std::optional<std::uint64_t> expected_version;
+  // Whether the caller uses the version append() returns. When it does not, and sets no expected
+  // version, a backend may leave the version to the database and return 0 (PostgreSQL then reads
+  // nothing before the insert, which travels with the commit).
+  bool version_wanted = true;
 };
 
 // Read access to a store. Implementations throw cleave::error_exception on failure.
@@ -156,6 +160,21 @@ class write_session : public read_session {
   // (0 for an event without a stream). Throws an error_exception with errc::conflict when the
   // expected version does not match.
   virtual std::uint64_t append(const pending_event& event) = 0;
+};
+
+// The rows a statement changed. A statement queued (write_session::defer: PostgreSQL's pipeline
+// mode) is sent with the ones after it in one round trip: reading this count waits for its
+// answer. Read it before the transaction ends.
+class rows_changed {
+ public:
+  rows_changed(write_session& tx, write_session::deferred d) noexcept : tx_(&tx), d_(d) {}
+  operator std::int64_t() const {  // NOLINT: implicit, as the count it stands for
+    return d_.rows >= 0 ? d_.rows : tx_->deferred_rows(d_.ticket);
+  }
+
+ private:
+  write_session* tx_;
+  write_session::deferred d_;
 };
 
 // The first outcome of a command that carried an id, returned again to every retry.

@@ -45,20 +45,6 @@ struct refresh_policy {
 // `sql` with every `{view}` replaced by `table`: the statement a projection's SQL runs as.
 std::string expand_view(std::string_view sql, std::string_view table);
 
-// The rows a view's statement changed. In an async batch on PostgreSQL the statement is queued
-// and sent with the batch's others in one round trip: reading this count waits for its answer.
-class rows_changed {
- public:
-  rows_changed(write_session& tx, write_session::deferred d) noexcept : tx_(&tx), d_(d) {}
-  operator std::int64_t() const {  // NOLINT: implicit, as the count it stands for
-    return d_.rows >= 0 ? d_.rows : tx_->deferred_rows(d_.ticket);
-  }
-
- private:
-  write_session* tx_;
-  write_session::deferred d_;
-};
-
 // What a projection handler gets: SQL on its view (`{view}` stands for the table) in the
 // transaction that applies the event, and the event as stored.
 class view_context {

@@ -15,6 +15,7 @@ enum class db_failure {
   check,                // a CHECK constraint
   not_null,             // a NOT NULL column given none
   raised,               // a trigger or function refused with its own message (author's text)
+  stream_version,       // an append expected another stream version (cleave's own message)
   serialization,        // given up to keep transactions serializable (transient)
   deadlock,             // two transactions waited for each other (transient)
   read_only,            // a write in a read-only transaction
@@ -34,7 +35,7 @@ enum class db_failure {
 // Logs `detail` (spdlog: error for bugs, warn when unavailable, debug for transient failures,
 // info otherwise) and throws the plain error of `kind`: a cleave::transient_error for
 // serialization failures and deadlocks, else a cleave::error_exception. `raised` is the message a
-// trigger or function gave, passed on for db_failure::raised.
+// trigger or function gave, passed on for db_failure::raised and db_failure::stream_version.
 [[noreturn]] void throw_db_failure(db_failure kind, std::string_view detail,
                                    std::string_view correlation_id, std::string_view raised = {});
 

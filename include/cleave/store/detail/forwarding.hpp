@@ -16,6 +16,12 @@ class forwarding_transaction : public write_transaction {
     return inner_->exec(sql, params);
   }
   void script(std::string_view sql) override { inner_->script(sql); }
+  deferred defer(std::string_view sql, std::span<const sql_value> params) override {
+    return inner_->defer(sql, params);
+  }
+  std::int64_t deferred_rows(std::uint64_t ticket) override {
+    return inner_->deferred_rows(ticket);
+  }
   std::uint64_t append(const pending_event& e) override { return inner_->append(e); }
   std::optional<remembered_outcome> remembered() override { return inner_->remembered(); }
   void remember(const remembered_outcome& o) override { inner_->remember(o); }
