@@ -131,7 +131,11 @@ result<void> write_once(session_source* source, const message_info& info, const 
     // its effects are rolled back and it returns the winner's outcome.
     const auto lost_race = [&](const error_exception& e) -> std::optional<remembered_outcome> {
       if (!idempotent || e.error().category != errc::conflict) return std::nullopt;
-      return look_up(*source, meta);
+      try {
+        return look_up(*source, meta);
+      } catch (...) {
+        return std::nullopt;  // the conflict stands
+      }
     };
     if (idempotent) {
       try {
@@ -145,6 +149,8 @@ result<void> write_once(session_source* source, const message_info& info, const 
     }
     try {
       out.position = tx.commit();  // on failure the transaction is already over
+    } catch (const transient_error&) {
+      throw;  // run again: a retry finds the winner's outcome first
     } catch (const error_exception& e) {
       auto prior = lost_race(e);
       if (!prior) throw;

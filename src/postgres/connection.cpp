@@ -232,7 +232,7 @@ const std::string& connection::prepared_name(std::string_view sql, bool queue) {
   if (queue) {  // its answer comes with the pipeline's
     if (PQsendPrepare(conn_, name.c_str(), text.c_str(), 0, nullptr) == 0)
       fail(nullptr, "preparing", sql);
-    queued_.push_back({text, true, 0});
+    queued_.push_back({text, true, next_ticket()});  // (the run it prepares for)
   } else {
     PQclear(!guarded()
                 ? check(PQprepare(conn_, name.c_str(), text.c_str(), 0, nullptr), "preparing", sql)
@@ -328,17 +328,22 @@ void connection::enter_pipeline(std::string_view sql) {
 }
 
 std::uint64_t connection::queued_run(std::string_view sql, bool keep) {
-  const auto ticket = rows_.size() + queued_rows_;
+  const auto ticket = next_ticket();
   queued_.push_back({std::string(sql), false, ticket, keep});
   ++queued_rows_;
-  // The answers wait in the server's socket buffer until read: a sync every so many keeps them
-  // (and the server) from filling it.
-  if (queued_rows_ >= max_queued) sync();
   return ticket;
+}
+
+void connection::make_room() {
+  // The answers wait in the server's socket buffer until read: a sync every so many keeps them
+  // (and the server) from filling it. Taken before a statement is queued, never after: a
+  // statement queued is sent with the sync of whoever queued it (COMMIT with commit's own).
+  if (queued_rows_ >= max_queued) sync();
 }
 
 std::uint64_t connection::queue_run(std::string_view sql, std::span<const sql_value> params,
                                     int binary, bool keep) {
+  make_room();
   enter_pipeline(sql);
   const auto& name = prepared_name(sql, true);
   with_params(sql, params, [&](int count, const char* const* values, const int* lengths) {
@@ -355,6 +360,7 @@ std::uint64_t connection::defer(std::string_view sql, std::span<const sql_value>
 }
 
 std::uint64_t connection::defer_plain(std::string_view sql, bool keep) {
+  make_room();
   enter_pipeline(sql);
   const std::string text(sql);
   if (PQsendQueryParams(conn_, text.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) == 0)
@@ -383,7 +389,7 @@ void connection::forget_rows() noexcept {
   kept_.clear();
 }
 
-void connection::sync() {
+void connection::sync(std::uint64_t tolerate_from) {
   if (!pipelining_) return;
   PGresult* failed = nullptr;
   std::string failed_sql;
@@ -397,6 +403,7 @@ void connection::sync() {
   std::size_t i = 0;
   std::int64_t count = 0;
   PGresult* answer = nullptr;  // the answer of statement i, when it is kept
+  bool tolerated = false;      // a statement from tolerate_from on failed first
   bool broke = !sent;
   // Each queued statement's answer (a result, then null), then the sync's. A statement after a
   // failed one is answered "aborted"; a preparation that did not succeed is forgotten.
@@ -439,7 +446,11 @@ void connection::sync() {
       continue;
     }
     if (prepare) prepared_.erase(queued_[i].sql);
-    if (!failed && status != PGRES_PIPELINE_ABORTED) {
+    if (!failed && status != PGRES_PIPELINE_ABORTED && i < queued_.size() &&
+        queued_[i].ticket >= tolerate_from) {
+      keep_or_clear(r);  // tolerated: the caller rolls back past it
+      tolerated = true;
+    } else if (!failed && !tolerated && status != PGRES_PIPELINE_ABORTED) {
       failed = r;
       failed_sql = i < queued_.size() ? queued_[i].sql : "";
     } else {
@@ -458,6 +469,19 @@ void connection::sync() {
   }
   finish();
   if (failed) fail(failed, "running", failed_sql);
+}
+
+bool connection::closed_by_server() {
+  if (!healthy()) return true;
+  if (pipelining_) return false;
+  // An idle connection has nothing to read; a server that ended it sent its error and closed.
+  pollfd fd{PQsocket(conn_), static_cast<short>(POLLIN | POLLRDHUP), 0};
+  if (::poll(&fd, 1, 0) <= 0) return false;
+  if ((fd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) return true;
+  // (Read twice: the first may stop at the message, the second meets the end.)
+  for (int i = 0; i < 2; ++i)
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) return true;
+  return false;
 }
 
 void connection::discard_queued() noexcept {

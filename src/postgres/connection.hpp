@@ -2,6 +2,7 @@
 // Thin RAII over libpq: a connection that prepares each statement once.
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
@@ -91,7 +92,14 @@ class connection {
   std::optional<result_set> take(std::uint64_t ticket);
   // Reads the queued statements' answers and leaves pipeline mode; throws the first failure
   // among them as run() would (a broken connection or a deadline that ran out: errc::timeout).
-  void sync();
+  // A first failure of a statement with ticket `tolerate_from` or later is not thrown (the
+  // caller rolls back to a savepoint taken there).
+  void sync(std::uint64_t tolerate_from = UINT64_MAX);
+  // The ticket the next queued statement gets.
+  std::uint64_t next_ticket() const noexcept { return rows_.size() + queued_rows_; }
+  // Whether the server already closed the connection (a restart, an administrator's kill), found
+  // from what it sent while the connection lay in the pool, without a round trip.
+  bool closed_by_server();
   // Drops the queued statements' answers without raising (before a rollback).
   void discard_queued() noexcept;
   // The rows queued statement `ticket` changed (sync()s first when it is still queued).
@@ -162,8 +170,10 @@ class connection {
                           bool keep);
   // Enters pipeline mode when not in it yet.
   void enter_pipeline(std::string_view sql);
-  // Notes a queued run; syncs when max_queued runs wait.
+  // Notes a queued run; returns its ticket.
   std::uint64_t queued_run(std::string_view sql, bool keep);
+  // Syncs when max_queued runs wait, before another is queued.
+  void make_room();
   static constexpr std::size_t max_queued = 1000;
   bool pipelining_ = false;
   std::vector<queued> queued_;

@@ -154,25 +154,36 @@ void store::impl::session::read_inserts() {
 }
 
 // Held appends follow savepoints (group commit puts each member in one): those held are queued
-// before a savepoint is taken or released, and those held since are dropped when it is rolled
-// back to — as is what this transaction knows of its streams' versions, read again on the next
-// append.
-std::int64_t store::impl::session::exec(std::string_view sql, std::span<const sql_value> params) {
-  if (starts_with_words(sql, "savepoint") || starts_with_words(sql, "release")) {
+// before a savepoint is taken or released. Rolling back to the last savepoint drops those held
+// since, and the answers of statements queued since (their failure is why it rolls back), but
+// not those before it: an earlier failure is still thrown, and earlier inserts' positions kept.
+// What this transaction knows of its streams' versions is dropped, read again when needed.
+void store::impl::session::before_savepoint_statement(std::string_view sql) {
+  if (starts_with_words(sql, "savepoint")) {
+    send_appends();
+    savepoint = savepoint_mark{conn->next_ticket(), appended};
+  } else if (starts_with_words(sql, "release")) {
     send_appends();
   } else if (starts_with_words(sql, "rollback to")) {
     unsent.clear();
     stream_versions.clear();
-    conn->discard_queued();  // (their failure is why it rolls back)
-    inserts.clear();
+    const auto mark = savepoint.value_or(savepoint_mark{0, false});
+    conn->sync(mark.ticket);
+    std::erase_if(inserts, [&](std::uint64_t t) { return t >= mark.ticket; });
+    read_inserts();
+    appended = mark.appended;
   }
+}
+
+std::int64_t store::impl::session::exec(std::string_view sql, std::span<const sql_value> params) {
+  before_savepoint_statement(sql);
   return conn->run(sql, params).affected();
 }
 
 write_session::deferred store::impl::session::defer(std::string_view sql,
                                                     std::span<const sql_value> params) {
   if (starts_with_words(sql, "rollback to")) return {exec(sql, params), 0};
-  if (starts_with_words(sql, "savepoint") || starts_with_words(sql, "release")) send_appends();
+  before_savepoint_statement(sql);
   return {-1, conn->defer(sql, params)};
 }
 
@@ -287,6 +298,12 @@ position_token store::impl::session::commit() {
     if (failure) std::rethrow_exception(failure);
     throw error_exception({errc::internal, "the transaction was rolled back at its commit", {}});
   }
+  // The server refused BEGIN itself (it was shutting the connection down): nothing ran.
+  bool never_began = false;
+  if (!committed) {
+    auto begun = conn->take(begin_ticket);
+    never_began = begun && begun->status() != PGRES_COMMAND_OK;
+  }
   const bool wrote_events = appended;
   // What is needed after the session is given back (another request may take it at once).
   const position_token so_far(transaction_id, last_position, lsn);
@@ -294,7 +311,8 @@ position_token store::impl::session::commit() {
   const auto until = deadline;
   pool.give_back(this);  // a broken connection is replaced
   if (!committed) {
-    if (xid == 0u) return position_token(0, 0, 0);  // it wrote nothing
+    if (never_began && failure) std::rethrow_exception(failure);  // (unavailable: try again)
+    if (xid == 0u) return position_token(0, 0, 0);                // it wrote nothing
     if (!xid)
       throw error_exception({errc::outcome_unknown,
                              "the connection to the database was lost while the command "
@@ -351,11 +369,16 @@ void store::impl::session::rollback() noexcept {
     // and sent again on its own).
     std::optional<result_set> rolled_back;
     if (conn->pipelining()) {
-      const auto ticket = conn->defer_plain("rollback", /*keep=*/true);
-      conn->discard_queued();
-      if (auto a = conn->take(ticket)) rolled_back.emplace(std::move(*a));
+      try {
+        const auto ticket = conn->defer_plain("rollback", /*keep=*/true);
+        conn->discard_queued();
+        if (auto a = conn->take(ticket)) rolled_back.emplace(std::move(*a));
+      } catch (...) {
+        // (What was queued failed before ROLLBACK was: it is sent on its own below.)
+      }
     }
-    if (!rolled_back || rolled_back->status() != PGRES_COMMAND_OK) conn->script("rollback");
+    if (conn->healthy() && (!rolled_back || rolled_back->status() != PGRES_COMMAND_OK))
+      conn->script("rollback");
   } catch (...) {
     // A broken connection is replaced when given back.
   }

@@ -121,7 +121,7 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     free.pop_back();
   }
   try {
-    if (!s->conn || !s->conn->healthy()) {
+    if (!s->conn || s->conn->closed_by_server()) {
       s->conn.reset();
       s->conn = std::make_unique<connection>(opts.url);
     }
@@ -136,12 +136,11 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
     // A write transaction's BEGIN is queued, and travels with its first statement; a read's is
     // sent now, so that a replica that cannot answer is found here.
     const auto begin_with = [&](std::string_view sql) {
-      if (p == purpose::write)
-        s->conn->defer_plain(sql);
-      else
-        s->conn->script(sql);
+      if (p == purpose::write) return s->conn->defer_plain(sql, /*keep=*/true);
+      s->conn->script(sql);
+      return std::uint64_t{0};
     };
-    begin_with(begin);
+    s->begin_ticket = begin_with(begin);
     if (bounded) {
       now = clock::now();
       const auto left = std::clamp<std::int64_t>(
@@ -165,6 +164,7 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
   s->unsent.clear();
   s->stream_versions.clear();
   s->inserts.clear();
+  s->savepoint.reset();
   return *s;
 }
 

@@ -66,6 +66,14 @@ struct store::impl {
     std::vector<unsent_event> unsent;
     std::vector<std::pair<std::string, std::optional<std::uint64_t>>> stream_versions;
     std::vector<std::uint64_t> inserts;  // tickets of queued inserts not yet read back
+    std::uint64_t begin_ticket = 0;      // BEGIN's, queued with the first statement
+    // The last savepoint taken: the ticket of the first statement after it, and whether events
+    // had been appended before it (rolling back to it keeps those, and drops the rest).
+    struct savepoint_mark {
+      std::uint64_t ticket = 0;
+      bool appended = false;
+    };
+    std::optional<savepoint_mark> savepoint;
     clock::time_point deadline = clock::time_point::max();  // the request's
 
     void query(std::string_view sql, std::span<const sql_value> params,
@@ -81,6 +89,8 @@ struct store::impl {
     deferred defer(std::string_view sql, std::span<const sql_value> params) override;
     // Reads back the positions of the inserts answered so far.
     void read_inserts();
+    // What a savepoint, its release or a rollback to it does to held appends (session.cpp).
+    void before_savepoint_statement(std::string_view sql);
     std::int64_t deferred_rows(std::uint64_t ticket) override { return conn->rows_of(ticket); }
     void script(std::string_view sql) override { conn->script(sql); }
 

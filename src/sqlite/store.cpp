@@ -59,6 +59,13 @@ store::impl::impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.
   write_conn->script(o.sync == durability::full ? "pragma synchronous = full"
                                                 : "pragma synchronous = normal");
   write_conn->script("pragma foreign_keys = on");
+  if (!memory)
+    checkpoints = std::make_unique<detail::checkpointer>(
+        o.path, write_conn->handle(),
+        detail::checkpointer::writer_lock{
+            [this](clock::time_point until) { return write_mutex.try_lock_until(until); },
+            [this] { write_mutex.unlock(); }},
+        detail::checkpointer::limits{});
   write_tx.owner = this;
 }
 

@@ -6,17 +6,18 @@
 #include <cleave/sqlite/store.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <semaphore>
 #include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "checkpointer.hpp"
 #include "connection.hpp"
 
 namespace cleave::sqlite::detail {
@@ -109,19 +110,39 @@ struct store::impl {
   std::atomic<std::uint64_t> commits{0};  // write transactions committed by this store
   // The single writer's lock. Not a std::mutex: under group commit the shared transaction may
   // end (and give the lock back) on another thread than the one that began it, which a
-  // std::mutex forbids; a semaphore allows it.
+  // std::mutex forbids. Nor a std::binary_semaphore: the one of GCC 12's libstdc++ can miss a
+  // release and sleep for ever (seen: a command's writer hung after a projector's batch).
   class write_lock {
    public:
-    void lock() { free_.acquire(); }
-    bool try_lock_until(clock::time_point until) { return free_.try_acquire_until(until); }
-    void unlock() { free_.release(); }
+    void lock() {
+      std::unique_lock guard(mutex_);
+      free_cv_.wait(guard, [&] { return !held_; });
+      held_ = true;
+    }
+    bool try_lock_until(clock::time_point until) {
+      std::unique_lock guard(mutex_);
+      if (!free_cv_.wait_until(guard, until, [&] { return !held_; })) return false;
+      held_ = true;
+      return true;
+    }
+    void unlock() {
+      {
+        std::lock_guard guard(mutex_);
+        held_ = false;
+      }
+      free_cv_.notify_one();
+    }
 
    private:
-    std::binary_semaphore free_{1};
+    std::mutex mutex_;
+    std::condition_variable free_cv_;
+    bool held_ = false;
   };
   write_lock write_mutex;
   std::uint64_t outcomes_recorded = 0;  // guarded by write_mutex
   std::unique_ptr<detail::connection> write_conn;
+  // Its WAL checkpoints, off its commits (a file database; ended before write_conn).
+  std::unique_ptr<detail::checkpointer> checkpoints;
   writer write_tx;
   reader memory_reader;
   std::mutex readers_mutex;
