@@ -43,6 +43,16 @@ cleave::projection notes() {
   return p;
 }
 
+struct add_note {
+  std::string id;
+};
+CLEAVE_COMMAND(add_note, "wiring.add_note", id)
+
+cleave::result<void> adding(const add_note& c, cleave::write_context& tx) {
+  tx.emit(c.id, note_added{c.id});
+  return {};
+}
+
 TEST(app_wiring, reads_of_a_misspelt_query_or_projection_fail_at_start_naming_the_known_ones) {
   cleave::app app{in_memory()};
   app.queries().add(by_id);
@@ -183,6 +193,27 @@ TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
   }
   EXPECT_THAT(run(app, {"send", "--help"}).out, ::testing::HasSubstr("--id KEY"));
   EXPECT_THAT(run(app, {"projections", "rebuild", "--help"}).out, ::testing::HasSubstr("--verify"));
+}
+
+// `load` sends one command from many threads for a while and says how many went through: every
+// one of them is in the log, with the first send that checked the command runs.
+TEST(app_verbs, load_sends_a_command_from_many_threads_and_counts_what_went_through) {
+  cleave::app app{in_memory()};
+  app.commands().add(adding);
+  app.migrate();
+  const auto r =
+      run(app, {"load", "wiring.add_note", R"({"id":"n"})", "--clients", "4", "--seconds", "0.3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = cleave::json::parse(r.out);
+  EXPECT_EQ(out["clients"], 4);
+  EXPECT_EQ(out["failed"], 0);
+  const auto sent = out["sent"].get<std::uint64_t>();
+  EXPECT_GT(sent, 0u);
+  EXPECT_GT(out["commands_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(app.store().read_events({}, sent + 10).size(), sent + 1);
+  const auto refused = run(app, {"load", "wiring.no_such", "{}", "--seconds", "0.1"});
+  EXPECT_EQ(refused.code, 2);
+  EXPECT_THAT(refused.err, ::testing::HasSubstr("wiring.no_such"));
 }
 
 TEST(app_verbs, no_verb_or_an_unknown_one_lists_the_verbs_with_exit_code_2) {

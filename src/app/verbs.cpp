@@ -5,6 +5,7 @@
 #include "verbs.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <thread>
@@ -96,6 +97,45 @@ int send(app& a, std::span<const std::string> args) {
   auto r = a.commands().send_json(name, *body, meta);
   if (!r) return report(r.error());
   print_json({{"result", r->result}, {"position", r->position.to_string()}});
+  return 0;
+}
+
+// Sends one command from many threads at once, in this process, for a while: the rate the
+// application's own handlers and store reach, to hold an HTTP benchmark's rate against.
+int load(app& a, std::span<const std::string> args) {
+  CLI::App cli{"Sends a command from CLIENTS threads for SECONDS, and prints the rate.", "load"};
+  std::string name, body_text;
+  int clients = 64;
+  double seconds = 5;
+  cli.add_option("NAME", name, "the command's wire name")->required();
+  cli.add_option("JSON", body_text, "the command, a JSON object")->required();
+  cli.add_option("--clients", clients, "threads sending at once (default 64)")
+      ->check(CLI::Range(1, 1024));
+  cli.add_option("--seconds", seconds, "how long (default 5)")->check(CLI::Range(0.1, 3600.0));
+  if (auto done = parse(cli, args, "load NAME JSON [--clients N] [--seconds S]")) return *done;
+  auto body = parse_json(body_text);
+  if (!body) return report(body.error());
+  if (auto first = a.commands().send_json(name, *body, cli_meta(a, 0)); !first)
+    return report(first.error());  // (a command that cannot run is not measured)
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> done{0}, failed{0};
+  std::vector<std::thread> threads;
+  const auto start = clock::now();
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed))
+        ++(a.commands().send_json(name, *body, cli_meta(a, 0)) ? done : failed);
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& t : threads) t.join();
+  const double took = std::chrono::duration<double>(clock::now() - start).count();
+  print_json({{"command", name},
+              {"clients", clients},
+              {"seconds", took},
+              {"sent", done.load()},
+              {"failed", failed.load()},
+              {"commands_per_s", static_cast<double>(done.load()) / took}});
   return 0;
 }
 
@@ -293,6 +333,11 @@ void add_builtin(app& a) {
              "                      run a command through this application's handlers; a retry\n"
              "                      with the same KEY prints the first outcome and has no effect",
              send);
+  a.add_verb("load",
+             "load NAME JSON [--clients N] [--seconds S]\n"
+             "                      send a command from N threads (64) for S seconds (5) in\n"
+             "                      this process, and print the rate",
+             load);
   a.add_verb("ask",
              "ask NAME JSON [--consistency eventual|strong|bounded=MS|at_least=TOKEN]\n"
              "    [--timeout MS]\n"

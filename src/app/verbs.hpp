@@ -18,6 +18,7 @@ class App;  // <CLI/CLI.hpp>, included where a verb is parsed
 namespace cleave::verbs {
 
 int send(app& a, std::span<const std::string> args);
+int load(app& a, std::span<const std::string> args);
 int ask(app& a, std::span<const std::string> args);
 int events(app& a, std::span<const std::string> args);
 int status(app& a, std::span<const std::string> args);

@@ -55,11 +55,20 @@ struct park_relay {
   }
 };
 
+namespace {
+// The workers' threads. Under group commit a command's thread waits for its group to commit:
+// then there are as many as the groups hold, so that groups fill as they do in the process.
+std::size_t worker_threads(app& a) {
+  const auto* grouped = a.group_commits();
+  return grouped ? std::max(a.config().workers, grouped->capacity()) : a.config().workers;
+}
+}  // namespace
+
 struct server::impl {
   explicit impl(app& a)
       : app_(a),
         router_(a),
-        workers_(a.config().workers),
+        workers_(worker_threads(a)),
         parked_(std::make_shared<park_relay>(io_)),
         hub_(a, router_) {}
 

@@ -39,6 +39,9 @@ class group_commit final : public session_source {
   using session_source::begin_read;
   read_transaction& begin_read(const request_meta& meta, const consistency& wanted) override;
 
+  // How many commands can be in a group at once, over all lanes: callers that hold a thread per
+  // command (an HTTP server's workers) need as many for the groups to fill.
+  std::size_t capacity() const noexcept { return max_group_ * lanes_.size(); }
   // Groups committed so far, and the commands they held (for metrics and tests).
   std::uint64_t groups_committed() const noexcept { return groups_committed_.load(); }
   std::uint64_t commands_committed() const noexcept { return commands_committed_.load(); }
