@@ -120,6 +120,7 @@ int load(app& a, std::span<const std::string> args) {
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> done{0}, failed{0};
   std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(clients));
   const auto start = clock::now();
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&] {
