@@ -70,15 +70,18 @@ void checkpointer::run() {
     // A quiet moment: no commit for a millisecond — unless the WAL is past its limit, or
     // commits never pause for that long.
     const auto give_up = std::chrono::steady_clock::now() + limits_.patience;
+    const bool over_limit = wal_pages_.load(std::memory_order_relaxed) >= limits_.limit_pages;
     while (wal_pages_.load(std::memory_order_relaxed) < limits_.limit_pages &&
            now_ns() - last_commit_ns_.load(std::memory_order_relaxed) < 1'000'000 &&
            std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     grown_.store(0, std::memory_order_relaxed);
     checkpoint(SQLITE_CHECKPOINT_PASSIVE);  // the bulk, beside the writers
-    // The rest with the writer held, for the next one to start the WAL over. (Not while a
-    // writer holds it for long — a group — nor against another process's writer.)
-    if (writer_lock_.hold(std::chrono::steady_clock::now() + limits_.patience)) {
+    // The rest with the writer held (next in turn), for the next one to start the WAL over. Not
+    // when a writer holds it long (a group) — unless the WAL is past its limit. (A writer in
+    // another process can still keep the WAL from starting over; its own checkpointer helps.)
+    const auto wait = over_limit ? std::chrono::milliseconds(1000) : limits_.patience;
+    if (writer_lock_.hold(std::chrono::steady_clock::now() + wait)) {
       checkpoint(SQLITE_CHECKPOINT_PASSIVE);
       writer_lock_.release();
     }

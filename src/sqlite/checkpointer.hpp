@@ -6,7 +6,8 @@
 // the WAL back into the database once `after_pages` were written to it — at a quiet moment (no
 // commit for a millisecond), or after `patience` at the latest — while writers go on. The WAL
 // starts over only when a writer begins with every frame copied, so the frames written
-// meanwhile are then copied with the writer held (its lock taken for that short copy). Past
+// meanwhile are then copied with the writer held (its lock taken next in turn, ahead of the
+// writers waiting, for that short copy). Past
 // `limit_pages` it does not wait for a quiet moment. Internal to src/sqlite.
 
 #include <atomic>

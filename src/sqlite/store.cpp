@@ -63,7 +63,7 @@ store::impl::impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.
     checkpoints = std::make_unique<detail::checkpointer>(
         o.path, write_conn->handle(),
         detail::checkpointer::writer_lock{
-            [this](clock::time_point until) { return write_mutex.try_lock_until(until); },
+            [this](clock::time_point until) { return write_mutex.try_lock_first_until(until); },
             [this] { write_mutex.unlock(); }},
         detail::checkpointer::limits{});
   write_tx.owner = this;

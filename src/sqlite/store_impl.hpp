@@ -116,27 +116,43 @@ struct store::impl {
    public:
     void lock() {
       std::unique_lock guard(mutex_);
-      free_cv_.wait(guard, [&] { return !held_; });
+      free_cv_.wait(guard, [&] { return !held_ && first_ == 0; });
       held_ = true;
     }
     bool try_lock_until(clock::time_point until) {
       std::unique_lock guard(mutex_);
-      if (!free_cv_.wait_until(guard, until, [&] { return !held_; })) return false;
+      if (!free_cv_.wait_until(guard, until, [&] { return !held_ && first_ == 0; })) return false;
       held_ = true;
       return true;
     }
-    void unlock() {
-      {
-        std::lock_guard guard(mutex_);
-        held_ = false;
+    // As try_lock_until, ahead of every lock() and try_lock_until() waiting (the WAL
+    // checkpointer, which a writer sending back to back would otherwise never let in).
+    bool try_lock_first_until(clock::time_point until) {
+      std::unique_lock guard(mutex_);
+      ++first_;
+      const bool got = first_cv_.wait_until(guard, until, [&] { return !held_; });
+      --first_;
+      if (got) {
+        held_ = true;
+      } else if (first_ == 0) {
+        free_cv_.notify_all();  // (those it held back)
       }
-      free_cv_.notify_one();
+      return got;
+    }
+    void unlock() {
+      std::lock_guard guard(mutex_);
+      held_ = false;
+      if (first_ > 0)
+        first_cv_.notify_one();
+      else
+        free_cv_.notify_one();
     }
 
    private:
     std::mutex mutex_;
-    std::condition_variable free_cv_;
+    std::condition_variable free_cv_, first_cv_;
     bool held_ = false;
+    int first_ = 0;  // waiting ahead of the others
   };
   write_lock write_mutex;
   std::uint64_t outcomes_recorded = 0;  // guarded by write_mutex

@@ -53,15 +53,16 @@ TEST(sqlite_store, the_wal_stays_bounded_while_commits_never_pause) {
   cleave::command_bus commands{&db};
   commands.add(conformance::register_customer_handler);
   std::uintmax_t largest = 0;
-  constexpr int commands_sent = 12000;
+  constexpr int commands_sent = 20000;
   for (int i = 0; i < commands_sent; ++i) {
     ASSERT_TRUE(commands.send(conformance::register_customer{fmt::format("c{}", i), "x"}));
     if (i % 500 == 0) largest = std::max(largest, std::filesystem::file_size(path + "-wal"));
   }
-  // Each command writes a few pages (the row, its index, the event and its indexes): over 40 MB
-  // for them all. A checkpoint every 1,000 pages keeps the WAL near 4 MB when the writer pauses,
-  // and within a few times that when it does not.
-  EXPECT_LT(largest, 32u << 20) << "the WAL grew to " << largest << " bytes";
+  // Each command writes a few pages (the row, its index, the event and its indexes): some
+  // 300 MB for them all. A checkpoint every 1,000 pages keeps the WAL near 4 MB when the writer
+  // pauses, within a few times that when it does not, and near its limit (64 MB) at worst, on a
+  // machine too busy to give the checkpointer its turn.
+  EXPECT_LT(largest, 96u << 20) << "the WAL grew to " << largest << " bytes";
   EXPECT_GT(largest, 0u);
 }
 
