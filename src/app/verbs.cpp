@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <iostream>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -113,19 +116,31 @@ int load(app& a, std::span<const std::string> args) {
       ->check(CLI::Range(1, 1024));
   cli.add_option("--seconds", seconds, "how long (default 5)")->check(CLI::Range(0.1, 3600.0));
   if (auto done = parse(cli, args, "load NAME JSON [--clients N] [--seconds S]")) return *done;
+  if (!std::isfinite(seconds))
+    return report({errc::validation, "--seconds must be a number of seconds", {}});
   auto body = parse_json(body_text);
   if (!body) return report(body.error());
   if (auto first = a.commands().send_json(name, *body, cli_meta(a, 0)); !first)
     return report(first.error());  // (a command that cannot run is not measured)
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> done{0}, failed{0};
+  std::mutex first_failure_mutex;
+  std::optional<error> first_failure;
   std::vector<std::thread> threads;
   threads.reserve(static_cast<std::size_t>(clients));
   const auto start = clock::now();
   for (int c = 0; c < clients; ++c)
     threads.emplace_back([&] {
-      while (!stop.load(std::memory_order_relaxed))
-        ++(a.commands().send_json(name, *body, cli_meta(a, 0)) ? done : failed);
+      while (!stop.load(std::memory_order_relaxed)) {
+        auto r = a.commands().send_json(name, *body, cli_meta(a, 0));
+        if (r) {
+          ++done;
+          continue;
+        }
+        ++failed;
+        const std::lock_guard lock(first_failure_mutex);
+        if (!first_failure) first_failure = r.error();
+      }
     });
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop = true;
@@ -137,6 +152,10 @@ int load(app& a, std::span<const std::string> args) {
               {"sent", done.load()},
               {"failed", failed.load()},
               {"commands_per_s", static_cast<double>(done.load()) / took}});
+  if (!first_failure) return 0;
+  if (done.load() == 0) return report(*first_failure);  // nothing went through: a failure
+  std::cerr << "the first of " << failed.load() << " failures: " << first_failure->describe()
+            << std::endl;
   return 0;
 }
 

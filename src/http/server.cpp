@@ -57,10 +57,13 @@ struct park_relay {
 
 namespace {
 // The workers' threads. Under group commit a command's thread waits for its group to commit:
-// then there are as many as the groups hold, so that groups fill as they do in the process.
+// then there are as many as the groups hold, so that groups fill as they do in the process —
+// up to 64 (PostgreSQL's lanes hold 32 each, and share the pool's connections with queries).
 std::size_t worker_threads(app& a) {
+  constexpr std::size_t most_for_groups = 64;
   const auto* grouped = a.group_commits();
-  return grouped ? std::max(a.config().workers, grouped->capacity()) : a.config().workers;
+  const auto workers = a.config().workers;
+  return grouped ? std::max(workers, std::min(grouped->capacity(), most_for_groups)) : workers;
 }
 }  // namespace
 

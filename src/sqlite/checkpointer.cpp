@@ -1,5 +1,7 @@
 #include "checkpointer.hpp"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 namespace cleave::sqlite::detail {
@@ -16,12 +18,13 @@ checkpointer::checkpointer(const std::string& path, sqlite3* writer, writer_lock
     : limits_(l),
       writer_(writer),
       writer_lock_(std::move(lock)),
+      // (Waits for readers only in a RESTART past the limit, holding the writer: briefly.)
       own_(std::make_unique<connection>(path, SQLITE_OPEN_READWRITE,
-                                        std::chrono::milliseconds(5000))) {
+                                        std::chrono::milliseconds(100))) {
   // (A connection learns that the database is in WAL mode when it first reads it.)
   own_->script("select count(*) from sqlite_master");
-  sqlite3_wal_hook(writer_, &checkpointer::on_commit, this);  // (replaces the automatic one)
   thread_ = std::thread([this] { run(); });
+  sqlite3_wal_hook(writer_, &checkpointer::on_commit, this);  // (replaces the automatic one)
 }
 
 checkpointer::~checkpointer() {
@@ -48,15 +51,14 @@ int checkpointer::on_commit(void* self, sqlite3*, const char*, int pages) {
   return SQLITE_OK;
 }
 
-bool checkpointer::checkpoint(int mode) {
+int checkpointer::checkpoint(int mode) {
   int log = 0, done = 0;
   const int rc = sqlite3_wal_checkpoint_v2(own_->handle(), nullptr, mode, &log, &done);
   ++checkpoints_;
-  if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+  if (rc != SQLITE_OK && rc != SQLITE_BUSY)
     spdlog::warn("sqlite: a WAL checkpoint failed: {}", sqlite3_errmsg(own_->handle()));
-    return false;
-  }
-  return rc == SQLITE_OK && log >= 0 && done == log;
+  if (rc != SQLITE_OK || log < 0) return -1;
+  return log - done;
 }
 
 void checkpointer::run() {
@@ -71,21 +73,30 @@ void checkpointer::run() {
     // commits never pause for that long.
     const auto give_up = std::chrono::steady_clock::now() + limits_.patience;
     const bool over_limit = wal_pages_.load(std::memory_order_relaxed) >= limits_.limit_pages;
-    while (wal_pages_.load(std::memory_order_relaxed) < limits_.limit_pages &&
-           now_ns() - last_commit_ns_.load(std::memory_order_relaxed) < 1'000'000 &&
+    while (!over_limit && now_ns() - last_commit_ns_.load(std::memory_order_relaxed) < 1'000'000 &&
            std::chrono::steady_clock::now() < give_up)
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     grown_.store(0, std::memory_order_relaxed);
-    checkpoint(SQLITE_CHECKPOINT_PASSIVE);  // the bulk, beside the writers
-    // The rest with the writer held (next in turn), for the next one to start the WAL over. Not
-    // when a writer holds it long (a group) — unless the WAL is past its limit. (A writer in
-    // another process can still keep the WAL from starting over; its own checkpointer helps.)
-    const auto wait = over_limit ? std::chrono::milliseconds(1000) : limits_.patience;
-    if (writer_lock_.hold(std::chrono::steady_clock::now() + wait)) {
-      checkpoint(SQLITE_CHECKPOINT_PASSIVE);
-      writer_lock_.release();
+    // The bulk beside the writers; then, when (nearly) all of it was copied, the rest with
+    // the writer held (next in turn), for the next one to start the WAL over — past the limit
+    // waiting for readers too (RESTART). Not when a writer holds it long (a group), unless past
+    // the limit. (A writer in another process can still keep the WAL from starting over.)
+    bool copied_all = false;
+    const int left = checkpoint(SQLITE_CHECKPOINT_PASSIVE);
+    if (left >= 0 && left <= limits_.after_pages) {  // (a reader may have held a few back)
+      const auto wait = over_limit ? std::chrono::milliseconds(1000) : limits_.patience;
+      if (writer_lock_.hold(std::chrono::steady_clock::now() + wait)) {
+        copied_all =
+            checkpoint(over_limit ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE) == 0;
+        writer_lock_.release();
+      }
     }
     lock.lock();
+    if (!copied_all) {
+      // A reader, a long group or another checkpointer stood in the way: again in a moment.
+      wake_.wait_for(lock, limits_.patience, [&] { return stopping_; });
+      grown_.fetch_add(limits_.after_pages, std::memory_order_relaxed);
+    }
   }
 }
 

@@ -49,8 +49,9 @@ class checkpointer {
  private:
   static int on_commit(void* self, sqlite3* db, const char* schema, int pages);
   void run();
-  // Copies what it can of the WAL into the database; true when all of it was.
-  bool checkpoint(int mode);
+  // Copies what it can of the WAL into the database; returns the frames left (0: all of them),
+  // or -1 when it could not run (busy: another checkpoint; a failure, logged).
+  int checkpoint(int mode);
 
   limits limits_;
   sqlite3* writer_;

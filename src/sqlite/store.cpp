@@ -10,6 +10,8 @@
 #include <cleave/store/detail/append.hpp>
 #include <cleave/store/detail/failure.hpp>
 
+#include <spdlog/spdlog.h>
+
 #include "store_impl.hpp"
 
 namespace cleave::sqlite {
@@ -59,13 +61,19 @@ store::impl::impl(const options& o) : opts(o), memory(o.path == ":memory:" || o.
   write_conn->script(o.sync == durability::full ? "pragma synchronous = full"
                                                 : "pragma synchronous = normal");
   write_conn->script("pragma foreign_keys = on");
-  if (!memory)
-    checkpoints = std::make_unique<detail::checkpointer>(
-        o.path, write_conn->handle(),
-        detail::checkpointer::writer_lock{
-            [this](clock::time_point until) { return write_mutex.try_lock_first_until(until); },
-            [this] { write_mutex.unlock(); }},
-        detail::checkpointer::limits{});
+  if (!memory) {
+    try {
+      checkpoints = std::make_unique<detail::checkpointer>(
+          o.path, write_conn->handle(),
+          detail::checkpointer::writer_lock{
+              [this](clock::time_point until) { return write_mutex.try_lock_first_until(until); },
+              [this] { write_mutex.unlock(); }},
+          detail::checkpointer::limits{});
+    } catch (const std::exception& e) {
+      // SQLite's own checkpoints, in the commits, stay on.
+      spdlog::warn("sqlite: WAL checkpoints stay in the commits ({})", e.what());
+    }
+  }
   write_tx.owner = this;
 }
 
