@@ -186,6 +186,12 @@ TEST_F(nats_fixture, relay_publishes_each_event_once_in_order_through_kill9) {
   for (int kill = 0; kill < 22; ++kill) {
     helper relay(database, server.url(), {"relay"});
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 250));
+    // The first relay publishes before it dies, however slowly it starts (a sanitizer build on
+    // a busy machine), so that the killed ones are known to have got somewhere.
+    for (const auto until = std::chrono::steady_clock::now() + 20s;
+         kill == 0 && client(server.url()).messages("EVENTS") == 0 &&
+         std::chrono::steady_clock::now() < until;)
+      std::this_thread::sleep_for(50ms);
     relay.stop(SIGKILL);
     // Now and then the next relay comes after the server's duplicate window has passed.
     if (kill % 4 == 3) std::this_thread::sleep_for(1200ms);
