@@ -204,20 +204,6 @@ PGresult* connection::await(bool sent, std::string_view verb, std::string_view s
   return check(r, verb, sql);
 }
 
-std::vector<result_set> connection::script_results(std::string_view sql) {
-  std::vector<result_set> out;
-  if (pipelining_) sync();
-  const std::string text(sql);
-  if (PQsendQuery(conn_, text.c_str()) == 0) return out;
-  const auto until = limit();
-  while (wait_readable(until)) {
-    PGresult* r = PQgetResult(conn_);
-    if (!r) break;
-    out.emplace_back(r);
-  }
-  return out;
-}
-
 PGresult* connection::check(PGresult* r, std::string_view verb, std::string_view sql) {
   const auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail(r, verb, sql);

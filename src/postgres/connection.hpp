@@ -106,10 +106,6 @@ class connection {
   std::int64_t rows_of(std::uint64_t ticket);
   // Forgets the counts and kept answers of earlier transactions' queued statements.
   void forget_rows() noexcept;
-  // Sends statements without parameters and returns each one's result as it came, up to the
-  // first failure, or fewer when the connection broke; never throws. For a commit whose answer
-  // may be cut off.
-  std::vector<result_set> script_results(std::string_view sql);
 
   // Until when a statement may wait for its answer before the connection is given up as stuck
   // (errc::timeout; the connection is then broken): a guard for a server that stopped answering,
@@ -120,11 +116,6 @@ class connection {
   // Whether a failure of a write statement for want of a writable database (SQLSTATE 25006) is
   // the database's state (a write transaction: unavailable) or the statement's fault (a query).
   void set_writing(bool writing) noexcept { writing_ = writing; }
-
-  // Throws the plain error of a failed result, as a failed run() would.
-  [[noreturn]] void raise(result_set failed, std::string_view verb) {
-    fail(failed.release(), verb, verb);
-  }
 
   bool healthy() const { return !broken_ && PQstatus(conn_) == CONNECTION_OK; }
   // Broken by the server's doing: the connection failed, or a statement went unanswered for its

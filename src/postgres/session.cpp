@@ -79,11 +79,7 @@ std::uint64_t store::impl::session::append(const pending_event& e) {
       return u.stream == e.stream;
     });
     if (!known->second && !e.expected_version && e.version_wanted) {
-      if (pending || !inserts.empty()) {  // what was appended to it must be counted first
-        send_appends();
-        conn->sync();
-        read_inserts();
-      }
+      if (pending) send_appends();  // (queued ahead of the read, which then counts them)
       const sql_value stream[] = {e.stream};
       known->second = static_cast<std::uint64_t>(
           conn->run(cleave::detail::stream_version_sql, stream).integer(0, 0));

@@ -54,7 +54,6 @@ int checkpointer::on_commit(void* self, sqlite3*, const char*, int pages) {
 int checkpointer::checkpoint(int mode) {
   int log = 0, done = 0;
   const int rc = sqlite3_wal_checkpoint_v2(own_->handle(), nullptr, mode, &log, &done);
-  ++checkpoints_;
   if (rc != SQLITE_OK && rc != SQLITE_BUSY)
     spdlog::warn("sqlite: a WAL checkpoint failed: {}", sqlite3_errmsg(own_->handle()));
   if (rc != SQLITE_OK || log < 0) return -1;

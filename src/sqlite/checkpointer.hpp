@@ -43,9 +43,6 @@ class checkpointer {
   checkpointer(const checkpointer&) = delete;
   checkpointer& operator=(const checkpointer&) = delete;
 
-  // Checkpoints run so far (for tests and the benchmark).
-  std::uint64_t checkpoints() const noexcept { return checkpoints_.load(); }
-
  private:
   static int on_commit(void* self, sqlite3* db, const char* schema, int pages);
   void run();
@@ -60,7 +57,6 @@ class checkpointer {
   std::atomic<int> wal_pages_{0};  // the WAL's length after the last commit
   std::atomic<int> grown_{0};      // pages written to the WAL since the last checkpoint
   std::atomic<std::int64_t> last_commit_ns_{0};
-  std::atomic<std::uint64_t> checkpoints_{0};
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
