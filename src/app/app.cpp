@@ -46,7 +46,8 @@ CLEAVE_RECORD(openapi_entry, title, version)
 struct config_file {
   std::optional<std::string> database, listen, log_level, static_dir;
   std::optional<std::int64_t> max_body_bytes, max_header_bytes, max_json_depth, max_connections,
-      idle_timeout_seconds, workers, max_parked_reads, max_live_streams, live_heartbeat_ms;
+      idle_timeout_seconds, workers, io_threads, max_parked_reads, max_live_streams,
+      live_heartbeat_ms;
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<principal_entry> cli_principal;
@@ -58,9 +59,9 @@ struct config_file {
 };
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
-              tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms, openapi,
-              max_parked_reads, group_commit, request_timeout_ms, settings, max_live_streams,
-              live_heartbeat_ms)
+              io_threads, tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms,
+              openapi, max_parked_reads, group_commit, request_timeout_ms, settings,
+              max_live_streams, live_heartbeat_ms)
 
 }  // namespace
 
@@ -96,6 +97,7 @@ result<app_config> load_config(const std::filesystem::path& file) {
                    positive(f.max_json_depth, c.max_json_depth, "max_json_depth"),
                    positive(f.max_connections, c.max_connections, "max_connections"),
                    positive(f.workers, c.workers, "workers"),
+                   positive(f.io_threads, c.io_threads, "io_threads"),
                    positive(f.max_parked_reads, c.max_parked_reads, "max_parked_reads"),
                    positive(f.max_live_streams, c.max_live_streams, "max_live_streams")})
       if (!r) return std::unexpected(r.error());

@@ -99,6 +99,7 @@ TEST_F(load_config_test, every_member_of_the_file_is_read) {
     "max_connections": 10,
     "idle_timeout_seconds": 5,
     "workers": 2,
+    "io_threads": 3,
     "max_parked_reads": 7,
     "tokens": {"s3cret": {"subject": "ann", "roles": ["admin", "clerk"]}},
     "roles": {"shop.restock": "clerk"},
@@ -119,6 +120,7 @@ TEST_F(load_config_test, every_member_of_the_file_is_read) {
   EXPECT_EQ(c->max_connections, 10u);
   EXPECT_EQ(c->idle_timeout, std::chrono::seconds(5));
   EXPECT_EQ(c->workers, 2u);
+  EXPECT_EQ(c->io_threads, 3u);
   EXPECT_EQ(c->max_parked_reads, 7u);
   ASSERT_EQ(c->tokens.size(), 1u);
   EXPECT_EQ(c->tokens.at("s3cret").subject, "ann");
@@ -167,7 +169,8 @@ TEST_F(load_config_test, a_malformed_file_is_an_error_naming_the_file_and_the_me
 TEST_F(load_config_test, limits_must_be_positive_and_the_error_names_the_limit) {
   for (const std::string member :
        {"max_body_bytes", "max_header_bytes", "max_json_depth", "max_connections", "workers",
-        "max_parked_reads", "idle_timeout_seconds", "replica_max_lag_ms", "request_timeout_ms"}) {
+        "io_threads", "max_parked_reads", "idle_timeout_seconds", "replica_max_lag_ms",
+        "request_timeout_ms"}) {
     for (const char* value : {"0", "-1"}) {
       SCOPED_TRACE(member + " = " + value);
       const auto e = error_for("{\"" + member + "\": " + value + "}");

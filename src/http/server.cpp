@@ -4,6 +4,7 @@
 
 #include <cleave/http/server.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -32,15 +33,15 @@ using tcp = net::ip::tcp;
 using net::awaitable;
 using net::use_awaitable;
 
-// Wakes parked reads from the projector's thread: posts to the I/O thread, which cancels the
-// timer a read waits on — once the server has stopped, nothing.
-struct park_relay {
+// Wakes parked reads from the projector's thread: posts to their I/O thread, which cancels the
+// timer a read waits on — once the server has stopped, nothing. One for each I/O thread.
+struct park_relay : std::enable_shared_from_this<park_relay> {
   explicit park_relay(net::io_context& context) : io(context) {}
   std::mutex mutex;
   bool open = true;  // under mutex
   net::io_context& io;
-  std::unordered_map<std::uint64_t, net::steady_timer*> timers;  // the I/O thread's alone
-  std::uint64_t next_id = 0;                                     // the I/O thread's alone
+  std::unordered_map<std::uint64_t, net::steady_timer*> timers;  // its I/O thread's alone
+  std::uint64_t next_id = 0;                                     // its I/O thread's alone
 
   static void wake(const std::shared_ptr<park_relay>& relay, std::uint64_t id) {
     std::lock_guard lock(relay->mutex);
@@ -65,6 +66,23 @@ std::size_t worker_threads(app& a) {
   const auto workers = a.config().workers;
   return grouped ? std::max(workers, std::min(grouped->capacity(), most_for_groups)) : workers;
 }
+
+// The I/O threads: as configured, else one a core (at most 8). Each runs its own connections,
+// from accept to close.
+std::size_t io_threads(const app_config& c) {
+  return c.io_threads ? c.io_threads
+                      : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
+}
+
+// An I/O thread: its own event loop (so a connection's coroutine never needs a strand) and the
+// reads parked on it.
+struct io_lane {
+  net::io_context io{1};
+  // Keeps run() going while the lane has no connection yet (only the first lane accepts).
+  net::executor_work_guard<net::io_context::executor_type> busy = net::make_work_guard(io);
+  std::shared_ptr<park_relay> parked = std::make_shared<park_relay>(io);
+  std::thread thread;
+};
 }  // namespace
 
 struct server::impl {
@@ -72,17 +90,23 @@ struct server::impl {
       : app_(a),
         router_(a),
         workers_(worker_threads(a)),
-        parked_(std::make_shared<park_relay>(io_)),
-        hub_(a, router_) {}
+        inline_reads_(a.store().local_reads()),
+        hub_(a, router_) {
+    for (std::size_t i = 0; i < io_threads(a.config()); ++i)
+      lanes_.push_back(std::make_unique<io_lane>());
+  }
 
   app& app_;
   detail::router router_;
-  net::io_context io_{1};
+  std::vector<std::unique_ptr<io_lane>> lanes_;  // the first also accepts
+  std::size_t next_lane_ = 0;                    // the accepting thread's
   net::thread_pool workers_;
+  // Queries run on their I/O thread, with no hand-off, when the store reads a local file
+  // (SQLite): such a read waits for no network and no lock. On PostgreSQL they go to workers.
+  const bool inline_reads_;
   // Health, metrics, static files and the OpenAPI document: never queued behind the workers.
   net::thread_pool light_{2};
   std::optional<tcp::acceptor> acceptor_;
-  std::thread io_thread_;
   std::atomic<std::size_t> connections_{0};
   std::atomic<bool> stopping_{false};
   std::mutex inflight_mutex_;
@@ -90,7 +114,6 @@ struct server::impl {
   std::size_t inflight_ = 0;
   std::uint16_t port_ = 0;
   bool started_ = false, stopped_ = false;
-  std::shared_ptr<park_relay> parked_;
   detail::live_hub hub_;
 
   // Runs `f` on the workers (database work never runs on the I/O thread).
@@ -145,9 +168,10 @@ struct server::impl {
       co_return;
     }
     auto sub = std::make_shared<detail::live_subscriber>();
-    auto timer = std::make_shared<net::steady_timer>(io_);
-    sub->wake = [this, t = std::weak_ptr<net::steady_timer>(timer)] {
-      net::post(io_, [t] {
+    const auto io = co_await net::this_coro::executor;  // this connection's I/O thread
+    auto timer = std::make_shared<net::steady_timer>(io);
+    sub->wake = [io, t = std::weak_ptr<net::steady_timer>(timer)] {
+      net::post(io, [t] {
         if (auto p = t.lock()) p->cancel();
       });
     };
@@ -271,15 +295,16 @@ struct server::impl {
   // A query that must wait for views waits here, parked on the I/O thread, until they are
   // there or its deadline passes: a worker would be held for the whole wait. Sets the
   // request's deadline; returns the refusal when too many reads are parked.
-  awaitable<std::optional<detail::response>> park(detail::request& r) {
+  awaitable<std::optional<detail::response>> park(detail::request& r, park_relay& parked) {
     auto read = router_.vet(r);
     if (!read) co_return std::nullopt;
-    net::steady_timer timer(io_);
-    const auto id = parked_->next_id++;
-    parked_->timers.emplace(id, &timer);
+    net::steady_timer timer(parked.io);
+    const auto id = parked.next_id++;
+    parked.timers.emplace(id, &timer);
     // (Called on another thread; what it posts runs after this coroutine suspends below.)
     auto ticket = app_.read_consistency().park(
-        read->name, read->wanted, [relay = parked_, id] { park_relay::wake(relay, id); },
+        read->name, read->wanted,
+        [relay = parked.shared_from_this(), id] { park_relay::wake(relay, id); },
         app_.config().max_parked_reads);
     using outcome = read_your_writes::parking::outcome;
     if (ticket.state == outcome::parked) {
@@ -289,7 +314,7 @@ struct server::impl {
       beast::error_code ec;
       co_await timer.async_wait(net::redirect_error(use_awaitable, ec));
     }
-    parked_->timers.erase(id);
+    parked.timers.erase(id);
     if (ticket.state == outcome::full)
       co_return router_.refuse(503, errc::unavailable,
                                "too many reads are waiting for views; try again");
@@ -346,7 +371,7 @@ struct server::impl {
         version);
   }
 
-  awaitable<void> session(tcp::socket socket) {
+  awaitable<void> session(tcp::socket socket, io_lane& lane) {
     beast::error_code peer_ec;
     const auto peer = socket.remote_endpoint(peer_ec);
     beast::tcp_stream stream(std::move(socket));
@@ -420,11 +445,13 @@ struct server::impl {
         co_await live(stream, std::move(r), version, kind);
         break;
       }
-      std::optional<detail::response> refused = co_await park(r);
+      std::optional<detail::response> refused = co_await park(r, *lane.parked);
       detail::response res;
       if (refused)
         res = std::move(*refused);
-      else  // Database work runs on the workers, never on the I/O thread.
+      else if (inline_reads_ && r.vetted)  // a query, its views there: read here
+        res = router_.handle(r);
+      else  // Other database work runs on the workers, never on the I/O thread.
         res = co_await net::co_spawn(
             detail::router::uses_workers(r.target) ? workers_.get_executor()
                                                    : light_.get_executor(),
@@ -450,7 +477,10 @@ struct server::impl {
   awaitable<void> accept_loop() {
     for (;;) {
       beast::error_code ec;
-      tcp::socket socket = co_await acceptor_->async_accept(net::redirect_error(use_awaitable, ec));
+      // Each connection goes to the next I/O thread, its socket bound to that thread's loop.
+      auto& lane = *lanes_[next_lane_++ % lanes_.size()];
+      tcp::socket socket =
+          co_await acceptor_->async_accept(lane.io, net::redirect_error(use_awaitable, ec));
       if (ec) {
         if (stopping_ || ec == net::error::operation_aborted) co_return;
         continue;
@@ -461,7 +491,7 @@ struct server::impl {
         continue;
       }
       ++connections_;
-      net::co_spawn(io_, session(std::move(socket)), net::detached);
+      net::co_spawn(lane.io, session(std::move(socket), lane), net::detached);
     }
   }
 };
@@ -482,7 +512,7 @@ void server::start() {
   try {
     const auto address = net::ip::make_address(listen.substr(0, colon));
     const auto port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
-    s.acceptor_.emplace(s.io_, tcp::endpoint(address, port));
+    s.acceptor_.emplace(s.lanes_.front()->io, tcp::endpoint(address, port));
     s.port_ = s.acceptor_->local_endpoint().port();
   } catch (const std::exception& e) {
     throw error_exception(
@@ -492,8 +522,8 @@ void server::start() {
     spdlog::warn(
         "no bearer tokens are configured: the admin API (/admin/...) answers only clients on "
         "loopback, and commands and queries need no authentication");
-  net::co_spawn(s.io_, s.accept_loop(), net::detached);
-  s.io_thread_ = std::thread([&s] { s.io_.run(); });
+  net::co_spawn(s.lanes_.front()->io, s.accept_loop(), net::detached);
+  for (auto& lane : s.lanes_) lane->thread = std::thread([&io = lane->io] { io.run(); });
   s.started_ = true;
 }
 
@@ -506,7 +536,7 @@ void server::stop() {
   if (!s.started_ || s.stopped_) return;
   s.stopped_ = true;
   s.stopping_ = true;
-  net::post(s.io_, [&s] {
+  net::post(s.lanes_.front()->io, [&s] {
     beast::error_code ignored;
     s.acceptor_->close(ignored);
   });
@@ -515,13 +545,13 @@ void server::stop() {
     std::unique_lock lock(s.inflight_mutex_);
     s.inflight_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return s.inflight_ == 0; });
   }
-  s.parked_->close();
+  for (auto& lane : s.lanes_) lane->parked->close();
   // Live streams end (their clients reconnect to another server): woken, they see stopping_.
   s.hub_.stop();
   for (int i = 0; i < 200 && s.hub_.open_streams() > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  s.io_.stop();
-  s.io_thread_.join();
+  for (auto& lane : s.lanes_) lane->io.stop();
+  for (auto& lane : s.lanes_) lane->thread.join();
   s.workers_.join();
   s.light_.join();
 }

@@ -176,6 +176,10 @@ store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<i
 
 store::~store() = default;
 
+bool store::local_reads() const noexcept {
+  return !impl_->memory;
+}
+
 // One writer at a time: every level is serializable here.
 write_transaction& store::begin_write(const request_meta& meta, isolation) {
   return impl_->begin_write(meta);

@@ -52,6 +52,9 @@ struct app_config {
   // Threads that run handlers (database work), apart from I/O: more than a PostgreSQL pool
   // lends to requests, so that a full pool answers 503 within pool_timeout instead of queueing.
   std::size_t workers = 8;
+  // Threads that read and write HTTP connections; 0: one a core, at most 8. On SQLite (a file)
+  // queries whose views are there run on them too, with no hand-off to a worker.
+  std::size_t io_threads = 0;
   // The deadline of each command and query received over HTTP or by the CLI verbs, from when it
   // arrives (a caller may ask for less: HTTP `Cleave-Timeout: <ms>`, `send --timeout <ms>`). The
   // store spends no more than what is left of it inside the database (statement and lock

@@ -222,6 +222,10 @@ class store : public session_source {
   // needs no more lanes than this.
   virtual std::size_t concurrent_writers() const noexcept { return SIZE_MAX; }
 
+  // Whether a read transaction answers from a local file, waiting for no network round trip and
+  // no writer (SQLite in WAL mode): such reads may run on a thread that must not block for long.
+  virtual bool local_reads() const noexcept { return false; }
+
  protected:
   // The statements with which migrate() keeps the table of applied steps, cleave_migrations.
   struct migration_statements {
