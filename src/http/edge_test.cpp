@@ -4,8 +4,12 @@
 #include <ifaddrs.h>
 #include <netinet/in.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -56,6 +60,10 @@ struct edge_server : testing::Test {
   std::unique_ptr<cleave::app> app;
   std::unique_ptr<cleave::http::server> server;
   std::uint16_t port = 0;
+  // A note_down with the id "hold" waits in its handler until released (or 3 s pass).
+  std::mutex hold_mutex;
+  std::condition_variable hold_cv;
+  bool holding = false, released = false, hold_over = false;
 
   edge_server() {
     // The root, with a secret beside it and symlinks inside it that lead to the secret.
@@ -81,8 +89,15 @@ struct edge_server : testing::Test {
     app->add_migrations("edge", edge::schema);
     app->migrate();
     app->commands().add(
-        [](const edge::note_down& c, cleave::write_context& tx) -> cleave::result<void> {
+        [this](const edge::note_down& c, cleave::write_context& tx) -> cleave::result<void> {
           if (c.id == "taken") return cleave::conflict("a note with this id exists already");
+          if (c.id == "hold") {
+            std::unique_lock lock(hold_mutex);
+            holding = true;
+            hold_cv.notify_all();
+            hold_cv.wait_for(lock, std::chrono::seconds(3), [&] { return released; });
+            hold_over = true;
+          }
           tx.exec("insert into notes(id, amount) values ($1, $2)", c.id, c.amount);
           return {};
         });
@@ -214,6 +229,42 @@ TEST_F(edge_server, the_media_type_is_compared_case_insensitively) {
   expect_problem(http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":1})",
                       {{"Content-Type", "application/jsonx"}}),
                  415, "/problems/unsupported-media-type");
+}
+
+TEST_F(edge_server, on_sqlite_a_query_is_answered_while_every_worker_runs_a_command) {
+  cleave::app_config cfg;
+  cfg.workers = 1;
+  cfg.io_threads = 2;
+  start(cfg);
+  ASSERT_EQ(http(port, "POST", "/commands/edge.note_down", R"({"id":"a","amount":5})",
+                 {{"Content-Type", "application/json"}})
+                .status,
+            200);
+  int held_status = 0;
+  std::thread sender([&] {
+    held_status = http(port, "POST", "/commands/edge.note_down", R"({"id":"hold","amount":1})",
+                       {{"Content-Type", "application/json"}})
+                      .status;
+  });
+  {
+    std::unique_lock lock(hold_mutex);
+    ASSERT_TRUE(hold_cv.wait_for(lock, std::chrono::seconds(10), [&] { return holding; }));
+  }
+  // The only worker is in the held command (which holds the writer too): the query is read on
+  // its connection's I/O thread, from the last commit.
+  for (int i = 0; i < 4; ++i) {  // over both I/O threads
+    const auto r = http(port, "GET", "/queries/edge.total?id=a");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(json::parse(r.body)["result"], 5);
+  }
+  {
+    std::lock_guard lock(hold_mutex);
+    EXPECT_FALSE(hold_over) << "the queries waited for the held command";
+    released = true;
+  }
+  hold_cv.notify_all();
+  sender.join();
+  EXPECT_EQ(held_status, 200);
 }
 
 TEST_F(edge_server, a_malformed_cleave_timeout_is_a_400_and_changes_nothing) {
