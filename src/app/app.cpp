@@ -51,7 +51,7 @@ struct config_file {
   std::optional<std::map<std::string, principal_entry>> tokens;
   std::optional<std::map<std::string, std::string>> roles;
   std::optional<principal_entry> cli_principal;
-  std::optional<bool> run_projector, group_commit;
+  std::optional<bool> run_projector, group_commit, inline_queries;
   std::optional<std::vector<std::string>> replicas;
   std::optional<std::int64_t> replica_max_lag_ms, request_timeout_ms;
   std::optional<openapi_entry> openapi;
@@ -60,7 +60,7 @@ struct config_file {
 CLEAVE_RECORD(config_file, database, listen, log_level, static_dir, max_body_bytes,
               max_header_bytes, max_json_depth, max_connections, idle_timeout_seconds, workers,
               io_threads, tokens, roles, cli_principal, run_projector, replicas, replica_max_lag_ms,
-              openapi, max_parked_reads, group_commit, request_timeout_ms, settings,
+              openapi, max_parked_reads, group_commit, inline_queries, request_timeout_ms, settings,
               max_live_streams, live_heartbeat_ms)
 
 }  // namespace
@@ -112,6 +112,7 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.cli_principal) c.cli_principal = {f.cli_principal->subject, f.cli_principal->roles};
     if (f.run_projector) c.run_projector = *f.run_projector;
     if (f.group_commit) c.group_commit = *f.group_commit;
+    if (f.inline_queries) c.inline_queries = *f.inline_queries;
     if (f.openapi && f.openapi->title) c.api_title = *f.openapi->title;
     if (f.openapi && f.openapi->version) c.api_version = *f.openapi->version;
     if (f.replicas) c.replicas = *f.replicas;

@@ -100,6 +100,7 @@ TEST_F(load_config_test, every_member_of_the_file_is_read) {
     "idle_timeout_seconds": 5,
     "workers": 2,
     "io_threads": 3,
+    "inline_queries": false,
     "max_parked_reads": 7,
     "tokens": {"s3cret": {"subject": "ann", "roles": ["admin", "clerk"]}},
     "roles": {"shop.restock": "clerk"},
@@ -121,6 +122,7 @@ TEST_F(load_config_test, every_member_of_the_file_is_read) {
   EXPECT_EQ(c->idle_timeout, std::chrono::seconds(5));
   EXPECT_EQ(c->workers, 2u);
   EXPECT_EQ(c->io_threads, 3u);
+  EXPECT_FALSE(c->inline_queries);
   EXPECT_EQ(c->max_parked_reads, 7u);
   ASSERT_EQ(c->tokens.size(), 1u);
   EXPECT_EQ(c->tokens.at("s3cret").subject, "ann");

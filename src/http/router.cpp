@@ -385,6 +385,12 @@ bool router::uses_workers(std::string_view target) {
          target.starts_with("/admin/");
 }
 
+bool router::may_wait(const request& r) {
+  if (!r.vetted || !r.vetted->wanted || !*r.vetted->wanted) return false;
+  const auto level = (*r.vetted->wanted)->required;
+  return level == consistency::level::strong || level == consistency::level::bounded;
+}
+
 response router::handle(const request& r) {
   if (r.method == "HEAD") {
     request get = r;

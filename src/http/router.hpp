@@ -98,6 +98,10 @@ class router {
   // API), which runs on the workers; the rest (health, metrics, static files, the OpenAPI
   // document) is answered apart, so that busy workers never hold it.
   static bool uses_workers(std::string_view target);
+  // Whether `r`, a query vet() has seen, may still wait in handle(): a strong or bounded read
+  // checks its views again there. An eventual read does not wait, nor an at_least one whose
+  // parked wait ended (its views are there, or its deadline passed).
+  static bool may_wait(const request& r);
 
  private:
   response dispatch(const request& r, request_meta meta, std::string_view kind,

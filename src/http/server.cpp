@@ -68,7 +68,7 @@ std::size_t worker_threads(app& a) {
 }
 
 // The I/O threads: as configured, else one a core (at most 8). Each runs its own connections,
-// from accept to close.
+// from accept (on a thread of its own) to close.
 std::size_t io_threads(const app_config& c) {
   return c.io_threads ? c.io_threads
                       : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
@@ -78,7 +78,7 @@ std::size_t io_threads(const app_config& c) {
 // reads parked on it.
 struct io_lane {
   net::io_context io{1};
-  // Keeps run() going while the lane has no connection yet (only the first lane accepts).
+  // Keeps run() going while the lane has no connection.
   net::executor_work_guard<net::io_context::executor_type> busy = net::make_work_guard(io);
   std::shared_ptr<park_relay> parked = std::make_shared<park_relay>(io);
   std::thread thread;
@@ -89,20 +89,27 @@ struct server::impl {
   explicit impl(app& a)
       : app_(a),
         router_(a),
+        hub_(a, router_),
         workers_(worker_threads(a)),
-        inline_reads_(a.store().local_reads()),
-        hub_(a, router_) {
+        inline_reads_(a.config().inline_queries && a.store().local_reads()) {
     for (std::size_t i = 0; i < io_threads(a.config()); ++i)
       lanes_.push_back(std::make_unique<io_lane>());
   }
 
   app& app_;
   detail::router router_;
-  std::vector<std::unique_ptr<io_lane>> lanes_;  // the first also accepts
-  std::size_t next_lane_ = 0;                    // the accepting thread's
+  // (Before the lanes: a stream's coroutine left at stop() is destroyed with its lane, and
+  // gives its place back to the hub then.)
+  detail::live_hub hub_;
+  std::vector<std::unique_ptr<io_lane>> lanes_;
+  // Accepting runs apart, so that a lane busy with a long query never holds up new connections.
+  net::io_context accept_io_{1};
+  std::thread accept_thread_;
+  std::size_t next_lane_ = 0;  // the accepting thread's
   net::thread_pool workers_;
-  // Queries run on their I/O thread, with no hand-off, when the store reads a local file
-  // (SQLite): such a read waits for no network and no lock. On PostgreSQL they go to workers.
+  // Queries that need not wait for views run on their I/O thread, with no hand-off, when the
+  // store reads a local file (SQLite): such a read waits for no network and no writer. On
+  // PostgreSQL they go to the workers, as do strong and bounded reads everywhere.
   const bool inline_reads_;
   // Health, metrics, static files and the OpenAPI document: never queued behind the workers.
   net::thread_pool light_{2};
@@ -114,9 +121,8 @@ struct server::impl {
   std::size_t inflight_ = 0;
   std::uint16_t port_ = 0;
   bool started_ = false, stopped_ = false;
-  detail::live_hub hub_;
 
-  // Runs `f` on the workers (database work never runs on the I/O thread).
+  // Runs `f` on the workers (a handler that may wait never runs on an I/O thread).
   template <class F>
   auto on_workers(F f) -> awaitable<decltype(f())> {
     co_return co_await net::co_spawn(
@@ -449,7 +455,7 @@ struct server::impl {
       detail::response res;
       if (refused)
         res = std::move(*refused);
-      else if (inline_reads_ && r.vetted)  // a query, its views there: read here
+      else if (inline_reads_ && r.vetted && !detail::router::may_wait(r))  // read here
         res = router_.handle(r);
       else  // Other database work runs on the workers, never on the I/O thread.
         res = co_await net::co_spawn(
@@ -474,6 +480,13 @@ struct server::impl {
     --connections_;
   }
 
+  // Answers a connection over max_connections with a 503 (for ten seconds at most) and closes it.
+  awaitable<void> turn_away(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    stream.expires_after(std::chrono::seconds(10));
+    co_await refuse(stream, 11, 503, "too many connections");
+  }
+
   awaitable<void> accept_loop() {
     for (;;) {
       beast::error_code ec;
@@ -486,8 +499,7 @@ struct server::impl {
         continue;
       }
       if (connections_.load() >= app_.config().max_connections) {
-        beast::tcp_stream stream(std::move(socket));
-        co_await refuse(stream, 11, 503, "too many connections");
+        net::co_spawn(lane.io, turn_away(std::move(socket)), net::detached);
         continue;
       }
       ++connections_;
@@ -512,7 +524,7 @@ void server::start() {
   try {
     const auto address = net::ip::make_address(listen.substr(0, colon));
     const auto port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
-    s.acceptor_.emplace(s.lanes_.front()->io, tcp::endpoint(address, port));
+    s.acceptor_.emplace(s.accept_io_, tcp::endpoint(address, port));
     s.port_ = s.acceptor_->local_endpoint().port();
   } catch (const std::exception& e) {
     throw error_exception(
@@ -522,8 +534,9 @@ void server::start() {
     spdlog::warn(
         "no bearer tokens are configured: the admin API (/admin/...) answers only clients on "
         "loopback, and commands and queries need no authentication");
-  net::co_spawn(s.lanes_.front()->io, s.accept_loop(), net::detached);
+  net::co_spawn(s.accept_io_, s.accept_loop(), net::detached);
   for (auto& lane : s.lanes_) lane->thread = std::thread([&io = lane->io] { io.run(); });
+  s.accept_thread_ = std::thread([&s] { s.accept_io_.run(); });
   s.started_ = true;
 }
 
@@ -536,7 +549,7 @@ void server::stop() {
   if (!s.started_ || s.stopped_) return;
   s.stopped_ = true;
   s.stopping_ = true;
-  net::post(s.lanes_.front()->io, [&s] {
+  net::post(s.accept_io_, [&s] {
     beast::error_code ignored;
     s.acceptor_->close(ignored);
   });
@@ -550,6 +563,8 @@ void server::stop() {
   s.hub_.stop();
   for (int i = 0; i < 200 && s.hub_.open_streams() > 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  s.accept_io_.stop();
+  s.accept_thread_.join();
   for (auto& lane : s.lanes_) lane->io.stop();
   for (auto& lane : s.lanes_) lane->thread.join();
   s.workers_.join();

@@ -52,9 +52,13 @@ struct app_config {
   // Threads that run handlers (database work), apart from I/O: more than a PostgreSQL pool
   // lends to requests, so that a full pool answers 503 within pool_timeout instead of queueing.
   std::size_t workers = 8;
-  // Threads that read and write HTTP connections; 0: one a core, at most 8. On SQLite (a file)
-  // queries whose views are there run on them too, with no hand-off to a worker.
+  // Threads that read and write HTTP connections; 0: one a core, at most 8.
   std::size_t io_threads = 0;
+  // On SQLite (a file), HTTP queries that need not wait for views (eventual, or at_least once
+  // their views are there) run on their connection's I/O thread, with no hand-off to a worker.
+  // A query that reads for long then holds up the other connections of its thread: turn this
+  // off when some do (config file: "inline_queries": false).
+  bool inline_queries = true;
   // The deadline of each command and query received over HTTP or by the CLI verbs, from when it
   // arrives (a caller may ask for less: HTTP `Cleave-Timeout: <ms>`, `send --timeout <ms>`). The
   // store spends no more than what is left of it inside the database (statement and lock

@@ -29,7 +29,7 @@ class server {
   server(const server&) = delete;
   server& operator=(const server&) = delete;
 
-  // Binds app_config::listen ("host:port"; port 0 picks a free one) and starts the I/O thread
+  // Binds app_config::listen ("host:port"; port 0 picks a free one) and starts the I/O threads
   // and the workers. Throws error_exception (unavailable) when it cannot bind.
   void start();
   // The port it listens on (after start()).
