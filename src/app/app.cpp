@@ -299,6 +299,9 @@ app::app(app_config config)
     queries_.use<authorization>(roles);
   }
   consistency_ = &queries_.use<read_your_writes>(*projector_);
+  queries_.answer_positions([c = consistency_](std::string_view name, read_session& tx) {
+    return c->position_in(name, tx);
+  });
   scheduler_ = std::make_unique<cleave::scheduler>(
       *store_,
       [this](std::string_view wire_name, const json& payload, const request_meta& meta) {

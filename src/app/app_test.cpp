@@ -2,8 +2,12 @@
 
 #include <cleave/app/app.hpp>
 
+#include <thread>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "temp_dir.hpp"
 
 namespace wiring {
 
@@ -26,6 +30,12 @@ CLEAVE_QUERY(note_by_id, "wiring.note_by_id", id)
 cleave::result<note> by_id(const note_by_id& q) {
   return note{q.id};
 }
+
+struct events_counted {
+  std::string why;
+  using response = std::int64_t;
+};
+CLEAVE_QUERY(events_counted, "wiring.events_counted", why)
 
 cleave::app_config in_memory() {
   cleave::app_config cfg;
@@ -197,6 +207,32 @@ TEST(app_verbs, every_verb_answers_help_with_its_usage_and_exit_code_0) {
 
 // `load` sends one command from many threads for a while and says how many went through: every
 // one of them is in the log, with the first send that checked the command runs.
+// The position an answer carries names no write the answer misses: it is read in the answer's
+// own transaction, not after it.
+TEST(app_queries, an_answers_position_is_where_its_own_read_stood) {
+  cleave::testing::temp_dir dir;
+  cleave::app_config cfg;
+  cfg.database = dir.file("app.db");  // (a file: the writer goes on while a read is open)
+  cfg.run_projector = false;
+  cleave::app app{cfg};
+  app.commands().add(adding);
+  app.queries().add([&app](const events_counted&,
+                           const cleave::read_context& db) -> cleave::result<std::int64_t> {
+    const auto n = db.one<std::int64_t>("select count(*) from cleave_events");  // snapshot here
+    std::thread later([&app] { EXPECT_TRUE(app.commands().send(add_note{"later"})); });
+    later.join();  // committed while this read is open; the answer does not see it
+    return n.value_or(-1);
+  });
+  app.migrate();
+  const auto first = app.commands().send(add_note{"first"});
+  ASSERT_TRUE(first);
+  const auto r = app.queries().ask_json("wiring.events_counted", {{"why", "test"}});
+  ASSERT_TRUE(r) << r.error().describe();
+  EXPECT_EQ(r->result, 1);
+  EXPECT_EQ(r->position, first->position);
+  EXPECT_LT(first->position, app.store().head());  // (the later command did commit)
+}
+
 TEST(app_verbs, load_sends_a_command_from_many_threads_and_counts_what_went_through) {
   cleave::app app{in_memory()};
   app.commands().add(adding);

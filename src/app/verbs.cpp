@@ -187,8 +187,8 @@ int ask(app& a, std::span<const std::string> args) {
   }
   auto r = a.queries().ask_json(name, *body, meta);
   if (!r) return report(r.error());
-  print_json(
-      {{"result", r->result}, {"position", a.read_consistency().position_of(name).to_string()}});
+  const auto position = r->position.empty() ? a.read_consistency().position_of(name) : r->position;
+  print_json({{"result", r->result}, {"position", position.to_string()}});
   return 0;
 }
 

@@ -212,7 +212,8 @@ result<void> run_write(session_source* source, const message_info& info, const r
 }
 
 result<void> run_read(session_source* source, const message_info& info, const request_meta& meta,
-                      function_ref<result<void>(read_context&)> body) {
+                      function_ref<result<void>(read_context&)> body,
+                      const answer_position_fn* position, position_token* at) {
   if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
   try {
     if (!source) {
@@ -221,7 +222,15 @@ result<void> run_read(session_source* source, const message_info& info, const re
     }
     read_scope tx(*source, meta, meta.consistency);
     read_context ctx(&*tx, meta);
-    return body(ctx);
+    auto answered = body(ctx);
+    if (answered && position && at) {
+      try {
+        *at = (*position)(info.wire_name, *tx);
+      } catch (const std::exception&) {
+        // The answer stands without it (the position is a hint for the next read).
+      }
+    }
+    return answered;
   } catch (...) {
     return std::unexpected(error_from_current_exception(info, meta));
   }

@@ -145,7 +145,9 @@ response router::dispatch(const request& r, request_meta meta, std::string_view 
                             : app_.queries().ask_json(name, body, meta);
   metrics_.record_message(is_command ? "command" : "query", name,
                           outcome ? "ok" : to_string(outcome.error().category));
-  if (outcome && !is_command) outcome->position = answered_position(name);
+  // (Read in the answer's own transaction when the bus could; else now.)
+  if (outcome && !is_command && outcome->position.empty())
+    outcome->position = answered_position(name);
   // A replay answers as the first request did: a refusal with that request's correlation id.
   if (replay_of && !replay_of->empty()) meta.correlation_id = *replay_of;
   auto res = [&] {

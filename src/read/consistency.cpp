@@ -87,6 +87,12 @@ position_token read_your_writes::position_of(std::string_view wire_name) const {
   return *lowest;
 }
 
+position_token read_your_writes::position_in(std::string_view wire_name, read_session& tx) const {
+  auto it = reads_.find(wire_name);
+  if (it == reads_.end() || it->second.empty()) return projector_.log().head_in(tx);
+  return {};
+}
+
 result<void> read_your_writes::handle(const message_ref& message, const request_meta& meta,
                                       next_step next) {
   const auto& wanted = meta.consistency;

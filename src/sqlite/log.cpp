@@ -81,6 +81,13 @@ position_token store::head() {
   });
 }
 
+position_token store::head_in(read_session& tx) {
+  std::int64_t head = 0;
+  tx.query("select coalesce(max(position), 0) from cleave_events", {},
+           [&](const row_view& row) { head = std::get<std::int64_t>(row.get(0)); });
+  return position_token(0, static_cast<std::uint64_t>(head));
+}
+
 log_span store::read_span(position_token after, std::size_t limit, position_token until) {
   return impl_->read([&](connection& conn) {
     log_span out;

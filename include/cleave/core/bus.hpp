@@ -9,6 +9,7 @@
 // Register handlers and behaviors before the first dispatch; after that, send/ask and the
 // by-name calls are safe from any number of threads.
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -104,9 +105,14 @@ struct written {
 };
 result<void> run_write(session_source* source, const message_info& info, const request_meta& meta,
                        written& out, const command_step& step);
-// Runs a query body in a read-only transaction from `source` (or with no store when null).
+// Where the answer to a query was read (see query_bus::answer_positions): called in the answer's
+// own read transaction, after its handler succeeded.
+using answer_position_fn = std::function<position_token(std::string_view wire_name, read_session&)>;
+// Runs a query body in a read-only transaction from `source` (or with no store when null). When
+// `at` is given and `position` set, stores there the position the answer was read at.
 result<void> run_read(session_source* source, const message_info& info, const request_meta& meta,
-                      function_ref<result<void>(read_context&)> body);
+                      function_ref<result<void>(read_context&)> body,
+                      const answer_position_fn* position = nullptr, position_token* at = nullptr);
 
 }  // namespace detail
 
@@ -246,16 +252,25 @@ class query_bus : public detail::bus_surface<message_kind::query> {
   template <class Q>
   [[nodiscard]] auto ask(const Q& query_message, const request_meta& meta = detail::no_meta);
 
-  // Dispatch by wire name with a JSON body, decoded strictly.
+  // Dispatch by wire name with a JSON body, decoded strictly. The outcome's position is where
+  // the answer was read, when answer_positions() says how to learn it; else empty.
   [[nodiscard]] result<json_outcome> ask_json(std::string_view wire_name, const json& body,
                                               const request_meta& meta = detail::no_meta);
 
+  // How ask_json() learns the position an answer reflects: `f` runs in the answer's own read
+  // transaction, after the handler (so the position never names a write the answer misses).
+  // Set before the first query.
+  void answer_positions(detail::answer_position_fn f) { answer_position_ = std::move(f); }
+
  private:
   template <query Q>
-  result<response_t<Q>> dispatch(const Q& query_message, const request_meta& meta);
+  result<response_t<Q>> dispatch(const Q& query_message, const request_meta& meta,
+                                 position_token* at = nullptr);
   template <query Q>
   static result<json_outcome> dispatch_json(void* bus, const json& body, const request_meta& meta,
                                             std::optional<std::string>* replay_of);
+
+  detail::answer_position_fn answer_position_;
 };
 
 // ---- implementation ----
@@ -463,7 +478,8 @@ auto query_bus::ask(const Q& query_message, const request_meta& meta) {
 }
 
 template <query Q>
-result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_meta& meta) {
+result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_meta& meta,
+                                          position_token* at) {
   using R = response_t<Q>;
   const auto* e = core_.find(detail::type_id<Q>());
   if (!e) return std::unexpected(detail::no_handler(info_of<Q>()));
@@ -484,7 +500,8 @@ result<response_t<Q>> query_bus::dispatch(const Q& query_message, const request_
     return {};
   };
   auto innermost = [&](const request_meta& m) -> result<void> {
-    return detail::run_read(source_, info_of<Q>(), m, body);
+    return detail::run_read(source_, info_of<Q>(), m, body,
+                            answer_position_ ? &answer_position_ : nullptr, at);
   };
   auto outcome =
       core_.run(message_ref(&query_message, detail::ops_of<Q>(), e->slot), meta, innermost);
@@ -497,9 +514,10 @@ result<json_outcome> query_bus::dispatch_json(void* bus, const json& body, const
                                               std::optional<std::string>*) {
   auto message = from_json<Q>(body);
   if (!message) return std::unexpected(std::move(message.error()));
-  auto r = static_cast<query_bus*>(bus)->dispatch(*message, meta);
+  position_token at;
+  auto r = static_cast<query_bus*>(bus)->dispatch(*message, meta, &at);
   if (!r) return std::unexpected(std::move(r.error()));
-  return json_outcome{to_json(*r), {}};
+  return json_outcome{to_json(*r), at};
 }
 
 }  // namespace cleave

@@ -54,6 +54,12 @@ class read_your_writes final : public behavior {
   // the write tables. A client that sends it back as at_least(token) reads nothing older than
   // what it saw. Reads it now (a round trip to the primary on PostgreSQL).
   position_token position_of(std::string_view wire_name) const;
+  // The same for an answer read in `tx`: for a query of the write tables, the head as `tx` sees
+  // it (store::head_in), so that it names no write the answer misses. Empty when it cannot be
+  // told inside `tx` (a query of views; a backend without head_in): the caller then asks
+  // position_of() once `tx` has ended. Opens no other transaction (on ":memory:" that would wait
+  // for the one `tx` holds). (Set as the query bus's answer_positions by cleave::app.)
+  position_token position_in(std::string_view wire_name, read_session& tx) const;
 
   // For a transport that must not hold a thread while a read waits (the HTTP server): what
   // park() did with a query.

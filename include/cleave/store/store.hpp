@@ -159,6 +159,13 @@ class store : public session_source {
   // PostgreSQL its LSN is the primary's WAL position now: a standby that has replayed that much
   // has every commit made so far (views included).
   virtual position_token head() = 0;
+  // The head as read transaction `tx` (lent by this store, or by a source stacked on it) sees
+  // it: where an answer read in `tx` stands. Empty when the backend cannot tell in `tx` (the
+  // default); the caller then reads head() once `tx` has ended. Opens no other transaction.
+  virtual position_token head_in(read_session& tx) {
+    (void)tx;
+    return {};
+  }
 
   // Applies the migrations of `component` (cleave's own, an application's, a projection's) that
   // this database has not had yet. Safe to run twice, and from two processes at once.
