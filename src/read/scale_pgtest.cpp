@@ -314,6 +314,16 @@ TEST_F(scale, a_replay_of_dead_letters_killed_half_way_moves_no_checkpoint) {
     std::this_thread::sleep_for(100ms);
     kill(replay.pid, SIGKILL);
   }
+  // Its last transaction may still be ending on the server (a COMMIT sent before the kill
+  // commits all the same): counted once no other session is in the middle of one.
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return scalar(*db,
+                      "select count(*) from pg_stat_activity where datname = current_database() "
+                      "and backend_type = 'client backend' and pid <> pg_backend_pid() and "
+                      "state <> 'idle'") == 0;
+      },
+      10s));
   const auto parked = p.dead_letters("unit_tally").size();
   EXPECT_GT(parked, 0u) << "the replay was not killed half-way";
   EXPECT_LT(parked, 1'000u) << "the replay did nothing before it was killed";
