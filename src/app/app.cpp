@@ -81,23 +81,27 @@ result<app_config> load_config(const std::filesystem::path& file) {
     if (f.listen) c.listen = *f.listen;
     if (f.log_level) c.log_level = *f.log_level;
     if (f.static_dir) c.static_dir = *f.static_dir;
-    auto positive = [&](const std::optional<std::int64_t>& v, auto& into,
-                        const char* name) -> result<void> {
+    // `most`: the largest value taken; by default what the setting holds (never cut short).
+    auto positive = [&](const std::optional<std::int64_t>& v, auto& into, const char* name,
+                        std::int64_t most =
+                            std::numeric_limits<std::int64_t>::max()) -> result<void> {
       if (!v) return {};
       if (*v <= 0) return invalid(name, "must be positive");
       using setting = std::remove_reference_t<decltype(into)>;
-      if (std::cmp_greater(*v, std::numeric_limits<setting>::max()))  // not cut short
-        return invalid(name,
-                       fmt::format("must be at most {}", std::numeric_limits<setting>::max()));
+      if (std::cmp_greater(most, std::numeric_limits<setting>::max()))
+        most = static_cast<std::int64_t>(std::numeric_limits<setting>::max());
+      if (*v > most) return invalid(name, fmt::format("must be at most {}", most));
       into = static_cast<setting>(*v);
       return {};
     };
+    // A thread each: a typo's extra digits would otherwise start that many.
+    constexpr std::int64_t most_threads = 1024;
     for (auto r : {positive(f.max_body_bytes, c.max_body_bytes, "max_body_bytes"),
                    positive(f.max_header_bytes, c.max_header_bytes, "max_header_bytes"),
                    positive(f.max_json_depth, c.max_json_depth, "max_json_depth"),
                    positive(f.max_connections, c.max_connections, "max_connections"),
-                   positive(f.workers, c.workers, "workers"),
-                   positive(f.io_threads, c.io_threads, "io_threads"),
+                   positive(f.workers, c.workers, "workers", most_threads),
+                   positive(f.io_threads, c.io_threads, "io_threads", most_threads),
                    positive(f.max_parked_reads, c.max_parked_reads, "max_parked_reads"),
                    positive(f.max_live_streams, c.max_live_streams, "max_live_streams")})
       if (!r) return std::unexpected(r.error());

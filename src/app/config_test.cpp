@@ -194,6 +194,12 @@ TEST_F(load_config_test, a_limit_too_large_for_its_setting_is_refused_not_cut_sh
   auto largest = cleave::load_config(file(R"({"max_json_depth": 2147483647})"));
   ASSERT_TRUE(largest) << largest.error().describe();
   EXPECT_EQ(largest->max_json_depth, 2147483647);
+  // Threads: one each, so a typo's extra digits are refused rather than started.
+  for (const std::string member : {"workers", "io_threads"}) {
+    SCOPED_TRACE(member);
+    EXPECT_EQ(error_for("{\"" + member + "\": 100000}").message, member + ": must be at most 1024");
+    EXPECT_TRUE(cleave::load_config(file("{\"" + member + "\": 1024}")));
+  }
   // Past what any integer member holds: refused by the decoder, naming the member.
   EXPECT_THAT(error_for(R"({"workers": 99999999999999999999})").describe(), HasSubstr("workers"));
 }

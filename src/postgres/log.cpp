@@ -112,6 +112,21 @@ position_token store::head() {
       std::chrono::milliseconds(2000));
 }
 
+// In `tx`'s snapshot (read transactions are repeatable read): the newest event it sees, and
+// the WAL position it was read at — the primary's, or on a standby what it has replayed.
+position_token store::head_in(read_session& tx) {
+  position_token head;
+  tx.query(
+      "select transaction_id::text, position::text, (case when pg_is_in_recovery() then "
+      "pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text from cleave_events "
+      "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1",
+      {}, [&](const row_view& row) {
+        const auto text = [&](std::size_t i) { return std::get<std::string_view>(row.get(i)); };
+        head = position_token(parse_u64(text(0)), parse_u64(text(1)), parse_lsn(text(2)));
+      });
+  return head;
+}
+
 log_span store::read_span(position_token after, std::size_t limit, position_token until) {
   if (limit == 0) return {};
   return impl_->read([&](connection& conn) {

@@ -204,12 +204,16 @@ write_transaction& store::begin_write(const request_meta& meta, isolation level)
                         impl::purpose::write, false);
 }
 
+// Repeatable read: every statement of a read sees one snapshot, as on SQLite (a query that
+// reads twice sees no commit in between, and head_in() names what it saw). Read only, so it
+// costs what read committed does, on a standby too.
 read_transaction& store::begin_read(const request_meta& meta, const consistency& wanted) {
+  constexpr std::string_view begin = "begin transaction isolation level repeatable read read only";
   if (auto* r = impl_->route(meta, wanted)) {
     ++r->reads;
-    return r->pool->acquire(meta, "begin transaction read only", impl::purpose::read, false);
+    return r->pool->acquire(meta, begin, impl::purpose::read, false);
   }
-  return impl_->acquire(meta, "begin transaction read only", impl::purpose::read, false);
+  return impl_->acquire(meta, begin, impl::purpose::read, false);
 }
 
 }  // namespace cleave::postgres

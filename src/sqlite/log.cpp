@@ -43,10 +43,7 @@ position_token store::read_events_into(position_token after, std::size_t limit,
   return impl_->read([&](connection& conn) {
     // Of some types: up to the head as this read transaction sees it (one writer at a time, so
     // every event up to it has committed).
-    const auto end = types.empty() ? 0
-                                   : scalar(conn,
-                                            "select coalesce(max(position), 0) from "
-                                            "cleave_events");
+    const auto end = types.empty() ? 0 : scalar(conn, detail::select_head);
     std::vector<sql_value> params{static_cast<std::int64_t>(after.position()),
                                   static_cast<std::int64_t>(limit), end};
     for (const auto& type : types) params.emplace_back(std::string_view(type));
@@ -76,14 +73,13 @@ position_token store::read_events_into(position_token after, std::size_t limit,
 
 position_token store::head() {
   return impl_->read([](connection& conn) {
-    return position_token(0, static_cast<std::uint64_t>(scalar(
-                                 conn, "select coalesce(max(position), 0) from cleave_events")));
+    return position_token(0, static_cast<std::uint64_t>(scalar(conn, detail::select_head)));
   });
 }
 
 position_token store::head_in(read_session& tx) {
   std::int64_t head = 0;
-  tx.query("select coalesce(max(position), 0) from cleave_events", {},
+  tx.query(detail::select_head, {},
            [&](const row_view& row) { head = std::get<std::int64_t>(row.get(0)); });
   return position_token(0, static_cast<std::uint64_t>(head));
 }

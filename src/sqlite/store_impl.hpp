@@ -22,6 +22,11 @@
 
 namespace cleave::sqlite::detail {
 
+// The log's head: the last position appended (0 for none). One writer at a time, so every event
+// up to it has committed in the snapshot that reads it.
+inline constexpr std::string_view select_head =
+    "select coalesce(max(position), 0) from cleave_events";
+
 // Resets a statement however the scope is left, so a throwing row callback leaves no statement
 // half-run.
 struct reset_on_exit {
@@ -69,8 +74,7 @@ struct store::impl {
     void rebind(const request_meta& meta) override;
     position_token position_so_far() override {
       if (last_position == 0)
-        last_position = detail::scalar(*owner->write_conn,
-                                       "select coalesce(max(position), 0) from cleave_events");
+        last_position = detail::scalar(*owner->write_conn, detail::select_head);
       return position_token(0, static_cast<std::uint64_t>(last_position));
     }
 

@@ -615,6 +615,28 @@ TYPED_TEST_P(store_conformance, distance_counts_the_events_after_a_position) {
   EXPECT_EQ(this->db->distance(this->db->head()).events, 0u);
 }
 
+// A read transaction is one snapshot on every backend: a commit made while it is open is not in
+// its second statement, and head_in() names the newest event it sees, not the log's head.
+TYPED_TEST_P(store_conformance, a_read_sees_one_snapshot_and_head_in_names_what_it_saw) {
+  const auto first = this->commands.send(register_customer{"c1", "Ada"});
+  ASSERT_TRUE(first);
+  cleave::position_token seen;
+  std::int64_t before = -1, after = -1;
+  {
+    cleave::read_scope tx(*this->db, {}, cleave::strong());
+    const cleave::read_context ctx(&*tx, {});
+    before = ctx.one<std::int64_t>("select count(*) from cleave_events").value_or(-1);
+    ASSERT_TRUE(this->commands.send(register_customer{"c2", "Grace"}));  // commits meanwhile
+    after = ctx.one<std::int64_t>("select count(*) from cleave_events").value_or(-1);
+    seen = this->db->head_in(*tx);
+  }
+  EXPECT_EQ(before, 1);
+  EXPECT_EQ(after, 1);
+  EXPECT_EQ(seen.transaction(), first->position.transaction());
+  EXPECT_EQ(seen.position(), first->position.position());
+  EXPECT_LT(first->position.position(), this->db->head().position());  // (c2 did commit)
+}
+
 TYPED_TEST_P(store_conformance, a_span_counts_what_read_events_returns) {
   // Twelve events with gaps: each failed command's append rolls back (on PostgreSQL its position
   // is used up), so positions alone overstate how many events lie between two of them.
@@ -729,7 +751,7 @@ TYPED_TEST_P(store_conformance, a_lease_has_one_holder_until_it_is_released) {
 
 REGISTER_TYPED_TEST_SUITE_P(
     store_conformance, distance_counts_the_events_after_a_position,
-    a_span_counts_what_read_events_returns,
+    a_read_sees_one_snapshot_and_head_in_names_what_it_saw, a_span_counts_what_read_events_returns,
     a_read_of_some_types_skips_the_others_and_says_how_far_it_got,
     a_commit_in_another_process_wakes_a_watch, a_lease_has_one_holder_until_it_is_released,
     a_command_commits_its_state_and_its_event_together,

@@ -62,6 +62,7 @@ class store final : public cleave::store {
                                   std::span<const std::string> types) override;
   log_span read_span(position_token after, std::size_t limit, position_token until) override;
   position_token head() override;
+  position_token head_in(read_session& tx) override;  // one statement in `tx`'s snapshot
   position_token readable_head() override;
   std::string_view dialect() const noexcept override { return "postgresql"; }
   std::int64_t exec_over_events(write_session& tx, std::string_view statement, position_token after,
