@@ -117,8 +117,9 @@ position_token store::head() {
 position_token store::head_in(read_session& tx) {
   position_token head;
   tx.query(
-      "select transaction_id::text, position::text, (case when pg_is_in_recovery() then "
-      "pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text from cleave_events "
+      "select transaction_id::text, position::text, coalesce((case when pg_is_in_recovery() "
+      "then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, '0/0') from "
+      "cleave_events "
       "order by cleave_events.transaction_id desc, cleave_events.position desc limit 1",
       {}, [&](const row_view& row) {
         const auto text = [&](std::size_t i) { return std::get<std::string_view>(row.get(i)); };

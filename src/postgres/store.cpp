@@ -205,8 +205,10 @@ write_transaction& store::begin_write(const request_meta& meta, isolation level)
 }
 
 // Repeatable read: every statement of a read sees one snapshot, as on SQLite (a query that
-// reads twice sees no commit in between, and head_in() names what it saw). Read only, so it
-// costs what read committed does, on a standby too.
+// reads twice sees no commit in between, and head_in() names what it saw). Read only, it takes
+// no transaction id and cannot fail to serialize. On a standby the snapshot is held between the
+// statements too, so a recovery conflict there may end the connection (the read then fails as
+// unavailable); queries are short.
 read_transaction& store::begin_read(const request_meta& meta, const consistency& wanted) {
   constexpr std::string_view begin = "begin transaction isolation level repeatable read read only";
   if (auto* r = impl_->route(meta, wanted)) {
