@@ -184,7 +184,10 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
              this->scalar(*shop, "select count(*) from orders where status = 'cancelled'"));
   ASSERT_GT(placed.load(), 100);
   EXPECT_GT(paid.load(), 0);
-  EXPECT_GT(too_late.load() + (placed.load() / 2 - paid.load()), 0);
+  // Some deadlines passed: the orders never paid (every other one), and any paid too late, were
+  // cancelled. (Not counted from `placed`: when every payment lands in time, as it may while the
+  // projectors that cancel are being killed, the unpaid half of an odd count rounds down.)
+  EXPECT_GT(this->scalar(*shop, "select count(*) from orders where status = 'cancelled'"), 0);
   // Paid or cancelled, never both, never neither.
   EXPECT_EQ(this->scalar(*shop,
                          "select count(*) from orders where status <> 'cancelled' and paid_at is "
