@@ -5,14 +5,41 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const shopBin = process.env.SHOP_BIN;
-const port = 20000 + Math.floor(Math.random() * 20000);
+let port = 0; // the running shop's: startShop() picks it
 
+// A port the system has just given out and taken back.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.on("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port: free } = probe.address();
+      probe.close(() => resolve(free));
+    });
+  });
+}
+
+// Starts the shop on a free port. Another process may take the port between the probe and the
+// shop's bind (a random one, as before, could be some connection's local port): a shop that
+// exits at once is started again on another, three times at most.
 async function startShop(dir, env = {}) {
+  for (let attempt = 1; ; ++attempt) {
+    port = await freePort();
+    try {
+      return await spawnShop(dir, env);
+    } catch (e) {
+      if (attempt >= 3 || !e.message.startsWith("shop exited")) throw e;
+    }
+  }
+}
+
+async function spawnShop(dir, env) {
   const shop = spawn(shopBin, ["serve"], {
     cwd: dir,
     env: { ...process.env, CLEAVE_LISTEN: `127.0.0.1:${port}`, CLEAVE_LOG_LEVEL: "warn", ...env },
@@ -26,7 +53,10 @@ async function startShop(dir, env = {}) {
         resolve();
       }
     });
-    shop.on("exit", (code) => reject(new Error(`shop exited with ${code}`)));
+    shop.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`shop exited with ${code}`));
+    });
   });
   return shop;
 }
