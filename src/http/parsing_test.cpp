@@ -2,7 +2,10 @@
 // query's schema, the consistency headers, Idempotency-Key, X-Correlation-Id, Content-Type and
 // bearer tokens; then how the router answers what they refuse, and which reads it parks.
 
+#include <sched.h>
+
 #include <chrono>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -390,6 +393,34 @@ TEST_F(router_parsing, a_query_string_that_does_not_decode_is_a_400_naming_the_m
   const auto plus = routes->handle(get("/queries/parsing.echo?id=a+b%2Bc"));
   ASSERT_EQ(plus.status, 200) << plus.body;
   EXPECT_EQ(body(plus)["result"], "a b+c");
+}
+
+// The default number of I/O threads follows the CPUs the process may use, not the host's.
+TEST(usable_cpus, a_cgroup_quota_counts_as_whole_cpus_rounded_up) {
+  using cleave::http::detail::cpus_in_quota;
+  EXPECT_EQ(cpus_in_quota("200000 100000\n"), 2u);
+  EXPECT_EQ(cpus_in_quota("150000 100000"), 2u);
+  EXPECT_EQ(cpus_in_quota("50000 100000"), 1u);
+  for (const char* none : {"max 100000\n", "", "-1 100000", "0 100000", "100000", "1 0", "x y"})
+    EXPECT_EQ(cpus_in_quota(none), std::nullopt) << '"' << none << '"';
+}
+
+TEST(usable_cpus, a_thread_bound_to_one_cpu_counts_one) {
+  const auto all = cleave::http::detail::usable_cpus();
+  EXPECT_GE(all, 1u);
+  EXPECT_LE(all, std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t before, one;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof before, &before), 0);
+  CPU_ZERO(&one);
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &before)) {
+      CPU_SET(cpu, &one);
+      break;
+    }
+  ASSERT_EQ(::sched_setaffinity(0, sizeof one, &one), 0);
+  const auto bound = cleave::http::detail::usable_cpus();
+  ::sched_setaffinity(0, sizeof before, &before);
+  EXPECT_EQ(bound, 1u);
 }
 
 }  // namespace

@@ -142,4 +142,13 @@ std::optional<std::filesystem::path> resolve_static(const std::filesystem::path&
 // The Content-Type of a static file, by its extension.
 std::string_view media_type_of(const std::filesystem::path& file);
 
+// The CPUs a cgroup CPU quota allows, rounded up, from cgroup v2's `cpu.max` text ("<quota>
+// <period>"; v1's cfs quota and period in the same form). Empty for "max" (no quota) or text it
+// cannot read.
+std::optional<std::size_t> cpus_in_quota(std::string_view cpu_max);
+
+// The CPUs this process may run on (cpus.cpp): its affinity mask, lowered to its cgroup's CPU
+// quota when one is set; at least 1.
+std::size_t usable_cpus();
+
 }  // namespace cleave::http::detail

@@ -67,11 +67,10 @@ std::size_t worker_threads(app& a) {
   return grouped ? std::max(workers, std::min(grouped->capacity(), most_for_groups)) : workers;
 }
 
-// The I/O threads: as configured, else one a core (at most 8). Each runs its own connections,
-// from accept (on a thread of its own) to close.
+// The I/O threads: as configured, else one a CPU this process may use (at most 8). Each runs its
+// own connections, from accept (on a thread of its own) to close.
 std::size_t io_threads(const app_config& c) {
-  return c.io_threads ? c.io_threads
-                      : std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 8);
+  return c.io_threads ? c.io_threads : std::clamp<std::size_t>(detail::usable_cpus(), 1, 8);
 }
 
 // An I/O thread: its own event loop (so a connection's coroutine never needs a strand) and the
