@@ -1,6 +1,6 @@
 // The one migration algorithm of every backend: steps in version order, each applied once in a
 // transaction of its own under the backend's migration lock; a second process waits for the
-// lock, then finds the step applied.
+// lock, then finds the step applied. When a read finds every step applied, no lock is taken.
 
 #include <algorithm>
 #include <vector>
@@ -42,6 +42,19 @@ void store::migrate(std::string_view component, std::span<const migration> migra
     }
     tx.commit();
   };
+  // Every step already applied (a process starting on a migrated database): a read says so, and
+  // no writer is waited for — a busy writer elsewhere would otherwise hold the start up.
+  if (!ordered.empty()) {
+    try {
+      const auto applied = applied_migrations(component);
+      if (std::all_of(ordered.begin(), ordered.end(), [&](const migration* m) {
+            return std::find(applied.begin(), applied.end(), m->version) != applied.end();
+          }))
+        return;
+    } catch (const error_exception&) {
+      // No migrations table yet, or the read failed: the steps below find out.
+    }
+  }
   if (ordered.empty()) step(nullptr);
   for (const auto* m : ordered) {
     try {
