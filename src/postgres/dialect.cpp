@@ -14,7 +14,10 @@ namespace cleave::postgres {
 store::migration_statements store::migration_sql() const {
   return {.lock = "select pg_advisory_xact_lock(7297306275)",
           .time_type = "timestamptz",
-          .now = "now()"};
+          .now = "now()",
+          .table_exists =
+              "select count(*) from (select to_regclass('cleave_migrations') as t) "
+              "as found where t is not null"};
 }
 
 std::string_view store::now_ms_sql() const noexcept {

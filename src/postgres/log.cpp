@@ -31,26 +31,32 @@ std::int64_t unix_ms_of(std::int64_t pg_micros) {
 // Gap-safe: only transactions older than every running one, in (transaction, position) order.
 // Read with binary results: the ids, numbers and time travel as 8 bytes, without the server's text
 // conversions (text columns are the same bytes either way).
-constexpr std::string_view select_events =
-    "select transaction_id, position, stream, stream_version, type, payload::text, "
-    "command_id, correlation_id, recorded_at "
-    "from cleave_events "
+// The columns read of each event: these first, then (event_fields::all) the envelope's.
+constexpr std::string_view payload_columns = "transaction_id, position, type, payload::text";
+constexpr std::string_view envelope_columns =
+    ", stream, stream_version, command_id, correlation_id, recorded_at";
+constexpr std::string_view from_events =
+    " from cleave_events "
     "where (transaction_id, position) > ($1::text::xid8, $2) "
     "  and transaction_id < pg_snapshot_xmin(pg_current_snapshot()) "
     // Qualified: the output column `transaction_id` is text, and would sort as text.
     "order by cleave_events.transaction_id, cleave_events.position limit $3";
 // The same, of some types ($6, a JSON array) and up to a position ($4, $5): a gap-safe end found
 // first, so the bound holds whatever commits meanwhile.
-constexpr std::string_view select_events_of =
-    "select transaction_id, position, stream, stream_version, type, payload::text, "
-    "command_id, correlation_id, recorded_at "
-    "from cleave_events "
+constexpr std::string_view from_events_of =
+    " from cleave_events "
     "where (transaction_id, position) > ($1::text::xid8, $2) "
     "  and (transaction_id, position) <= ($4::text::xid8, $5) "
     "  and type = any(array(select jsonb_array_elements_text($6::jsonb))) "
     "order by cleave_events.transaction_id, cleave_events.position limit $3";
 
-// The event types a read is limited to, as the JSON array select_events_of takes apart.
+std::string select_events(event_fields fields, bool of_types) {
+  return fmt::format("select {}{}{}", payload_columns,
+                     fields == event_fields::all ? envelope_columns : std::string_view(),
+                     of_types ? from_events_of : from_events);
+}
+
+// The event types a read is limited to, as the JSON array from_events_of takes apart.
 std::string json_array_of(std::span<const std::string> types) {
   json out = json::array();
   for (const auto& type : types) out.push_back(type);
@@ -61,7 +67,7 @@ std::string json_array_of(std::span<const std::string> types) {
 
 position_token store::read_events_into(position_token after, std::size_t limit,
                                        std::vector<stored_event>& out,
-                                       std::span<const std::string> types) {
+                                       std::span<const std::string> types, event_fields fields) {
   // Of some types: first the newest event a gap-safe reader sees (every event up to it has
   // committed; later commits come after it), then the events up to it.
   const auto end = types.empty() ? position_token{} : readable_head();
@@ -75,22 +81,27 @@ position_token store::read_events_into(position_token after, std::size_t limit,
                                 std::string_view(end_xid),
                                 static_cast<std::int64_t>(end.position()),
                                 std::string_view(type_list)};
-    auto r = types.empty() ? conn.run(select_events, std::span(params).first(3),
-                                      connection::result_format::binary)
-                           : conn.run(select_events_of, params, connection::result_format::binary);
+    auto r =
+        conn.run(select_events(fields, !types.empty()),
+                 types.empty() ? std::span(params).first(3) : std::span<const sql_value>(params),
+                 connection::result_format::binary);
     const auto rows = static_cast<std::size_t>(r.rows());
     out.resize(rows);
     for (std::size_t i = 0; i < rows; ++i) {
       auto& e = out[i];
       const int row = static_cast<int>(i);
       e.position = position_token(r.binary_u64(row, 0), r.binary_u64(row, 1));
-      e.stream.assign(r.text(row, 2));
-      e.stream_version = r.binary_u64(row, 3);
-      e.type.assign(r.text(row, 4));
-      e.payload.assign_text(r.text(row, 5));
-      e.command_id.assign(r.text(row, 6));
-      e.correlation_id.assign(r.text(row, 7));
-      e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(row, 8)));
+      e.type.assign(r.text(row, 2));
+      e.payload.assign_text(r.text(row, 3));
+      if (fields == event_fields::all) {
+        e.stream.assign(r.text(row, 4));
+        e.stream_version = r.binary_u64(row, 5);
+        e.command_id.assign(r.text(row, 6));
+        e.correlation_id.assign(r.text(row, 7));
+        e.recorded_at_ms = unix_ms_of(static_cast<std::int64_t>(r.binary_u64(row, 8)));
+      } else {
+        cleave::detail::clear_envelope(e);
+      }
     }
     if (rows > 0 && (rows == limit || types.empty())) return out.back().position;
     if (types.empty() || limit == 0) return after;

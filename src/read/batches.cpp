@@ -21,7 +21,7 @@ using namespace read_detail;
 
 std::size_t projector::stream_batches(
     position_token from, std::size_t batch, std::size_t max, std::span<const std::string> types,
-    function_ref<bool(std::vector<stored_event>&, position_token)> apply) {
+    event_fields fields, function_ref<bool(std::vector<stored_event>&, position_token)> apply) {
   // While a batch is applied the next one is read on another thread (into the other buffer).
   std::size_t applied = 0;
   // This batch and the next, each read into again and again: their strings are reused.
@@ -31,16 +31,17 @@ std::size_t projector::stream_batches(
   for (;;) {
     auto& events = buffers[current];
     const auto through =
-        ahead.valid() ? ahead.get() : db_.read_events_into(from, batch, events, types);
+        ahead.valid() ? ahead.get() : db_.read_events_into(from, batch, events, types, fields);
     if (!(from < through)) return applied;
     const bool full = events.size() == batch;  // the log goes on: the next batch is larger
     if (full) batch = std::max(batch, std::min(batch * 2, max));
     from = through;
     if (full) {
       current = 1 - current;
-      ahead = std::async(std::launch::async, [this, from, batch, types, &next = buffers[current]] {
-        return db_.read_events_into(from, batch, next, types);
-      });
+      ahead = std::async(std::launch::async,
+                         [this, from, batch, types, fields, &next = buffers[current]] {
+                           return db_.read_events_into(from, batch, next, types, fields);
+                         });
     }
     if (!apply(events, through)) return applied;  // (ahead's destructor waits for its read)
     applied += events.size();  // (what apply left of them: a unit drops other units' events)
@@ -49,11 +50,15 @@ std::size_t projector::stream_batches(
 }
 
 std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch) {
-  return stream_batches(view.checkpoint(), batch, opts_.max_batch, {},
-                        [&](std::vector<stored_event>& events, position_token) {
+  // Only the types it handles (as stored: upcasters may rename), and of them what its handlers
+  // see: the type and the payload.
+  auto types = view.event_types();
+  if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
+  return stream_batches(view.checkpoint(), batch, opts_.max_batch, types, event_fields::payload,
+                        [&](std::vector<stored_event>& events, position_token through) {
                           if (rewrites_)
                             for (auto& e : events) rewrites_->apply(e.type, e.payload);
-                          view.apply(events);
+                          view.apply(events, through);
                           wake_waiters();  // in this process only: other processes have their own
                           return true;
                         });
@@ -85,7 +90,7 @@ std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::siz
   };
   if (const auto& sink = p.def.sink_handler()) {
     // Outside any transaction: the checkpoint moves after the sink has returned.
-    return stream_batches(from, batch, opts_.max_batch, p.read_types,
+    return stream_batches(from, batch, opts_.max_batch, p.read_types, event_fields::all,
                           [&](std::vector<stored_event>& events, position_token to) {
                             if (rewrites_)
                               for (auto& e : events) rewrites_->apply(e.type, e.payload);
@@ -100,7 +105,7 @@ std::size_t projector::catch_up_unit(const entry& p, std::size_t index, std::siz
     const bool sliced = p.units.size() > 1;
     const auto max = p.def.folds().empty() ? std::min(opts_.max_batch, opts_.max_handler_batch)
                                            : opts_.max_batch;
-    return stream_batches(from, std::min(batch, max), max, p.read_types,
+    return stream_batches(from, std::min(batch, max), max, p.read_types, event_fields::all,
                           [&](std::vector<stored_event>& events, position_token to) {
                             if (sliced)
                               std::erase_if(events, [&](const stored_event& e) {

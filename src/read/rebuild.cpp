@@ -220,7 +220,8 @@ class projector::rebuilding {
     }
     // Every event (not only the handled types): progress counts events against the log's.
     owner_.stream_batches(
-        at_, first_chunk_, max_chunk_, {}, [&](std::vector<stored_event>& events, position_token) {
+        at_, first_chunk_, max_chunk_, {}, event_fields::all,
+        [&](std::vector<stored_event>& events, position_token) {
           const bool past = !until.empty() && std::erase_if(events, [&](const stored_event& e) {
                                                 return until < e.position;
                                               }) > 0;

@@ -15,7 +15,10 @@ store::migration_statements store::migration_sql() const {
   // The single writer's transaction (begin immediate) already excludes every other writer.
   return {.lock = "",
           .time_type = "integer",
-          .now = "cast((julianday('now') - 2440587.5) * 86400000 as integer)"};
+          .now = "cast((julianday('now') - 2440587.5) * 86400000 as integer)",
+          .table_exists =
+              "select count(*) from sqlite_master where type = 'table' and name = "
+              "'cleave_migrations'"};
 }
 
 std::string_view store::now_ms_sql() const noexcept {

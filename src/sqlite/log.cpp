@@ -20,26 +20,34 @@ using detail::reset_on_exit;
 using detail::run_query;
 using detail::scalar;
 
-constexpr std::string_view select_events =
-    "select position, stream, stream_version, type, payload, command_id, correlation_id, "
-    "recorded_at from cleave_events where position > $1 order by position limit $2";
-// The same, up to a position ($3) and of some types ($4 onwards, `types` of them): a list of
-// values, which SQLite checks faster than a table of them.
-std::string select_events_of(std::size_t types) {
+// The columns of `fields`, in the order read_events_into reads them.
+std::string_view columns_of(event_fields fields) {
+  return fields == event_fields::all
+             ? "position, type, payload, stream, stream_version, command_id, correlation_id, "
+               "recorded_at"
+             : "position, type, payload";
+}
+
+// Events after a position ($1), at most $2 of them; with `types` > 0 also up to a position ($3)
+// and of some types ($4 onwards): a list of values, which SQLite checks faster than a table.
+std::string select_events(event_fields fields, std::size_t types) {
+  if (types == 0)
+    return fmt::format(
+        "select {} from cleave_events where position > $1 order by position limit $2",
+        columns_of(fields));
   std::string list;
   for (std::size_t i = 0; i < types; ++i) list += fmt::format("{}${}", i ? ", " : "", i + 4);
   return fmt::format(
-      "select position, stream, stream_version, type, payload, command_id, correlation_id, "
-      "recorded_at from cleave_events where position > $1 and position <= $3 and type in ({}) "
+      "select {} from cleave_events where position > $1 and position <= $3 and type in ({}) "
       "order by position limit $2",
-      list);
+      columns_of(fields), list);
 }
 
 }  // namespace
 
 position_token store::read_events_into(position_token after, std::size_t limit,
                                        std::vector<stored_event>& out,
-                                       std::span<const std::string> types) {
+                                       std::span<const std::string> types, event_fields fields) {
   return impl_->read([&](connection& conn) {
     // Of some types: up to the head as this read transaction sees it (one writer at a time, so
     // every event up to it has committed).
@@ -47,8 +55,8 @@ position_token store::read_events_into(position_token after, std::size_t limit,
     std::vector<sql_value> params{static_cast<std::int64_t>(after.position()),
                                   static_cast<std::int64_t>(limit), end};
     for (const auto& type : types) params.emplace_back(std::string_view(type));
-    auto& s = types.empty() ? conn.prepare(select_events, std::span(params).first(2))
-                            : conn.prepare(select_events_of(types.size()), params);
+    auto& s = conn.prepare(select_events(fields, types.size()),
+                           types.empty() ? std::span(params).first(2) : std::span(params));
     reset_on_exit guard{s};
     out.reserve(std::min<std::size_t>(limit, 1 << 16));
     std::size_t n = 0;
@@ -56,13 +64,17 @@ position_token store::read_events_into(position_token after, std::size_t limit,
       auto& e = n < out.size() ? out[n] : out.emplace_back();
       ++n;
       e.position = position_token(0, static_cast<std::uint64_t>(s.int_at(0)));
-      e.stream.assign(s.text_at(1));
-      e.stream_version = static_cast<std::uint64_t>(s.int_at(2));
-      e.type.assign(s.text_at(3));
-      e.payload.assign_text(s.text_at(4));
-      e.command_id.assign(s.text_at(5));
-      e.correlation_id.assign(s.text_at(6));
-      e.recorded_at_ms = s.int_at(7);
+      e.type.assign(s.text_at(1));
+      e.payload.assign_text(s.text_at(2));
+      if (fields == event_fields::all) {
+        e.stream.assign(s.text_at(3));
+        e.stream_version = static_cast<std::uint64_t>(s.int_at(4));
+        e.command_id.assign(s.text_at(5));
+        e.correlation_id.assign(s.text_at(6));
+        e.recorded_at_ms = s.int_at(7);
+      } else {
+        cleave::detail::clear_envelope(e);
+      }
     }
     out.resize(n);
     if (n > 0 && (n == limit || types.empty())) return out.back().position;

@@ -52,7 +52,7 @@ void store::migrate(std::string_view component, std::span<const migration> migra
           }))
         return;
     } catch (const error_exception&) {
-      // No migrations table yet, or the read failed: the steps below find out.
+      // The read failed: the steps below find out.
     }
   }
   if (ordered.empty()) step(nullptr);
@@ -72,6 +72,7 @@ std::vector<int> store::applied_migrations(std::string_view component) {
   read_scope tx(*this, detail::no_meta, strong());
   read_context ctx(&*tx, detail::no_meta);
   std::vector<int> out;
+  if (ctx.one<std::int64_t>(migration_sql().table_exists).value_or(0) == 0) return out;
   for (auto v : ctx.many<std::int64_t>(
            "select version from cleave_migrations where component = $1 order by version",
            component))

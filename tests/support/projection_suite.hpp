@@ -549,6 +549,40 @@ TYPED_TEST_P(projections, a_projection_reads_only_what_it_handles_and_still_reac
   EXPECT_EQ(projector.status("cards_of_some_types").lag_events, 0u);
 }
 
+TYPED_TEST_P(projections, a_memory_view_reads_only_what_it_handles_and_still_reaches_the_head) {
+  cleave::upcasters renames;
+  renames.add("views.customer_signed_up", "views.customer_registered");
+  cleave::projector projector(*this->db, &renames, slow_poll());
+  cleave::memory_view<std::map<std::string, std::string>> names{"names_of_some_types"};
+  names.on([](const customer_registered& e, std::map<std::string, std::string>& state) {
+    state[e.id] = e.name;
+  });
+  projector.add(names);
+  auto& tx = this->db->begin_write({});
+  cleave::write_context ctx(&tx, cleave::detail::no_meta);
+  ctx.emit("old", customer_signed_up{"old", "Old"});
+  ctx.emit("new", customer_registered{"new", "New"});
+  for (int i = 0; i < 5; ++i) ctx.emit("new", card_visited{"new"});
+  tx.commit();
+  // The renamed event is read (and upcast), the visits are not; the checkpoint passes them.
+  EXPECT_EQ(settle(projector), 2u);
+  EXPECT_EQ(names.read([](const auto& s) { return s; }),
+            (std::map<std::string, std::string>{{"new", "New"}, {"old", "Old"}}));
+  EXPECT_EQ(projector.checkpoint("names_of_some_types"), this->db->head());
+  // Only unhandled events since: the checkpoint still moves to the head, and a wait for the
+  // last of them ends.
+  auto& more = this->db->begin_write({});
+  cleave::write_context more_ctx(&more, cleave::detail::no_meta);
+  more_ctx.emit("new", card_visited{"new"});
+  more.commit();
+  EXPECT_EQ(settle(projector), 0u);
+  EXPECT_EQ(projector.checkpoint("names_of_some_types"), this->db->head());
+  EXPECT_EQ(projector.status("names_of_some_types").lag_events, 0u);
+  EXPECT_FALSE(projector.wait_for("names_of_some_types", this->db->head(),
+                                  cleave::clock::now() + std::chrono::seconds(5)) <
+               this->db->head());
+}
+
 // Polls `done()` every 2 ms for up to `limit`; returns its last value.
 template <class Done>
 bool eventually(Done done, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
@@ -656,6 +690,7 @@ TYPED_TEST_P(projections, a_token_the_log_cannot_have_issued_is_refused_at_once)
 
 REGISTER_TYPED_TEST_SUITE_P(
     projections, a_projection_reads_only_what_it_handles_and_still_reaches_the_head,
+    a_memory_view_reads_only_what_it_handles_and_still_reaches_the_head,
     a_reader_that_does_not_project_wakes_on_another_processes_progress,
     a_parked_wait_holds_no_thread_and_is_called_back_when_it_can_end,
     a_token_the_log_cannot_have_issued_is_refused_at_once,

@@ -721,6 +721,27 @@ TYPED_TEST_P(store_conformance, a_read_of_some_types_skips_the_others_and_says_h
   EXPECT_EQ(this->db->read_events_into({}, 100, out, {}), all.back().position);
   ASSERT_EQ(out.size(), 7u);
   EXPECT_EQ(out[6].type, "conformance.tick");
+  // The payload alone, into events that held whole ones: the envelope is left empty.
+  ASSERT_FALSE(out[0].stream.empty());
+  EXPECT_EQ(this->db->read_events_into({}, 10, out, customers, cleave::event_fields::payload),
+            all.back().position);
+  ASSERT_EQ(out.size(), 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    const auto& whole = all[i == 0 ? 0 : 4];
+    EXPECT_EQ(out[i].position, whole.position);
+    EXPECT_EQ(out[i].type, whole.type);
+    EXPECT_EQ(out[i].payload, whole.payload);
+    EXPECT_TRUE(out[i].stream.empty());
+    EXPECT_EQ(out[i].stream_version, 0u);
+    EXPECT_TRUE(out[i].command_id.empty());
+    EXPECT_TRUE(out[i].correlation_id.empty());
+    EXPECT_EQ(out[i].recorded_at_ms, 0);
+  }
+  EXPECT_EQ(this->db->read_events_into({}, 100, out, {}, cleave::event_fields::payload),
+            all.back().position);
+  ASSERT_EQ(out.size(), 7u);
+  EXPECT_EQ(out[6].type, "conformance.tick");
+  EXPECT_TRUE(out[6].stream.empty() && out[0].recorded_at_ms == 0);
 }
 
 TYPED_TEST_P(store_conformance, a_commit_in_another_process_wakes_a_watch) {

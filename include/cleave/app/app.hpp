@@ -52,7 +52,8 @@ struct app_config {
   // Threads that run handlers (database work), apart from I/O: more than a PostgreSQL pool
   // lends to requests, so that a full pool answers 503 within pool_timeout instead of queueing.
   std::size_t workers = 8;
-  // Threads that read and write HTTP connections; 0: one a core, at most 8.
+  // Threads that read and write HTTP connections; 0: one for each CPU the process may use (its
+  // affinity mask, lowered to its cgroup's CPU quota), at most 8.
   std::size_t io_threads = 0;
   // On SQLite (a file), HTTP queries that need not wait for views (eventual, or at_least once
   // their views are there) run on their connection's I/O thread, with no hand-off to a worker.

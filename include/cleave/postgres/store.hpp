@@ -59,7 +59,8 @@ class store final : public cleave::store {
   read_transaction& begin_read(const request_meta& meta, const consistency& wanted) override;
   position_token read_events_into(position_token after, std::size_t limit,
                                   std::vector<stored_event>& out,
-                                  std::span<const std::string> types) override;
+                                  std::span<const std::string> types,
+                                  event_fields fields = event_fields::all) override;
   log_span read_span(position_token after, std::size_t limit, position_token until) override;
   position_token head() override;
   position_token head_in(read_session& tx) override;  // one statement in `tx`'s snapshot

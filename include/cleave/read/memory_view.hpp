@@ -58,8 +58,11 @@ class memory_view_base {
 
  protected:
   friend class projector;
-  // Applies a batch under the exclusive lock and moves the checkpoint past it.
-  void apply(std::span<const stored_event> events) {
+  // The stored types its handlers take (empty: none yet).
+  virtual std::vector<std::string> event_types() const = 0;
+  // Applies a batch under the exclusive lock and moves the checkpoint to `through`, the position
+  // the log was read through (past events of types it does not handle).
+  void apply(std::span<const stored_event> events, position_token through) {
     std::unique_lock lock(mutex_);
     for (const auto& e : events) {
       try {
@@ -69,7 +72,7 @@ class memory_view_base {
             fmt::format("{} at {}: {}", e.type, e.position.to_string(), failure.what()));
       }
     }
-    if (!events.empty()) checkpoint_ = events.back().position;
+    if (checkpoint_ < through) checkpoint_ = through;
   }
   virtual void apply_one(const stored_event& e) = 0;
 
@@ -94,6 +97,12 @@ class memory_view final : public memory_view_base {
   memory_view& on(F&& handler) {
     detail::add_event_handler<State>(handlers_, std::forward<F>(handler));
     return *this;
+  }
+
+  std::vector<std::string> event_types() const override {
+    std::vector<std::string> out;
+    for (const auto& [type, handler] : handlers_) out.push_back(type);
+    return out;
   }
 
   // Calls `reader(const State&)` under the shared lock and returns what it returns.

@@ -311,12 +311,13 @@ class projector {
   // Whether this projector shares units with other processes through leases (a database with
   // many writers, and a lease name set).
   bool shares_units() const noexcept;
-  // Reads the log after `from` in batches — only events of `types`, unless empty — growing
+  // Reads the log after `from` in batches — only events of `types`, unless empty, and of them
+  // the members `fields` names — growing
   // from `batch` up to `max` while they come back full, and hands each to `apply` with the
   // position it reaches (false: stop); while one batch is applied the next is read on another
   // thread. Returns the events applied.
   std::size_t stream_batches(position_token from, std::size_t batch, std::size_t max,
-                             std::span<const std::string> types,
+                             std::span<const std::string> types, event_fields fields,
                              function_ref<bool(std::vector<stored_event>&, position_token)> apply);
   // The same for set-based work: spans of the log (up to `until`, unless empty) instead of its
   // events.

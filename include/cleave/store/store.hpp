@@ -76,6 +76,24 @@ struct stored_event {
   std::int64_t recorded_at_ms = 0;  // Unix time, milliseconds
 };
 
+// What a read of the log fills in of each event.
+enum class event_fields {
+  all,      // every member
+  payload,  // position, type and payload; the other members are left empty (a memory view's
+            // handlers see no more, and a narrower row reads faster)
+};
+
+namespace detail {
+// Empties the members event_fields::payload leaves out, of an event read into again.
+inline void clear_envelope(stored_event& e) {
+  e.stream.clear();
+  e.stream_version = 0;
+  e.command_id.clear();
+  e.correlation_id.clear();
+  e.recorded_at_ms = 0;
+}
+}  // namespace detail
+
 // One step of a schema: applied once, in version order, in a transaction of its own.
 struct migration {
   int version;
@@ -143,10 +161,11 @@ class store : public session_source {
   // batches allocates little per event. Returns the position the log has been read through:
   // every event of `types` after `after` and up to it is in `out` — with `limit` events, the
   // last one; else the end of what a gap-safe reader can see, which may lie past the last event
-  // in `out` (or `after` when nothing is new).
+  // in `out` (or `after` when nothing is new). `fields` says which members are read.
   virtual position_token read_events_into(position_token after, std::size_t limit,
                                           std::vector<stored_event>& out,
-                                          std::span<const std::string> types) = 0;
+                                          std::span<const std::string> types,
+                                          event_fields fields = event_fields::all) = 0;
 
   // The span of up to `limit` committed events after `after` (and at or before `until`, unless
   // it is empty), gap-safe like read_events(): how many and the last one's position, counted in
@@ -173,7 +192,7 @@ class store : public session_source {
   // the backend's migration lock — see migration_sql().)
   void migrate(std::string_view component, std::span<const migration> migrations);
 
-  // The versions of `component` applied so far, ascending.
+  // The versions of `component` applied so far, ascending (none on a database never migrated).
   std::vector<int> applied_migrations(std::string_view component);
 
   // The newest position a gap-safe reader of the log can reach now: every event at or before it
@@ -241,6 +260,8 @@ class store : public session_source {
     std::string_view lock;
     std::string_view time_type;  // the column type of cleave_migrations.applied_at
     std::string_view now;        // an expression of that type: the time now
+    // A query of one bigint: 1 when cleave_migrations exists, else 0.
+    std::string_view table_exists;
   };
   virtual migration_statements migration_sql() const = 0;
 };
