@@ -9,21 +9,21 @@ namespace cleave {
 
 // One lane: a shared transaction and the members taking turns in it.
 struct group_commit::lane {
-  struct ended {
-    std::exception_ptr failure;  // set when the shared commit failed
+  // How a group ended, for its members: each waits on `done` alone, not on the lane's mutex, so
+  // the members of an ended group wake without queueing behind the next group's turns.
+  struct group_end {
+    std::atomic<int> done{0};    // 1 once the fields below are set
+    std::exception_ptr failure;  // set when the group failed
     std::uint64_t lsn = 0;
-    std::size_t unread = 0;  // members that have not collected this yet
   };
 
   group_commit& owner;
   std::unique_ptr<member> running;      // the one member whose turn it is
   std::atomic<std::size_t> waiting{0};  // threads queued for a turn
   std::mutex mutex;                     // held by the running member; guards what follows
-  std::condition_variable ended_cv;
   write_transaction* shared = nullptr;
-  std::uint64_t group = 0;  // the open group's number
-  std::size_t members = 0;  // members of the open group that kept their work
-  std::unordered_map<std::uint64_t, ended> ended_groups;
+  std::shared_ptr<group_end> open;  // the open group's end, while `shared` is set
+  std::size_t members = 0;          // members of the open group that kept their work
 
   explicit lane(group_commit& o);
 
@@ -33,41 +33,45 @@ struct group_commit::lane {
     if (!shared) return;  // the group already ended (its transaction broke)
     if (members < owner.max_group_ && waiting.load() > 0) return;  // the next member joins
     auto* tx = std::exchange(shared, nullptr);
+    auto end = std::exchange(open, nullptr);
     if (members == 0) {
       tx->rollback();
       return;
     }
-    ended outcome{nullptr, 0, members};
     try {
-      outcome.lsn = tx->commit().lsn();
+      end->lsn = tx->commit().lsn();
       ++owner.groups_committed_;
       owner.commands_committed_ += members;
     } catch (...) {
-      outcome.failure = std::current_exception();  // commit() already ended the transaction
+      end->failure = std::current_exception();  // commit() already ended the transaction
     }
-    ended_groups[group] = outcome;
     members = 0;
-    ended_cv.notify_all();
+    finish(*end);
   }
 
   // Ends the open group after its transaction broke: every member that kept work in it fails.
   void abandon(std::exception_ptr why) noexcept {
     if (!shared) return;
     std::exchange(shared, nullptr)->rollback();
-    if (members > 0) ended_groups[group] = {std::move(why), 0, members};
+    auto end = std::exchange(open, nullptr);
+    if (members > 0) {
+      end->failure = std::move(why);
+      finish(*end);
+    }
     members = 0;
-    ended_cv.notify_all();
   }
 
-  // Waits, releasing the turn, until `g` has ended; returns its commit LSN or throws its failure.
-  std::uint64_t wait_for(std::uint64_t g, std::unique_lock<std::mutex>& turn) {
-    ended_cv.wait(turn, [&] { return ended_groups.contains(g); });
-    auto it = ended_groups.find(g);
-    const ended outcome = it->second;
-    if (--it->second.unread == 0) ended_groups.erase(it);
-    turn.unlock();
-    if (outcome.failure) std::rethrow_exception(outcome.failure);
-    return outcome.lsn;
+  // Tells the members of an ended group.
+  static void finish(group_end& end) noexcept {
+    end.done.store(1, std::memory_order_release);
+    end.done.notify_all();
+  }
+
+  // Waits until the group of `end` has ended; returns its commit LSN or throws its failure.
+  static std::uint64_t wait_for(const group_end& end) {
+    end.done.wait(0, std::memory_order_acquire);
+    if (end.failure) std::rethrow_exception(end.failure);
+    return end.lsn;
   }
 };
 
@@ -116,7 +120,7 @@ class group_commit::member final : public detail::forwarding_transaction {
 
   position_token commit() override {
     std::unique_lock turn(lane_.mutex, std::adopt_lock);  // taken in begin_write
-    const std::uint64_t group = lane_.group;
+    const auto group = lane_.open;                        // (kept alive past the lane's next group)
     position_token mine;
     try {
       if (doomed_) std::rethrow_exception(doomed_);
@@ -132,7 +136,8 @@ class group_commit::member final : public detail::forwarding_transaction {
       throw;
     }
     lane_.end_turn();
-    const auto lsn = lane_.wait_for(group, turn);
+    turn.unlock();
+    const auto lsn = lane::wait_for(*group);
     return position_token(mine.transaction(), mine.position(), lsn);
   }
 
@@ -185,7 +190,7 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
   try {
     if (!l.shared) {
       l.shared = &inner_.begin_write(meta, isolation::serializable);
-      ++l.group;
+      l.open = std::make_shared<lane::group_end>();
       l.members = 0;
     }
     l.shared->rebind(meta);
