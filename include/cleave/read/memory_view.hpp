@@ -45,7 +45,8 @@ class memory_view_base {
   memory_view_base& operator=(memory_view_base&&) = delete;
 
   const std::string& name() const noexcept { return name_; }
-  // The last event applied.
+  // The position the log has been read through: every event up to it that the view handles is
+  // applied (events of other types are not read).
   position_token checkpoint() const {
     std::shared_lock lock(mutex_);
     return checkpoint_;
@@ -99,12 +100,6 @@ class memory_view final : public memory_view_base {
     return *this;
   }
 
-  std::vector<std::string> event_types() const override {
-    std::vector<std::string> out;
-    for (const auto& [type, handler] : handlers_) out.push_back(type);
-    return out;
-  }
-
   // Calls `reader(const State&)` under the shared lock and returns what it returns.
   template <class F>
   auto read(F&& reader) const {
@@ -113,6 +108,11 @@ class memory_view final : public memory_view_base {
   }
 
  private:
+  std::vector<std::string> event_types() const override {
+    std::vector<std::string> out;
+    for (const auto& [type, handler] : handlers_) out.push_back(type);
+    return out;
+  }
   void apply_one(const stored_event& e) override {
     auto it = handlers_.find(e.type);
     if (it != handlers_.end()) it->second(e.payload, state_);

@@ -92,7 +92,7 @@ struct unit_status {
 struct projection_status {
   std::string name;
   projection_mode mode = projection_mode::async;
-  position_token checkpoint;     // the last event applied (an inline view: the log head)
+  position_token checkpoint;     // how far the log is applied (an inline view: the log head)
   std::uint64_t lag_events = 0;  // events committed after it
   double lag_seconds = 0;        // how long ago the oldest of those was recorded; 0 when current
   std::size_t dead_letters = 0;
