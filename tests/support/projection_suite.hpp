@@ -524,26 +524,37 @@ TYPED_TEST_P(projections, a_set_based_projection_applies_a_batch_in_one_statemen
   EXPECT_THROW(projector.add(std::move(elsewhere), views.get()), std::logic_error);
 }
 
-TYPED_TEST_P(projections, a_projection_reads_only_what_it_handles_and_still_reaches_the_head) {
-  cleave::upcasters renames;
-  renames.add("views.customer_signed_up", "views.customer_registered");
-  cleave::projector projector(*this->db, &renames);
-  projector.add(cards("cards_of_some_types"));
-  auto& tx = this->db->begin_write({});
+// In one transaction: a customer under the old type name (renamed by an upcaster), one under
+// the current one, and five card visits (a type the views below do not handle).
+inline void emit_renamed_registered_and_visits(cleave::store& db) {
+  auto& tx = db.begin_write({});
   cleave::write_context ctx(&tx, cleave::detail::no_meta);
   ctx.emit("old", customer_signed_up{"old", "Old"});
   ctx.emit("new", customer_registered{"new", "New"});
   for (int i = 0; i < 5; ++i) ctx.emit("new", card_visited{"new"});
   tx.commit();
+}
+
+// One more card visit, in a transaction of its own.
+inline void emit_visit(cleave::store& db) {
+  auto& tx = db.begin_write({});
+  cleave::write_context ctx(&tx, cleave::detail::no_meta);
+  ctx.emit("new", card_visited{"new"});
+  tx.commit();
+}
+
+TYPED_TEST_P(projections, a_projection_reads_only_what_it_handles_and_still_reaches_the_head) {
+  cleave::upcasters renames;
+  renames.add("views.customer_signed_up", "views.customer_registered");
+  cleave::projector projector(*this->db, &renames);
+  projector.add(cards("cards_of_some_types"));
+  emit_renamed_registered_and_visits(*this->db);
   // The renamed event is read (and upcast), the visits are not; the checkpoint passes them.
   EXPECT_EQ(settle(projector), 2u);
   EXPECT_EQ(rows(*this->db, "cards_of_some_types"), 2);
   EXPECT_EQ(projector.checkpoint("cards_of_some_types"), this->db->head());
   // Only unhandled events since: the checkpoint still moves to the head.
-  auto& more = this->db->begin_write({});
-  cleave::write_context more_ctx(&more, cleave::detail::no_meta);
-  more_ctx.emit("new", card_visited{"new"});
-  more.commit();
+  emit_visit(*this->db);
   EXPECT_EQ(settle(projector), 0u);
   EXPECT_EQ(projector.checkpoint("cards_of_some_types"), this->db->head());
   EXPECT_EQ(projector.status("cards_of_some_types").lag_events, 0u);
@@ -558,12 +569,7 @@ TYPED_TEST_P(projections, a_memory_view_reads_only_what_it_handles_and_still_rea
     state[e.id] = e.name;
   });
   projector.add(names);
-  auto& tx = this->db->begin_write({});
-  cleave::write_context ctx(&tx, cleave::detail::no_meta);
-  ctx.emit("old", customer_signed_up{"old", "Old"});
-  ctx.emit("new", customer_registered{"new", "New"});
-  for (int i = 0; i < 5; ++i) ctx.emit("new", card_visited{"new"});
-  tx.commit();
+  emit_renamed_registered_and_visits(*this->db);
   // The renamed event is read (and upcast), the visits are not; the checkpoint passes them.
   EXPECT_EQ(settle(projector), 2u);
   EXPECT_EQ(names.read([](const auto& s) { return s; }),
@@ -571,10 +577,7 @@ TYPED_TEST_P(projections, a_memory_view_reads_only_what_it_handles_and_still_rea
   EXPECT_EQ(projector.checkpoint("names_of_some_types"), this->db->head());
   // Only unhandled events since: the checkpoint still moves to the head, and a wait for the
   // last of them ends.
-  auto& more = this->db->begin_write({});
-  cleave::write_context more_ctx(&more, cleave::detail::no_meta);
-  more_ctx.emit("new", card_visited{"new"});
-  more.commit();
+  emit_visit(*this->db);
   EXPECT_EQ(settle(projector), 0u);
   EXPECT_EQ(projector.checkpoint("names_of_some_types"), this->db->head());
   EXPECT_EQ(projector.status("names_of_some_types").lag_events, 0u);
