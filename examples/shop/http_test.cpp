@@ -376,6 +376,109 @@ std::pair<int, std::string> run(const std::string& command) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
+// How many answers to `query` came from the answer cache, as /metrics counts them.
+int cached_answers(std::uint16_t port, const std::string& query) {
+  const auto m = http(port, "GET", "/metrics").body;
+  const std::string line = "cleave_http_cached_answers_total{name=\"" + query + "\"} ";
+  const auto at = m.find(line);
+  return at == std::string::npos ? 0 : std::stoi(m.substr(at + line.size()));
+}
+
+// GETs `target` on `c` until an answer comes from the cache (the projector's own commits, such
+// as its lease's renewal, may come between two GETs); that answer, or the last one read.
+cleave::testing::http_reply get_until_cached(
+    http_connection& c, std::uint16_t port, const std::string& target, const std::string& query,
+    const std::map<std::string, std::string>& headers = {}) {
+  cleave::testing::http_reply r;
+  for (int i = 0; i < 20; ++i) {
+    const int before = cached_answers(port, query);
+    r = c.request("GET", target, "", headers);
+    if (cached_answers(port, query) > before) break;
+  }
+  return r;
+}
+
+TEST_F(shop_server, a_cached_answer_is_given_only_while_nothing_was_committed_by_any_process) {
+  start();
+  const std::string mug = "/queries/shop.product_stock?product_id=mug";
+  const std::string query = "shop.product_stock";
+  http_connection c(port);  // one connection: one I/O thread, whose cache it reads
+  auto first = c.request("GET", mug);
+  ASSERT_EQ(first.status, 200) << first.body;
+  std::int64_t expected = json::parse(first.body)["result"]["stock"];
+  auto again = get_until_cached(c, port, mug, query);
+  ASSERT_GE(cached_answers(port, query), 1) << "never answered from the cache";
+  EXPECT_EQ(again.body, first.body);
+  EXPECT_EQ(again.headers["cleave-position"], first.headers["cleave-position"]);
+  EXPECT_EQ(again.headers["content-type"], "application/json");
+  EXPECT_EQ(again.headers["content-length"], std::to_string(first.body.size()));
+  // Every acknowledged command is in the next answer, on this connection or another.
+  for (int i = 1; i <= 10; ++i) {
+    auto sent = http(port, "POST", "/commands/shop.restock",
+                     R"({"product_id":"mug","quantity":)" + std::to_string(i) + "}");
+    ASSERT_EQ(sent.status, 200) << sent.body;
+    expected += i;
+    auto read = c.request("GET", mug);
+    ASSERT_EQ(json::parse(read.body)["result"]["stock"], expected) << "a stale answer after " << i;
+    EXPECT_EQ(json::parse(get_until_cached(c, port, mug, query).body)["result"]["stock"], expected);
+  }
+  // A commit by another process on the same database file: the next answer has it.
+  get_until_cached(c, port, mug, query);
+  const std::string restock = "CLEAVE_DATABASE=" + dir.file("shop.db") +
+                              " CLEAVE_LOG_LEVEL=error " + SHOP_BINARY +
+                              R"( send shop.restock '{"product_id":"mug","quantity":100}')";
+  ASSERT_EQ(run(restock).first, 0);
+  EXPECT_EQ(json::parse(c.request("GET", mug).body)["result"]["stock"], expected + 100);
+  // A client that asks caches to step aside is read afresh, and so is a query that does not
+  // cache its answers.
+  const int cached = cached_answers(port, query);
+  for (const auto& skip : {"no-cache", "no-store", "max-age=0"})
+    EXPECT_EQ(c.request("GET", mug, "", {{"Cache-Control", skip}}).status, 200);
+  EXPECT_EQ(c.request("GET", mug, "", {{"Cleave-Consistency", "eventual"}}).status, 200);
+  EXPECT_EQ(c.request("GET", "/queries/shop.list_customers").status, 200);
+  EXPECT_EQ(c.request("GET", "/queries/shop.list_customers").status, 200);
+  EXPECT_EQ(cached_answers(port, query), cached);
+  EXPECT_EQ(cached_answers(port, "shop.list_customers"), 0);
+}
+
+TEST_F(shop_server, a_cached_answer_carries_each_request_s_own_correlation_id) {
+  start();
+  const std::string mug = "/queries/shop.product_stock?product_id=mug";
+  const std::string query = "shop.product_stock";
+  http_connection c(port);
+  auto a = get_until_cached(c, port, mug, query, {{"X-Correlation-Id", "order-7"}});
+  auto b = get_until_cached(c, port, mug, query, {{"X-Correlation-Id", "order-8"}});
+  auto fresh1 = get_until_cached(c, port, mug, query);
+  auto fresh2 = get_until_cached(c, port, mug, query);
+  EXPECT_GE(cached_answers(port, query), 4);
+  EXPECT_EQ(a.headers["x-correlation-id"], "order-7");
+  EXPECT_EQ(b.headers["x-correlation-id"], "order-8");
+  EXPECT_EQ(fresh1.headers["x-correlation-id"].size(), 16u);
+  EXPECT_NE(fresh1.headers["x-correlation-id"], fresh2.headers["x-correlation-id"]);
+  EXPECT_EQ(a.body, fresh2.body);
+}
+
+TEST_F(shop_server, a_cached_answer_is_never_given_to_a_caller_its_token_would_not_let_in) {
+  cleave::app_config cfg;
+  cfg.tokens["t-clerk"] = cleave::principal{"clerk", {"staff"}};
+  cfg.tokens["t-guest"] = cleave::principal{"guest", {}};
+  cfg.roles["shop.product_stock"] = "staff";
+  start(cfg);
+  const std::string mug = "/queries/shop.product_stock?product_id=mug";
+  const std::string query = "shop.product_stock";
+  http_connection c(port);
+  auto clerk = get_until_cached(c, port, mug, query, {{"Authorization", "Bearer t-clerk"}});
+  ASSERT_EQ(clerk.status, 200);
+  const int cached = cached_answers(port, query);
+  ASSERT_GE(cached, 1);
+  expect_problem(c.request("GET", mug, "", {{"Authorization", "Bearer t-guest"}}), 403,
+                 "/problems/forbidden");
+  expect_problem(c.request("GET", mug), 401, "/problems/unauthorized");
+  expect_problem(c.request("GET", mug, "", {{"Authorization", "Bearer t-clerkX"}}), 401,
+                 "/problems/unauthorized");
+  EXPECT_EQ(cached_answers(port, query), cached);
+}
+
 TEST_F(shop_server, the_cleave_tool_sends_and_asks_over_http) {
   start();
   const std::string cli =

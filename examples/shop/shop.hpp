@@ -140,11 +140,15 @@ CLEAVE_RECORD(product, id, name, price_cents, stock)
 struct product_stock {
   std::string product_id;
   using response = product;
+  // Its answer is what its handler reads from the database, nothing else: the HTTP server may
+  // give it again, without a read, while nothing has been committed since.
+  static constexpr bool cache_answers = true;
 };
 CLEAVE_QUERY(product_stock, "shop.product_stock", product_id)
 
 struct list_products {
   using response = std::vector<product>;
+  static constexpr bool cache_answers = true;
 };
 CLEAVE_QUERY(list_products, "shop.list_products")
 

@@ -15,23 +15,52 @@ void metric_family(std::string& out, std::string_view name, std::string_view typ
   out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
+// The value under `key` in `map`, made (zero) when new; `key` is built only then.
+template <class Map, class Key, class Make>
+typename Map::mapped_type& entry_of(Map& map, const Key& key, Make make) {
+  auto it = map.find(key);
+  if (it == map.end()) it = map.emplace(make(), typename Map::mapped_type{}).first;
+  return it->second;
+}
+
 }  // namespace
 
-void metrics::record_request(const std::string& route, int status, std::chrono::nanoseconds took) {
-  const double seconds = std::chrono::duration<double>(took).count();
-  std::lock_guard lock(mutex_);
-  ++requests_[{route, status}];
-  auto& h = latency_[route];
+void metrics::count_request(std::string_view route, int status, double seconds) {
+  ++entry_of(requests_, std::tuple{route, status}, [&] {
+    return std::tuple{std::string(route), status};
+  });
+  auto& h = entry_of(latency_, route, [&] { return std::string(route); });
   for (std::size_t i = 0; i < std::size(buckets); ++i)
     if (seconds <= buckets[i]) ++h.counts[i];
   ++h.count;
   h.sum += seconds;
 }
 
+void metrics::count_message(std::string_view kind, std::string_view name,
+                            std::string_view outcome) {
+  ++entry_of(messages_, std::tuple{kind, name, outcome}, [&] {
+    return std::tuple{std::string(kind), std::string(name), std::string(outcome)};
+  });
+}
+
+void metrics::record_request(const std::string& route, int status, std::chrono::nanoseconds took) {
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::lock_guard lock(mutex_);
+  count_request(route, status, seconds);
+}
+
 void metrics::record_message(std::string_view kind, std::string_view name,
                              std::string_view outcome) {
   std::lock_guard lock(mutex_);
-  ++messages_[{std::string(kind), std::string(name), std::string(outcome)}];
+  count_message(kind, name, outcome);
+}
+
+void metrics::record_cached_answer(std::string_view query, std::chrono::nanoseconds took) {
+  const double seconds = std::chrono::duration<double>(took).count();
+  std::lock_guard lock(mutex_);
+  count_request("/queries/{name}", 200, seconds);
+  count_message("query", query, "ok");
+  ++entry_of(cached_, query, [&] { return std::string(query); });
 }
 
 std::string metrics::render() const {
@@ -39,8 +68,8 @@ std::string metrics::render() const {
   std::string out;
   metric_family(out, "cleave_http_requests_total", "counter", "HTTP requests by route and status.");
   for (const auto& [key, n] : requests_)
-    out += fmt::format("cleave_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first,
-                       key.second, n);
+    out += fmt::format("cleave_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n",
+                       std::get<0>(key), std::get<1>(key), n);
   metric_family(out, "cleave_http_request_duration_seconds", "histogram",
                 "HTTP request latency by route.");
   for (const auto& [route, h] : latency_) {
@@ -61,6 +90,10 @@ std::string metrics::render() const {
   for (const auto& [key, n] : messages_)
     out += fmt::format("cleave_messages_total{{kind=\"{}\",name=\"{}\",outcome=\"{}\"}} {}\n",
                        std::get<0>(key), std::get<1>(key), std::get<2>(key), n);
+  metric_family(out, "cleave_http_cached_answers_total", "counter",
+                "Queries answered from the answer cache (counted in the totals above too).");
+  for (const auto& [query, n] : cached_)
+    out += fmt::format("cleave_http_cached_answers_total{{name=\"{}\"}} {}\n", query, n);
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "answer_cache.hpp"
 #include "router.hpp"
 
 namespace parsing {
@@ -421,6 +422,64 @@ TEST(usable_cpus, a_thread_bound_to_one_cpu_counts_one) {
   const auto bound = cleave::http::detail::usable_cpus();
   ::sched_setaffinity(0, sizeof before, &before);
   EXPECT_EQ(bound, 1u);
+}
+
+}  // namespace
+
+namespace {
+
+cleave::data_version version_of(std::uint32_t n) {
+  cleave::data_version v;
+  v.words[2] = n;
+  return v;
+}
+
+// The answer cache gives an answer only for its target, token and data version, with the bytes
+// the server would send, and stays within its bounds: answers of older data make room first, and
+// what does not fit is not kept.
+TEST(answer_cache, gives_an_answer_only_for_its_target_token_and_data_and_stays_bounded) {
+  using cleave::http::detail::answer_cache;
+  using cleave::http::detail::response;
+  answer_cache cache;
+  const response ok{200,
+                    "application/json",
+                    R"({"result":1})",
+                    {{"Cleave-Position", "0.7.0"}, {"X-Correlation-Id", "abc"}}};
+  cache.keep("/queries/q?a=1", "Bearer t", "q", ok, version_of(1), version_of(1));
+  auto hit = cache.find("/queries/q?a=1", "Bearer t", version_of(1));
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->query, "q");
+  EXPECT_EQ(hit->head + "xyz" + hit->tail,
+            "HTTP/1.1 200 OK\r\nServer: cleave\r\nContent-Type: application/json\r\n"
+            "Cleave-Position: 0.7.0\r\nX-Correlation-Id: xyz\r\nContent-Length: 12\r\n\r\n"
+            R"({"result":1})");
+  EXPECT_FALSE(cache.find("/queries/q?a=1", "Bearer t", version_of(2)));
+  EXPECT_FALSE(cache.find("/queries/q?a=1", "Bearer u", version_of(1)));
+  EXPECT_FALSE(cache.find("/queries/q?a=1", "", version_of(1)));
+  EXPECT_FALSE(cache.find("/queries/q?a=2", "Bearer t", version_of(1)));
+  // Only 200s, and no body over the limit.
+  cache.keep("/queries/q?a=3", "", "q", response{404, "application/problem+json", "{}", {}},
+             version_of(1), version_of(1));
+  cache.keep(
+      "/queries/q?a=4", "", "q",
+      response{200, "application/json", std::string(answer_cache::largest_body + 1, 'x'), {}},
+      version_of(1), version_of(1));
+  EXPECT_EQ(cache.size(), 1u);
+  // Full of answers of the current data: a new one is not kept; once the data moved on, the old
+  // ones make room.
+  for (std::size_t i = 0; cache.size() < answer_cache::most_answers; ++i)
+    cache.keep("/queries/q?n=" + std::to_string(i), "", "q", ok, version_of(1), version_of(1));
+  cache.keep("/queries/q?late", "", "q", ok, version_of(1), version_of(1));
+  EXPECT_FALSE(cache.find("/queries/q?late", "", version_of(1)));
+  cache.keep("/queries/q?late", "", "q", ok, version_of(2), version_of(2));
+  EXPECT_TRUE(cache.find("/queries/q?late", "", version_of(2)));
+  EXPECT_EQ(cache.size(), 1u);
+  // Bytes are bounded too: 64 KB answers fill it long before it holds most_answers of them.
+  const response big{200, "application/json", std::string(answer_cache::largest_body, 'x'), {}};
+  for (int i = 0; i < 1000; ++i)
+    cache.keep("/queries/q?big=" + std::to_string(i), "", "q", big, version_of(2), version_of(2));
+  EXPECT_LT(cache.size(), answer_cache::most_bytes / answer_cache::largest_body + 2);
+  EXPECT_GT(cache.size(), answer_cache::most_bytes / answer_cache::largest_body / 2);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cleave/http/server.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -20,6 +22,7 @@
 #include <CLI/CLI.hpp>
 
 #include "../app/verbs.hpp"
+#include "answer_cache.hpp"
 #include "asio.hpp"
 #include "live.hpp"
 #include "router.hpp"
@@ -80,8 +83,54 @@ struct io_lane {
   // Keeps run() going while the lane has no connection.
   net::executor_work_guard<net::io_context::executor_type> busy = net::make_work_guard(io);
   std::shared_ptr<park_relay> parked = std::make_shared<park_relay>(io);
+  detail::answer_cache answers;  // its connections' cached answers
   std::thread thread;
 };
+
+// The queries whose answers the server may cache (`cache_answers`). Refuses (std::logic_error)
+// one that reads a view outside the log's database — a memory view, another store's table —
+// whose changes no commit there would mark.
+std::set<std::string, std::less<>> cacheable_queries(app& a) {
+  std::set<std::string, std::less<>> names;
+  for (const auto* ops : a.queries().handled_ops()) {
+    if (!ops->cache_answers) continue;
+    const std::string name(ops->info->wire_name);
+    for (const auto& view : a.read_consistency().reads_of(name))
+      if (!a.projections().views_in_log_database(view))
+        throw std::logic_error(fmt::format(
+            "query '{}' caches its answers (cache_answers) but reads '{}', whose view is not in "
+            "the event log's database: no commit there marks its changes; drop cache_answers",
+            name, view));
+    names.insert(name);
+  }
+  return names;
+}
+
+// A request the answer cache may serve: a GET of a query, on a kept-alive HTTP/1.1 connection,
+// without consistency headers or a client's wish to skip caches.
+bool plain_query_get(const bhttp::request<bhttp::string_body>& h) {
+  constexpr std::string_view prefix = "/queries/";
+  const auto target = std::string_view(h.target());
+  if (h.method() != bhttp::verb::get || h.version() != 11 || !h.keep_alive() ||
+      !target.starts_with(prefix) ||
+      target.substr(prefix.size(), target.find('?') - prefix.size()).find('/') !=
+          std::string_view::npos)  // a live stream
+    return false;
+  if (h.count("Cleave-Consistency") || h.count("Cleave-Min-Position")) return false;
+  for (const auto field : {bhttp::field::cache_control, bhttp::field::pragma}) {
+    const auto v = std::string_view(h[field]);
+    if (v.find("no-cache") != v.npos || v.find("no-store") != v.npos ||
+        v.find("max-age=0") != v.npos)
+      return false;
+  }
+  return true;
+}
+
+// The query a `/queries/{name}?…` target names.
+std::string_view query_of(std::string_view target) {
+  target = target.substr(0, target.find('?'));
+  return target.substr(std::string_view("/queries/").size());
+}
 }  // namespace
 
 struct server::impl {
@@ -90,7 +139,8 @@ struct server::impl {
         router_(a),
         hub_(a, router_),
         workers_(worker_threads(a)),
-        inline_reads_(a.config().inline_queries && a.store().local_reads()) {
+        inline_reads_(a.config().inline_queries && a.store().local_reads()),
+        cacheable_(cacheable_queries(a)) {
     for (std::size_t i = 0; i < io_threads(a.config()); ++i)
       lanes_.push_back(std::make_unique<io_lane>());
   }
@@ -110,6 +160,8 @@ struct server::impl {
   // store reads a local file (SQLite): such a read waits for no network and no writer. On
   // PostgreSQL they go to the workers, as do strong and bounded reads everywhere.
   const bool inline_reads_;
+  // Queries that cache their answers; each I/O thread keeps its own (io_lane::answers).
+  const std::set<std::string, std::less<>> cacheable_;
   // Health, metrics, static files and the OpenAPI document: never queued behind the workers.
   net::thread_pool light_{2};
   std::optional<tcp::acceptor> acceptor_;
@@ -428,6 +480,30 @@ struct server::impl {
           co_await refuse(stream, version, 400, "a malformed request body", correlation_id);
         break;
       }
+      // A cached answer, when the data it was read from is still the store's; else, when the
+      // query caches its answers, the data version to keep this answer under.
+      std::optional<data_version> read_at;
+      if (!cacheable_.empty() && plain_query_get(parser.get()) && !stopping_.load()) {
+        const auto start = clock::now();
+        const auto& h = parser.get();
+        const auto target = std::string_view(h.target());
+        const auto now = app_.store().current_data_version();
+        if (now) {
+          if (auto kept = lane.answers.find(
+                  target, std::string_view(h[bhttp::field::authorization]), *now)) {
+            const std::string id =
+                correlation_id.empty() ? detail::new_correlation_id() : correlation_id;
+            router_.stats().record_cached_answer(kept->query, clock::now() - start);
+            const std::array buffers{net::buffer(kept->head), net::buffer(id),
+                                     net::buffer(kept->tail)};
+            co_await net::async_write(stream, buffers, net::redirect_error(use_awaitable, ec));
+            end_request();
+            if (ec) break;
+            continue;
+          }
+          if (cacheable_.contains(query_of(target))) read_at = now;
+        }
+      }
       auto req = parser.release();
       detail::request r;
       r.method = std::string(req.method_string());
@@ -461,6 +537,10 @@ struct server::impl {
             detail::router::uses_workers(r.target) ? workers_.get_executor()
                                                    : light_.get_executor(),
             [&]() -> awaitable<detail::response> { co_return router_.handle(r); }, use_awaitable);
+      if (read_at && app_.store().current_data_version() == read_at)  // nothing committed since
+        lane.answers.keep(std::string_view(req.target()),
+                          std::string_view(req[bhttp::field::authorization]),
+                          query_of(std::string_view(req.target())), res, *read_at, *read_at);
       const bool keep_alive = req.keep_alive() && !stopping_.load();
       auto out = to_beast(res, version, keep_alive);
       if (req.method() == bhttp::verb::head) {

@@ -201,6 +201,12 @@ std::vector<std::string> projector::names() const {
   return out;
 }
 
+bool projector::views_in_log_database(std::string_view name) const {
+  if (find_memory(name)) return false;
+  const auto* views = find(name).views;
+  return views == nullptr || views == &db_;
+}
+
 projection_mode projector::mode_of(std::string_view name) const {
   return find_memory(name) ? projection_mode::memory : find(name).def.mode();
 }

@@ -172,6 +172,18 @@ void store::impl::give_back(reader* r) noexcept {
 
 store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<impl>(options_)) {
   migrate("cleave", own_migrations);
+  // The migrations' transactions have opened the WAL and its index; the writer's connection
+  // keeps them open as long as the store lives.
+  if (!impl_->memory) {
+    auto& mode = impl_->write_conn->prepare("pragma journal_mode");
+    const bool wal = mode.step() && mode.text_at(0) == "wal";
+    mode.reset();
+    if (wal) impl_->wal_index = detail::wal_index_header::open(options_.path);
+  }
+}
+
+std::optional<data_version> store::current_data_version() const noexcept {
+  return impl_->wal_index ? impl_->wal_index->read() : std::nullopt;
 }
 
 store::~store() = default;

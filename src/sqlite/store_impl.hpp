@@ -19,6 +19,7 @@
 
 #include "checkpointer.hpp"
 #include "connection.hpp"
+#include "wal_index.hpp"
 
 namespace cleave::sqlite::detail {
 
@@ -111,6 +112,8 @@ struct store::impl {
 
   options opts;
   bool memory;
+  // The wal-index header, for data_version(); null on ":memory:" or when it cannot be mapped.
+  std::unique_ptr<detail::wal_index_header> wal_index;
   std::atomic<std::uint64_t> commits{0};  // write transactions committed by this store
   // The single writer's lock. Not a std::mutex: under group commit the shared transaction may
   // end (and give the lock back) on another thread than the one that began it, which a

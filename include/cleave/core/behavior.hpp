@@ -34,8 +34,9 @@ struct message_ops {
   const message_info* info;
   result<void> (*validate)(const void*);
   json (*to_json)(const void*);
-  json (*schema)();           // the message's JSON Schema
-  json (*response_schema)();  // the JSON Schema of what its handler returns
+  json (*schema)();            // the message's JSON Schema
+  json (*response_schema)();   // the JSON Schema of what its handler returns
+  bool cache_answers = false;  // a query that says `static constexpr bool cache_answers = true;`
 };
 
 // A message as behaviors see it, without knowing its type. Valid for the duration of the call.

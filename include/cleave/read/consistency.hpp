@@ -40,6 +40,11 @@ class read_your_writes final : public behavior {
     return *this;
   }
 
+  // The projections query `wire_name` was declared to read (empty: none, the write tables).
+  std::vector<std::string> reads_of(std::string_view wire_name) const {
+    const auto it = reads_.find(wire_name);
+    return it == reads_.end() ? std::vector<std::string>{} : it->second;
+  }
   // Checks the declarations made with reads(): every query must have a handler on `queries` and
   // every projection must be registered on the projector. The error names each unknown name and
   // the known ones (a misspelt name would otherwise make reads quietly not wait). Call it once

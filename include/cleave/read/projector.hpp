@@ -161,6 +161,10 @@ class projector {
   void add(memory_view_base& view);
   // The projections registered, in order.
   std::vector<std::string> names() const;
+  // Whether projection `name`'s view is a table in the log's own database, where every change
+  // to it is a commit there (false for a memory view or a view in another store). Throws
+  // errc::not_found for an unknown name.
+  bool views_in_log_database(std::string_view name) const;
 
   // The session source for the command bus: the store's, with inline projections applied as
   // each event is appended, and the async worker woken after each commit.

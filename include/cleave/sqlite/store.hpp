@@ -64,6 +64,7 @@ class store final : public cleave::store {
   std::unique_ptr<lease> try_lease(std::string_view name) override;
   std::size_t concurrent_writers() const noexcept override { return 1; }
   bool local_reads() const noexcept override;  // a file, not ":memory:" (one shared connection)
+  std::optional<data_version> current_data_version() const noexcept override;  // WAL mode only
 
   const options& settings() const noexcept { return options_; }
 

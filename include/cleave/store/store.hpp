@@ -2,9 +2,11 @@
 // The storage interface every backend implements: transactions for the buses (session_source),
 // the event log read in commit order, and versioned migrations.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -146,6 +148,13 @@ struct replica_status {
 };
 
 // A database behind the buses. Thread-safe.
+// A store's data at one moment, as store::current_data_version() tells it: equal versions, equal
+// data. Opaque; only compared.
+struct data_version {
+  std::array<std::uint32_t, 12> words{};
+  friend bool operator==(const data_version&, const data_version&) = default;
+};
+
 class store : public session_source {
  public:
   // Up to `limit` committed events after `after`, in the order the log is read. Gap-safe: never
@@ -251,6 +260,13 @@ class store : public session_source {
   // Whether a read transaction answers from a local file, waiting for no network round trip and
   // no writer (SQLite in WAL mode): such reads may run on a thread that must not block for long.
   virtual bool local_reads() const noexcept { return false; }
+
+  // What the stored data is now, as a token that changes with every commit — of any connection,
+  // in any process — read without starting a transaction: equal tokens, equal data. Empty when
+  // the backend cannot tell so cheaply (PostgreSQL, SQLite ":memory:"); then nothing may be
+  // reused on the strength of it. SQLite in WAL mode reads the header of the shared wal-index
+  // (the "-shm" file), which every commit rewrites. (The HTTP server's answer cache.)
+  virtual std::optional<data_version> current_data_version() const noexcept { return std::nullopt; }
 
  protected:
   // The statements with which migrate() keeps the table of applied steps, cleave_migrations.

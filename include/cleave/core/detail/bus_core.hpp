@@ -61,10 +61,36 @@ void delete_handler(void* h) {
   delete static_cast<H*>(h);
 }
 
+// Whether query T's answers may be reused while the data they were read from is unchanged. A
+// query opts in inside its struct:
+//
+//   static constexpr bool cache_answers = true;
+//
+// which is right only when its answer depends on nothing but its members, the caller's token and
+// what its handler reads through its read_context: not the clock, not a memory view. The HTTP
+// server then answers a plain GET of it (no consistency headers, no `Cache-Control: no-cache`)
+// from the last answer it gave to the same target and token, while the store's data_version is
+// the one that answer was read at; a cached answer skips the handler and the bus's behaviors.
+template <class T>
+constexpr bool cache_answers_of() {
+  if constexpr (requires { T::cache_answers; }) {
+    static_assert(std::is_same_v<std::remove_cv_t<decltype(T::cache_answers)>, bool>,
+                  "a query's `cache_answers` member is a bool: write "
+                  "`static constexpr bool cache_answers = true;`");
+    return T::cache_answers;
+  } else {
+    return false;
+  }
+}
+
 template <class T>
 const message_ops& ops_of() {
-  static const message_ops ops{&info_of<T>(), &validate_of<T>, &to_json_of<T>, &json_schema<T>,
-                               &json_schema<response_t<T>>};
+  static const message_ops ops{&info_of<T>(),
+                               &validate_of<T>,
+                               &to_json_of<T>,
+                               &json_schema<T>,
+                               &json_schema<response_t<T>>,
+                               cache_answers_of<T>()};
   return ops;
 }
 
