@@ -51,14 +51,16 @@ void answer_cache::keep(std::string_view target, std::string_view authorization,
   const auto& key = key_of(target, authorization);
   drop(key);
   const auto adding = bytes_of(key, *kept);
-  if (full(adding)) {
+  if (full(adding))
     std::erase_if(answers_, [&](const auto& a) {
       if (a.second->read_at == now) return false;
       bytes_ -= bytes_of(a.first, *a.second);
       return true;
     });
-    if (full(adding)) return;
-  }
+  // Still full of answers of this data (many targets or tokens, until the next commit): one
+  // of them goes, whichever the map holds first, so that a flood of targets cannot keep the
+  // answers asked for most out.
+  while (full(adding) && !answers_.empty()) drop(std::string(answers_.begin()->first));
   bytes_ += adding;
   answers_.emplace(key, std::move(kept));
 }

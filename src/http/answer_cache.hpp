@@ -35,8 +35,8 @@ class answer_cache {
   std::shared_ptr<const cached_answer> find(std::string_view target, std::string_view authorization,
                                             const data_version& now);
   // Keeps `answer` (a 200 to a GET of query `query` at `target`, read at `read_at`), unless its
-  // body is over largest_body or it would take the cache past most_answers or most_bytes with
-  // answers of `now` (answers of older data make room first).
+  // body is over largest_body. Within most_answers and most_bytes: answers of data older than
+  // `now` make room first, then any others.
   void keep(std::string_view target, std::string_view authorization, std::string_view query,
             const response& answer, const data_version& read_at, const data_version& now);
   std::size_t size() const noexcept { return answers_.size(); }

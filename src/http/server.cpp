@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <condition_variable>
 #include <csignal>
 #include <iostream>
@@ -107,7 +108,9 @@ std::set<std::string, std::less<>> cacheable_queries(app& a) {
 }
 
 // A request the answer cache may serve: a GET of a query, on a kept-alive HTTP/1.1 connection,
-// without consistency headers or a client's wish to skip caches.
+// without consistency or timeout headers (whose mistakes a read would refuse) or a client's wish
+// to skip caches (`Cache-Control: no-cache`, `no-store`, `max-age=0`, `Pragma: no-cache`, in any
+// case and any of their fields).
 bool plain_query_get(const bhttp::request<bhttp::string_body>& h) {
   constexpr std::string_view prefix = "/queries/";
   const auto target = std::string_view(h.target());
@@ -116,12 +119,18 @@ bool plain_query_get(const bhttp::request<bhttp::string_body>& h) {
       target.substr(prefix.size(), target.find('?') - prefix.size()).find('/') !=
           std::string_view::npos)  // a live stream
     return false;
-  if (h.count("Cleave-Consistency") || h.count("Cleave-Min-Position")) return false;
+  if (h.count("Cleave-Consistency") || h.count("Cleave-Min-Position") || h.count("Cleave-Timeout"))
+    return false;
   for (const auto field : {bhttp::field::cache_control, bhttp::field::pragma}) {
-    const auto v = std::string_view(h[field]);
-    if (v.find("no-cache") != v.npos || v.find("no-store") != v.npos ||
-        v.find("max-age=0") != v.npos)
-      return false;
+    for (auto [it, end] = h.equal_range(field); it != end; ++it) {
+      std::string v(it->value());
+      std::transform(v.begin(), v.end(), v.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      v.erase(std::remove(v.begin(), v.end(), ' '), v.end());
+      if (v.find("no-cache") != v.npos || v.find("no-store") != v.npos ||
+          v.find("max-age=0") != v.npos)
+        return false;
+    }
   }
   return true;
 }
@@ -172,6 +181,13 @@ struct server::impl {
   std::size_t inflight_ = 0;
   std::uint16_t port_ = 0;
   bool started_ = false, stopped_ = false;
+
+  // What of a request's Authorization the answer cache keys on: all of it when tokens are set
+  // (the principal comes from it), none without (every caller is the same anonymous one).
+  std::string_view token_key(const bhttp::request<bhttp::string_body>& h) const {
+    return app_.config().tokens.empty() ? std::string_view{}
+                                        : std::string_view(h[bhttp::field::authorization]);
+  }
 
   // Runs `f` on the workers (a handler that may wait never runs on an I/O thread).
   template <class F>
@@ -489,8 +505,7 @@ struct server::impl {
         const auto target = std::string_view(h.target());
         const auto now = app_.store().current_data_version();
         if (now) {
-          if (auto kept = lane.answers.find(
-                  target, std::string_view(h[bhttp::field::authorization]), *now)) {
+          if (auto kept = lane.answers.find(target, token_key(h), *now)) {
             const std::string id =
                 correlation_id.empty() ? detail::new_correlation_id() : correlation_id;
             router_.stats().record_cached_answer(kept->query, clock::now() - start);
@@ -538,8 +553,7 @@ struct server::impl {
                                                    : light_.get_executor(),
             [&]() -> awaitable<detail::response> { co_return router_.handle(r); }, use_awaitable);
       if (read_at && app_.store().current_data_version() == read_at)  // nothing committed since
-        lane.answers.keep(std::string_view(req.target()),
-                          std::string_view(req[bhttp::field::authorization]),
+        lane.answers.keep(std::string_view(req.target()), token_key(req),
                           query_of(std::string_view(req.target())), res, *read_at, *read_at);
       const bool keep_alive = req.keep_alive() && !stopping_.load();
       auto out = to_beast(res, version, keep_alive);

@@ -173,12 +173,17 @@ void store::impl::give_back(reader* r) noexcept {
 store::store(options opts) : options_(std::move(opts)), impl_(std::make_unique<impl>(options_)) {
   migrate("cleave", own_migrations);
   // The migrations' transactions have opened the WAL and its index; the writer's connection
-  // keeps them open as long as the store lives.
+  // keeps them open, in WAL mode and normal locking (an exclusive one keeps the index in the
+  // heap, where no other connection sees it), as long as the store lives.
   if (!impl_->memory) {
-    auto& mode = impl_->write_conn->prepare("pragma journal_mode");
-    const bool wal = mode.step() && mode.text_at(0) == "wal";
-    mode.reset();
-    if (wal) impl_->wal_index = detail::wal_index_header::open(options_.path);
+    auto pragma = [&](std::string_view sql) {
+      auto& s = impl_->write_conn->prepare(sql);
+      std::string value = s.step() ? std::string(s.text_at(0)) : std::string();
+      s.reset();
+      return value;
+    };
+    if (pragma("pragma journal_mode") == "wal" && pragma("pragma locking_mode") == "normal")
+      impl_->wal_index = detail::wal_index_header::of(impl_->write_conn->handle());
   }
 }
 

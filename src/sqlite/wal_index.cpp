@@ -4,14 +4,9 @@
 // the database's size, the last frame's checksum (2), the salts (2) and the header's checksum
 // (2). A writer writes the second copy, then (after a memory barrier) the first; a reader reads
 // the first, then the second, and trusts them only when they agree. Then follows the checkpoint
-// information, so the file is at least 136 bytes long once initialised.
+// information.
 
 #include "wal_index.hpp"
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstddef>
@@ -21,30 +16,25 @@ namespace cleave::sqlite::detail {
 
 namespace {
 constexpr std::size_t header_words = 12;
-constexpr std::size_t header_bytes = header_words * sizeof(std::uint32_t);
-constexpr std::size_t mapped_bytes = 2 * header_bytes;
 constexpr std::size_t initialised_at = 12;  // the byte isInit, in the third word
 }  // namespace
 
-std::unique_ptr<wal_index_header> wal_index_header::open(const std::string& database) {
-  const std::string path = database + "-shm";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return nullptr;
-  struct stat st {};
-  void* mapped = MAP_FAILED;
-  if (::fstat(fd, &st) == 0 && static_cast<std::size_t>(st.st_size) >= mapped_bytes)
-    mapped = ::mmap(nullptr, mapped_bytes, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);  // the mapping stays
-  if (mapped == MAP_FAILED) return nullptr;
+std::unique_ptr<wal_index_header> wal_index_header::of(sqlite3* connection) {
+  sqlite3_file* file = nullptr;
+  if (sqlite3_file_control(connection, "main", SQLITE_FCNTL_FILE_POINTER, &file) != SQLITE_OK ||
+      file == nullptr || file->pMethods == nullptr || file->pMethods->iVersion < 2 ||
+      file->pMethods->xShmMap == nullptr)
+    return nullptr;
+  // Region 0 as the connection's WAL already has it mapped (bExtend = 0: nothing is created).
+  constexpr int region_bytes = 32 * 1024;
+  volatile void* mapped = nullptr;
+  if (file->pMethods->xShmMap(file, 0, region_bytes, 0, &mapped) != SQLITE_OK || mapped == nullptr)
+    return nullptr;
   return std::unique_ptr<wal_index_header>(new wal_index_header(mapped));
 }
 
-wal_index_header::~wal_index_header() {
-  ::munmap(const_cast<unsigned char*>(mapped_), mapped_bytes);
-}
-
 std::optional<data_version> wal_index_header::read() const noexcept {
-  const auto* words = reinterpret_cast<const std::uint32_t*>(mapped_);
+  const auto* words = reinterpret_cast<const volatile std::uint32_t*>(mapped_);
   auto copy = [&](std::size_t first, data_version& into) {
     for (std::size_t i = 0; i < header_words; ++i)
       into.words[i] = __atomic_load_n(&words[first + i], __ATOMIC_RELAXED);

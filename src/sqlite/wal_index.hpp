@@ -8,29 +8,28 @@
 #include <optional>
 #include <string>
 
+#include <sqlite3.h>
+
 #include <cleave/store/store.hpp>
 
 namespace cleave::sqlite::detail {
 
 class wal_index_header {
  public:
-  // Maps the header of `database`'s "-shm" file read-only; null when there is none to map. Call
-  // it once a connection of the caller's holds the database open in WAL mode, and keep that
-  // connection open as long as this lives: SQLite truncates or removes the file only when no
-  // connection has it open.
-  static std::unique_ptr<wal_index_header> open(const std::string& database);
-  ~wal_index_header();
-  wal_index_header(const wal_index_header&) = delete;
-  wal_index_header& operator=(const wal_index_header&) = delete;
+  // The header as SQLite maps it for `connection`, a connection on a database in WAL mode (its
+  // VFS's own mapping of the index's first region: no descriptor of ours opens the file, whose
+  // closing would drop the locks SQLite holds on it). Null when it offers none. Valid as long
+  // as `connection` stays open in WAL mode.
+  static std::unique_ptr<wal_index_header> of(sqlite3* connection);
 
   // The header's first copy when both copies agree (no commit is writing it) and the index is
   // initialised; else empty.
   std::optional<data_version> read() const noexcept;
 
  private:
-  explicit wal_index_header(const void* mapped)
-      : mapped_(static_cast<const unsigned char*>(mapped)) {}
-  const unsigned char* mapped_;
+  explicit wal_index_header(const volatile void* mapped)
+      : mapped_(static_cast<const volatile unsigned char*>(mapped)) {}
+  const volatile unsigned char* mapped_;
 };
 
 }  // namespace cleave::sqlite::detail
