@@ -27,8 +27,8 @@ struct cached_answer {
 class answer_cache {
  public:
   static constexpr std::size_t most_answers = 1024;
-  static constexpr std::size_t most_bytes = 8 << 20;  // of kept answers and their keys
-  static constexpr std::size_t largest_body = 64 * 1024;
+  static constexpr std::size_t most_bytes = std::size_t{8} << 20;  // of kept answers and their keys
+  static constexpr std::size_t largest_body = std::size_t{64} * 1024;
 
   // The answer kept for a GET of `target` with this Authorization header, when it was read at
   // `now`; else null.
