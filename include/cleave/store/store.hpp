@@ -147,7 +147,6 @@ struct replica_status {
   std::uint64_t reads = 0;       // read transactions it has served
 };
 
-// A database behind the buses. Thread-safe.
 // A store's data at one moment, as store::current_data_version() tells it: equal versions, equal
 // data. Opaque; only compared.
 struct data_version {
@@ -155,6 +154,7 @@ struct data_version {
   friend bool operator==(const data_version&, const data_version&) = default;
 };
 
+// A database behind the buses. Thread-safe.
 class store : public session_source {
  public:
   // Up to `limit` committed events after `after`, in the order the log is read. Gap-safe: never
