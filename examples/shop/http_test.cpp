@@ -289,6 +289,11 @@ TEST_F(shop_server, waiting_reads_hold_no_worker_and_a_token_never_issued_is_ref
     expect_problem(r, 400, "/problems/validation");
     EXPECT_THAT(r.body, HasSubstr("has not issued"));
   }
+  // Also for a query of the write tables, which has nothing to wait for.
+  const auto stock_past_the_end = http(port, "GET", "/queries/shop.product_stock?product_id=mug",
+                                       "", {{"Cleave-Min-Position", "0.ffffffff.0"}});
+  expect_problem(stock_past_the_end, 400, "/problems/validation");
+  EXPECT_THAT(stock_past_the_end.body, HasSubstr("has not issued"));
   ASSERT_EQ(wait_parked(32), 32u);
   // Meanwhile the server answers everything else as usual.
   for (const std::string target : {"/health", "/queries/shop.product_stock?product_id=mug"}) {

@@ -158,6 +158,11 @@ TYPED_TEST_P(payment_deadlines, every_order_is_paid_or_cancelled_once_while_proj
       victim->kill_now();
       victim = std::make_unique<projector_process>(database, this->timeout);
     }
+    // Enough orders for the counts below, however slow the machine is today (a busy one places
+    // fewer while the kills go on).
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+         placed.load() <= 100 && std::chrono::steady_clock::now() < until;)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     firing = false;
     buyer.join();
     payer.join();

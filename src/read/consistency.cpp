@@ -32,6 +32,14 @@ std::string upgrade_note(projector& views, const std::string& name) {
                             : std::string(" while its new version is built beside it");
 }
 
+// The refusal of a read at least as fresh as `token`, a position this store has not issued.
+std::unexpected<error> never_issued(position_token token) {
+  return fail(errc::validation,
+              fmt::format("the position token '{}' is past the end of the log: this store has "
+                          "not issued it",
+                          token.to_string()));
+}
+
 // "'a', 'b'" — or "none" for no names.
 template <class Names, class Name>
 std::string quoted_list(const Names& names, Name name_of) {
@@ -98,7 +106,13 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
   const auto& wanted = meta.consistency;
   if (wanted.required == consistency::level::eventual) return next();
   auto it = reads_.find(message.info().wire_name);
-  if (it == reads_.end()) return next();  // reads the write tables: current by construction
+  if (it == reads_.end()) {  // reads the write tables: current by construction,
+    // though not as far as a position this store has not issued (refused, as for views).
+    if (wanted.required == consistency::level::at_least && !wanted.token.empty() &&
+        !projector_.could_have_issued(wanted.token))
+      return never_issued(wanted.token);
+    return next();
+  }
   const auto deadline =
       meta.deadline == clock::time_point::max() ? clock::now() + budget_ : meta.deadline;
   if (wanted.required == consistency::level::bounded) {
@@ -121,11 +135,7 @@ result<void> read_your_writes::handle(const message_ref& message, const request_
   for (const auto& name : it->second) {
     const auto at = projector_.wait_for(name, token, deadline);
     if (at < token) {
-      if (!projector_.could_have_issued(token))
-        return fail(errc::validation,
-                    fmt::format("the position token '{}' is past the end of the log: this store "
-                                "has not issued it",
-                                token.to_string()));
+      if (!projector_.could_have_issued(token)) return never_issued(token);
       const auto behind = projector_.log().distance(at).events;
       return fail(errc::unavailable,
                   fmt::format("the view '{}' is at position {} ({} events behind the log{}), "
