@@ -5,6 +5,8 @@
 #include <cleave/app/app.hpp>
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -101,6 +103,83 @@ TEST(app_group_commit, inline_views_change_with_their_commands_and_commands_shar
   // Every accepted command went through the group commit.
   EXPECT_EQ(app.group_commits()->commands_committed(), static_cast<std::uint64_t>(max_notes));
   EXPECT_LE(app.group_commits()->groups_committed(), app.group_commits()->commands_committed());
+}
+
+struct write_note {
+  std::string id;
+  std::string mode;  // "ok", "refuse" (after its insert and event), "throw" (likewise)
+};
+CLEAVE_COMMAND(write_note, "grouped.write_note", id, mode)
+
+cleave::result<void> write(const write_note& c, cleave::write_context& tx) {
+  tx.exec("insert into notes(id) values ($1)", c.id);
+  tx.emit(c.id, note_added{c.id});
+  if (c.mode == "refuse") return cleave::rejected("refused on purpose");
+  if (c.mode == "throw") throw std::runtime_error("thrown on purpose");
+  return {};
+}
+
+// Commands sent at once are run one after another by whichever caller holds the lane: each
+// still gets its own outcome, and only the accepted ones' effects stay.
+TEST(app_group_commit, each_command_of_a_shared_commit_gets_its_own_outcome) {
+  cleave::testing::temp_dir dir;
+  cleave::app_config cfg;
+  cfg.database = dir.file("app.db");
+  cfg.run_projector = false;
+  cfg.group_commit = true;
+  cleave::app app{cfg};
+  app.add_migrations("grouped", schema);
+  app.commands().add(write);
+  app.migrate();
+  ASSERT_TRUE(app.commands().send(write_note{"taken", "ok"}));
+
+  // Threads 2k and 2k + 1 send the same accepted commands under the same idempotency keys.
+  constexpr int threads = 8, rounds = 12;
+  std::atomic<int> accepted{0}, refused{0}, thrown{0}, duplicate{0}, other{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < threads; ++t)
+    clients.emplace_back([&, t] {
+      for (int i = 0; i < rounds; ++i) {
+        cleave::request_meta meta;
+        switch (i % 4) {
+          case 0: {
+            meta.command_id = fmt::format("key-{}-{}", t / 2, i);
+            auto r = app.commands().send(write_note{fmt::format("{}-{}", t / 2, i), "ok"}, meta);
+            (r ? accepted : other)++;
+            break;
+          }
+          case 1: {
+            auto r = app.commands().send(write_note{fmt::format("refused-{}-{}", t, i), "refuse"});
+            (!r && r.error().message == "refused on purpose" ? refused : other)++;
+            break;
+          }
+          case 2: {
+            auto r = app.commands().send(write_note{fmt::format("thrown-{}-{}", t, i), "throw"});
+            (!r && r.error().category == cleave::errc::internal ? thrown : other)++;
+            break;
+          }
+          default: {
+            auto r = app.commands().send(write_note{"taken", "ok"});
+            (!r && r.error().category == cleave::errc::conflict ? duplicate : other)++;
+          }
+        }
+      }
+    });
+  for (auto& c : clients) c.join();
+
+  constexpr int each = threads * rounds / 4;
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(accepted.load(), each);
+  EXPECT_EQ(refused.load(), each);
+  EXPECT_EQ(thrown.load(), each);
+  EXPECT_EQ(duplicate.load(), each);
+  // One effect per idempotency key, and nothing of the refused, thrown or duplicate commands.
+  EXPECT_EQ(count(app, "select count(*) from notes"), 1 + each / 2);
+  EXPECT_EQ(
+      count(app, "select count(*) from notes where id like 'refused-%' or id like 'thrown-%'"), 0);
+  EXPECT_EQ(count(app, "select count(*) from cleave_events"), 1 + each / 2);
+  // Accepted commands and replays kept their work in a group; the others left nothing in one.
+  EXPECT_EQ(app.group_commits()->commands_committed(), static_cast<std::uint64_t>(1 + each));
 }
 
 TEST(app_group_commit, is_off_unless_configured) {

@@ -99,66 +99,59 @@ result<void> write_once(session_source* source, const message_info& info, const 
     }
   }
   const bool idempotent = !meta.command_id.empty();
-  try {
-    write_scope tx(*source, meta, step.level);
-    if (idempotent) {
-      if (auto prior = tx->remembered()) {
-        // A scheduled command that already ran (its first send's transaction took the schedule;
-        // this takes one left behind, so that it is not due for ever). A remembered refusal
-        // leaves it to the scheduler, which hands refusals on.
-        if (!meta.schedule_id.empty() && !prior->failure) claim_schedule(*tx, meta.schedule_id);
-        // Committed, not rolled back, though it changed nothing: under group commit the outcome
-        // read may be a member's of this very group, and commit() waits for the group (throwing
-        // transient_error, to run again, when the group is given up) where rollback() would not.
-        tx.commit();
-        return replay(*prior, info, meta, out, step);
-      }
+  // What the transaction found, for after it ended.
+  std::optional<remembered_outcome> prior;  // the outcome recorded earlier under the command id
+  std::optional<result<void>> refused;      // why it was rolled back
+  bool ran = false;  // the handler succeeded: a conflict from now on may be a lost race
+  const auto work = [&](write_transaction& tx) {
+    if (idempotent && (prior = tx.remembered())) {
+      // A scheduled command that already ran (its first send's transaction took the schedule;
+      // this takes one left behind, so that it is not due for ever). A remembered refusal
+      // leaves it to the scheduler, which hands refusals on.
+      if (!meta.schedule_id.empty() && !prior->failure) claim_schedule(tx, meta.schedule_id);
+      // Committed, not rolled back, though it changed nothing: under group commit the outcome
+      // read may be a member's of this very group, and the commit waits for the group (throwing
+      // transient_error, to run again, when the group is given up) where a rollback would not.
+      return true;
     }
-    if (!meta.schedule_id.empty() && !claim_schedule(*tx, meta.schedule_id)) {
-      tx.rollback();
-      return fail(errc::not_found, "the scheduled command was cancelled or replaced");
+    if (!meta.schedule_id.empty() && !claim_schedule(tx, meta.schedule_id)) {
+      refused = fail(errc::not_found, "the scheduled command was cancelled or replaced");
+      return false;
     }
-    write_context ctx(&*tx, meta);
+    write_context ctx(&tx, meta);
     auto outcome = step.run(ctx);
     if (!outcome) {
-      tx.rollback();
-      if (idempotent && remembered_failure(outcome.error().category))
-        remember_failure(*source, info, meta, step, outcome.error());
-      return outcome;
+      refused = std::move(outcome);
+      return false;
     }
+    ran = true;
+    if (idempotent) tx.remember(first_outcome(info, meta, step, std::nullopt));
+    return true;
+  };
+  try {
+    auto position = source->write(meta, step.level, work);
+    if (prior) return replay(*prior, info, meta, out, step);
+    if (refused) {
+      if (idempotent && remembered_failure(refused->error().category))
+        remember_failure(*source, info, meta, step, refused->error());
+      return std::move(*refused);
+    }
+    out.position = position;
+    return {};
+  } catch (const transient_error&) {
+    throw;  // run again: a retry finds a racing winner's outcome first
+  } catch (const error_exception& e) {
     // Two retries raced (possible where writers run concurrently): the loser's record of the id
     // collides — when it is made, or at the commit where the backend sends it with the COMMIT;
     // its effects are rolled back and it returns the winner's outcome.
-    const auto lost_race = [&](const error_exception& e) -> std::optional<remembered_outcome> {
-      if (!idempotent || e.error().category != errc::conflict) return std::nullopt;
+    if (ran && idempotent && e.error().category == errc::conflict) {
       try {
-        return look_up(*source, meta);
+        if (auto winner = look_up(*source, meta)) return replay(*winner, info, meta, out, step);
       } catch (...) {
-        return std::nullopt;  // the conflict stands
-      }
-    };
-    if (idempotent) {
-      try {
-        tx->remember(first_outcome(info, meta, step, std::nullopt));
-      } catch (const error_exception& e) {
-        tx.rollback();
-        auto prior = lost_race(e);
-        if (!prior) throw;
-        return replay(*prior, info, meta, out, step);
+        // the conflict stands
       }
     }
-    try {
-      out.position = tx.commit();  // on failure the transaction is already over
-    } catch (const transient_error&) {
-      throw;  // run again: a retry finds the winner's outcome first
-    } catch (const error_exception& e) {
-      auto prior = lost_race(e);
-      if (!prior) throw;
-      return replay(*prior, info, meta, out, step);
-    }
-    return {};
-  } catch (const transient_error&) {
-    throw;
+    return std::unexpected(error_from_current_exception(info, meta));
   } catch (...) {
     return std::unexpected(error_from_current_exception(info, meta));
   }

@@ -23,4 +23,11 @@ std::string_view to_string(isolation level) noexcept {
   return level == isolation::serializable ? "serializable" : "read_committed";
 }
 
+position_token session_source::write(const request_meta& meta, isolation level,
+                                     function_ref<bool(write_transaction&)> work) {
+  write_scope tx(*this, meta, level);
+  if (!work(*tx)) return {};  // (the scope rolls it back)
+  return tx.commit();
+}
+
 }  // namespace cleave

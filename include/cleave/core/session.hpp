@@ -251,6 +251,14 @@ class session_source {
   write_transaction& begin_write(const request_meta& meta) {
     return begin_write(meta, isolation::serializable);
   }
+  // Runs `work` in one write transaction at `level` and commits it when `work` returns true
+  // (returning commit()'s token), or rolls it back when `work` returns false (an empty token) or
+  // throws (the exception passes on). `work` must not end the transaction itself. A source may
+  // run `work` on another thread while the caller waits: group commit runs the queued commands
+  // of a group one after another on one thread, with no hand-off between them. By default:
+  // begin_write, then commit or roll back on the caller's thread.
+  virtual position_token write(const request_meta& meta, isolation level,
+                               function_ref<bool(write_transaction&)> work);
   // A read-only transaction for a read that must be as fresh as `wanted` (a backend with read
   // replicas picks one that satisfies it, or the primary).
   virtual read_transaction& begin_read(const request_meta& meta, const consistency& wanted) = 0;

@@ -10,15 +10,15 @@
 //
 // Within a lane, commands run one at a time (they share a connection). SQLite has one writer, so
 // one lane; on PostgreSQL several lanes (each its own connection and group) run side by side.
+// The command bus sends through write() (queued commands run on whichever caller holds the lane);
+// begin_write() gives a turn in the lane's transaction to code that drives one itself.
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include <cleave/store/store.hpp>
@@ -36,6 +36,12 @@ class group_commit final : public session_source {
   using session_source::begin_write;
   // Every group runs serializable (the strongest level a member may ask for), whatever `level`.
   write_transaction& begin_write(const request_meta& meta, isolation level) override;
+  // Flat combining: the command joins its lane's queue, and whichever caller holds the lane runs
+  // the queued commands one after another, each in its savepoint, and commits the group — so a
+  // group costs no thread hand-off per member. Every group runs serializable, whatever `level`.
+  // The caller waits until its group is durable (or `work` is rolled back).
+  position_token write(const request_meta& meta, isolation level,
+                       function_ref<bool(write_transaction&)> work) override;
   using session_source::begin_read;
   read_transaction& begin_read(const request_meta& meta, const consistency& wanted) override;
 
@@ -48,6 +54,7 @@ class group_commit final : public session_source {
 
  private:
   class member;
+  struct request;
   struct lane;
 
   session_source& inner_;
