@@ -102,6 +102,7 @@ result<void> write_once(session_source* source, const message_info& info, const 
   // What the transaction found, for after it ended.
   std::optional<remembered_outcome> prior;  // the outcome recorded earlier under the command id
   std::optional<result<void>> refused;      // why it was rolled back
+  bool handler_refused = false;             // (a refusal a retry would only repeat is remembered)
   bool ran = false;  // the handler succeeded: a conflict from now on may be a lost race
   const auto work = [&](write_transaction& tx) {
     if (idempotent && (prior = tx.remembered())) {
@@ -122,6 +123,7 @@ result<void> write_once(session_source* source, const message_info& info, const 
     auto outcome = step.run(ctx);
     if (!outcome) {
       refused = std::move(outcome);
+      handler_refused = true;
       return false;
     }
     ran = true;
@@ -132,7 +134,7 @@ result<void> write_once(session_source* source, const message_info& info, const 
     auto position = source->write(meta, step.level, work);
     if (prior) return replay(*prior, info, meta, out, step);
     if (refused) {
-      if (idempotent && remembered_failure(refused->error().category))
+      if (idempotent && handler_refused && remembered_failure(refused->error().category))
         remember_failure(*source, info, meta, step, refused->error());
       return std::move(*refused);
     }

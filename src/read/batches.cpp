@@ -54,7 +54,8 @@ std::size_t projector::catch_up_memory(memory_view_base& view, std::size_t batch
   // see: the type and the payload.
   auto types = view.event_types();
   if (rewrites_ && !types.empty()) types = rewrites_->stored_as(types);
-  return stream_batches(view.checkpoint(), batch, opts_.max_batch, types, event_fields::payload,
+  const auto max = opts_.max_memory_batch;
+  return stream_batches(view.checkpoint(), std::min(batch, max), max, types, event_fields::payload,
                         [&](std::vector<stored_event>& events, position_token through) {
                           if (rewrites_)
                             for (auto& e : events) rewrites_->apply(e.type, e.payload);

@@ -48,8 +48,9 @@ struct group_commit::lane {
   std::atomic<std::size_t> waiting{0};  // threads queued for a turn
   std::mutex mutex;                     // held by the running member; guards what follows
   write_transaction* shared = nullptr;
-  std::shared_ptr<group_end> open;                 // the open group's end, while `shared` is set
-  std::size_t members = 0;                         // members of the open group that kept their work
+  std::shared_ptr<group_end> open;  // the open group's end, while `shared` is set
+  std::size_t members = 0;          // members of the open group that kept their work
+  std::size_t turns = 0;            // turns taken in it, kept or not: a group has at most max_group
   std::vector<std::shared_ptr<request>> in_group;  // queued commands among those members
 
   std::mutex queue_mutex;  // guards `queue`
@@ -73,6 +74,9 @@ struct group_commit::lane {
     return r;
   }
 
+  // Begins a member's turn (mutex held): opens a group when none is, and the member's savepoint
+  // in it. On failure the open group is abandoned and the exception passes on.
+  void begin_turn(const request_meta& meta);
   // Runs one queued command in its own savepoint of the shared transaction (mutex held).
   void run(const std::shared_ptr<request>& r);
 
@@ -106,12 +110,13 @@ struct group_commit::lane {
       next->state.notify_one();
   }
 
-  // Ends the running member's turn (mutex held): commits the group when it is full or nobody
-  // waits to join it, else leaves it open for the next member.
+  // Ends the running member's turn (mutex held): commits the group when it had its max_group
+  // turns (kept or not, so a stream of failing commands cannot keep it open) or nobody waits to
+  // join it, else leaves it open for the next member.
   void end_turn() noexcept {
     if (!shared) return;  // the group already ended (its transaction broke)
     // the next member joins
-    if (members < owner.max_group_ && (waiting.load() > 0 || queued.load() > 0)) return;
+    if (turns < owner.max_group_ && (waiting.load() > 0 || queued.load() > 0)) return;
     auto* tx = std::exchange(shared, nullptr);
     auto end = std::exchange(open, nullptr);
     if (members == 0) {
@@ -294,20 +299,32 @@ class group_commit::member final : public detail::forwarding_transaction {
   std::exception_ptr doomed_;  // the transient failure that doomed the shared transaction
 };
 
-group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<member>(*this)) {}
+group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<member>(*this)) {
+  in_group.reserve(owner.max_group_);  // (keeping a member then allocates nothing)
+}
 
-void group_commit::lane::run(const std::shared_ptr<request>& r) {
+void group_commit::lane::begin_turn(const request_meta& meta) {
   try {
     if (!shared) {
-      shared = &owner.inner_.begin_write(r->meta, isolation::serializable);
+      shared = &owner.inner_.begin_write(meta, isolation::serializable);
       open = std::make_shared<group_end>();
       members = 0;
+      turns = 0;
     }
-    shared->rebind(r->meta);
+    ++turns;
+    shared->rebind(meta);
     shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
     running->join();
   } catch (...) {
     abandon(std::current_exception());
+    throw;
+  }
+}
+
+void group_commit::lane::run(const std::shared_ptr<request>& r) {
+  try {
+    begin_turn(r->meta);
+  } catch (...) {
     r->failure = std::current_exception();
     r->end();
     return;
@@ -329,16 +346,8 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
   l.mutex.lock();
   --l.waiting;
   try {
-    if (!l.shared) {
-      l.shared = &inner_.begin_write(meta, isolation::serializable);
-      l.open = std::make_shared<lane::group_end>();
-      l.members = 0;
-    }
-    l.shared->rebind(meta);
-    l.shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
-    l.running->join();
+    l.begin_turn(meta);
   } catch (...) {
-    l.abandon(std::current_exception());
     l.mutex.unlock();
     l.hand_over();
     throw;
@@ -368,7 +377,9 @@ position_token group_commit::write(const request_meta& meta, isolation,
     }
     r->state.wait(state, std::memory_order_acquire);
   }
-  if (r->failure) std::rethrow_exception(r->failure);
+  // (Taken out: the request may be freed on the thread that last woke it, and the exception must
+  // end on this one.)
+  if (auto failure = std::exchange(r->failure, nullptr)) std::rethrow_exception(failure);
   return r->token;
 }
 
