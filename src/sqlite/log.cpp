@@ -20,12 +20,16 @@ using detail::reset_on_exit;
 using detail::run_query;
 using detail::scalar;
 
-// The columns of `fields`, in the order read_events_into reads them.
-std::string_view columns_of(event_fields fields) {
+// The columns of `fields`, in the order read_events_into reads them. A read of one type has
+// NULL for the type (every row has that type): a column less to read in each row.
+std::string columns_of(event_fields fields, std::size_t types) {
+  const std::string_view type = types == 1 ? "null" : "type";
   return fields == event_fields::all
-             ? "position, type, payload, stream, stream_version, command_id, correlation_id, "
-               "recorded_at"
-             : "position, type, payload";
+             ? fmt::format(
+                   "position, {}, payload, stream, stream_version, command_id, correlation_id, "
+                   "recorded_at",
+                   type)
+             : fmt::format("position, {}, payload", type);
 }
 
 // Events after a position ($1), at most $2 of them; with `types` > 0 also up to a position ($3)
@@ -34,13 +38,13 @@ std::string select_events(event_fields fields, std::size_t types) {
   if (types == 0)
     return fmt::format(
         "select {} from cleave_events where position > $1 order by position limit $2",
-        columns_of(fields));
+        columns_of(fields, types));
   std::string list;
   for (std::size_t i = 0; i < types; ++i) list += fmt::format("{}${}", i ? ", " : "", i + 4);
   return fmt::format(
       "select {} from cleave_events where position > $1 and position <= $3 and type in ({}) "
       "order by position limit $2",
-      columns_of(fields), list);
+      columns_of(fields, types), list);
 }
 
 }  // namespace
@@ -64,7 +68,8 @@ position_token store::read_events_into(position_token after, std::size_t limit,
       auto& e = n < out.size() ? out[n] : out.emplace_back();
       ++n;
       e.position = position_token(0, static_cast<std::uint64_t>(s.int_at(0)));
-      e.type.assign(s.text_at(1));
+      // (A read of one type has no type column: see columns_of.)
+      e.type.assign(types.size() == 1 ? std::string_view(types[0]) : s.text_at(1));
       e.payload.assign_text(s.text_at(2));
       if (fields == event_fields::all) {
         e.stream.assign(s.text_at(3));

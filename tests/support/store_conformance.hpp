@@ -701,7 +701,13 @@ TYPED_TEST_P(store_conformance, a_read_of_some_types_skips_the_others_and_says_h
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].payload.value()["id"], "c1");
   EXPECT_EQ(out[1].payload.value()["id"], "c2");
+  EXPECT_EQ(out[1].type, "conformance.customer_registered");
   EXPECT_EQ(through, all.back().position);
+  // Of two types: each event with its own.
+  const std::vector<std::string> both{"conformance.tick", "conformance.customer_registered"};
+  EXPECT_EQ(this->db->read_events_into({}, 100, out, both), all.back().position);
+  ASSERT_EQ(out.size(), all.size());
+  for (std::size_t i = 0; i < all.size(); ++i) EXPECT_EQ(out[i].type, all[i].type) << i;
   // As many as the limit: read as far as the last of them.
   through = this->db->read_events_into({}, 1, out, customers);
   ASSERT_EQ(out.size(), 1u);
