@@ -105,7 +105,8 @@ result<void> write_once(session_source* source, const message_info& info, const 
   bool handler_refused = false;             // (a refusal a retry would only repeat is remembered)
   bool ran = false;  // the handler succeeded: a conflict from now on may be a lost race
   const auto work = [&](write_transaction& tx) {
-    if (idempotent && (prior = tx.remembered())) {
+    if (idempotent) prior = tx.remembered();
+    if (prior) {
       // A scheduled command that already ran (its first send's transaction took the schedule;
       // this takes one left behind, so that it is not due for ever). A remembered refusal
       // leaves it to the scheduler, which hands refusals on.
