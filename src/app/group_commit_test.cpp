@@ -58,13 +58,18 @@ std::int64_t count(cleave::app& app, std::string_view sql) {
   return ctx.one<std::int64_t>(sql).value_or(-1);
 }
 
-TEST(app_group_commit, inline_views_change_with_their_commands_and_commands_share_commits) {
-  cleave::testing::temp_dir dir;
+// An application on a file in `dir`, with group commit and without the projector's worker.
+cleave::app_config grouped_config(const cleave::testing::temp_dir& dir) {
   cleave::app_config cfg;
   cfg.database = dir.file("app.db");
   cfg.run_projector = false;
   cfg.group_commit = true;
-  cleave::app app{cfg};
+  return cfg;
+}
+
+TEST(app_group_commit, inline_views_change_with_their_commands_and_commands_share_commits) {
+  cleave::testing::temp_dir dir;
+  cleave::app app{grouped_config(dir)};
   app.add_migrations("grouped", schema);
   app.commands().add(add);
   app.add_projection(note_view());
@@ -123,11 +128,7 @@ cleave::result<void> write(const write_note& c, cleave::write_context& tx) {
 // still gets its own outcome, and only the accepted ones' effects stay.
 TEST(app_group_commit, each_command_of_a_shared_commit_gets_its_own_outcome) {
   cleave::testing::temp_dir dir;
-  cleave::app_config cfg;
-  cfg.database = dir.file("app.db");
-  cfg.run_projector = false;
-  cfg.group_commit = true;
-  cleave::app app{cfg};
+  cleave::app app{grouped_config(dir)};
   app.add_migrations("grouped", schema);
   app.commands().add(write);
   app.migrate();
