@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <latch>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -140,6 +142,21 @@ inline cleave::result<void> book_slot_handler(const book_slot& c, cleave::write_
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   if (taken >= slot_capacity) return cleave::rejected("the slot is full");
   tx.exec("insert into bookings(id, slot) values ($1, $2)", c.id, c.slot);
+  return {};
+}
+
+// A row (when `with_row`) and an event on stream `id`, whose version before it is expected to be
+// `expect`: with another the append fails (on PostgreSQL only when the insert is answered).
+struct stamp {
+  std::string id;
+  std::int64_t expect = 0;
+  bool with_row = true;
+};
+CLEAVE_COMMAND(stamp, "conformance.stamp", id, expect, with_row)
+
+inline cleave::result<void> stamp_handler(const stamp& c, cleave::write_context& tx) {
+  if (c.with_row) tx.exec("insert into customers(id, name) values ($1, 'stamped')", c.id);
+  tx.emit(c.id, tick{0, 0}, static_cast<std::uint64_t>(c.expect));
   return {};
 }
 
@@ -530,6 +547,59 @@ TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
   book_concurrently(grouped_commands, *this->db);
 }
 
+// Under group commit a member's appends may fail after its handler returned (PostgreSQL holds
+// them until an answer is needed): that member fails alone, its row rolled back with it, the
+// others keep theirs, and each kept one's position is its own event's.
+TYPED_TEST_P(store_conformance, a_member_whose_appends_fail_fails_alone_under_group_commit) {
+  cleave::group_commit grouped(*this->db, 32, 1);
+  cleave::command_bus grouped_commands{&grouped};
+  grouped_commands.add(stamp_handler);
+  constexpr int clients = 8, each = 24;
+  std::latch start(clients);
+  struct sent_stamp {
+    std::string id;
+    bool good = false;
+    cleave::result<cleave::sent<void>> outcome;
+  };
+  std::vector<std::vector<sent_stamp>> sent(clients);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      start.arrive_and_wait();
+      for (int i = 0; i < each; ++i) {
+        // Every third fails; half of them, and half of the others, write no row (no round trip
+        // of their own).
+        const bool good = i % 3 != 0, with_row = (i / 3) % 2 == 0;
+        const auto id = fmt::format("s{}-{}", c, i);
+        auto outcome = grouped_commands.send(stamp{id, good ? 0 : 5, with_row});
+        sent[static_cast<std::size_t>(c)].push_back({id, good, std::move(outcome)});
+      }
+    });
+  for (auto& t : threads) t.join();
+  std::map<std::string, std::uint64_t> position_of;
+  for (const auto& e : this->db->read_events({}, 10'000))
+    position_of[e.stream] = e.position.position();
+  int good = 0, rows = 0;
+  for (const auto& mine : sent)
+    for (const auto& s : mine) {
+      if (!s.good) {
+        ASSERT_FALSE(s.outcome) << s.id;
+        EXPECT_EQ(s.outcome.error().category, errc::conflict) << s.id;
+        EXPECT_FALSE(position_of.contains(s.id)) << s.id;
+        continue;
+      }
+      ASSERT_TRUE(s.outcome) << s.id << ": " << s.outcome.error().describe();
+      ++good;
+      rows += (std::stoi(s.id.substr(s.id.find('-') + 1)) / 3) % 2 == 0;
+      ASSERT_TRUE(position_of.contains(s.id)) << s.id;
+      EXPECT_EQ(s.outcome->position.position(), position_of[s.id]) << s.id;
+    }
+  EXPECT_EQ(position_of.size(), static_cast<std::size_t>(good));
+  EXPECT_EQ(count_rows(*this->db, "customers"), rows);
+  EXPECT_EQ(grouped.commands_committed(), static_cast<std::uint64_t>(good));
+  EXPECT_LT(grouped.groups_committed(), grouped.commands_committed()) << "no commit was shared";
+}
+
 // Group commit runs each member in a savepoint: a member rolled back takes its events with it,
 // and the next one's append to the same stream gets the next version, without a gap.
 TYPED_TEST_P(store_conformance, a_savepoint_rolled_back_takes_its_events_with_it) {
@@ -810,6 +880,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_refused,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
+    a_member_whose_appends_fail_fails_alone_under_group_commit,
     a_savepoint_rolled_back_takes_its_events_with_it, one_statement_per_exec,
     a_unique_violation_says_so_without_sql_names_or_values,
     a_nul_in_a_message_is_refused_at_decoding, a_nul_built_by_a_handler_is_refused_by_every_backend,
