@@ -105,6 +105,10 @@ result<void> write_once(session_source* source, const message_info& info, const 
   bool handler_refused = false;             // (a refusal a retry would only repeat is remembered)
   bool ran = false;  // the handler succeeded: a conflict from now on may be a lost race
   const auto work = [&](write_transaction& tx) {
+    // (Group commit may run it again, when what failed was another member's.)
+    prior.reset();
+    refused.reset();
+    handler_refused = ran = false;
     if (idempotent) prior = tx.remembered();
     if (prior) {
       // A scheduled command that already ran (its first send's transaction took the schedule;

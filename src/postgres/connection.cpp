@@ -371,6 +371,7 @@ std::int64_t connection::rows_of(std::uint64_t ticket) {
 
 void connection::forget_rows() noexcept {
   rows_.clear();
+  failed_ticket_.reset();
   for (auto& k : kept_) PQclear(k.second);
   kept_.clear();
 }
@@ -439,6 +440,7 @@ void connection::sync(std::uint64_t tolerate_from) {
     } else if (!failed && !tolerated && status != PGRES_PIPELINE_ABORTED) {
       failed = r;
       failed_sql = i < queued_.size() ? queued_[i].sql : "";
+      if (i < queued_.size() && !failed_ticket_) failed_ticket_ = queued_[i].ticket;
     } else {
       keep_or_clear(r);
     }

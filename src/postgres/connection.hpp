@@ -97,6 +97,10 @@ class connection {
   void sync(std::uint64_t tolerate_from = UINT64_MAX);
   // The ticket the next queued statement gets.
   std::uint64_t next_ticket() const noexcept { return rows_.size() + queued_rows_; }
+  // The ticket of the first queued statement whose failure sync() threw, since forget_failure()
+  // (or the transaction's start); a tolerated failure is not one.
+  std::optional<std::uint64_t> failed_ticket() const noexcept { return failed_ticket_; }
+  void forget_failure() noexcept { failed_ticket_.reset(); }
   // Whether the server already closed the connection (a restart, an administrator's kill), found
   // from what it sent while the connection lay in the pool, without a round trip.
   bool closed_by_server();
@@ -171,6 +175,7 @@ class connection {
   std::size_t queued_rows_ = 0;                            // runs queued (not preparations)
   std::vector<std::int64_t> rows_;                         // the answered runs' counts, by ticket
   std::vector<std::pair<std::uint64_t, PGresult*>> kept_;  // kept answers, by ticket
+  std::optional<std::uint64_t> failed_ticket_;
 
   clock::time_point guard_ = clock::time_point::max();
   std::optional<std::chrono::milliseconds> within_;

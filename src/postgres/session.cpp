@@ -47,6 +47,19 @@ bool starts_with_words(std::string_view sql, std::string_view words) {
   return true;
 }
 
+// The name a SAVEPOINT, RELEASE or ROLLBACK TO statement names: its last word, in lower case
+// unless quoted.
+std::string savepoint_name(std::string_view sql) {
+  const auto end = sql.find_last_not_of(" \t\r\n;");
+  if (end == std::string_view::npos) return {};
+  const auto start = sql.find_last_of(" \t\r\n", end);
+  std::string name(sql.substr(start == std::string_view::npos ? 0 : start + 1,
+                              end - (start == std::string_view::npos ? 0 : start + 1) + 1));
+  if (!name.starts_with('"'))
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
 // Whether JSON text holds the escape \u0000 (a backslash that is not itself escaped).
 bool holds_nul(std::string_view json_text) {
   for (auto at = json_text.find("u0000"); at != std::string_view::npos;
@@ -140,34 +153,65 @@ void store::impl::session::send_appends() {
   }
 }
 
-void store::impl::session::read_inserts() {
-  for (const auto ticket : std::exchange(inserts, {})) {
-    auto r = conn->take(ticket);
+void store::impl::session::read_inserts(std::uint64_t before) {
+  const auto later = std::find_if(inserts.begin(), inserts.end(),
+                                  [&](std::uint64_t ticket) { return ticket >= before; });
+  for (auto it = inserts.begin(); it != later; ++it) {
+    auto r = conn->take(*it);
     if (!r || r->status() != PGRES_TUPLES_OK || r->rows() == 0) continue;
-    last_position = std::max(last_position, static_cast<std::uint64_t>(r->integer(0, 0)));
+    const auto position = static_cast<std::uint64_t>(r->integer(0, 0));
+    last_position = std::max(last_position, position);
     transaction_id = parse_u64(r->text(0, 1));
+    insert_positions.emplace_back(*it, position);
   }
+  inserts.erase(inserts.begin(), later);
+}
+
+// Group commit's held member: the token of its appends (and those before it), read from the
+// answers already in (its caller made sure, by a sync, that they are).
+position_token store::impl::session::position_before(std::uint64_t mark) {
+  read_inserts(mark);
+  std::uint64_t position = 0;
+  for (const auto& [ticket, at] : insert_positions)
+    if (ticket < mark) position = std::max(position, at);
+  return position == 0 ? position_token(0, 0) : position_token(transaction_id, position);
 }
 
 // Held appends follow savepoints (group commit puts each member in one): those held are queued
-// before a savepoint is taken or released. Rolling back to the last savepoint drops those held
-// since, and the answers of statements queued since (their failure is why it rolls back), but
-// not those before it: an earlier failure is still thrown, and earlier inserts' positions kept.
-// What this transaction knows of its streams' versions is dropped, read again when needed.
+// before a savepoint is taken or released. Rolling back to a savepoint drops those held since,
+// and the answers of statements queued since (their failure is why it rolls back), but not those
+// before it: an earlier failure is still thrown, and earlier inserts' positions kept. The
+// savepoint is the newest of that name taken before the statement that failed: the database
+// skipped the statements after a failure, savepoints among them (group commit's members whose
+// statements were held behind a failed one's). What this transaction knows of its streams'
+// versions is dropped, read again when needed.
 void store::impl::session::before_savepoint_statement(std::string_view sql) {
   if (starts_with_words(sql, "savepoint")) {
     send_appends();
-    savepoint = savepoint_mark{conn->next_ticket(), appended};
+    savepoints.push_back({savepoint_name(sql), conn->next_ticket(), appended});
   } else if (starts_with_words(sql, "release")) {
     send_appends();
   } else if (starts_with_words(sql, "rollback to")) {
     unsent.clear();
     stream_versions.clear();
-    const auto mark = savepoint.value_or(savepoint_mark{0, false});
+    const auto name = savepoint_name(sql);
+    const auto failed = conn->failed_ticket();
+    auto to = std::find_if(savepoints.rbegin(), savepoints.rend(), [&](const savepoint_mark& m) {
+      return m.name == name && failed && m.ticket < *failed;
+    });
+    if (to == savepoints.rend())  // (a failure before it is thrown below)
+      to = std::find_if(savepoints.rbegin(), savepoints.rend(),
+                        [&](const savepoint_mark& m) { return m.name == name; });
+    const auto mark = to == savepoints.rend() ? savepoint_mark{} : *to;
+    if (to != savepoints.rend()) savepoints.erase(to.base(), savepoints.end());
     conn->sync(mark.ticket);
     std::erase_if(inserts, [&](std::uint64_t t) { return t >= mark.ticket; });
+    std::erase_if(insert_positions, [&](const auto& p) { return p.first >= mark.ticket; });
     read_inserts();
     appended = mark.appended;
+    // What failed after the savepoint is rolled back with it; a failure before it stands (group
+    // commit tells from it whose statement failed).
+    if (failed && *failed >= mark.ticket) conn->forget_failure();
   }
 }
 

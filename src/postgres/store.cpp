@@ -164,7 +164,9 @@ store::impl::session& store::impl::acquire(const request_meta& meta, std::string
   s->unsent.clear();
   s->stream_versions.clear();
   s->inserts.clear();
-  s->savepoint.reset();
+  s->insert_positions.clear();
+  s->savepoints.clear();
+  s->conn->forget_failure();
   return *s;
 }
 

@@ -66,14 +66,17 @@ struct store::impl {
     std::vector<unsent_event> unsent;
     std::vector<std::pair<std::string, std::optional<std::uint64_t>>> stream_versions;
     std::vector<std::uint64_t> inserts;  // tickets of queued inserts not yet read back
-    std::uint64_t begin_ticket = 0;      // BEGIN's, queued with the first statement
-    // The last savepoint taken: the ticket of the first statement after it, and whether events
-    // had been appended before it (rolling back to it keeps those, and drops the rest).
+    // The inserts read back, as (ticket, position), in ticket order (position_before).
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> insert_positions;
+    std::uint64_t begin_ticket = 0;  // BEGIN's, queued with the first statement
+    // The savepoints taken, in order: each one's name, its statement's ticket, and whether
+    // events had been appended before it (rolling back to it keeps those, and drops the rest).
     struct savepoint_mark {
+      std::string name;
       std::uint64_t ticket = 0;
       bool appended = false;
     };
-    std::optional<savepoint_mark> savepoint;
+    std::vector<savepoint_mark> savepoints;
     clock::time_point deadline = clock::time_point::max();  // the request's
 
     void query(std::string_view sql, std::span<const sql_value> params,
@@ -87,8 +90,9 @@ struct store::impl {
     std::int64_t exec(std::string_view sql, std::span<const sql_value> params) override;
     // Queued in the connection's pipeline: sent with the next statements in one round trip.
     deferred defer(std::string_view sql, std::span<const sql_value> params) override;
-    // Reads back the positions of the inserts answered so far.
-    void read_inserts();
+    // Reads back the positions of the inserts queued before ticket `before` (all of them by
+    // default: sync()s first when one is still queued).
+    void read_inserts(std::uint64_t before = UINT64_MAX);
     // What a savepoint, its release or a rollback to it does to held appends (session.cpp).
     void before_savepoint_statement(std::string_view sql);
     std::int64_t deferred_rows(std::uint64_t ticket) override { return conn->rows_of(ticket); }
@@ -108,6 +112,13 @@ struct store::impl {
       read_inserts();
       return position_token(transaction_id, last_position);
     }
+    bool holds_statements() const override { return true; }
+    std::uint64_t statement_mark() override {
+      send_appends();
+      return conn->next_ticket();
+    }
+    std::optional<std::uint64_t> failed_statement() override { return conn->failed_ticket(); }
+    position_token position_before(std::uint64_t mark) override;
 
     position_token commit() override;
     void rollback() noexcept override;

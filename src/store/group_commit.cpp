@@ -1,6 +1,7 @@
 #include <cleave/store/group_commit.hpp>
 
 #include <deque>
+#include <optional>
 #include <stdexcept>
 #include <utility>
 
@@ -52,6 +53,19 @@ struct group_commit::lane {
   std::size_t members = 0;          // members of the open group that kept their work
   std::size_t turns = 0;            // turns taken in it, kept or not: a group has at most max_group
   std::vector<std::shared_ptr<request>> in_group;  // queued commands among those members
+  // On a backend that holds statements (holds_statements): the running member's savepoint mark,
+  // and the queued members kept whose statements may not be answered yet (the last ones of
+  // in_group, in order). Their statements travel with later members' and the group's COMMIT
+  // is preceded by one round trip that answers them all; a failure among them is the member's
+  // whose savepoint came last before it, and those after it run again.
+  bool holding = false;
+  std::uint64_t turn_mark = 0;
+  struct held_member {
+    std::shared_ptr<request> r;
+    std::uint64_t mark = 0;   // its savepoint's
+    std::uint64_t after = 0;  // after its statements
+  };
+  std::vector<held_member> held;
 
   std::mutex queue_mutex;  // guards `queue`
   std::deque<std::shared_ptr<request>> queue;
@@ -63,6 +77,16 @@ struct group_commit::lane {
     const std::lock_guard guard(queue_mutex);
     queue.push_back(std::move(r));
     ++queued;
+  }
+
+  // Queues requests again, ahead of the others, in their order (their callers wait on).
+  void requeue(const std::vector<std::shared_ptr<request>>& again) {
+    const std::lock_guard guard(queue_mutex);
+    for (auto it = again.rbegin(); it != again.rend(); ++it) {
+      (*it)->state.store(request::queued, std::memory_order_relaxed);
+      queue.push_front(*it);
+      ++queued;
+    }
   }
 
   std::shared_ptr<request> pop() {
@@ -79,6 +103,81 @@ struct group_commit::lane {
   void begin_turn(const request_meta& meta);
   // Runs one queued command in its own savepoint of the shared transaction (mutex held).
   void run(const std::shared_ptr<request>& r);
+
+  // Rolls the running member's work back to its savepoint; if even that fails, the shared
+  // transaction cannot go on and the group fails with it (mutex held).
+  void undo() noexcept {
+    try {
+      shared->exec("rollback to savepoint cleave_member", {});
+      shared->exec("release savepoint cleave_member", {});
+    } catch (...) {
+      abandon(std::current_exception());
+    }
+  }
+
+  // The held members have their tokens (their statements are answered, without failure).
+  void resolve_held(std::size_t count) noexcept {
+    for (std::size_t i = 0; i < count; ++i) {
+      try {
+        held[i].r->token = shared->position_before(held[i].after);
+      } catch (...) {
+        // (Only answers already in are read: nothing to fail. The token stays empty if it did.)
+      }
+    }
+    held.erase(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(count));
+  }
+
+  // After `why` was thrown with the held members' statements answered: when one of them failed
+  // (before the savepoint of `current`, the running member, if given), its member's work is
+  // rolled back and it fails alone; those held after it, and `current`, are queued to run again
+  // (their statements came after the failure, which the database skipped, their savepoints
+  // among them, so the newest savepoint is the failed member's); those before it keep their
+  // work. Returns whether the failure was a held member's (mutex held).
+  bool fail_held(std::exception_ptr why, const std::shared_ptr<request>* current) noexcept {
+    const auto failed = shared->failed_statement();
+    if (held.empty() || !failed || (current && *failed >= turn_mark)) return false;
+    if (*failed < held.front().mark) {  // (not a held member's: nothing can tell whose)
+      abandon(std::move(why));
+      if (current) requeue({*current});
+      return true;
+    }
+    auto j = held.size() - 1;
+    while (held[j].mark > *failed) --j;
+    resolve_held(j);  // (answered before the failure: kept)
+    const auto failing = held.front().r;
+    std::vector<std::shared_ptr<request>> again;
+    for (std::size_t i = 1; i < held.size(); ++i) again.push_back(held[i].r);
+    const std::size_t dropped = held.size();
+    held.clear();
+    undo();
+    if (shared) {  // (else the group failed, with every member it kept)
+      in_group.resize(in_group.size() - dropped);
+      members -= dropped;
+      failing->failure = std::move(why);
+      failing->end();
+    } else {
+      again.clear();
+    }
+    if (current) again.push_back(*current);
+    requeue(again);
+    return true;
+  }
+
+  // Before the group commits, or lets a member in that drives its own turn: the held members'
+  // statements are answered, so that a failure among them fails only the member it came from.
+  void settle_held() noexcept {
+    if (held.empty() || !shared) return;
+    try {
+      shared->position_so_far();  // sends and answers all that is held
+    } catch (const transient_error&) {
+      abandon(std::current_exception());  // the database gave the whole transaction up
+      return;
+    } catch (...) {
+      if (!fail_held(std::current_exception(), nullptr)) abandon(std::current_exception());
+      return;
+    }
+    resolve_held(held.size());
+  }
 
   // Runs queued commands (mutex held on entry, released on return), committing each group when it
   // is full or nobody else waits to join it, until the queue is empty or `own` has ended; then
@@ -117,6 +216,8 @@ struct group_commit::lane {
     if (!shared) return;  // the group already ended (its transaction broke)
     // the next member joins
     if (turns < owner.max_group_ && (waiting.load() > 0 || queued.load() > 0)) return;
+    settle_held();
+    if (!shared) return;
     auto* tx = std::exchange(shared, nullptr);
     auto end = std::exchange(open, nullptr);
     if (members == 0) {
@@ -150,6 +251,7 @@ struct group_commit::lane {
 
   // Ends the open group after its transaction broke: every member that kept work in it fails.
   void abandon(std::exception_ptr why) noexcept {
+    held.clear();  // (failed with the others)
     if (!shared) return;
     std::exchange(shared, nullptr)->rollback();
     auto end = std::exchange(open, nullptr);
@@ -210,6 +312,15 @@ class group_commit::member final : public detail::forwarding_transaction {
   void remember(const remembered_outcome& o) override {
     dooming([&] { inner_->remember(o); });
   }
+  std::optional<remembered_outcome> remembered() override {
+    return dooming([&] { return inner_->remembered(); });
+  }
+  position_token position_so_far() override {
+    return dooming([&] { return inner_->position_so_far(); });
+  }
+  void script(std::string_view sql) override {
+    dooming([&] { inner_->script(sql); });
+  }
 
   position_token commit() override {
     std::unique_lock turn(lane_.mutex, std::adopt_lock);  // taken in begin_write
@@ -238,23 +349,71 @@ class group_commit::member final : public detail::forwarding_transaction {
   }
 
   // Runs a queued command's work as this member's turn (mutex held; the turn begun): keeps its
-  // work in the group, or rolls it back to its savepoint and ends the request.
+  // work in the group, or rolls it back to its savepoint and ends the request — or queues it
+  // again, when what failed was a statement of a member held before it (fail_held).
   void run(const std::shared_ptr<request>& r) noexcept {
+    bool keeping = false;
     try {
-      if (r->work(*this)) {
-        r->token = keep();
-        lane_.in_group.push_back(r);
-        r->state.store(request::kept, std::memory_order_relaxed);
+      keeping = r->work(*this);
+      // (A failure its handler caught and went on from leaves its work out.)
+      if (keeping && lane_.holding && lane_.shared->failed_statement())
+        throw error_exception({errc::internal, "a statement of the command failed", {}});
+      if (keeping) {
+        keep_queued(r);
         return;
       }
     } catch (...) {
       r->failure = std::current_exception();
     }
+    if (lane_.holding && !lane_.held.empty() && requeued_after_held_failure(r)) return;
     drop();
     r->end();
   }
 
- private:
+  // A member not kept, while members are held: when what failed was a held member's statement
+  // (this member's then were skipped), that member fails and this one is queued again; never is
+  // this one's savepoint rolled back to then — the database skipped it.
+  bool requeued_after_held_failure(const std::shared_ptr<request>& r) noexcept {
+    std::exception_ptr answered_with;
+    if (!doomed_ && !lane_.shared->failed_statement()) {
+      try {
+        lane_.shared->position_so_far();  // answers the held statements, to tell whose failed
+      } catch (const transient_error&) {
+        doomed_ = std::current_exception();
+      } catch (...) {
+        answered_with = std::current_exception();
+      }
+    }
+    if (doomed_) return false;  // the whole group fails (drop)
+    auto why = r->failure ? r->failure : answered_with;
+    if (!why)
+      why = std::make_exception_ptr(
+          error_exception({errc::internal, "a statement of the command failed", {}}));
+    if (!lane_.fail_held(std::move(why), &r)) return false;
+    r->failure = nullptr;
+    return true;
+  }
+
+  // Keeps a queued command's work in the group. On a backend that holds statements it is held:
+  // its statements travel with later members' (a member then costs no round trip of its own),
+  // and its token waits for their answers.
+  void keep_queued(const std::shared_ptr<request>& r) {
+    if (!lane_.holding) {
+      r->token = keep();
+    } else {
+      if (doomed_) std::rethrow_exception(doomed_);
+      std::uint64_t after = 0;
+      dooming([&] {
+        lane_.shared->defer("release savepoint cleave_member", {});
+        after = lane_.shared->statement_mark();
+      });
+      ++lane_.members;
+      lane_.held.push_back({r, lane_.turn_mark, after});
+    }
+    lane_.in_group.push_back(r);
+    r->state.store(request::kept, std::memory_order_relaxed);
+  }
+
   // Keeps this member's work in the group; returns its token without the commit LSN.
   position_token keep() {
     if (doomed_) std::rethrow_exception(doomed_);
@@ -281,18 +440,7 @@ class group_commit::member final : public detail::forwarding_transaction {
     if (auto why = std::exchange(doomed_, nullptr))
       lane_.abandon(std::move(why));
     else
-      undo();
-  }
-
-  // Rolls this member's work back to its savepoint; if even that fails, the shared transaction
-  // cannot go on and the group fails with it.
-  void undo() noexcept {
-    try {
-      lane_.shared->exec("rollback to savepoint cleave_member", {});
-      lane_.shared->exec("release savepoint cleave_member", {});
-    } catch (...) {
-      lane_.abandon(std::current_exception());
-    }
+      lane_.undo();
   }
 
   lane& lane_;
@@ -304,20 +452,31 @@ group_commit::lane::lane(group_commit& o) : owner(o), running(std::make_unique<m
 }
 
 void group_commit::lane::begin_turn(const request_meta& meta) {
-  try {
-    if (!shared) {
-      shared = &owner.inner_.begin_write(meta, isolation::serializable);
-      open = std::make_shared<group_end>();
-      members = 0;
-      turns = 0;
+  for (;;) {
+    try {
+      if (!shared) {
+        shared = &owner.inner_.begin_write(meta, isolation::serializable);
+        open = std::make_shared<group_end>();
+        members = 0;
+        turns = 0;
+        holding = shared->holds_statements();
+      }
+      ++turns;
+      shared->rebind(meta);
+      if (holding) turn_mark = shared->statement_mark();
+      shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
+      running->join();
+      return;
+    } catch (const transient_error&) {
+      abandon(std::current_exception());
+      throw;
+    } catch (...) {
+      // Statements queued here may be sent at once (a full pipeline), and a held member's
+      // failure learnt: that member fails, those after it run again, and this turn begins anew.
+      if (shared && holding && fail_held(std::current_exception(), nullptr)) continue;
+      abandon(std::current_exception());
+      throw;
     }
-    ++turns;
-    shared->rebind(meta);
-    shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
-    running->join();
-  } catch (...) {
-    abandon(std::current_exception());
-    throw;
   }
 }
 
@@ -345,6 +504,7 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
   ++l.waiting;
   l.mutex.lock();
   --l.waiting;
+  l.settle_held();  // (its caller drives the turn: nothing of another member may fail in it)
   try {
     l.begin_turn(meta);
   } catch (...) {

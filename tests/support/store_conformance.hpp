@@ -146,17 +146,20 @@ inline cleave::result<void> book_slot_handler(const book_slot& c, cleave::write_
 }
 
 // A row (when `with_row`) and an event on stream `id`, whose version before it is expected to be
-// `expect`: with another the append fails (on PostgreSQL only when the insert is answered).
+// `expect`: with another the append fails (on PostgreSQL only when the insert is answered);
+// then `more` events after it.
 struct stamp {
   std::string id;
   std::int64_t expect = 0;
   bool with_row = true;
+  std::int64_t more = 0;
 };
-CLEAVE_COMMAND(stamp, "conformance.stamp", id, expect, with_row)
+CLEAVE_COMMAND(stamp, "conformance.stamp", id, expect, with_row, more)
 
 inline cleave::result<void> stamp_handler(const stamp& c, cleave::write_context& tx) {
   if (c.with_row) tx.exec("insert into customers(id, name) values ($1, 'stamped')", c.id);
   tx.emit(c.id, tick{0, 0}, static_cast<std::uint64_t>(c.expect));
+  for (std::int64_t i = 1; i <= c.more; ++i) tx.emit(c.id, tick{0, i});
   return {};
 }
 
@@ -548,8 +551,9 @@ TYPED_TEST_P(store_conformance, the_rule_holds_under_group_commit_too) {
 }
 
 // Under group commit a member's appends may fail after its handler returned (PostgreSQL holds
-// them until an answer is needed): that member fails alone, its row rolled back with it, the
-// others keep theirs, and each kept one's position is its own event's.
+// them until an answer is needed, and sends them when it holds a thousand): that member fails
+// alone, its row rolled back with it, the others keep theirs, and each kept one's position is
+// its own last event's.
 TYPED_TEST_P(store_conformance, a_member_whose_appends_fail_fails_alone_under_group_commit) {
   cleave::group_commit grouped(*this->db, 32, 1);
   cleave::command_bus grouped_commands{&grouped};
@@ -568,17 +572,18 @@ TYPED_TEST_P(store_conformance, a_member_whose_appends_fail_fails_alone_under_gr
       start.arrive_and_wait();
       for (int i = 0; i < each; ++i) {
         // Every third fails; half of them, and half of the others, write no row (no round trip
-        // of their own).
+        // of their own); every eighth appends 150 events more.
         const bool good = i % 3 != 0, with_row = (i / 3) % 2 == 0;
         const auto id = fmt::format("s{}-{}", c, i);
-        auto outcome = grouped_commands.send(stamp{id, good ? 0 : 5, with_row});
+        auto outcome =
+            grouped_commands.send(stamp{id, good ? 0 : 5, with_row, i % 8 == 1 ? 150 : 0});
         sent[static_cast<std::size_t>(c)].push_back({id, good, std::move(outcome)});
       }
     });
   for (auto& t : threads) t.join();
   std::map<std::string, std::uint64_t> position_of;
-  for (const auto& e : this->db->read_events({}, 10'000))
-    position_of[e.stream] = e.position.position();
+  for (const auto& e : this->db->read_events({}, 100'000))
+    position_of[e.stream] = e.position.position();  // (the last one's)
   int good = 0, rows = 0;
   for (const auto& mine : sent)
     for (const auto& s : mine) {

@@ -218,6 +218,17 @@ class write_transaction : public write_session {
   // The token commit() would return for what this transaction appended so far (without the
   // commit LSN, which only the commit knows).
   virtual position_token position_so_far() = 0;
+
+  // Group commit on a backend that holds statements until their answers are needed
+  // (PostgreSQL's pipeline), so that members' statements travel together: whether it holds
+  // them; a mark of the statements held or sent so far (increasing); the mark of the statement
+  // whose failure was thrown, since the last rollback to a savepoint; and the token of what was
+  // appended before a mark, once the statements before it are answered. Where each statement
+  // runs when it is called, only holds_statements() is asked.
+  virtual bool holds_statements() const { return false; }
+  virtual std::uint64_t statement_mark() { return 0; }
+  virtual std::optional<std::uint64_t> failed_statement() { return std::nullopt; }
+  virtual position_token position_before(std::uint64_t /*mark*/) { return position_so_far(); }
 };
 
 // A read-only transaction as the query bus drives it; finish() ends it and gives it back.

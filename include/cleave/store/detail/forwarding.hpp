@@ -27,6 +27,12 @@ class forwarding_transaction : public write_transaction {
   void remember(const remembered_outcome& o) override { inner_->remember(o); }
   void rebind(const request_meta& meta) override { inner_->rebind(meta); }
   position_token position_so_far() override { return inner_->position_so_far(); }
+  bool holds_statements() const override { return inner_->holds_statements(); }
+  std::uint64_t statement_mark() override { return inner_->statement_mark(); }
+  std::optional<std::uint64_t> failed_statement() override { return inner_->failed_statement(); }
+  position_token position_before(std::uint64_t mark) override {
+    return inner_->position_before(mark);
+  }
 
  protected:
   write_transaction* inner_ = nullptr;  // the transaction calls go to; set by the decorator
