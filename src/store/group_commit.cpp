@@ -385,7 +385,9 @@ class group_commit::member final : public detail::forwarding_transaction {
       }
     }
     if (doomed_) return false;  // the whole group fails (drop)
-    auto why = r->failure ? r->failure : answered_with;
+    // (What the answers brought first: a held member's failure is its own error, not whatever
+    // this member's work threw without asking the database.)
+    auto why = answered_with ? answered_with : r->failure;
     if (!why)
       why = std::make_exception_ptr(
           error_exception({errc::internal, "a statement of the command failed", {}}));
