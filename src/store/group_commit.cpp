@@ -357,7 +357,7 @@ class group_commit::member final : public detail::forwarding_transaction {
       keeping = r->work(*this);
       // (A failure its handler caught and went on from leaves its work out.)
       if (keeping && lane_.holding && lane_.shared->failed_statement())
-        throw error_exception({errc::internal, "a statement of the command failed", {}});
+        std::rethrow_exception(statement_failed());
       if (keeping) {
         keep_queued(r);
         return;
@@ -368,6 +368,13 @@ class group_commit::member final : public detail::forwarding_transaction {
     if (lane_.holding && !lane_.held.empty() && requeued_after_held_failure(r)) return;
     drop();
     r->end();
+  }
+
+ private:
+  // (What a command's failure is, when its handler went on after a statement failed.)
+  static std::exception_ptr statement_failed() {
+    return std::make_exception_ptr(
+        error_exception({errc::internal, "a statement of the command failed", {}}));
   }
 
   // A member not kept, while members are held: when what failed was a held member's statement
@@ -388,9 +395,7 @@ class group_commit::member final : public detail::forwarding_transaction {
     // (What the answers brought first: a held member's failure is its own error, not whatever
     // this member's work threw without asking the database.)
     auto why = answered_with ? answered_with : r->failure;
-    if (!why)
-      why = std::make_exception_ptr(
-          error_exception({errc::internal, "a statement of the command failed", {}}));
+    if (!why) why = statement_failed();
     if (!lane_.fail_held(std::move(why), &r)) return false;
     r->failure = nullptr;
     return true;
