@@ -499,9 +499,9 @@ void group_commit_case(std::string_view name, cleave::store& db, int clients, st
   const std::string to_normal =
       normal_rate > 0 ? fmt::format(",\"ratio_to_normal\":{:.3f}", m.value / normal_rate) : "";
   report(name, m, clients,
-         fmt::format(",\"isolation\":\"serializable\",\"max_group\":32,"
+         fmt::format(",\"isolation\":\"serializable\",\"max_group\":32,\"lanes\":{},"
                      "\"commands_per_commit\":{:.1f},\"conflicts\":{}{}",
-                     per_group, conflicts.load(), to_normal));
+                     lanes, per_group, conflicts.load(), to_normal));
 }
 
 // Whether case `name` runs: CLEAVE_BENCH_WRITE_CASES is a comma-separated list of name
@@ -557,7 +557,7 @@ int main(int argc, char** argv) {
                                                       slice);
     if (wanted("postgres_group_commit_32")) {
       cleave::postgres::store db{{.url = url, .pool_size = 32}};
-      group_commit_case("postgres_group_commit_32", db, 32, 4, slice);
+      group_commit_case("postgres_group_commit_32", db, 32, 1, slice);
     }
   } else {
     std::fprintf(stderr, "CLEAVE_BENCH_PG_URL is not set: skipping the PostgreSQL cases\n");

@@ -3,6 +3,7 @@
 #include <deque>
 #include <optional>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 
 #include <cleave/store/detail/forwarding.hpp>
@@ -209,13 +210,23 @@ struct group_commit::lane {
       next->state.notify_one();
   }
 
+  // Whether another member is there to take a turn in the open group.
+  bool member_waiting() const noexcept { return waiting.load() > 0 || queued.load() > 0; }
+
   // Ends the running member's turn (mutex held): commits the group when it had its max_group
   // turns (kept or not, so a stream of failing commands cannot keep it open) or nobody waits to
   // join it, else leaves it open for the next member.
   void end_turn() noexcept {
     if (!shared) return;  // the group already ended (its transaction broke)
-    // the next member joins
-    if (turns < owner.max_group_ && (waiting.load() > 0 || queued.load() > 0)) return;
+    if (turns < owner.max_group_) {
+      if (member_waiting()) return;  // the next member joins
+      // Before committing a group that is not full, the CPU goes once to the threads ready to
+      // run: callers whose commands just ended, about to send their next. Measured on two CPUs
+      // with 32 senders: groups of 20 became 32 on PostgreSQL, 25 became 31 on SQLite. With no
+      // other thread ready it returns at once.
+      std::this_thread::yield();
+      if (member_waiting()) return;
+    }
     settle_held();
     if (!shared) return;
     auto* tx = std::exchange(shared, nullptr);

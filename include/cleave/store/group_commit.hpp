@@ -9,7 +9,11 @@
 //   cleave::command_bus commands{&grouped};   // many threads sending at once share commits
 //
 // Within a lane, commands run one at a time (they share a connection). SQLite has one writer, so
-// one lane; on PostgreSQL several lanes (each its own connection and group) run side by side.
+// one lane; on PostgreSQL several lanes (each its own connection and group) can run side by side,
+// but each splits the senders into smaller groups: a member that only writes costs its lane no
+// round trip, so one lane is the fastest on few cores (measured on two: 2.2x a transaction per
+// command with one lane, 1.7x with four). More lanes pay when handlers read (each read waits for
+// the server while the lane waits) or when the server has cores to spare.
 // The command bus sends through write() (queued commands run on whichever caller holds the lane);
 // begin_write() gives a turn in the lane's transaction to code that drives one itself.
 
