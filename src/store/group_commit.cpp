@@ -479,10 +479,10 @@ void group_commit::lane::begin_turn(const request_meta& meta) {
         turns = 0;
         holding = shared->holds_statements();
       }
-      ++turns;
       shared->rebind(meta);
       if (holding) turn_mark = shared->statement_mark();
       shared->defer("savepoint cleave_member", {});  // (sent with the member's first statement)
+      ++turns;  // (once: a turn begun again after a held member failed is the same turn)
       running->join();
       return;
     } catch (const transient_error&) {
