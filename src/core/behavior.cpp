@@ -1,4 +1,5 @@
 #include <cleave/core/behavior.hpp>
+#include <cleave/core/detail/fibers.hpp>
 
 #include <algorithm>
 #include <thread>
@@ -94,7 +95,7 @@ result<void> retry_on_conflict::handle(const message_ref&, const request_meta& m
     if (outcome || outcome.error().category != errc::conflict || attempt >= max_attempts_)
       return outcome;
     if (clock::now() + backoff >= meta.deadline) return outcome;
-    std::this_thread::sleep_for(backoff);
+    detail::pause(backoff);
     backoff *= 2;
   }
 }

@@ -1,4 +1,5 @@
 #include <cleave/core/bus.hpp>
+#include <cleave/core/detail/fibers.hpp>
 #include <cleave/core/detail/schedules.hpp>
 
 #include <algorithm>
@@ -135,6 +136,7 @@ result<void> write_once(session_source* source, const message_info& info, const 
     if (idempotent) tx.remember(first_outcome(info, meta, step, std::nullopt));
     return true;
   };
+  std::exception_ptr conflict;  // a lost race of two retries (below)
   try {
     auto position = source->write(meta, step.level, work);
     if (prior) return replay(*prior, info, meta, out, step);
@@ -148,17 +150,23 @@ result<void> write_once(session_source* source, const message_info& info, const 
   } catch (const transient_error&) {
     throw;  // run again: a retry finds a racing winner's outcome first
   } catch (const error_exception& e) {
-    // Two retries raced (possible where writers run concurrently): the loser's record of the id
-    // collides — when it is made, or at the commit where the backend sends it with the COMMIT;
-    // its effects are rolled back and it returns the winner's outcome.
-    if (ran && idempotent && e.error().category == errc::conflict) {
-      try {
-        if (auto winner = look_up(*source, meta)) return replay(*winner, info, meta, out, step);
-      } catch (...) {
-        // the conflict stands
-      }
-    }
+    if (!ran || !idempotent || e.error().category != errc::conflict)
+      return std::unexpected(error_from_current_exception(info, meta));
+    conflict = std::current_exception();
+  } catch (...) {
     return std::unexpected(error_from_current_exception(info, meta));
+  }
+  // Two retries raced (possible where writers run concurrently): the loser's record of the id
+  // collided — when it was made, or at the commit where the backend sent it with the COMMIT;
+  // its effects were rolled back and it returns the winner's outcome. (Looked up outside the
+  // catch block: the wait for a transaction may suspend a fiber, which a catch block may not.)
+  try {
+    if (auto winner = look_up(*source, meta)) return replay(*winner, info, meta, out, step);
+  } catch (...) {
+    // the conflict stands
+  }
+  try {
+    std::rethrow_exception(conflict);
   } catch (...) {
     return std::unexpected(error_from_current_exception(info, meta));
   }
@@ -189,25 +197,27 @@ result<void> run_write(session_source* source, const message_info& info, const r
   auto pause = std::chrono::microseconds(1000);
   if (auto late = past_deadline(meta)) return std::unexpected(std::move(*late));
   for (int attempt = 1;; ++attempt) {
+    error collided;
     try {
       return write_once(source, info, meta, out, step);
     } catch (const transient_error& e) {
-      const auto wait = jittered(pause);
-      const bool out_of_time = clock::now() + wait >= meta.deadline;
-      if (attempt >= max_attempts || out_of_time) {
-        spdlog::info("command {} gave up after {} attempt(s) [correlation {}]: {}", info.wire_name,
-                     attempt, meta.correlation_id, e.error().message);
-        // Out of time, the collision is why it did not finish: a timeout, retryable as one.
-        if (out_of_time && attempt < max_attempts)
-          return std::unexpected(error{
-              errc::timeout,
-              fmt::format("the request's deadline passed while it retried: {}", e.error().message),
-              {}});
-        return std::unexpected(e.error());
-      }
-      std::this_thread::sleep_for(wait);
-      pause = std::min(pause * 2, longest_pause);
+      collided = e.error();
     }
+    const auto wait = jittered(pause);
+    const bool out_of_time = clock::now() + wait >= meta.deadline;
+    if (attempt >= max_attempts || out_of_time) {
+      spdlog::info("command {} gave up after {} attempt(s) [correlation {}]: {}", info.wire_name,
+                   attempt, meta.correlation_id, collided.message);
+      // Out of time, the collision is why it did not finish: a timeout, retryable as one.
+      if (out_of_time && attempt < max_attempts)
+        return std::unexpected(error{
+            errc::timeout,
+            fmt::format("the request's deadline passed while it retried: {}", collided.message),
+            {}});
+      return std::unexpected(std::move(collided));
+    }
+    detail::pause(wait);  // (a fiber waits suspended)
+    pause = std::min(pause * 2, longest_pause);
   }
 }
 

@@ -22,6 +22,8 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include <cleave/core/detail/fibers.hpp>
+
 #include "../app/verbs.hpp"
 #include "answer_cache.hpp"
 #include "asio.hpp"
@@ -61,14 +63,17 @@ struct park_relay : std::enable_shared_from_this<park_relay> {
 };
 
 namespace {
-// The workers' threads. Under group commit a command's thread waits for its group to commit:
-// then there are as many as the groups hold, so that groups fill as they do in the process —
-// up to 64 (PostgreSQL's lanes hold 32 each, and share the pool's connections with queries).
+// The workers' threads. Under group commit commands run as fibers (io_lane::fibers); where fibers
+// cannot run, a command's thread waits for its group to commit: then there are as many as the
+// groups hold, so that groups fill as they do in the process — up to 64 (PostgreSQL's lanes hold
+// 32 each, and share the pool's connections with queries).
 std::size_t worker_threads(app& a) {
   constexpr std::size_t most_for_groups = 64;
   const auto* grouped = a.group_commits();
   const auto workers = a.config().workers;
-  return grouped ? std::max(workers, std::min(grouped->capacity(), most_for_groups)) : workers;
+  return grouped && !cleave::detail::fiber_pool::available()
+             ? std::max(workers, std::min(grouped->capacity(), most_for_groups))
+             : workers;
 }
 
 // The I/O threads: as configured, else one a CPU this process may use (at most 8). Each runs its
@@ -85,7 +90,22 @@ struct io_lane {
   net::executor_work_guard<net::io_context::executor_type> busy = net::make_work_guard(io);
   std::shared_ptr<park_relay> parked = std::make_shared<park_relay>(io);
   detail::answer_cache answers;  // its connections' cached answers
+  // Under group commit, commands run here as fibers: one waiting for its group holds no thread,
+  // and the I/O thread goes on with other connections meanwhile (null where fibers cannot run).
+  std::unique_ptr<cleave::detail::fiber_pool> fibers;
   std::thread thread;
+
+  explicit io_lane(bool command_fibers) {
+    if (!command_fibers || !cleave::detail::fiber_pool::available()) return;
+    fibers = std::make_unique<cleave::detail::fiber_pool>([this](std::chrono::microseconds delay) {
+      if (delay.count() == 0) {
+        net::post(io, [this] { fibers->check(); });
+        return;
+      }
+      auto timer = std::make_shared<net::steady_timer>(io, delay);
+      timer->async_wait([this, timer](const beast::error_code&) { fibers->check(); });
+    });
+  }
 };
 
 // The queries whose answers the server may cache (`cache_answers`). Refuses (std::logic_error)
@@ -151,7 +171,7 @@ struct server::impl {
         inline_reads_(a.config().inline_queries && a.store().local_reads()),
         cacheable_(cacheable_queries(a)) {
     for (std::size_t i = 0; i < io_threads(a.config()); ++i)
-      lanes_.push_back(std::make_unique<io_lane>());
+      lanes_.push_back(std::make_unique<io_lane>(a.group_commits() != nullptr));
   }
 
   app& app_;
@@ -194,6 +214,22 @@ struct server::impl {
   auto on_workers(F f) -> awaitable<decltype(f())> {
     co_return co_await net::co_spawn(
         workers_.get_executor(), [&]() -> awaitable<decltype(f())> { co_return f(); },
+        use_awaitable);
+  }
+
+  // Runs `f` as a fiber of this I/O thread (see io_lane::fibers), and goes on when it has ended.
+  template <class F>
+  awaitable<detail::response> on_fiber(io_lane& lane, F f) {
+    auto io = co_await net::this_coro::executor;
+    co_return co_await net::async_initiate<decltype(use_awaitable), void(detail::response)>(
+        [&lane, io, &f](auto handler) {
+          lane.fibers->start([&f, io, handler = std::move(handler)]() mutable {
+            detail::response res = f();
+            net::post(io, [handler = std::move(handler), res = std::move(res)]() mutable {
+              std::move(handler)(std::move(res));
+            });
+          });
+        },
         use_awaitable);
   }
 
@@ -547,6 +583,8 @@ struct server::impl {
         res = std::move(*refused);
       else if (inline_reads_ && r.vetted && !detail::router::may_wait(r))  // read here
         res = router_.handle(r);
+      else if (lane.fibers && r.target.starts_with("/commands/"))
+        res = co_await on_fiber(lane, [&] { return router_.handle(r); });
       else  // Other database work runs on the workers, never on the I/O thread.
         res = co_await net::co_spawn(
             detail::router::uses_workers(r.target) ? workers_.get_executor()

@@ -1,11 +1,14 @@
 #include <cleave/store/group_commit.hpp>
 
+#include <chrono>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
 #include <utility>
 
+#include <cleave/core/detail/fibers.hpp>
 #include <cleave/store/detail/forwarding.hpp>
 
 namespace cleave {
@@ -25,7 +28,15 @@ struct group_commit::request {
   // Wakes the caller (by the holder of the lane).
   void end() noexcept {
     state.store(ended, std::memory_order_release);
-    state.notify_one();
+    wake();
+  }
+
+  // Wakes the caller after its state changed: its thread, or its fiber's host.
+  void wake() noexcept {
+    if (waker)
+      detail::wake(waker);
+    else
+      state.notify_one();
   }
 
   const request_meta& meta;
@@ -33,6 +44,7 @@ struct group_commit::request {
   std::atomic<int> state{queued};
   std::exception_ptr failure;  // what `work` or its group's commit threw
   position_token token;        // what its commit returns
+  detail::fiber_waker waker;   // its fiber's host, when sent from a fiber
 };
 
 // One lane: a shared transaction and the members taking turns in it.
@@ -181,14 +193,16 @@ struct group_commit::lane {
   }
 
   // Runs queued commands (mutex held on entry, released on return), committing each group when it
-  // is full or nobody else waits to join it, until the queue is empty or `own` has ended; then
-  // wakes the next queued caller, if any, to go on: nobody serves others for ever.
-  void serve(const request& own) {
-    while (own.state.load(std::memory_order_acquire) != request::ended) {
+  // is full or nobody else waits to join it, until the queue is empty, or `own` (if given) has
+  // ended, or (`one_group`) a group has ended; then wakes the next queued caller, if any, to go
+  // on: nobody serves others for ever.
+  void serve(const request* own, bool one_group = false) {
+    while (!own || own->state.load(std::memory_order_acquire) != request::ended) {
       auto r = pop();
       if (!r) break;
       run(r);
       end_turn();
+      if (one_group && !shared) break;
     }
     end_turn();
     mutex.unlock();
@@ -206,9 +220,54 @@ struct group_commit::lane {
       if (!queue.empty()) next = queue.front();
     }
     int expected = request::queued;
-    if (next && next->state.compare_exchange_strong(expected, request::take_over))
-      next->state.notify_one();
+    if (next && next->state.compare_exchange_strong(expected, request::take_over)) next->wake();
   }
+
+  // Runs the queued commands (up to the end of one group, if `one_group`) when the lane is free;
+  // returns whether it did.
+  bool serve_if_free(bool one_group) {
+    if (queued.load() == 0 || !mutex.try_lock()) return false;
+    serve(nullptr, one_group);
+    return true;
+  }
+
+  // Waits until `done()`, on a thread that hosts fibers: suspends the running fiber, or, where it
+  // may not be suspended, serves the lane meanwhile (a group at a time: its thread has its own
+  // work) — this thread's other fibers' commands may be queued in it.
+  void wait_on_fiber(detail::fiber_host* host, function_ref<bool()> done,
+                     std::chrono::microseconds recheck = std::chrono::microseconds(0)) {
+    if (host) return host->suspend_until(done, recheck);
+    while (!done())
+      if (!serve_if_free(true)) std::this_thread::yield();
+  }
+
+  // Commands written from fibers wait in the queue for this lane's runner: a thread of its own,
+  // started with the first of them, that serves the queue whenever it is not empty.
+  void call_runner() {
+    std::call_once(runner_started, [this] { runner = std::thread([this] { run_for_fibers(); }); });
+    ++runner_calls;
+    runner_calls.notify_one();
+  }
+  void run_for_fibers() {
+    for (;;) {
+      const auto seen = runner_calls.load();
+      if (stopping.load()) return;
+      if (queued.load() == 0)
+        runner_calls.wait(seen);
+      else if (!serve_if_free(false))  // (its holder lets go after its own command)
+        std::this_thread::yield();
+    }
+  }
+  void stop_runner() {
+    stopping = true;
+    ++runner_calls;
+    runner_calls.notify_one();
+    if (runner.joinable()) runner.join();
+  }
+  std::once_flag runner_started;
+  std::thread runner;
+  std::atomic<std::uint32_t> runner_calls{0};
+  std::atomic<bool> stopping{false};
 
   // Whether another member is there to take a turn in the open group.
   bool member_waiting() const noexcept { return waiting.load() > 0 || queued.load() > 0; }
@@ -274,8 +333,14 @@ struct group_commit::lane {
   }
 
   // Waits until the group of `end` has ended; returns its commit LSN or throws its failure.
-  static std::uint64_t wait_for(const group_end& end) {
-    end.done.wait(0, std::memory_order_acquire);
+  std::uint64_t wait_for(const group_end& end) {
+    if (detail::fiber_host::running())
+      wait_on_fiber(  // (a group's end wakes nobody: looked at every 100 µs)
+          detail::fiber_host::current(),
+          [&] { return end.done.load(std::memory_order_acquire) != 0; },
+          std::chrono::microseconds(100));
+    else
+      end.done.wait(0, std::memory_order_acquire);
     if (end.failure) std::rethrow_exception(end.failure);
     return end.lsn;
   }
@@ -348,7 +413,7 @@ class group_commit::member final : public detail::forwarding_transaction {
     lane_.end_turn();
     turn.unlock();
     lane_.hand_over();
-    const auto lsn = lane::wait_for(*group);
+    const auto lsn = lane_.wait_for(*group);
     return position_token(mine.transaction(), mine.position(), lsn);
   }
 
@@ -515,7 +580,9 @@ group_commit::group_commit(session_source& inner, std::size_t max_group, std::si
     lanes_.push_back(std::make_unique<lane>(*this));
 }
 
-group_commit::~group_commit() = default;
+group_commit::~group_commit() {
+  for (auto& l : lanes_) l->stop_runner();
+}
 
 write_transaction& group_commit::begin_write(const request_meta& meta, isolation) {
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
@@ -535,13 +602,23 @@ write_transaction& group_commit::begin_write(const request_meta& meta, isolation
 
 position_token group_commit::write(const request_meta& meta, isolation,
                                    function_ref<bool(write_transaction&)> work) {
+  auto* host = detail::fiber_host::running();
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
   auto r = std::make_shared<request>(meta, work);
+  if (host) r->waker = host->waker();
   l.push(r);
   // Either this caller finds the lane free below, or its holder, letting go after this fence,
   // sees the queue not empty and wakes the first queued caller.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  for (;;) {
+  if (host) {
+    // On a fiber the command waits suspended, and the lane's runner serves it (with the others
+    // queued meanwhile). A holder that lets go may mark it to take over: the runner serves it
+    // all the same.
+    l.call_runner();
+    l.wait_on_fiber(detail::fiber_host::current(),
+                    [&] { return r->state.load(std::memory_order_acquire) == request::ended; });
+  }
+  while (!host) {
     int state = r->state.load(std::memory_order_acquire);
     if (state == request::ended) break;
     if (state == request::take_over) {
@@ -550,7 +627,7 @@ position_token group_commit::write(const request_meta& meta, isolation,
     }
     // Queued: run the queue when the lane is free; else its holder runs it, or wakes us to.
     if (state == request::queued && l.mutex.try_lock()) {
-      l.serve(*r);
+      l.serve(r.get());
       continue;
     }
     r->state.wait(state, std::memory_order_acquire);

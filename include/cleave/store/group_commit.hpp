@@ -15,7 +15,9 @@
 // command with one lane, 1.7x with four). More lanes pay when handlers read (each read waits for
 // the server while the lane waits) or when the server has cores to spare.
 // The command bus sends through write() (queued commands run on whichever caller holds the lane);
-// begin_write() gives a turn in the lane's transaction to code that drives one itself.
+// begin_write() gives a turn in the lane's transaction to code that drives one itself. A command
+// written from a fiber (detail::fiber_host: the HTTP server's commands) holds no thread: the fiber
+// is suspended, and a runner thread of the lane (started by the first such command) serves them.
 
 #include <atomic>
 #include <cstddef>
@@ -43,7 +45,8 @@ class group_commit final : public session_source {
   // Flat combining: the command joins its lane's queue, and whichever caller holds the lane runs
   // the queued commands one after another, each in its savepoint, and commits the group — so a
   // group costs no thread hand-off per member. Every group runs serializable, whatever `level`.
-  // The caller waits until its group is durable (or `work` is rolled back).
+  // The caller waits until its group is durable (or `work` is rolled back); on a fiber it waits
+  // suspended, and the lane's runner thread runs the queue.
   position_token write(const request_meta& meta, isolation level,
                        function_ref<bool(write_transaction&)> work) override;
   using session_source::begin_read;
