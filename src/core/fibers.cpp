@@ -58,9 +58,20 @@ void pause(std::chrono::microseconds d) {
   }
 }
 
-bool fiber_pool::available() noexcept {
+// Sanitizers that keep shadow stacks would need telling of every switch: GCC names them with
+// __SANITIZE_*__, clang with __has_feature.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  return false;  // (their shadow stacks would need telling of every switch)
+#define CLEAVE_SANITIZED_STACKS 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer) || __has_feature(hwaddress_sanitizer)
+#define CLEAVE_SANITIZED_STACKS 1
+#endif
+#endif
+
+bool fiber_pool::available() noexcept {
+#ifdef CLEAVE_SANITIZED_STACKS
+  return false;
 #else
   return true;
 #endif

@@ -222,9 +222,14 @@ struct server::impl {
   awaitable<detail::response> on_fiber(io_lane& lane, F f) {
     auto io = co_await net::this_coro::executor;
     co_return co_await net::async_initiate<decltype(use_awaitable), void(detail::response)>(
-        [&lane, io, &f](auto handler) {
-          lane.fibers->start([&f, io, handler = std::move(handler)]() mutable {
-            detail::response res = f();
+        [this, &lane, io, &f](auto handler) {
+          lane.fibers->start([this, &f, io, handler = std::move(handler)]() mutable {
+            detail::response res;
+            try {
+              res = f();
+            } catch (...) {  // (the router answers every request; this is a last resort)
+              res = router_.refuse(500, errc::internal, "the command could not be run");
+            }
             net::post(io, [handler = std::move(handler), res = std::move(res)]() mutable {
               std::move(handler)(std::move(res));
             });
@@ -585,7 +590,9 @@ struct server::impl {
         res = router_.handle(r);
       else if (lane.fibers && r.target.starts_with("/commands/"))
         res = co_await on_fiber(lane, [&] { return router_.handle(r); });
-      else  // Other database work runs on the workers, never on the I/O thread.
+      else  // Other database work runs on the workers, never on the I/O thread (but a command's
+            // fiber, above, runs its behaviors there, and a refusal's record under its
+            // Idempotency-Key).
         res = co_await net::co_spawn(
             detail::router::uses_workers(r.target) ? workers_.get_executor()
                                                    : light_.get_executor(),

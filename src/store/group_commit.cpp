@@ -194,15 +194,16 @@ struct group_commit::lane {
 
   // Runs queued commands (mutex held on entry, released on return), committing each group when it
   // is full or nobody else waits to join it, until the queue is empty, or `own` (if given) has
-  // ended, or (`one_group`) a group has ended; then wakes the next queued caller, if any, to go
-  // on: nobody serves others for ever.
+  // ended, or (`one_group`) a group has ended or a caller waits for the lane (begin_write); then
+  // wakes the next queued caller, if any, to go on: nobody serves others for ever.
   void serve(const request* own, bool one_group = false) {
     while (!own || own->state.load(std::memory_order_acquire) != request::ended) {
       auto r = pop();
       if (!r) break;
       run(r);
       end_turn();
-      if (one_group && !shared) break;
+      // (A caller waiting to drive its own turn gets the lane, the group open if it is.)
+      if (one_group && (!shared || waiting.load() > 0)) break;
     }
     end_turn();
     mutex.unlock();
@@ -221,6 +222,7 @@ struct group_commit::lane {
     }
     int expected = request::queued;
     if (next && next->state.compare_exchange_strong(expected, request::take_over)) next->wake();
+    if (runner_on.load()) call_runner();  // (commands of fibers may be queued: requeued ones too)
   }
 
   // Runs the queued commands (up to the end of one group, if `one_group`) when the lane is free;
@@ -242,9 +244,14 @@ struct group_commit::lane {
   }
 
   // Commands written from fibers wait in the queue for this lane's runner: a thread of its own,
-  // started with the first of them, that serves the queue whenever it is not empty.
+  // started with the first of them, that serves the queue a group at a time whenever it is not
+  // empty and nobody else holds or waits for the lane. It is called when a fiber queues a command
+  // and whenever a holder lets the lane go with commands queued (hand_over).
   void call_runner() {
-    std::call_once(runner_started, [this] { runner = std::thread([this] { run_for_fibers(); }); });
+    std::call_once(runner_started, [this] {
+      runner = std::thread([this] { run_for_fibers(); });
+      runner_on = true;
+    });
     ++runner_calls;
     runner_calls.notify_one();
   }
@@ -252,10 +259,8 @@ struct group_commit::lane {
     for (;;) {
       const auto seen = runner_calls.load();
       if (stopping.load()) return;
-      if (queued.load() == 0)
-        runner_calls.wait(seen);
-      else if (!serve_if_free(false))  // (its holder lets go after its own command)
-        std::this_thread::yield();
+      if (queued.load() > 0 && waiting.load() == 0 && serve_if_free(true)) continue;
+      runner_calls.wait(seen);
     }
   }
   void stop_runner() {
@@ -267,7 +272,7 @@ struct group_commit::lane {
   std::once_flag runner_started;
   std::thread runner;
   std::atomic<std::uint32_t> runner_calls{0};
-  std::atomic<bool> stopping{false};
+  std::atomic<bool> runner_on{false}, stopping{false};
 
   // Whether another member is there to take a turn in the open group.
   bool member_waiting() const noexcept { return waiting.load() > 0 || queued.load() > 0; }
@@ -587,7 +592,10 @@ group_commit::~group_commit() {
 write_transaction& group_commit::begin_write(const request_meta& meta, isolation) {
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
   ++l.waiting;
-  l.mutex.lock();
+  if (auto* host = detail::fiber_host::current())  // (its thread goes on meanwhile)
+    host->suspend_until([&] { return l.mutex.try_lock(); }, std::chrono::microseconds(50));
+  else
+    l.mutex.lock();
   --l.waiting;
   l.settle_held();  // (its caller drives the turn: nothing of another member may fail in it)
   try {

@@ -1,9 +1,9 @@
 #pragma once
 // Fibers for callers that would otherwise hold a thread while they wait. A fiber_pool runs jobs as
 // fibers on the thread that owns it (an HTTP server's I/O thread), and code that waits inside a
-// job — group commit waiting for its group, a retry's pause — suspends the fiber instead of
-// blocking the thread. Group commit then needs no thread per command in flight: the I/O thread
-// runs a command until it waits in its lane, a runner thread commits the group, and the I/O
+// job — group commit waiting for its group or its lane, a retry's pause — suspends the fiber
+// instead of blocking the thread. Group commit then needs no thread per command in flight: the I/O
+// thread runs a command until it waits in its lane, a runner thread commits the group, and the I/O
 // thread goes on with the command's answer.
 
 #include <chrono>
