@@ -67,24 +67,61 @@ result<void> replay(const remembered_outcome& prior, const message_info& info,
   return step.replay(prior.response);
 }
 
-// Looks the command id up in a transaction of its own.
+// Looks the command id up in a transaction of its own (through write(): under group commit, a
+// member of a group like any command, so that a fiber waits suspended rather than for the lane).
 std::optional<remembered_outcome> look_up(session_source& source, const request_meta& meta) {
-  write_scope tx(source, meta);
-  return tx->remembered();
+  std::optional<remembered_outcome> found;
+  source.write(meta, isolation::serializable, [&](write_transaction& tx) {
+    found = tx.remembered();
+    return true;
+  });
+  return found;
 }
 
-// Best effort: when recording the refusal fails, the caller still gets the refusal, and a retry
-// runs the command again.
-void remember_failure(session_source& source, const message_info& info, const request_meta& meta,
-                      const command_step& step, const error& failure) noexcept {
-  try {
-    write_scope tx(source, meta);
-    // A racing retry may have recorded the first outcome meanwhile.
-    if (tx->remembered()) return;
-    tx->remember(first_outcome(info, meta, step, failure));
-    tx.commit();
-  } catch (...) {
-    (void)error_from_current_exception(info, meta);  // logs it
+// A pause in [base, 2 × base): retries of commands that collided spread apart.
+std::chrono::microseconds jittered(std::chrono::microseconds base) {
+  thread_local std::minstd_rand random{std::random_device{}()};
+  return base + std::chrono::microseconds(random() % static_cast<std::uint64_t>(base.count()));
+}
+
+// Records a refusal under the command's id, in a transaction of its own, running it again (a few
+// times) when the database gives it up or a racing retry's record collides with it. Returns the
+// outcome a racing retry recorded first, if one did: the caller answers with that, so that every
+// answer under the id is the recorded one. Best effort: when recording fails otherwise, the
+// caller still gets its refusal, and a retry runs the command again.
+std::optional<remembered_outcome> remember_failure(session_source& source, const message_info& info,
+                                                   const request_meta& meta,
+                                                   const command_step& step,
+                                                   const error& failure) noexcept {
+  constexpr int max_attempts = 10;  // (as many as a command gets: run_write)
+  constexpr auto longest_pause = std::chrono::microseconds(32'000);
+  auto pause = std::chrono::microseconds(1000);
+  for (int attempt = 1;; ++attempt) {
+    try {
+      // (Committed either way: under group commit the record read may be a member's of this very
+      // group, and the commit waits until it is durable.)
+      std::optional<remembered_outcome> prior;
+      source.write(meta, isolation::serializable, [&](write_transaction& tx) {
+        prior = tx.remembered();
+        if (!prior) tx.remember(first_outcome(info, meta, step, failure));
+        return true;
+      });
+      return prior;
+    } catch (const error_exception& e) {
+      if (e.error().category != errc::conflict || attempt >= max_attempts) {
+        spdlog::warn(
+            "the refusal of command {} could not be remembered after {} attempt(s) "
+            "[correlation {}]: {} ({}); a retry under its id runs it again",
+            info.wire_name, attempt, meta.correlation_id, e.error().message,
+            to_string(e.error().category));
+        return std::nullopt;
+      }
+    } catch (...) {
+      (void)error_from_current_exception(info, meta);
+      return std::nullopt;
+    }
+    detail::pause(jittered(pause));  // (outside the catch block: a fiber may be suspended here)
+    pause = std::min(pause * 2, longest_pause);
   }
 }
 
@@ -142,7 +179,8 @@ result<void> write_once(session_source* source, const message_info& info, const 
     if (prior) return replay(*prior, info, meta, out, step);
     if (refused) {
       if (idempotent && handler_refused && remembered_failure(refused->error().category))
-        remember_failure(*source, info, meta, step, refused->error());
+        if (auto first = remember_failure(*source, info, meta, step, refused->error()))
+          return replay(*first, info, meta, out, step);
       return std::move(*refused);
     }
     out.position = position;
@@ -178,12 +216,6 @@ std::optional<error> past_deadline(const request_meta& meta) {
   if (meta.deadline == clock::time_point::max() || clock::now() < meta.deadline)
     return std::nullopt;
   return error{errc::timeout, "the request's deadline passed before it reached the database", {}};
-}
-
-// A pause in [base, 2 × base): retries of commands that collided spread apart.
-std::chrono::microseconds jittered(std::chrono::microseconds base) {
-  thread_local std::minstd_rand random{std::random_device{}()};
-  return base + std::chrono::microseconds(random() % static_cast<std::uint64_t>(base.count()));
 }
 
 }  // namespace

@@ -245,8 +245,8 @@ struct group_commit::lane {
 
   // Commands written from fibers wait in the queue for this lane's runner: a thread of its own,
   // started with the first of them, that serves the queue a group at a time whenever it is not
-  // empty and nobody else holds or waits for the lane. It is called when a fiber queues a command
-  // and whenever a holder lets the lane go with commands queued (hand_over).
+  // empty and nobody else holds the lane. It is called when a fiber queues a command and whenever
+  // a holder lets the lane go with commands queued (hand_over).
   void call_runner() {
     std::call_once(runner_started, [this] {
       runner = std::thread([this] { run_for_fibers(); });
@@ -259,7 +259,10 @@ struct group_commit::lane {
     for (;;) {
       const auto seen = runner_calls.load();
       if (stopping.load()) return;
-      if (queued.load() > 0 && waiting.load() == 0 && serve_if_free(true)) continue;
+      if (queued.load() > 0 && serve_if_free(true)) {
+        if (waiting.load() > 0) std::this_thread::yield();  // (a caller of begin_write first)
+        continue;
+      }
       runner_calls.wait(seen);
     }
   }
@@ -591,11 +594,10 @@ group_commit::~group_commit() {
 
 write_transaction& group_commit::begin_write(const request_meta& meta, isolation) {
   auto& l = *lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()];
+  // (From a fiber too this blocks its thread, at most while the lane's holder ends its group: a
+  // holder never waits for an I/O thread. The bus's own transactions go through write().)
   ++l.waiting;
-  if (auto* host = detail::fiber_host::current())  // (its thread goes on meanwhile)
-    host->suspend_until([&] { return l.mutex.try_lock(); }, std::chrono::microseconds(50));
-  else
-    l.mutex.lock();
+  l.mutex.lock();
   --l.waiting;
   l.settle_held();  // (its caller drives the turn: nothing of another member may fail in it)
   try {

@@ -423,6 +423,40 @@ TYPED_TEST_P(store_conformance, a_retried_rejection_stays_rejected_even_when_it_
   EXPECT_EQ(retry.error().message, "insufficient funds");
 }
 
+TYPED_TEST_P(store_conformance, racing_retries_of_a_rejection_all_answer_the_one_remembered) {
+  // Each id is sent by several threads at once while the withdrawal would fail; afterwards the
+  // account has money, and every id still answers its rejection: it was remembered each time.
+  // (Deposits to other accounts meanwhile, as a service would have.)
+  constexpr int ids = 24, racers = 6, depositors = 4;
+  std::vector<std::thread> threads;
+  std::atomic<int> rejected{0};
+  std::atomic<bool> racing{true};
+  for (int r = 0; r < racers; ++r)
+    threads.emplace_back([&] {
+      for (int i = 0; i < ids; ++i) {
+        auto out = this->commands.send(withdraw{"race", 5}, with_id(fmt::format("race-{}", i)));
+        if (!out && out.error().category == errc::rejected) ++rejected;
+      }
+    });
+  std::vector<std::thread> others;
+  for (int d = 0; d < depositors; ++d)
+    others.emplace_back([&, d] {
+      for (int i = 0; racing; ++i)
+        (void)this->commands.send(deposit{fmt::format("other-{}", d), 1},
+                                  with_id(fmt::format("other-{}-{}", d, i)));
+    });
+  for (auto& t : threads) t.join();
+  racing = false;
+  for (auto& t : others) t.join();
+  EXPECT_EQ(rejected.load(), ids * racers);
+  ASSERT_TRUE(this->commands.send(deposit{"race", 100}));
+  for (int i = 0; i < ids; ++i) {
+    auto retry = this->commands.send(withdraw{"race", 5}, with_id(fmt::format("race-{}", i)));
+    ASSERT_FALSE(retry) << "id race-" << i << " was not remembered";
+    EXPECT_EQ(retry.error().message, "insufficient funds");
+  }
+}
+
 TYPED_TEST_P(store_conformance, a_transient_failure_is_not_remembered) {
   fail_next_deposit = true;
   auto first = this->commands.send(deposit{"a", 7}, with_id("d-9"));
@@ -883,6 +917,7 @@ REGISTER_TYPED_TEST_SUITE_P(
     a_retried_success_returns_the_first_outcome_and_has_one_effect,
     a_retried_rejection_stays_rejected_even_when_it_would_now_succeed,
     a_transient_failure_is_not_remembered, reusing_an_id_for_another_command_is_refused,
+    racing_retries_of_a_rejection_all_answer_the_one_remembered,
     outcomes_expire_after_the_retention, racing_retries_from_two_processes_have_exactly_one_effect,
     a_count_then_insert_rule_holds_under_concurrent_commands, the_rule_holds_under_group_commit_too,
     a_member_whose_appends_fail_fails_alone_under_group_commit,
