@@ -13,6 +13,24 @@
 
 namespace cleave {
 
+namespace {
+// A group's failure as each member's own exception object: an object shared by threads that
+// catch it at once is read by one while another's catch block ends, and ThreadSanitizer (which
+// does not see libstdc++'s reference count) calls that a race. Copies cleave's errors; anything
+// else is shared as it is.
+std::exception_ptr own_copy(const std::exception_ptr& shared) noexcept {
+  try {
+    std::rethrow_exception(shared);
+  } catch (const transient_error& e) {
+    return std::make_exception_ptr(transient_error(e.error()));
+  } catch (const error_exception& e) {
+    return std::make_exception_ptr(error_exception(e.error()));
+  } catch (...) {
+    return shared;
+  }
+}
+}  // namespace
+
 // A command sent through write(), queued until the caller holding its lane runs it. Shared by
 // its caller and the lane, so that ending it never touches a request its caller has left.
 struct group_commit::request {
@@ -319,7 +337,7 @@ struct group_commit::lane {
     end.done.notify_all();
     for (auto& r : requests) {
       if (end.failure)
-        r->failure = end.failure;
+        r->failure = own_copy(end.failure);
       else
         r->token = position_token(r->token.transaction(), r->token.position(), end.lsn);
       r->end();
@@ -349,7 +367,7 @@ struct group_commit::lane {
           std::chrono::microseconds(100));
     else
       end.done.wait(0, std::memory_order_acquire);
-    if (end.failure) std::rethrow_exception(end.failure);
+    if (end.failure) std::rethrow_exception(own_copy(end.failure));
     return end.lsn;
   }
 };
