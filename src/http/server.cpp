@@ -590,9 +590,9 @@ struct server::impl {
         res = router_.handle(r);
       else if (lane.fibers && r.target.starts_with("/commands/"))
         res = co_await on_fiber(lane, [&] { return router_.handle(r); });
-      else  // Other database work runs on the workers, never on the I/O thread (but a command's
-            // fiber, above, runs its behaviors there, and a refusal's record under its
-            // Idempotency-Key).
+      else  // Other database work runs on the workers, never on the I/O thread (a command's
+            // fiber, above, decodes it and runs its behaviors there; its transactions wait
+            // suspended).
         res = co_await net::co_spawn(
             detail::router::uses_workers(r.target) ? workers_.get_executor()
                                                    : light_.get_executor(),

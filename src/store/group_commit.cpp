@@ -645,20 +645,21 @@ position_token group_commit::write(const request_meta& meta, isolation,
     l.call_runner();
     l.wait_on_fiber(detail::fiber_host::current(),
                     [&] { return r->state.load(std::memory_order_acquire) == request::ended; });
-  }
-  while (!host) {
-    int state = r->state.load(std::memory_order_acquire);
-    if (state == request::ended) break;
-    if (state == request::take_over) {
-      r->state.compare_exchange_strong(state, request::queued);
-      continue;
+  } else {
+    for (;;) {
+      int state = r->state.load(std::memory_order_acquire);
+      if (state == request::ended) break;
+      if (state == request::take_over) {
+        r->state.compare_exchange_strong(state, request::queued);
+        continue;
+      }
+      // Queued: run the queue when the lane is free; else its holder runs it, or wakes us to.
+      if (state == request::queued && l.mutex.try_lock()) {
+        l.serve(r.get());
+        continue;
+      }
+      r->state.wait(state, std::memory_order_acquire);
     }
-    // Queued: run the queue when the lane is free; else its holder runs it, or wakes us to.
-    if (state == request::queued && l.mutex.try_lock()) {
-      l.serve(r.get());
-      continue;
-    }
-    r->state.wait(state, std::memory_order_acquire);
   }
   // (Taken out: the request may be freed on the thread that last woke it, and the exception must
   // end on this one.)
