@@ -1,17 +1,21 @@
 // Reading the log for catch-up: batches of events (or spans, for set-based projections) that
-// grow while the log goes on, the next one read on another thread while this one is applied.
+// grow while the log goes on, read ahead on another thread while the caller applies them.
 
 #include <cleave/read/projector.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <future>
+#include <mutex>
+#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <array>
-#include <future>
 #include "claims.hpp"
 #include "internal.hpp"
 
@@ -19,33 +23,112 @@ namespace cleave {
 
 using namespace read_detail;
 
+namespace {
+
+// Reads a long log's batches ahead on a thread of its own, into a ring of buffers, while the
+// caller applies them in order: the reader never waits for the caller to hand it the next batch
+// (a thread started a batch cost as much, and left the reader idle meanwhile).
+class read_ahead {
+ public:
+  using read_fn =
+      function_ref<position_token(position_token, std::size_t, std::vector<stored_event>&)>;
+  struct batch {
+    std::vector<stored_event> events;
+    position_token after, through;
+    bool full = false;  // as many events as asked for: the log goes on
+    std::exception_ptr failure;
+  };
+
+  // Reads from after `from`, `size` events a batch growing (doubling) up to `max` while they
+  // come back full; stops after the first batch that is not.
+  read_ahead(read_fn read, position_token from, std::size_t size, std::size_t max)
+      : read_(read), thread_([this, from, size, max] { run(from, size, max); }) {}
+  ~read_ahead() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();  // (after at most the read under way)
+  }
+  read_ahead(const read_ahead&) = delete;
+  read_ahead& operator=(const read_ahead&) = delete;
+
+  // The next batch in order, valid until the next call (which gives its buffer back to the
+  // reader). A read that threw is rethrown here.
+  batch& next() {
+    std::unique_lock lock(mutex_);
+    if (handed_ > released_) {
+      released_ = handed_;
+      changed_.notify_all();
+    }
+    changed_.wait(lock, [&] { return filled_ > handed_; });
+    auto& b = ring_[handed_++ % ring_.size()];
+    if (b.failure) std::rethrow_exception(b.failure);
+    return b;
+  }
+
+ private:
+  void run(position_token from, std::size_t size, std::size_t max) {
+    for (std::size_t n = 0;; ++n) {
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return stopping_ || n - released_ < ring_.size(); });
+        if (stopping_) return;
+      }
+      auto& b = ring_[n % ring_.size()];  // (the caller does not touch it until filled_ > n)
+      b.after = from;
+      try {
+        b.through = read_(from, size, b.events);
+        b.full = b.events.size() == size;
+      } catch (...) {
+        b.failure = std::current_exception();
+      }
+      const bool more = !b.failure && b.full && from < b.through;
+      from = b.through;
+      size = std::max(size, std::min(size * 2, max));
+      {
+        std::lock_guard lock(mutex_);
+        ++filled_;
+      }
+      changed_.notify_all();
+      if (!more) return;
+    }
+  }
+
+  read_fn read_;
+  std::array<batch, 3> ring_;  // the one applied, the one read, one more read ahead
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::size_t filled_ = 0, handed_ = 0, released_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;  // (last: it starts on the members above)
+};
+
+}  // namespace
+
 std::size_t projector::stream_batches(
     position_token from, std::size_t batch, std::size_t max, std::span<const std::string> types,
     event_fields fields, function_ref<bool(std::vector<stored_event>&, position_token)> apply) {
-  // While a batch is applied the next one is read on another thread (into the other buffer).
-  std::size_t applied = 0;
-  // This batch and the next, each read into again and again: their strings are reused.
-  std::array<std::vector<stored_event>, 2> buffers;
-  std::size_t current = 0;
-  std::future<position_token> ahead;
+  const auto read = [&](position_token after, std::size_t limit, std::vector<stored_event>& into) {
+    return db_.read_events_into(after, limit, into, types, fields);
+  };
+  // The first batch here; when it is full (a long log), the rest read ahead on another thread
+  // while each is applied.
+  std::vector<stored_event> first;
+  const auto through = read(from, batch, first);
+  if (!(from < through)) return 0;
+  const bool full = first.size() == batch;
+  if (!full) return apply(first, through) ? first.size() : 0;
+  read_ahead ahead(read, through, std::max(batch, std::min(batch * 2, max)), max);
+  if (!apply(first, through)) return 0;  // (ahead's destructor waits for its read)
+  std::size_t applied = first.size();    // (what apply left of them: a unit drops others')
   for (;;) {
-    auto& events = buffers[current];
-    const auto through =
-        ahead.valid() ? ahead.get() : db_.read_events_into(from, batch, events, types, fields);
-    if (!(from < through)) return applied;
-    const bool full = events.size() == batch;  // the log goes on: the next batch is larger
-    if (full) batch = std::max(batch, std::min(batch * 2, max));
-    from = through;
-    if (full) {
-      current = 1 - current;
-      ahead = std::async(std::launch::async,
-                         [this, from, batch, types, fields, &next = buffers[current]] {
-                           return db_.read_events_into(from, batch, next, types, fields);
-                         });
-    }
-    if (!apply(events, through)) return applied;  // (ahead's destructor waits for its read)
-    applied += events.size();  // (what apply left of them: a unit drops other units' events)
-    if (!full) return applied;
+    auto& next = ahead.next();
+    if (!(next.after < next.through)) return applied;
+    if (!apply(next.events, next.through)) return applied;
+    applied += next.events.size();
+    if (!next.full) return applied;
   }
 }
 
