@@ -66,7 +66,7 @@ struct projector_options {
   std::size_t max_set_based_batch = 1'000'000;
   // The same for memory views, which commit nothing per batch: small enough for the batches
   // being read ahead and the one being applied (on two threads) to stay in the CPUs' caches.
-  // (Measured on 1M events: 4,096 to 16,384 alike; 32,768 some 8% slower; 100,000 25–30%.)
+  // (Measured on 1M events: 4,096 to 16,384 alike; 32,768 some 8% slower.)
   std::size_t max_memory_batch = 8192;
   // How often the worker looks without being woken (the safety net), and how often a standby
   // tries the lease.
