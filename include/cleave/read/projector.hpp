@@ -64,7 +64,7 @@ struct projector_options {
   // The same for set-based projections, whose batches the database runs as one statement (no
   // events held in memory): larger, so a long catch-up is a few scans of the log.
   std::size_t max_set_based_batch = 1'000'000;
-  // The same for memory views, which commit nothing per batch: small enough for the batches
+  // The same for memory views, which commit nothing per batch: small enough for the batch
   // being read ahead and the one being applied (on two threads) to stay in the CPUs' caches.
   // (Measured on 1M events: 4,096 to 16,384 alike; 32,768 some 8% slower.)
   std::size_t max_memory_batch = 8192;
@@ -322,8 +322,8 @@ class projector {
   // Reads the log after `from` in batches — only events of `types`, unless empty, and of them
   // the members `fields` names — growing
   // from `batch` up to `max` while they come back full, and hands each to `apply` with the
-  // position it reaches (false: stop); while one batch is applied the next ones are read ahead
-  // on another thread. Returns the events applied.
+  // position it reaches (false: stop); while one batch is applied the next is read on another
+  // thread (one for the whole catch-up). Returns the events applied.
   std::size_t stream_batches(position_token from, std::size_t batch, std::size_t max,
                              std::span<const std::string> types, event_fields fields,
                              function_ref<bool(std::vector<stored_event>&, position_token)> apply);
