@@ -29,7 +29,7 @@ namespace {
 // caller's thread; when it comes back full (a long log), one thread of its own reads the rest,
 // each into the buffer the caller gave back, one batch ahead of the one applied — a thread
 // started a batch cost as much again, and left the reader idle meanwhile. (A third buffer, to
-// read two ahead, measured no faster and holds one more batch, up to 100,000 events, a fold.)
+// read two ahead, measured no faster and holds one more batch: up to 100,000 events for a fold.)
 class read_ahead {
  public:
   using read_fn =
